@@ -1,0 +1,211 @@
+//! Wiring: builds every part of the server, runs it, and shuts it down in order.
+//!
+//! Order on SIGTERM/SIGINT (a second signal exits at once): stop accepting HTTP/WebSocket
+//! connections → sessions send close frames → the batcher writes what is pending → the reader
+//! sends its final status (only what was handed off) → exit, all within `shutdown_timeout`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::db;
+use crate::http::{self, AppState};
+use crate::hub::Hub;
+use crate::ingest::Batcher;
+use crate::metrics::Metrics;
+use crate::replication::{
+    Reader, ReaderConfig, ReaderStatus, ReplicationError, ReplicationSettings,
+};
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Database setup failed.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// The database is not migrated.
+    #[error(
+        "the database is not migrated (applied {applied:?}, walcast needs {needed}): run `walcast migrate --database-url ...` first"
+    )]
+    NotMigrated {
+        /// Applied version.
+        applied: Option<i64>,
+        /// Needed version.
+        needed: i64,
+    },
+    /// Replication cannot run.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// The listener could not bind.
+    #[error("could not listen on {addr}")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Cancels `token` on the first SIGINT/SIGTERM; exits the process on the second.
+pub fn spawn_signal_task(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        for n in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if n == 0 {
+                tracing::info!("shutting down (send the signal again to exit at once)");
+                token.cancel();
+            } else {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+/// Runs the server until `shutdown` is cancelled. `on_listen` gets the bound address.
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: CancellationToken,
+    on_listen: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), AppError> {
+    let config = Arc::new(config);
+    let pool = db::pool(&config.database_url, config.pool_size, "walcast")?;
+    {
+        let client = pool.get().await.map_err(db::DbError::Connect)?;
+        let applied = db::applied_version(&client).await?;
+        let needed = db::latest_version();
+        if applied.is_none_or(|v| v < needed) {
+            return Err(AppError::NotMigrated { applied, needed });
+        }
+    }
+    let metrics = Arc::new(Metrics::default());
+    let hub = Hub::new(config.client_queue);
+    let status = Arc::new(ReaderStatus::default());
+    let settings = ReplicationSettings::from_url(
+        &config.database_url,
+        &config.publication,
+        &format!("walcast_{}", config.node),
+    )?;
+
+    // The reader: fatal errors stop the whole server.
+    let reader_token = CancellationToken::new();
+    let reader = Reader::new(
+        ReaderConfig {
+            database_url: config.database_url.clone(),
+            settings: settings.clone(),
+            slot: config.slot.clone(),
+            retention: config.retention,
+            retention_bytes: config.retention_bytes,
+        },
+        hub.clone(),
+        Arc::clone(&metrics),
+        Arc::clone(&status),
+    );
+    let reader_task = tokio::spawn(reader.run(reader_token.clone()));
+
+    let batch_token = CancellationToken::new();
+    let (batcher, batcher_task) = Batcher::spawn(
+        pool.clone(),
+        config.batch.clone(),
+        Arc::clone(&metrics),
+        batch_token.clone(),
+    );
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(AppError::Serve)?;
+    let sessions_token = CancellationToken::new();
+    let state = AppState {
+        config: Arc::clone(&config),
+        pool: pool.clone(),
+        batcher,
+        metrics: Arc::clone(&metrics),
+        hub,
+        reader: Arc::clone(&status),
+        replication: settings,
+        shutdown: sessions_token.clone(),
+    };
+    let app = http::router(state);
+    on_listen(addr);
+
+    let http_token = CancellationToken::new();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(http_token.clone().cancelled_owned());
+    let mut server_task = tokio::spawn(async move { server.await });
+    let mut reader_task = reader_task;
+
+    let mut fatal: Option<AppError> = None;
+    let mut reader_done = false;
+    let mut server_done = false;
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        r = &mut reader_task => {
+            reader_done = true;
+            match r {
+                Ok(Err(e)) => fatal = Some(AppError::Replication(e)),
+                Ok(Ok(())) => {}
+                Err(e) => tracing::error!(error = %e, "replication reader panicked"),
+            }
+        }
+        r = &mut server_task => {
+            server_done = true;
+            if let Ok(Err(e)) = r {
+                fatal = Some(AppError::Serve(e));
+            }
+        }
+    }
+
+    // Ordered shutdown within the budget.
+    let budget = config.shutdown_timeout;
+    let started = std::time::Instant::now();
+    let ordered = async {
+        http_token.cancel();
+        sessions_token.cancel();
+        if !server_done {
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut server_task).await;
+        }
+        batch_token.cancel();
+        let _ = batcher_task.await;
+        reader_token.cancel();
+        if !reader_done {
+            let _ = (&mut reader_task).await;
+        }
+    };
+    if tokio::time::timeout(budget, ordered).await.is_err() {
+        tracing::warn!(
+            budget_s = budget.as_secs_f64(),
+            "shutdown took longer than the budget; exiting with work pending"
+        );
+    } else {
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shut down cleanly"
+        );
+    }
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,1602 @@
+//! Starting and stopping a private PostgreSQL cluster built from the installed binaries.
+//!
+//! `walcast dev` and the integration tests use this module to get a server with logical
+//! decoding enabled without any manual setup. It owns the whole life cycle of that cluster:
+//! finding the PostgreSQL >= 15 binaries, running `initdb`, writing the configuration,
+//! picking a free loopback port, `pg_ctl start`/`stop`, and waiting until the server
+//! accepts connections. When walcast runs as root, `initdb` and `pg_ctl` run as the
+//! `postgres` system user (PostgreSQL refuses to run as root).
+//!
+//! It is never used in production against a user's database: the cluster trusts every
+//! local connection and is meant to be thrown away.
+//!
+//! Data directory layout and reuse:
+//! - `initdb` runs only when `data_dir/PG_VERSION` is missing; later runs reuse the data.
+//! - `pg_hba.conf` is rewritten on every start, and `postgresql.conf` gets one
+//!   `include_if_exists = 'walcast.conf'` line; `walcast.conf` is rewritten on every start
+//!   with the port and settings of that run, so a reused data directory always gets the
+//!   current options.
+//! - If a previous run left the cluster running (`pg_ctl status` says so), it is stopped
+//!   with `-m fast` and started again with the current options; it is never reused as is.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+use tracing::{debug, info, warn};
+
+/// Address the cluster listens on; nothing else is ever exposed.
+const HOST: &str = "127.0.0.1";
+/// Superuser created by `initdb` and used for every connection.
+const SUPERUSER: &str = "postgres";
+/// System user that runs the server when walcast itself runs as root.
+const SYSTEM_USER: &str = "postgres";
+/// Oldest PostgreSQL major version walcast supports.
+const MIN_MAJOR: u32 = 15;
+/// Environment variable that points at the directory holding `pg_ctl`.
+const BIN_ENV: &str = "WALCAST_PG_BIN";
+/// Where Debian-style packages install one `bin` directory per major version.
+const DEBIAN_PG_ROOT: &str = "/usr/lib/postgresql";
+/// Seconds `pg_ctl` waits for start and stop to finish.
+const PG_CTL_TIMEOUT_SECS: &str = "60";
+/// How long to wait for the server to accept connections after `pg_ctl start`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many freshly picked ports to try when another process grabs one first.
+const PORT_ATTEMPTS: usize = 5;
+/// Number of log lines quoted in error messages.
+const LOG_TAIL_LINES: usize = 20;
+/// Most bytes of the log read back when building an error message.
+const MAX_LOG_READ: u64 = 64 * 1024;
+/// Longest socket directory path used; the socket file name adds 16 bytes and the
+/// kernel limit is 107.
+const SOCKET_DIR_MAX_LEN: usize = 90;
+/// Socket directory used when the preferred one is unusable.
+const FALLBACK_SOCKET_DIR: &str = "/tmp";
+/// File inside the data directory holding the settings of the current run.
+const WALCAST_CONF: &str = "walcast.conf";
+/// Line appended once to `postgresql.conf` so it reads [`WALCAST_CONF`].
+const INCLUDE_LINE: &str = "include_if_exists = 'walcast.conf'";
+/// Client authentication rules: trust every local and loopback connection.
+const PG_HBA: &str = "\
+# written by walcast on every start: private development cluster, trust every local connection
+# TYPE  DATABASE     USER  ADDRESS        METHOD
+local   all          all                  trust
+host    all          all   127.0.0.1/32   trust
+host    all          all   ::1/128        trust
+local   replication  all                  trust
+host    replication  all   127.0.0.1/32   trust
+host    replication  all   ::1/128        trust
+";
+/// Environment variables that could redirect the PostgreSQL tools to another server.
+const SCRUBBED_ENV: &[&str] = &[
+    "PGDATA",
+    "PGPORT",
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGUSER",
+    "PGDATABASE",
+    "PGOPTIONS",
+    "PGPASSWORD",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+];
+
+/// Errors from finding, initializing, starting or stopping the private cluster.
+///
+/// Every message ends with what to do about it.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// No usable PostgreSQL installation was found.
+    #[error(
+        "no PostgreSQL >= 15 binaries found (looked at: {searched}): install the `postgresql` \
+         package or set WALCAST_PG_BIN to the directory holding pg_ctl"
+    )]
+    BinariesNotFound {
+        /// Where the search looked, with the reason each place was rejected.
+        searched: String,
+    },
+    /// The configured binary directory lacks a required program.
+    #[error(
+        "PostgreSQL binary directory {} is not usable: {reason}; point WALCAST_PG_BIN at the \
+         directory holding pg_ctl, initdb and postgres (e.g. /usr/lib/postgresql/15/bin)",
+        path.display()
+    )]
+    BadBinDir {
+        /// The rejected directory.
+        path: PathBuf,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The binaries are older than PostgreSQL 15.
+    #[error(
+        "PostgreSQL {version} in {} is too old, walcast needs >= 15: install a newer \
+         `postgresql` package or set WALCAST_PG_BIN to its bin directory",
+        path.display()
+    )]
+    TooOld {
+        /// The binary directory.
+        path: PathBuf,
+        /// The major version found.
+        version: u32,
+    },
+    /// Running as root without a `postgres` user to drop privileges to.
+    #[error(
+        "running as root but there is no `postgres` system user to run the server as: install \
+         the `postgresql` package (it creates that user) or run walcast as an unprivileged user"
+    )]
+    NoPostgresUser,
+    /// Running as root without `runuser` or `setpriv`.
+    #[error(
+        "running as root but neither `runuser` nor `setpriv` is installed to switch to the \
+         `postgres` user: install `util-linux` or run walcast as an unprivileged user"
+    )]
+    NoUserSwitch,
+    /// A file system operation failed.
+    #[error("could not {action} {}: {source}; check that the path is writable", path.display())]
+    Io {
+        /// What was being done, e.g. "create directory".
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A helper program could not be executed at all.
+    #[error("could not run `{program}`: {source}; check that it is installed and executable")]
+    Spawn {
+        /// The program that failed to start.
+        program: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// No free loopback port could be reserved.
+    #[error(
+        "could not find a free TCP port on 127.0.0.1: {source}; check that the loopback interface is up"
+    )]
+    NoFreePort {
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The data directory holds something other than a cluster.
+    #[error(
+        "{} is not empty but holds no PostgreSQL cluster (PG_VERSION is missing): remove it or \
+         choose another data directory",
+        path.display()
+    )]
+    DataDirNotEmpty {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// The server user cannot reach a path it needs.
+    #[error(
+        "the `{user}` user cannot write to {}: choose a location it can reach (e.g. under /tmp \
+         or /var/tmp) or `chmod o+x` the parent directories",
+        path.display()
+    )]
+    NotAccessible {
+        /// The unreachable path.
+        path: PathBuf,
+        /// The user the server runs as.
+        user: String,
+    },
+    /// The data directory belongs to another user than the one running the server.
+    #[error(
+        "{} is owned by uid {owner} but the server runs as uid {expected}: run `chown -R \
+         {expected}: {}` or remove the directory",
+        path.display(),
+        path.display()
+    )]
+    WrongOwner {
+        /// The data directory.
+        path: PathBuf,
+        /// Its current owner.
+        owner: u32,
+        /// The uid the server runs as.
+        expected: u32,
+    },
+    /// The data directory was created by another major version.
+    #[error(
+        "{} was initialized by PostgreSQL {data_version} but the binaries in {} are version \
+         {bin_version}: remove the data directory or set WALCAST_PG_BIN to PostgreSQL \
+         {data_version} binaries",
+        path.display(),
+        bin_dir.display()
+    )]
+    VersionMismatch {
+        /// The data directory.
+        path: PathBuf,
+        /// The binary directory.
+        bin_dir: PathBuf,
+        /// Content of `PG_VERSION`.
+        data_version: String,
+        /// Major version of the binaries.
+        bin_version: u32,
+    },
+    /// An entry of `extra_settings` cannot be written to the configuration.
+    #[error("invalid server setting `{name}`: {reason}; fix the setting name or value")]
+    InvalidSetting {
+        /// The setting name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `initdb` failed.
+    #[error(
+        "initdb failed ({status}) for {}; last output:\n{tail}\nfix the cause above or remove \
+         the data directory and try again",
+        path.display()
+    )]
+    InitDb {
+        /// The data directory.
+        path: PathBuf,
+        /// Exit status of initdb.
+        status: String,
+        /// Last lines of its output.
+        tail: String,
+    },
+    /// The server could not bind its port.
+    #[error(
+        "port {port} on 127.0.0.1 is already in use: stop whatever listens there or leave the \
+         port unset so a free one is picked; last lines of {}:\n{tail}",
+        log_file.display()
+    )]
+    PortInUse {
+        /// The port that was taken.
+        port: u16,
+        /// The server log.
+        log_file: PathBuf,
+        /// Last lines of the server log.
+        tail: String,
+    },
+    /// `pg_ctl` failed.
+    #[error(
+        "`pg_ctl {action}` failed ({status}): {output}; see the last lines of {} below and fix \
+         the cause:\n{tail}",
+        log_file.display()
+    )]
+    PgCtl {
+        /// The pg_ctl sub-command.
+        action: &'static str,
+        /// Exit status of pg_ctl.
+        status: String,
+        /// What pg_ctl printed.
+        output: String,
+        /// The server log.
+        log_file: PathBuf,
+        /// Last lines of the server log.
+        tail: String,
+    },
+    /// The server started but never accepted connections.
+    #[error(
+        "the server on 127.0.0.1:{port} did not accept connections within {waited_secs}s \
+         ({last_error}); see the last lines of {} below:\n{tail}",
+        log_file.display()
+    )]
+    NotReady {
+        /// The server port.
+        port: u16,
+        /// How long we waited.
+        waited_secs: u64,
+        /// The last connection error.
+        last_error: String,
+        /// The server log.
+        log_file: PathBuf,
+        /// Last lines of the server log.
+        tail: String,
+    },
+    /// A SQL command against the cluster failed.
+    #[error(
+        "could not {action} on 127.0.0.1:{port}: {source}; check that the cluster is running \
+         (log: {})",
+        log_file.display()
+    )]
+    Sql {
+        /// What was being done.
+        action: String,
+        /// The server port.
+        port: u16,
+        /// The server log.
+        log_file: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// How `pg_ctl stop` shuts the server down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Roll back open transactions and shut down cleanly (`-m fast`).
+    Fast,
+    /// Kill the server without a checkpoint, like a crash (`-m immediate`).
+    Immediate,
+}
+
+impl StopMode {
+    /// The value passed to `pg_ctl stop -m`.
+    fn as_arg(self) -> &'static str {
+        match self {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        }
+    }
+}
+
+/// What [`Cluster::start`] needs to know.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Data directory; created if missing, initialized only when `PG_VERSION` is absent.
+    pub data_dir: PathBuf,
+    /// Port to listen on; `None` (or 0) picks a free one.
+    pub port: Option<u16>,
+    /// Directory holding `pg_ctl`, `initdb` and `postgres`; `None` uses [`Cluster::find_bin_dir`].
+    pub bin_dir: Option<PathBuf>,
+    /// `false` turns off fsync and full page writes (fast, unsafe on power loss: tests only).
+    pub fsync: bool,
+    /// Server log; `None` means `postgres.log` next to the data directory.
+    pub log_file: Option<PathBuf>,
+    /// Additional `postgresql.conf` settings, written after walcast's own (later wins);
+    /// `port` and `listen_addresses` must not be changed here.
+    pub extra_settings: Vec<(String, String)>,
+}
+
+impl ClusterOptions {
+    /// Options for a cluster in `data_dir`: free port, discovered binaries, fsync on,
+    /// default log file, no extra settings.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            port: None,
+            bin_dir: None,
+            fsync: true,
+            log_file: None,
+            extra_settings: Vec::new(),
+        }
+    }
+}
+
+/// A private PostgreSQL cluster started by walcast.
+///
+/// Dropping it stops the server with `pg_ctl stop -m immediate` unless
+/// [`Cluster::keep_running`] was called.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Absolute data directory.
+    data_dir: PathBuf,
+    /// Directory holding the PostgreSQL programs.
+    bin_dir: PathBuf,
+    /// Server log written by `pg_ctl -l`.
+    log_file: PathBuf,
+    /// Directory holding the server's Unix socket.
+    socket_dir: PathBuf,
+    /// TCP port on 127.0.0.1.
+    port: u16,
+    /// Which user runs the PostgreSQL programs.
+    run_as: RunAs,
+    /// When set, dropping the handle leaves the server running.
+    keep_running: bool,
+}
+
+impl Cluster {
+    /// Finds a directory with PostgreSQL >= 15 programs: `WALCAST_PG_BIN`, then the newest
+    /// `/usr/lib/postgresql/<N>/bin`, then the directory of `pg_ctl` on `PATH` (symlinks
+    /// resolved).
+    pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
+        if let Some(dir) = std::env::var_os(BIN_ENV).filter(|value| !value.is_empty()) {
+            let dir = PathBuf::from(dir);
+            check_bin_dir(&dir)?;
+            debug!(bin_dir = %dir.display(), "using postgres binaries from {BIN_ENV}");
+            return Ok(dir);
+        }
+        let mut searched = Vec::new();
+        let mut versions: Vec<(u32, PathBuf)> = fs::read_dir(DEBIAN_PG_ROOT)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let major: u32 = entry.file_name().to_str()?.parse().ok()?;
+                Some((major, entry.path().join("bin")))
+            })
+            .collect();
+        versions.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
+        if versions.is_empty() {
+            searched.push(format!("{DEBIAN_PG_ROOT}/<N>/bin (none)"));
+        }
+        for (major, dir) in versions {
+            if major < MIN_MAJOR {
+                searched.push(format!("{} (version {major})", dir.display()));
+                continue;
+            }
+            match check_bin_dir(&dir) {
+                Ok(_) => return Ok(dir),
+                Err(error) => searched.push(format!("{} ({error})", dir.display())),
+            }
+        }
+        match find_in_path("pg_ctl") {
+            Some(pg_ctl) => {
+                let real = fs::canonicalize(&pg_ctl).unwrap_or(pg_ctl);
+                if let Some(dir) = real.parent() {
+                    match check_bin_dir(dir) {
+                        Ok(_) => return Ok(dir.to_path_buf()),
+                        Err(error) => searched.push(format!("{} ({error})", real.display())),
+                    }
+                }
+            }
+            None => searched.push("pg_ctl on PATH (not found)".to_owned()),
+        }
+        Err(ClusterError::BinariesNotFound {
+            searched: searched.join("; "),
+        })
+    }
+
+    /// Initializes the data directory if needed, writes the configuration and starts the
+    /// server, returning once it accepts connections.
+    ///
+    /// A cluster left running in `data_dir` by a previous run is stopped (`-m fast`) and
+    /// started again with these options. With an automatic port, a port grabbed by another
+    /// process between picking and binding is retried with a new one a few times.
+    pub async fn start(opts: ClusterOptions) -> Result<Cluster, ClusterError> {
+        let bin_dir = match &opts.bin_dir {
+            Some(dir) => dir.clone(),
+            None => Cluster::find_bin_dir()?,
+        };
+        let bin_version = check_bin_dir(&bin_dir)?;
+        let settings_text = render_extra_settings(&opts.extra_settings)?;
+        let run_as = RunAs::detect()?;
+
+        let data_dir = absolute(&opts.data_dir)?;
+        let parent = data_dir
+            .parent()
+            .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+        create_owned_dir_all(&data_dir, &run_as)?;
+        let log_file = match &opts.log_file {
+            Some(path) => absolute(path)?,
+            None => parent.join("postgres.log"),
+        };
+        prepare_log_file(&log_file, &run_as)?;
+        let socket_dir = prepare_socket_dir(&parent, &run_as);
+
+        let initialized = data_dir.join("PG_VERSION").exists();
+        if !initialized {
+            ensure_empty(&data_dir)?;
+            chown_to(&run_as, &data_dir)?;
+            set_mode(&data_dir, 0o700)?;
+        }
+        check_access(&run_as, &data_dir).await?;
+        check_access(&run_as, &log_file).await?;
+
+        // `keep_running` stays set until our own server is up, so an early error never
+        // stops a server this call did not start.
+        let mut cluster = Cluster {
+            data_dir,
+            bin_dir,
+            log_file,
+            socket_dir,
+            port: 0,
+            run_as,
+            keep_running: true,
+        };
+        if initialized {
+            cluster.check_existing(bin_version)?;
+        } else {
+            cluster.initdb(opts.fsync).await?;
+        }
+        cluster.write_static_config()?;
+        if cluster.data_dir.join("postmaster.pid").exists() && cluster.pg_ctl_status().await? {
+            warn!(
+                data_dir = %cluster.data_dir.display(),
+                "stopping a cluster left running by a previous run"
+            );
+            cluster.pg_ctl_stop(StopMode::Fast).await?;
+        }
+
+        let fixed_port = opts.port.filter(|port| *port != 0);
+        let attempts = if fixed_port.is_some() {
+            1
+        } else {
+            PORT_ATTEMPTS
+        };
+        let mut attempt = 1;
+        loop {
+            cluster.port = match fixed_port {
+                Some(port) => port,
+                None => pick_free_port()?,
+            };
+            cluster.write_run_config(opts.fsync, &settings_text)?;
+            match cluster.pg_ctl_start().await {
+                Ok(()) => break,
+                Err(ClusterError::PortInUse { port, .. }) if attempt < attempts => {
+                    warn!(
+                        port,
+                        attempt, "port was taken before the server bound it, retrying"
+                    );
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        cluster.keep_running = false;
+        cluster.wait_ready().await?;
+        info!(
+            port = cluster.port,
+            data_dir = %cluster.data_dir.display(),
+            log_file = %cluster.log_file.display(),
+            "private postgres cluster started"
+        );
+        Ok(cluster)
+    }
+
+    /// TCP port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Host the server listens on (always `127.0.0.1`).
+    pub fn host(&self) -> &str {
+        HOST
+    }
+
+    /// Superuser name (always `postgres`, trusted without password).
+    pub fn superuser(&self) -> &str {
+        SUPERUSER
+    }
+
+    /// Connection URL for `database`, e.g. `postgres://postgres@127.0.0.1:5433/app`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@{HOST}:{}/{database}", self.port)
+    }
+
+    /// Absolute data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Directory holding the PostgreSQL programs in use.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// Server log file.
+    pub fn log_file(&self) -> &Path {
+        &self.log_file
+    }
+
+    /// Directory holding the server's Unix socket (for `psql -h`).
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// Leaves the server running when this handle is dropped.
+    pub fn keep_running(&mut self) {
+        self.keep_running = true;
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast|immediate -w`); does nothing when it is not
+    /// running.
+    pub async fn stop(&self, mode: StopMode) -> Result<(), ClusterError> {
+        if !self.is_running() {
+            debug!(port = self.port, "cluster already stopped");
+            return Ok(());
+        }
+        self.pg_ctl_stop(mode).await?;
+        info!(
+            port = self.port,
+            mode = mode.as_arg(),
+            "private postgres cluster stopped"
+        );
+        Ok(())
+    }
+
+    /// Starts the server again on the same port and waits until it accepts connections;
+    /// a running server is stopped with `-m fast` first.
+    pub async fn restart(&self) -> Result<(), ClusterError> {
+        if self.is_running() {
+            self.pg_ctl_stop(StopMode::Fast).await?;
+        }
+        self.pg_ctl_start().await?;
+        self.wait_ready().await?;
+        info!(port = self.port, "private postgres cluster restarted");
+        Ok(())
+    }
+
+    /// Creates database `name` (quoted as an identifier); does nothing when it exists.
+    pub async fn create_database(&self, name: &str) -> Result<(), ClusterError> {
+        let client = self.connect("postgres").await?;
+        let sql = format!("CREATE DATABASE {}", quote_ident(name));
+        match client.batch_execute(&sql).await {
+            Ok(()) => info!(database = name, "database created"),
+            Err(error) if error.code() == Some(&SqlState::DUPLICATE_DATABASE) => {
+                debug!(database = name, "database already exists");
+            }
+            Err(source) => {
+                return Err(self.sql_error(format!("create database `{name}`"), source));
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a superuser connection to `database`; the connection task runs on the current
+    /// tokio runtime.
+    pub async fn connect(&self, database: &str) -> Result<Client, ClusterError> {
+        self.try_connect(database, Duration::from_secs(10))
+            .await
+            .map_err(|source| self.sql_error(format!("connect to database `{database}`"), source))
+    }
+
+    /// Whether the postmaster recorded in `postmaster.pid` is alive.
+    pub fn is_running(&self) -> bool {
+        let Ok(text) = fs::read_to_string(self.data_dir.join("postmaster.pid")) else {
+            return false;
+        };
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|line| line.trim().parse::<u32>().ok())
+        else {
+            return false;
+        };
+        process_alive(pid)
+    }
+
+    /// Checks that an existing data directory matches the binaries and the server user.
+    fn check_existing(&self, bin_version: u32) -> Result<(), ClusterError> {
+        let version_file = self.data_dir.join("PG_VERSION");
+        let data_version = fs::read_to_string(&version_file)
+            .map_err(io_error("read", &version_file))?
+            .trim()
+            .to_owned();
+        if data_version != bin_version.to_string() {
+            return Err(ClusterError::VersionMismatch {
+                path: self.data_dir.clone(),
+                bin_dir: self.bin_dir.clone(),
+                data_version,
+                bin_version,
+            });
+        }
+        if let Some(expected) = self.run_as.uid() {
+            let owner = fs::metadata(&self.data_dir)
+                .map_err(io_error("inspect", &self.data_dir))?
+                .uid();
+            if owner != expected {
+                return Err(ClusterError::WrongOwner {
+                    path: self.data_dir.clone(),
+                    owner,
+                    expected,
+                });
+            }
+        }
+        debug!(data_dir = %self.data_dir.display(), "reusing existing data directory");
+        Ok(())
+    }
+
+    /// Runs `initdb` (trust auth, superuser `postgres`, UTF8, C locale).
+    async fn initdb(&self, fsync: bool) -> Result<(), ClusterError> {
+        info!(
+            data_dir = %self.data_dir.display(),
+            bin_dir = %self.bin_dir.display(),
+            "initializing a new postgres cluster"
+        );
+        let mut cmd = self.run_as.command(&self.bin_dir.join("initdb"));
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args(["--auth=trust", "-U", SUPERUSER])
+            .args(["--encoding=UTF8", "--locale=C", "--no-instructions"]);
+        if !fsync {
+            cmd.arg("--no-sync");
+        }
+        let output = run(cmd, "initdb").await?;
+        let text = combined_output(&output);
+        if let Err(error) = append_to_file(&self.log_file, &text) {
+            debug!(%error, "could not copy initdb output to the log file");
+        }
+        if !output.status.success() {
+            return Err(ClusterError::InitDb {
+                path: self.data_dir.clone(),
+                status: output.status.to_string(),
+                tail: last_lines(&text, LOG_TAIL_LINES),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `pg_hba.conf` and makes `postgresql.conf` include [`WALCAST_CONF`].
+    fn write_static_config(&self) -> Result<(), ClusterError> {
+        write_owned_file(&self.data_dir.join("pg_hba.conf"), PG_HBA, &self.run_as)?;
+        let conf = self.data_dir.join("postgresql.conf");
+        let current = fs::read_to_string(&conf).map_err(io_error("read", &conf))?;
+        if !current.lines().any(|line| line.trim() == INCLUDE_LINE) {
+            append_to_file(
+                &conf,
+                &format!("\n# added by walcast: settings of the current run\n{INCLUDE_LINE}\n"),
+            )
+            .map_err(io_error("append to", &conf))?;
+        }
+        Ok(())
+    }
+
+    /// Writes [`WALCAST_CONF`] for the current port and options.
+    fn write_run_config(&self, fsync: bool, extra: &str) -> Result<(), ClusterError> {
+        let durability = if fsync { "on" } else { "off" };
+        let settings = [
+            ("listen_addresses", HOST.to_owned()),
+            ("port", self.port.to_string()),
+            (
+                "unix_socket_directories",
+                self.socket_dir.display().to_string(),
+            ),
+            ("wal_level", "logical".to_owned()),
+            ("max_replication_slots", "64".to_owned()),
+            ("max_wal_senders", "64".to_owned()),
+            ("max_connections", "200".to_owned()),
+            ("wal_sender_timeout", "10s".to_owned()),
+            ("fsync", durability.to_owned()),
+            ("full_page_writes", durability.to_owned()),
+            ("synchronous_commit", "on".to_owned()),
+            ("shared_buffers", "128MB".to_owned()),
+            ("log_min_messages", "warning".to_owned()),
+        ];
+        let mut text = String::from("# written by walcast on every start; do not edit\n");
+        for (name, value) in settings {
+            text.push_str(&format!("{name} = {}\n", quote_conf_value(&value)));
+        }
+        text.push_str(extra);
+        write_owned_file(&self.data_dir.join(WALCAST_CONF), &text, &self.run_as)
+    }
+
+    /// Runs `pg_ctl start -w` on `self.port`.
+    async fn pg_ctl_start(&self) -> Result<(), ClusterError> {
+        let offset = fs::metadata(&self.log_file).map_or(0, |meta| meta.len());
+        debug!(port = self.port, data_dir = %self.data_dir.display(), "starting postgres");
+        let mut cmd = self.run_as.command(&self.bin_dir.join("pg_ctl"));
+        cmd.args(["start", "-w", "-t", PG_CTL_TIMEOUT_SECS, "-D"])
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(&self.log_file)
+            .arg("-o")
+            .arg(format!("-p {}", self.port));
+        let output = run(cmd, "pg_ctl start").await?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let new_log = read_log_since(&self.log_file, offset);
+        let tail = last_lines(&new_log, LOG_TAIL_LINES);
+        if self.is_running() {
+            // pg_ctl gave up waiting but the postmaster lives on: do not leak it.
+            if let Err(error) = self.pg_ctl_stop(StopMode::Immediate).await {
+                warn!(%error, "could not stop a server that failed to start");
+            }
+        }
+        if is_port_conflict(&new_log) {
+            return Err(ClusterError::PortInUse {
+                port: self.port,
+                log_file: self.log_file.clone(),
+                tail,
+            });
+        }
+        Err(ClusterError::PgCtl {
+            action: "start",
+            status: output.status.to_string(),
+            output: combined_output(&output).trim().to_owned(),
+            log_file: self.log_file.clone(),
+            tail,
+        })
+    }
+
+    /// Runs `pg_ctl stop -w -m <mode>`; a server that is gone afterwards counts as success.
+    async fn pg_ctl_stop(&self, mode: StopMode) -> Result<(), ClusterError> {
+        let offset = fs::metadata(&self.log_file).map_or(0, |meta| meta.len());
+        let mut cmd = self.run_as.command(&self.bin_dir.join("pg_ctl"));
+        cmd.args([
+            "stop",
+            "-w",
+            "-t",
+            PG_CTL_TIMEOUT_SECS,
+            "-m",
+            mode.as_arg(),
+            "-D",
+        ])
+        .arg(&self.data_dir);
+        let output = run(cmd, "pg_ctl stop").await?;
+        if output.status.success() || !self.is_running() {
+            return Ok(());
+        }
+        Err(ClusterError::PgCtl {
+            action: "stop",
+            status: output.status.to_string(),
+            output: combined_output(&output).trim().to_owned(),
+            log_file: self.log_file.clone(),
+            tail: last_lines(&read_log_since(&self.log_file, offset), LOG_TAIL_LINES),
+        })
+    }
+
+    /// Asks `pg_ctl status` whether a server runs in the data directory.
+    async fn pg_ctl_status(&self) -> Result<bool, ClusterError> {
+        let mut cmd = self.run_as.command(&self.bin_dir.join("pg_ctl"));
+        cmd.args(["status", "-D"]).arg(&self.data_dir);
+        let output = run(cmd, "pg_ctl status").await?;
+        Ok(output.status.success())
+    }
+
+    /// Waits until the server accepts connections, failing early if the postmaster died.
+    async fn wait_ready(&self) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let last_error = match self.try_connect("postgres", Duration::from_secs(2)).await {
+                Ok(client) => match client.simple_query("SELECT 1").await {
+                    Ok(_) => {
+                        debug!(
+                            port = self.port,
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "server is ready"
+                        );
+                        return Ok(());
+                    }
+                    Err(error) => error.to_string(),
+                },
+                Err(error) => error.to_string(),
+            };
+            let gone = !self.is_running();
+            if gone || started.elapsed() >= READY_TIMEOUT {
+                let last_error = if gone {
+                    format!("the server exited; last error: {last_error}")
+                } else {
+                    last_error
+                };
+                return Err(ClusterError::NotReady {
+                    port: self.port,
+                    waited_secs: started.elapsed().as_secs(),
+                    last_error,
+                    log_file: self.log_file.clone(),
+                    tail: last_lines(&read_log_since(&self.log_file, 0), LOG_TAIL_LINES),
+                });
+            }
+            debug!(port = self.port, error = %last_error, "server not ready yet");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Connects as the superuser over TCP and spawns the connection task.
+    async fn try_connect(
+        &self,
+        database: &str,
+        timeout: Duration,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(HOST)
+            .port(self.port)
+            .user(SUPERUSER)
+            .dbname(database)
+            .application_name("walcast-cluster")
+            .connect_timeout(timeout);
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(%error, "cluster control connection ended with an error");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Wraps a SQL error with the cluster's port and log file.
+    fn sql_error(&self, action: String, source: tokio_postgres::Error) -> ClusterError {
+        ClusterError::Sql {
+            action,
+            port: self.port,
+            log_file: self.log_file.clone(),
+            source,
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// Stops the server with `pg_ctl stop -m immediate` (blocking, best effort) unless
+    /// [`Cluster::keep_running`] was called or it is already stopped.
+    fn drop(&mut self) {
+        if self.keep_running || !self.is_running() {
+            return;
+        }
+        let mut cmd = self.run_as.command(&self.bin_dir.join("pg_ctl"));
+        cmd.args(["stop", "-w", "-t", "30", "-m", "immediate", "-D"])
+            .arg(&self.data_dir);
+        match cmd.output() {
+            Ok(output) if output.status.success() => {
+                info!(port = self.port, "private postgres cluster stopped on drop");
+            }
+            Ok(output) => warn!(
+                port = self.port,
+                status = %output.status,
+                output = %combined_output(&output).trim(),
+                "could not stop the private postgres cluster on drop"
+            ),
+            Err(error) => warn!(
+                port = self.port,
+                %error,
+                "could not run pg_ctl to stop the private postgres cluster on drop"
+            ),
+        }
+    }
+}
+
+/// Which user runs the PostgreSQL programs.
+#[derive(Debug, Clone)]
+enum RunAs {
+    /// walcast is not root: run them directly (uid if known).
+    CurrentUser {
+        /// Effective uid of this process, when it could be determined.
+        uid: Option<u32>,
+    },
+    /// walcast is root: switch to the `postgres` system user.
+    SystemUser {
+        /// uid of the `postgres` user.
+        uid: u32,
+        /// Primary gid of the `postgres` user.
+        gid: u32,
+        /// Program used to switch users.
+        switch: UserSwitch,
+    },
+}
+
+/// Program that runs a command as another user.
+#[derive(Debug, Clone)]
+enum UserSwitch {
+    /// `runuser -u postgres -- ...`.
+    Runuser(PathBuf),
+    /// `setpriv --reuid=postgres --regid=postgres --init-groups -- ...`.
+    Setpriv(PathBuf),
+}
+
+impl RunAs {
+    /// Decides from the effective uid whether to switch to the `postgres` user.
+    fn detect() -> Result<Self, ClusterError> {
+        let euid = effective_uid();
+        if euid != Some(0) {
+            return Ok(RunAs::CurrentUser { uid: euid });
+        }
+        let (uid, gid) = lookup_user(SYSTEM_USER).ok_or(ClusterError::NoPostgresUser)?;
+        let switch = if let Some(path) = find_program("runuser") {
+            UserSwitch::Runuser(path)
+        } else if let Some(path) = find_program("setpriv") {
+            UserSwitch::Setpriv(path)
+        } else {
+            return Err(ClusterError::NoUserSwitch);
+        };
+        debug!(
+            uid,
+            gid,
+            ?switch,
+            "running postgres programs as the postgres user"
+        );
+        Ok(RunAs::SystemUser { uid, gid, switch })
+    }
+
+    /// uid that owns the server's files, when known.
+    fn uid(&self) -> Option<u32> {
+        match self {
+            RunAs::CurrentUser { uid } => *uid,
+            RunAs::SystemUser { uid, .. } => Some(*uid),
+        }
+    }
+
+    /// Name of the server user, for messages.
+    fn user_name(&self) -> String {
+        match self {
+            RunAs::CurrentUser { uid: Some(uid) } => format!("uid {uid}"),
+            RunAs::CurrentUser { uid: None } => "current".to_owned(),
+            RunAs::SystemUser { .. } => SYSTEM_USER.to_owned(),
+        }
+    }
+
+    /// A command running `program` as the server user, from `/`, with a C locale and no
+    /// `PG*` variables that could point it elsewhere.
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = match self {
+            RunAs::CurrentUser { .. } => Command::new(program),
+            RunAs::SystemUser {
+                switch: UserSwitch::Runuser(runuser),
+                ..
+            } => {
+                let mut cmd = Command::new(runuser);
+                cmd.args(["-u", SYSTEM_USER, "--"]).arg(program);
+                cmd
+            }
+            RunAs::SystemUser {
+                switch: UserSwitch::Setpriv(setpriv),
+                ..
+            } => {
+                let mut cmd = Command::new(setpriv);
+                cmd.arg(format!("--reuid={SYSTEM_USER}"))
+                    .arg(format!("--regid={SYSTEM_USER}"))
+                    .args(["--init-groups", "--"])
+                    .arg(program);
+                cmd
+            }
+        };
+        cmd.current_dir("/")
+            .stdin(Stdio::null())
+            .env("LC_ALL", "C")
+            .env("LANG", "C");
+        for var in SCRUBBED_ENV {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+}
+
+/// Checks that `dir` holds `pg_ctl`, `initdb` and `postgres` of version >= 15; returns
+/// the major version.
+fn check_bin_dir(dir: &Path) -> Result<u32, ClusterError> {
+    for program in ["pg_ctl", "initdb", "postgres"] {
+        if !is_executable(&dir.join(program)) {
+            return Err(ClusterError::BadBinDir {
+                path: dir.to_path_buf(),
+                reason: format!("`{program}` is missing or not executable"),
+            });
+        }
+    }
+    let pg_ctl = dir.join("pg_ctl");
+    let output = Command::new(&pg_ctl)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| ClusterError::Spawn {
+            program: pg_ctl.display().to_string(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = parse_major_version(&text).ok_or_else(|| ClusterError::BadBinDir {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "cannot read the version from `pg_ctl --version`: {}",
+            text.trim()
+        ),
+    })?;
+    if version < MIN_MAJOR {
+        return Err(ClusterError::TooOld {
+            path: dir.to_path_buf(),
+            version,
+        });
+    }
+    Ok(version)
+}
+
+/// Extracts the major version from `pg_ctl (PostgreSQL) 15.18 (Debian ...)`.
+fn parse_major_version(text: &str) -> Option<u32> {
+    let rest = text.split("(PostgreSQL)").nth(1)?.trim_start();
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Whether `path` is a regular file with an execute bit.
+fn is_executable(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+/// Finds `name` in the directories of `PATH`.
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// Finds a system program on `PATH` or in the usual sbin/bin directories.
+fn find_program(name: &str) -> Option<PathBuf> {
+    find_in_path(name).or_else(|| {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|dir| Path::new(dir).join(name))
+            .find(|candidate| is_executable(candidate))
+    })
+}
+
+/// Effective uid of this process, from `/proc/self/status` or `id -u`.
+fn effective_uid() -> Option<u32> {
+    if let Ok(status) = fs::read_to_string("/proc/self/status") {
+        let euid = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            .and_then(|euid| euid.parse().ok());
+        if euid.is_some() {
+            return euid;
+        }
+    }
+    let output = Command::new("id").arg("-u").output().ok()?;
+    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+}
+
+/// uid and gid of user `name`, from `getent passwd` or `/etc/passwd`.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let from_getent = Command::new("getent")
+        .args(["passwd", name])
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned());
+    let text = match from_getent {
+        Some(text) => text,
+        None => fs::read_to_string("/etc/passwd").ok()?,
+    };
+    text.lines().find_map(|line| parse_passwd_line(line, name))
+}
+
+/// Parses `name:x:uid:gid:...` when the line is about `name`.
+fn parse_passwd_line(line: &str, name: &str) -> Option<(u32, u32)> {
+    let mut fields = line.split(':');
+    if fields.next()? != name {
+        return None;
+    }
+    fields.next()?;
+    let uid = fields.next()?.parse().ok()?;
+    let gid = fields.next()?.parse().ok()?;
+    Some((uid, gid))
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Makes `path` absolute relative to the current directory.
+fn absolute(path: &Path) -> Result<PathBuf, ClusterError> {
+    std::path::absolute(path).map_err(io_error("resolve", path))
+}
+
+/// Builds a `map_err` closure producing [`ClusterError::Io`].
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ClusterError + use<> {
+    let path = path.to_path_buf();
+    move |source| ClusterError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Hands `path` to the server user when that is another user.
+fn chown_to(run_as: &RunAs, path: &Path) -> Result<(), ClusterError> {
+    if let RunAs::SystemUser { uid, gid, .. } = run_as {
+        std::os::unix::fs::chown(path, Some(*uid), Some(*gid))
+            .map_err(io_error("change the owner of", path))?;
+    }
+    Ok(())
+}
+
+/// Sets the permission bits of `path`.
+fn set_mode(path: &Path, mode: u32) -> Result<(), ClusterError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io_error("change the permissions of", path))
+}
+
+/// Creates `dir` and its missing parents, handing the created ones to the server user.
+fn create_owned_dir_all(dir: &Path, run_as: &RunAs) -> Result<(), ClusterError> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|path| !path.exists()).collect();
+    fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+    for path in missing.iter().rev() {
+        chown_to(run_as, path)?;
+    }
+    Ok(())
+}
+
+/// Fails unless `dir` is empty.
+fn ensure_empty(dir: &Path) -> Result<(), ClusterError> {
+    let mut entries = fs::read_dir(dir).map_err(io_error("list", dir))?;
+    if entries.next().is_some() {
+        return Err(ClusterError::DataDirNotEmpty {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Creates the log file (and its directory) so the server user can append to it.
+fn prepare_log_file(path: &Path, run_as: &RunAs) -> Result<(), ClusterError> {
+    if let Some(dir) = path.parent() {
+        create_owned_dir_all(dir, run_as)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_error("create log file", path))?;
+    chown_to(run_as, path)
+}
+
+/// Returns `parent/sock` owned by the server user, or `/tmp` when that path is too long
+/// for a Unix socket or cannot be prepared.
+fn prepare_socket_dir(parent: &Path, run_as: &RunAs) -> PathBuf {
+    let dir = parent.join("sock");
+    if dir.as_os_str().len() > SOCKET_DIR_MAX_LEN {
+        debug!(dir = %dir.display(), "socket directory path too long, using {FALLBACK_SOCKET_DIR}");
+        return PathBuf::from(FALLBACK_SOCKET_DIR);
+    }
+    let prepared = create_owned_dir_all(&dir, run_as).and_then(|()| chown_to(run_as, &dir));
+    match prepared {
+        Ok(()) => dir,
+        Err(error) => {
+            warn!(%error, "could not prepare the socket directory, using {FALLBACK_SOCKET_DIR}");
+            PathBuf::from(FALLBACK_SOCKET_DIR)
+        }
+    }
+}
+
+/// Verifies that the server user can write to `path` (checks every parent directory).
+async fn check_access(run_as: &RunAs, path: &Path) -> Result<(), ClusterError> {
+    if matches!(run_as, RunAs::CurrentUser { .. }) {
+        return Ok(());
+    }
+    let mut cmd = run_as.command(Path::new("test"));
+    cmd.arg("-w").arg(path);
+    let output = run(cmd, "test").await?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(ClusterError::NotAccessible {
+        path: path.to_path_buf(),
+        user: run_as.user_name(),
+    })
+}
+
+/// Writes `path` with `text`, mode 0600, owned by the server user.
+fn write_owned_file(path: &Path, text: &str, run_as: &RunAs) -> Result<(), ClusterError> {
+    fs::write(path, text).map_err(io_error("write", path))?;
+    chown_to(run_as, path)?;
+    set_mode(path, 0o600)
+}
+
+/// Appends `text` to `path`, creating it if needed.
+fn append_to_file(path: &Path, text: &str) -> io::Result<()> {
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+/// Runs `cmd` to completion, capturing its output.
+async fn run(cmd: Command, what: &str) -> Result<Output, ClusterError> {
+    tokio::process::Command::from(cmd)
+        .output()
+        .await
+        .map_err(|source| ClusterError::Spawn {
+            program: what.to_owned(),
+            source,
+        })
+}
+
+/// stdout followed by stderr, lossily decoded.
+fn combined_output(output: &Output) -> String {
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    text
+}
+
+/// What the log gained after byte `offset` (at most the last [`MAX_LOG_READ`] bytes; the
+/// whole tail when the file shrank).
+fn read_log_since(path: &Path, offset: u64) -> String {
+    let read = || -> io::Result<String> {
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let start = if len < offset {
+            len.saturating_sub(MAX_LOG_READ)
+        } else {
+            offset.max(len.saturating_sub(MAX_LOG_READ))
+        };
+        file.seek(SeekFrom::Start(start))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    read().unwrap_or_else(|error| format!("(could not read {}: {error})", path.display()))
+}
+
+/// The last `count` lines of `text`, or a placeholder when there are none.
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return "(no output)".to_owned();
+    }
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+/// Whether a server log says the port (TCP or its Unix socket) was taken.
+fn is_port_conflict(log: &str) -> bool {
+    let log = log.to_ascii_lowercase();
+    log.contains("already in use")
+        || log.contains("could not bind")
+        || log.contains("could not create any tcp/ip sockets")
+        || (log.contains(".s.pgsql.") && log.contains("already exists"))
+}
+
+/// Reserves a free port on 127.0.0.1 by binding port 0, then releases it.
+fn pick_free_port() -> Result<u16, ClusterError> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|source| ClusterError::NoFreePort { source })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| ClusterError::NoFreePort { source })?
+        .port();
+    Ok(port)
+}
+
+/// Quotes a value for `postgresql.conf` (single quotes, backslashes escaped).
+fn quote_conf_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Quotes an SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Validates and renders `extra_settings` as configuration lines.
+fn render_extra_settings(settings: &[(String, String)]) -> Result<String, ClusterError> {
+    let mut text = String::new();
+    for (name, value) in settings {
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !valid_name {
+            return Err(ClusterError::InvalidSetting {
+                name: name.clone(),
+                reason: "names may only contain letters, digits, `_` and `.`",
+            });
+        }
+        if value.contains(['\n', '\r', '\0']) {
+            return Err(ClusterError::InvalidSetting {
+                name: name.clone(),
+                reason: "values may not contain line breaks or NUL",
+            });
+        }
+        text.push_str(&format!("{name} = {}\n", quote_conf_value(value)));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    /// A scratch directory under /tmp removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        /// Creates a fresh, uniquely named directory.
+        fn new(tag: &str) -> Scratch {
+            static COUNTER: AtomicU32 = AtomicU32::new(0);
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir = PathBuf::from(format!(
+                "/tmp/walcast-cl-{tag}-{}-{nanos}-{n}",
+                std::process::id()
+            ));
+            fs::create_dir_all(&dir).expect("create scratch dir");
+            Scratch(dir)
+        }
+
+        /// Cluster options with fsync off and a data directory inside the scratch dir.
+        fn options(&self) -> ClusterOptions {
+            let mut opts = ClusterOptions::new(self.0.join("data"));
+            opts.fsync = false;
+            opts
+        }
+    }
+
+    impl Drop for Scratch {
+        /// Removes the directory and everything in it.
+        fn drop(&mut self) {
+            if let Err(error) = fs::remove_dir_all(&self.0) {
+                eprintln!("could not remove {}: {error}", self.0.display());
+            }
+        }
+    }
+
+    /// Reads one `SHOW` setting.
+    async fn show(client: &Client, name: &str) -> String {
+        let row = client
+            .query_one(&format!("SHOW {name}"), &[])
+            .await
+            .expect("show setting");
+        row.get(0)
+    }
+
+    /// `pg_ctl --version` output yields the major version.
+    #[test]
+    fn parses_versions() {
+        assert_eq!(
+            parse_major_version("pg_ctl (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
+            Some(15)
+        );
+        assert_eq!(parse_major_version("pg_ctl (PostgreSQL) 17beta1"), Some(17));
+        assert_eq!(parse_major_version("pg_ctl 9.6"), None);
+    }
+
+    /// passwd lines yield uid and gid for the right user only.
+    #[test]
+    fn parses_passwd_lines() {
+        let line = "postgres:x:101:104:PostgreSQL administrator,,,:/var/lib/postgresql:/bin/bash";
+        assert_eq!(parse_passwd_line(line, "postgres"), Some((101, 104)));
+        assert_eq!(parse_passwd_line(line, "root"), None);
+    }
+
+    /// Configuration values, identifiers and setting names are quoted or rejected.
+    #[test]
+    fn quotes_values_and_identifiers() {
+        assert_eq!(quote_conf_value(r"it's a\b"), r"'it''s a\\b'");
+        assert_eq!(quote_ident(r#"my "db""#), r#""my ""db""""#);
+        assert!(render_extra_settings(&[("bad name".into(), "1".into())]).is_err());
+        assert!(render_extra_settings(&[("work_mem".into(), "1\n2".into())]).is_err());
+        assert_eq!(
+            render_extra_settings(&[("auto_explain.log_min_duration".into(), "10ms".into())])
+                .expect("valid setting"),
+            "auto_explain.log_min_duration = '10ms'\n"
+        );
+    }
+
+    /// Log lines about a taken port are recognized.
+    #[test]
+    fn detects_port_conflicts() {
+        assert!(is_port_conflict(
+            "LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use"
+        ));
+        assert!(is_port_conflict(
+            "FATAL:  lock file \"/tmp/.s.PGSQL.5432.lock\" already exists"
+        ));
+        assert!(!is_port_conflict(
+            "FATAL:  data directory has wrong ownership"
+        ));
+    }
+
+    /// This machine has PostgreSQL >= 15 binaries that the search finds.
+    #[test]
+    fn finds_binaries() {
+        let dir = Cluster::find_bin_dir().expect("postgres binaries");
+        assert!(check_bin_dir(&dir).expect("usable bin dir") >= MIN_MAJOR);
+    }
+
+    /// Error messages tell the user what to do.
+    #[test]
+    fn error_messages_say_how_to_fix() {
+        let error = ClusterError::BinariesNotFound {
+            searched: "x".into(),
+        };
+        assert!(error.to_string().contains("set WALCAST_PG_BIN"));
+    }
+
+    /// Start, write, crash-stop, restart on the same port, stop, reuse the data directory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_lifecycle() {
+        let scratch = Scratch::new("life");
+        let cluster = Cluster::start(scratch.options())
+            .await
+            .expect("start cluster");
+        assert!(cluster.is_running());
+        assert_eq!(cluster.host(), "127.0.0.1");
+        assert_eq!(cluster.superuser(), "postgres");
+        let port = cluster.port();
+        assert_eq!(
+            cluster.url("db"),
+            format!("postgres://postgres@127.0.0.1:{port}/db")
+        );
+
+        let db = "walcast \"test\"";
+        cluster.create_database(db).await.expect("create database");
+        cluster
+            .create_database(db)
+            .await
+            .expect("create database again");
+        let client = cluster.connect(db).await.expect("connect");
+        assert_eq!(show(&client, "wal_level").await, "logical");
+        assert_eq!(show(&client, "fsync").await, "off");
+        assert_eq!(show(&client, "synchronous_commit").await, "on");
+        assert_eq!(show(&client, "max_replication_slots").await, "64");
+        client
+            .batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('kept');")
+            .await
+            .expect("insert row");
+        drop(client);
+
+        cluster
+            .stop(StopMode::Immediate)
+            .await
+            .expect("stop immediate");
+        assert!(!cluster.is_running());
+        cluster.restart().await.expect("restart");
+        assert_eq!(cluster.port(), port);
+        let client = cluster.connect(db).await.expect("reconnect");
+        let row = client
+            .query_one("SELECT v FROM t", &[])
+            .await
+            .expect("select");
+        assert_eq!(row.get::<_, String>(0), "kept");
+        drop(client);
+        cluster.stop(StopMode::Fast).await.expect("stop fast");
+        assert!(!cluster.is_running());
+        drop(cluster);
+
+        // Second run reuses the data directory.
+        let cluster = Cluster::start(scratch.options())
+            .await
+            .expect("start again");
+        let client = cluster.connect(db).await.expect("connect after reuse");
+        let row = client
+            .query_one("SELECT v FROM t", &[])
+            .await
+            .expect("select");
+        assert_eq!(row.get::<_, String>(0), "kept");
+        assert_eq!(show(&client, "wal_level").await, "logical");
+        drop(client);
+        let data_dir = cluster.data_dir().to_path_buf();
+        drop(cluster);
+        assert!(
+            !data_dir.join("postmaster.pid").exists(),
+            "drop stops the server"
+        );
+    }
+
+    /// A server left running in the data directory is stopped and started with new options.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replaces_a_cluster_left_running() {
+        let scratch = Scratch::new("left");
+        let mut first = Cluster::start(scratch.options())
+            .await
+            .expect("start cluster");
+        first.keep_running();
+        let old_port = first.port();
+        drop(first);
+
+        let mut opts = scratch.options();
+        opts.extra_settings.push(("work_mem".into(), "7MB".into()));
+        let second = Cluster::start(opts)
+            .await
+            .expect("start over a running cluster");
+        assert!(second.is_running());
+        let client = second.connect("postgres").await.expect("connect");
+        assert_eq!(show(&client, "wal_level").await, "logical");
+        assert_eq!(show(&client, "work_mem").await, "7MB");
+        drop(client);
+        if second.port() != old_port {
+            assert!(
+                std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, old_port)).is_err(),
+                "the old server was stopped"
+            );
+        }
+    }
+
+    /// A fixed port that is already bound gives `PortInUse`, without retries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reports_a_taken_fixed_port() {
+        let scratch = Scratch::new("port");
+        let blocker = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind blocker");
+        let port = blocker.local_addr().expect("blocker address").port();
+        let mut opts = scratch.options();
+        opts.port = Some(port);
+        match Cluster::start(opts).await {
+            Err(ClusterError::PortInUse { port: taken, .. }) => assert_eq!(taken, port),
+            Err(other) => panic!("expected PortInUse, got {other}"),
+            Ok(cluster) => panic!("started on a taken port {}", cluster.port()),
+        }
+        drop(blocker);
+    }
+}

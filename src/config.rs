@@ -1,0 +1,408 @@
+//! Validated configuration: raw command-line/env values in, a [`ServerConfig`] out.
+//!
+//! Validation happens once, before the Tokio runtime starts. A bad value becomes a
+//! [`ConfigError`] whose one-line message names the option and its environment variable; the
+//! binary prints it and exits with code 2.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::cli::ServerArgs;
+
+/// A configuration value that failed validation.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {option} ({env}): {reason}")]
+pub struct ConfigError {
+    /// The command-line option, e.g. `--listen`.
+    pub option: &'static str,
+    /// Its environment variable, e.g. `WALCAST_LISTEN`.
+    pub env: &'static str,
+    /// What is wrong and what is expected.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// Builds an error for one option.
+    pub fn new(option: &'static str, env: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            option,
+            env,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One adaptive batching tier: flush when this many events are pending or the oldest waited this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierConfig {
+    /// Events that trigger a write.
+    pub max_events: usize,
+    /// Longest time a pending event waits for its batch.
+    pub max_wait: Duration,
+}
+
+/// Batch tiers and which event types belong to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Tiers indexed by [`crate::ingest::Tier`]: high, medium, low.
+    pub tiers: [TierConfig; 3],
+    /// Patterns of high-frequency event types.
+    pub high_types: Vec<String>,
+    /// Patterns of low-frequency event types.
+    pub low_types: Vec<String>,
+    /// Write at once when no write is in flight.
+    pub eager: bool,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            tiers: [
+                TierConfig {
+                    max_events: 100,
+                    max_wait: Duration::from_millis(100),
+                },
+                TierConfig {
+                    max_events: 50,
+                    max_wait: Duration::from_millis(500),
+                },
+                TierConfig {
+                    max_events: 10,
+                    max_wait: Duration::from_secs(2),
+                },
+            ],
+            high_types: vec!["cache.*".into(), "metric.*".into(), "metrics.*".into()],
+            low_types: vec!["health.*".into(), "health_check".into()],
+            eager: true,
+        }
+    }
+}
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Postgres URL for SQL and replication.
+    pub database_url: String,
+    /// HTTP/WebSocket listen address.
+    pub listen: SocketAddr,
+    /// HS256 secret for JWTs; `None` disables authentication of the HTTP API.
+    pub jwt_secret: Option<String>,
+    /// Node name.
+    pub node: String,
+    /// Replication slot name.
+    pub slot: String,
+    /// Publication name.
+    pub publication: String,
+    /// Resume window in time.
+    pub retention: Duration,
+    /// Resume window in WAL bytes.
+    pub retention_bytes: u64,
+    /// Per-client queue bound in frames.
+    pub client_queue: usize,
+    /// Heartbeat interval on /ws.
+    pub heartbeat: Duration,
+    /// Largest request body.
+    pub max_body: usize,
+    /// Most events per request.
+    pub max_events: usize,
+    /// Pool size.
+    pub pool_size: usize,
+    /// Adaptive batching.
+    pub batch: BatchConfig,
+    /// Graceful shutdown budget.
+    pub shutdown_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Validates server options for a database URL.
+    pub fn from_args(database_url: &str, args: &ServerArgs) -> Result<Self, ConfigError> {
+        let database_url = validate_database_url(database_url)?;
+        let listen: SocketAddr = args.listen.parse().map_err(|_| {
+            ConfigError::new(
+                "--listen",
+                "WALCAST_LISTEN",
+                format!("{:?} is not an address like 127.0.0.1:4000", args.listen),
+            )
+        })?;
+        let jwt_secret = match &args.jwt_secret {
+            Some(s) => Some(validate_jwt_secret(s)?),
+            None => None,
+        };
+        let (node, slot) = resolve_slot(&args.node, args.slot.as_deref())?;
+        let publication = validate_identifier(
+            &args.publication,
+            "--publication",
+            "WALCAST_PUBLICATION",
+            63,
+        )?;
+        let retention = parse_duration(&args.retention)
+            .map_err(|r| ConfigError::new("--retention", "WALCAST_RETENTION", r))?;
+        let retention_bytes = parse_bytes(&args.retention_bytes)
+            .map_err(|r| ConfigError::new("--retention-bytes", "WALCAST_RETENTION_BYTES", r))?;
+        if !(16..=1_000_000).contains(&args.client_queue) {
+            return Err(ConfigError::new(
+                "--client-queue",
+                "WALCAST_CLIENT_QUEUE",
+                format!("{} is out of range 16..=1000000", args.client_queue),
+            ));
+        }
+        let heartbeat = parse_duration(&args.heartbeat)
+            .map_err(|r| ConfigError::new("--heartbeat", "WALCAST_HEARTBEAT", r))?;
+        if heartbeat < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "--heartbeat",
+                "WALCAST_HEARTBEAT",
+                "must be at least 100ms",
+            ));
+        }
+        let max_body = parse_bytes(&args.max_body)
+            .map_err(|r| ConfigError::new("--max-body", "WALCAST_MAX_BODY", r))?;
+        if !(1024..=1 << 30).contains(&max_body) {
+            return Err(ConfigError::new(
+                "--max-body",
+                "WALCAST_MAX_BODY",
+                "must be between 1KiB and 1GiB",
+            ));
+        }
+        if !(1..=1_000_000).contains(&args.max_events) {
+            return Err(ConfigError::new(
+                "--max-events",
+                "WALCAST_MAX_EVENTS",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(2..=512).contains(&args.pool_size) {
+            return Err(ConfigError::new(
+                "--pool-size",
+                "WALCAST_POOL_SIZE",
+                "must be between 2 and 512",
+            ));
+        }
+        let batch = BatchConfig {
+            tiers: [
+                parse_tier(&args.tier_high, "--tier-high", "WALCAST_TIER_HIGH")?,
+                parse_tier(&args.tier_medium, "--tier-medium", "WALCAST_TIER_MEDIUM")?,
+                parse_tier(&args.tier_low, "--tier-low", "WALCAST_TIER_LOW")?,
+            ],
+            high_types: parse_patterns(&args.high_types),
+            low_types: parse_patterns(&args.low_types),
+            eager: args.eager_flush,
+        };
+        let shutdown_timeout = parse_duration(&args.shutdown_timeout)
+            .map_err(|r| ConfigError::new("--shutdown-timeout", "WALCAST_SHUTDOWN_TIMEOUT", r))?;
+        Ok(ServerConfig {
+            database_url,
+            listen,
+            jwt_secret,
+            node,
+            slot,
+            publication,
+            retention,
+            retention_bytes,
+            client_queue: args.client_queue,
+            heartbeat,
+            max_body: max_body as usize,
+            max_events: args.max_events,
+            pool_size: args.pool_size,
+            batch,
+            shutdown_timeout,
+        })
+    }
+}
+
+/// Checks that a database URL parses as a Postgres connection string.
+pub fn validate_database_url(url: &str) -> Result<String, ConfigError> {
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| {
+            ConfigError::new(
+                "--database-url",
+                "DATABASE_URL",
+                format!("not a Postgres URL ({e}); expected postgres://user:password@host:5432/db"),
+            )
+        })
+        .map(|_| url.to_owned())
+}
+
+/// Validates the node name and returns it with the slot name (`walcast_<node>` unless given).
+pub fn resolve_slot(node: &str, slot: Option<&str>) -> Result<(String, String), ConfigError> {
+    let node = validate_identifier(node, "--node", "WALCAST_NODE", 40)?;
+    let slot = match slot {
+        Some(s) => validate_identifier(s, "--slot", "WALCAST_SLOT", 63)?,
+        None => format!("walcast_{node}"),
+    };
+    Ok((node, slot))
+}
+
+/// Checks a JWT secret's length.
+pub fn validate_jwt_secret(secret: &str) -> Result<String, ConfigError> {
+    if secret.len() < 32 {
+        return Err(ConfigError::new(
+            "--jwt-secret",
+            "WALCAST_JWT_SECRET",
+            format!(
+                "secret has {} characters; use at least 32 (e.g. `openssl rand -hex 32`)",
+                secret.len()
+            ),
+        ));
+    }
+    Ok(secret.to_owned())
+}
+
+/// Checks a lower-case SQL identifier (`[a-z_][a-z0-9_]*`), used for node, slot and publication names.
+fn validate_identifier(
+    value: &str,
+    option: &'static str,
+    env: &'static str,
+    max: usize,
+) -> Result<String, ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !value.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(ConfigError::new(
+            option,
+            env,
+            format!(
+                "{value:?} must be 1-{max} characters of a-z, 0-9 and _, not starting with a digit"
+            ),
+        ))
+    }
+}
+
+/// Parses `SIZE@WAIT`, e.g. `100@100ms`.
+fn parse_tier(
+    value: &str,
+    option: &'static str,
+    env: &'static str,
+) -> Result<TierConfig, ConfigError> {
+    let err = |reason: String| ConfigError::new(option, env, reason);
+    let (size, wait) = value.split_once('@').ok_or_else(|| {
+        err(format!(
+            "{value:?} is not MAX_EVENTS@MAX_WAIT, e.g. 100@100ms"
+        ))
+    })?;
+    let max_events: usize = size
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=100_000).contains(n))
+        .ok_or_else(|| {
+            err(format!(
+                "batch size {size:?} must be a number from 1 to 100000"
+            ))
+        })?;
+    let max_wait = parse_duration(wait.trim()).map_err(err)?;
+    Ok(TierConfig {
+        max_events,
+        max_wait,
+    })
+}
+
+/// Splits a comma-separated list of event type patterns.
+fn parse_patterns(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Parses durations like `250ms`, `30s`, `15m`, `2h`, `7d`, `10y`, or a plain number of seconds.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration like 250ms, 30s, 15m or 2h"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        "y" => n * 365.0 * 86400.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {value:?}: use ms, s, m, h, d or y"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e10 {
+        return Err(format!("{value:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses sizes like `512`, `64KiB`, `8MiB`, `1GiB`, `10MB`.
+pub fn parse_bytes(value: &str) -> Result<u64, String> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{value:?} is not a size like 8MiB or 1GiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "KiB" => 1024,
+        "MB" => 1000 * 1000,
+        "MiB" => 1024 * 1024,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1024 * 1024 * 1024,
+        "TiB" => 1024 * 1024 * 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {value:?}: use B, KiB, MiB, GiB (or KB, MB, GB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{value:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("0.1s").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_bytes("12").unwrap(), 12);
+        assert!(parse_bytes("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn tiers_and_identifiers() {
+        let t = parse_tier("100@100ms", "--tier-high", "WALCAST_TIER_HIGH").unwrap();
+        assert_eq!(t.max_events, 100);
+        assert_eq!(t.max_wait, Duration::from_millis(100));
+        let e = parse_tier("100", "--tier-high", "WALCAST_TIER_HIGH").unwrap_err();
+        assert!(e.to_string().contains("--tier-high"));
+        assert!(validate_identifier("walcast_node1", "--slot", "WALCAST_SLOT", 63).is_ok());
+        assert!(validate_identifier("Bad-Slot", "--slot", "WALCAST_SLOT", 63).is_err());
+        assert!(validate_identifier("1slot", "--slot", "WALCAST_SLOT", 63).is_err());
+        assert!(validate_jwt_secret("short").is_err());
+    }
+}

@@ -1,0 +1,1149 @@
+//! Subscription filters: which changes a subscriber wants to see.
+//!
+//! This module owns the filter model and its matching rules: the Supabase Realtime column filter
+//! syntax `column=op.value` ([`Condition`]), and the per-subscription [`Filter`] that combines
+//! event types, sources, operations and column conditions. It is pure: no I/O, no async, no
+//! clock. Matching runs for every change and every subscriber, so [`Filter::matches`] and
+//! [`Condition::matches`] never allocate; everything that can be worked out once (numbers,
+//! booleans, timestamps in filter values) is parsed when the filter is built.
+//!
+//! # Filter syntax
+//!
+//! `column=op.value`, with `op` one of `eq`, `neq`, `lt`, `lte`, `gt`, `gte`, `in`:
+//!
+//! - `source=eq.host-1`, `severity=gte.3`, `timestamp=lt.2026-11-23T18:00:00Z`
+//! - `event_type=in.(cpu,mem)`; items may be double-quoted to hold `,`, `(`, `)` or spaces:
+//!   `source=in.("rack 1,a",host-2)`, with `\"` and `\\` escaping inside quotes. Unquoted items
+//!   have surrounding spaces trimmed. At most [`MAX_IN_ITEMS`] items.
+//!
+//! The column is `[A-Za-z_][A-Za-z0-9_]*`, at most [`MAX_COLUMN_LEN`] bytes (a Postgres
+//! identifier). Everything after the operator's `.` is the value, taken literally.
+//!
+//! # Matching
+//!
+//! A missing column or an SQL `NULL` never matches (not even `neq`). Otherwise the row value is
+//! compared with the filter value by the first rule that applies:
+//!
+//! 1. row value is a JSON number and the filter value is a number: numeric comparison;
+//! 2. row value is a boolean and the filter value is `true` or `false`: `false < true`;
+//! 3. row value is a string, and both it and the filter value are RFC 3339 timestamps:
+//!    chronological comparison (time zones are taken into account);
+//! 4. otherwise the row value's text (a string as is; anything else as compact JSON, the way
+//!    walcast sends it) is compared with the filter text byte by byte.
+//!
+//! `in` matches when the row value equals any item under these rules.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+
+use chrono::{DateTime, FixedOffset};
+use serde_json::Value;
+
+use crate::decode::{Change, Operation, Row};
+
+/// Longest column name accepted, in bytes (Postgres identifiers are at most 63 bytes).
+pub const MAX_COLUMN_LEN: usize = 63;
+
+/// Most items an `in.(...)` list may hold.
+pub const MAX_IN_ITEMS: usize = 100;
+
+/// Why a filter string was rejected. Every message names the offending filter and says what is
+/// expected instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// The filter string is empty.
+    #[error("empty filter: expected `column=op.value`, e.g. `source=eq.host-1`")]
+    Empty,
+    /// No `=` between column and operator.
+    #[error("filter `{filter}` has no `=`: expected `column=op.value`, e.g. `source=eq.host-1`")]
+    MissingEquals {
+        /// The filter as given.
+        filter: String,
+    },
+    /// Nothing before the `=`.
+    #[error("filter `{filter}` has no column name before `=`: expected `column=op.value`")]
+    EmptyColumn {
+        /// The filter as given.
+        filter: String,
+    },
+    /// The column name is longer than [`MAX_COLUMN_LEN`] bytes.
+    #[error("column name in filter `{filter}` is {len} bytes long: at most 63 bytes are allowed")]
+    ColumnTooLong {
+        /// The filter as given.
+        filter: String,
+        /// Length of the column name in bytes.
+        len: usize,
+    },
+    /// The column name has characters outside `[A-Za-z0-9_]` or starts with a digit.
+    #[error(
+        "invalid column name `{column}` in filter `{filter}`: use a letter or `_` followed by \
+         letters, digits or `_`"
+    )]
+    InvalidColumn {
+        /// The filter as given.
+        filter: String,
+        /// The rejected column name.
+        column: String,
+    },
+    /// No `op.` after the `=`.
+    #[error(
+        "filter `{filter}` has no operator: expected `column=op.value` with op one of eq, neq, \
+         lt, lte, gt, gte or in"
+    )]
+    MissingOperator {
+        /// The filter as given.
+        filter: String,
+    },
+    /// The operator is not one walcast knows.
+    #[error("unknown operator `{op}` in filter `{filter}`: use eq, neq, lt, lte, gt, gte or in")]
+    UnknownOperator {
+        /// The filter as given.
+        filter: String,
+        /// The rejected operator.
+        op: String,
+    },
+    /// An `in` value that is not wrapped in parentheses.
+    #[error("`in` filter `{filter}` needs a parenthesised list: expected `column=in.(a,b,c)`")]
+    InListSyntax {
+        /// The filter as given.
+        filter: String,
+    },
+    /// `in.()`.
+    #[error("the `in` list of filter `{filter}` is empty: give between 1 and 100 items")]
+    EmptyInList {
+        /// The filter as given.
+        filter: String,
+    },
+    /// More than [`MAX_IN_ITEMS`] items.
+    #[error("the `in` list of filter `{filter}` has more than 100 items: at most 100 are allowed")]
+    TooManyInItems {
+        /// The filter as given.
+        filter: String,
+    },
+    /// An unquoted item with nothing in it, as in `in.(a,,b)` or `in.(a,)`.
+    #[error(
+        "item {item} of the `in` list in filter `{filter}` is empty: write `\"\"` for an empty \
+         string"
+    )]
+    EmptyInItem {
+        /// The filter as given.
+        filter: String,
+        /// 1-based position of the item.
+        item: usize,
+    },
+    /// A quoted item whose closing `"` is missing.
+    #[error(
+        "item {item} of the `in` list in filter `{filter}` opens a `\"` that is never closed: \
+         end the item with `\"`"
+    )]
+    UnterminatedQuote {
+        /// The filter as given.
+        filter: String,
+        /// 1-based position of the item.
+        item: usize,
+    },
+    /// Something other than `,` or the end of the list after a quoted item.
+    #[error(
+        "unexpected `{found}` after the closing quote of item {item} in filter `{filter}`: \
+         expected `,` or `)`"
+    )]
+    TextAfterQuote {
+        /// The filter as given.
+        filter: String,
+        /// 1-based position of the item.
+        item: usize,
+        /// The first unexpected character.
+        found: char,
+    },
+    /// A `"` inside an unquoted item.
+    #[error(
+        "item {item} of the `in` list in filter `{filter}` has a `\"` inside it: put the whole \
+         item in double quotes and write an inner quote as `\\\"`"
+    )]
+    StrayQuote {
+        /// The filter as given.
+        filter: String,
+        /// 1-based position of the item.
+        item: usize,
+    },
+}
+
+impl FilterError {
+    /// The stable error code sent to clients for every filter error: `invalid_filter`.
+    pub fn code(&self) -> &'static str {
+        "invalid_filter"
+    }
+}
+
+/// A comparison operator of the filter syntax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FilterOp {
+    /// `eq`: equal.
+    Eq,
+    /// `neq`: not equal.
+    Neq,
+    /// `lt`: less than.
+    Lt,
+    /// `lte`: less than or equal.
+    Lte,
+    /// `gt`: greater than.
+    Gt,
+    /// `gte`: greater than or equal.
+    Gte,
+    /// `in`: equal to one item of a list.
+    In,
+}
+
+impl FilterOp {
+    /// The operator as written in a filter: `eq`, `neq`, `lt`, `lte`, `gt`, `gte`, `in`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilterOp::Eq => "eq",
+            FilterOp::Neq => "neq",
+            FilterOp::Lt => "lt",
+            FilterOp::Lte => "lte",
+            FilterOp::Gt => "gt",
+            FilterOp::Gte => "gte",
+            FilterOp::In => "in",
+        }
+    }
+
+    /// Looks an operator up by its (lower-case) name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "eq" => FilterOp::Eq,
+            "neq" => FilterOp::Neq,
+            "lt" => FilterOp::Lt,
+            "lte" => FilterOp::Lte,
+            "gt" => FilterOp::Gt,
+            "gte" => FilterOp::Gte,
+            "in" => FilterOp::In,
+            _ => return None,
+        })
+    }
+
+    /// Whether an ordering of row value against filter value satisfies this operator
+    /// (`in` is treated as `eq` for each item).
+    fn accepts(self, ord: Ordering) -> bool {
+        match self {
+            FilterOp::Eq | FilterOp::In => ord == Ordering::Equal,
+            FilterOp::Neq => ord != Ordering::Equal,
+            FilterOp::Lt => ord == Ordering::Less,
+            FilterOp::Lte => ord != Ordering::Greater,
+            FilterOp::Gt => ord == Ordering::Greater,
+            FilterOp::Gte => ord != Ordering::Less,
+        }
+    }
+}
+
+impl fmt::Display for FilterOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A number given in a filter value, kept exact when it is an integer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum FilterNumber {
+    /// An integer literal (exact comparison with integer row values).
+    Int(i128),
+    /// Any other finite number.
+    Float(f64),
+}
+
+/// One filter value (or one item of an `in` list): its text plus the typed readings of that
+/// text, worked out once when the filter is built.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterScalar {
+    /// The value as written, quotes and escapes removed.
+    text: String,
+    /// The value read as a number, when it is one (finite).
+    number: Option<FilterNumber>,
+    /// The value read as a boolean, when it is `true` or `false`.
+    boolean: Option<bool>,
+    /// The value read as an RFC 3339 timestamp, when it is one.
+    timestamp: Option<DateTime<FixedOffset>>,
+}
+
+impl FilterScalar {
+    /// Builds a value from its text, noting whether it reads as a number, a boolean
+    /// (`true`/`false`) or an RFC 3339 timestamp.
+    pub fn new(text: impl Into<String>) -> Self {
+        let text = text.into();
+        let number = if let Ok(i) = text.parse::<i128>() {
+            Some(FilterNumber::Int(i))
+        } else {
+            text.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(FilterNumber::Float)
+        };
+        let boolean = match text.as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        };
+        let timestamp = DateTime::parse_from_rfc3339(&text).ok();
+        FilterScalar {
+            text,
+            number,
+            boolean,
+            timestamp,
+        }
+    }
+
+    /// The value exactly as written in the filter (quotes and escapes removed).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Compares a row value with this filter value; `None` for SQL `NULL`, which never matches.
+    fn compare(&self, row: &Value) -> Option<Ordering> {
+        match row {
+            Value::Null => None,
+            Value::Number(n) => match self.number {
+                Some(want) => compare_numbers(n, want),
+                None => Some(compare_json_text(row, &self.text)),
+            },
+            Value::Bool(b) => match self.boolean {
+                Some(want) => Some(b.cmp(&want)),
+                None => Some(compare_json_text(row, &self.text)),
+            },
+            Value::String(s) => {
+                if let Some(want) = &self.timestamp
+                    && let Ok(have) = DateTime::parse_from_rfc3339(s)
+                {
+                    return Some(have.cmp(want));
+                }
+                Some(s.as_bytes().cmp(self.text.as_bytes()))
+            }
+            Value::Array(_) | Value::Object(_) => Some(compare_json_text(row, &self.text)),
+        }
+    }
+}
+
+/// Numeric comparison of a row number with a filter number: exact for two integers, as `f64`
+/// otherwise.
+fn compare_numbers(have: &serde_json::Number, want: FilterNumber) -> Option<Ordering> {
+    let have_int = have
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| have.as_u64().map(i128::from));
+    match (have_int, want) {
+        (Some(a), FilterNumber::Int(b)) => Some(a.cmp(&b)),
+        (_, FilterNumber::Int(b)) => have.as_f64()?.partial_cmp(&(b as f64)),
+        (_, FilterNumber::Float(b)) => have.as_f64()?.partial_cmp(&b),
+    }
+}
+
+/// Compares the compact JSON text of `value` with `text` byte by byte, without building the
+/// JSON text: the serializer writes into a sink that compares as it goes.
+fn compare_json_text(value: &Value, text: &str) -> Ordering {
+    let mut sink = CompareSink {
+        rest: text.as_bytes(),
+        ord: Ordering::Equal,
+    };
+    // The sink never fails and a `Value` always serializes, so this cannot error.
+    let _ = serde_json::to_writer(&mut sink, value);
+    sink.finish()
+}
+
+/// An `io::Write` that lexicographically compares everything written to it with a byte string.
+struct CompareSink<'a> {
+    /// The part of the expected text not yet compared.
+    rest: &'a [u8],
+    /// The verdict so far; once not `Equal`, later writes are ignored.
+    ord: Ordering,
+}
+
+impl CompareSink<'_> {
+    /// The final ordering of the written bytes against the expected text.
+    fn finish(self) -> Ordering {
+        if self.ord == Ordering::Equal && !self.rest.is_empty() {
+            Ordering::Less
+        } else {
+            self.ord
+        }
+    }
+}
+
+impl io::Write for CompareSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.ord == Ordering::Equal {
+            let n = buf.len().min(self.rest.len());
+            self.ord = buf[..n].cmp(&self.rest[..n]);
+            if self.ord == Ordering::Equal {
+                if buf.len() > n {
+                    self.ord = Ordering::Greater;
+                }
+                self.rest = &self.rest[n..];
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The right-hand side of a condition: one value, or the list of an `in` filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FilterValue {
+    /// The value of `eq`, `neq`, `lt`, `lte`, `gt`, `gte`.
+    Scalar(FilterScalar),
+    /// The items of `in.(...)`, 1 to [`MAX_IN_ITEMS`] of them.
+    List(Vec<FilterScalar>),
+}
+
+/// One column condition, `column=op.value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    /// The column the condition looks at.
+    pub column: String,
+    /// How the column is compared.
+    pub op: FilterOp,
+    /// What it is compared with (a list exactly when `op` is [`FilterOp::In`]).
+    pub value: FilterValue,
+}
+
+impl Condition {
+    /// Parses `column=op.value` (Supabase Realtime filter syntax).
+    pub fn parse(filter: &str) -> Result<Condition, FilterError> {
+        if filter.is_empty() {
+            return Err(FilterError::Empty);
+        }
+        let owned = || filter.to_owned();
+        let (column, rest) = filter
+            .split_once('=')
+            .ok_or_else(|| FilterError::MissingEquals { filter: owned() })?;
+        validate_column(filter, column)?;
+        let (op_name, value) = match rest.split_once('.') {
+            Some((op, value)) if !op.is_empty() => (op, value),
+            _ => return Err(FilterError::MissingOperator { filter: owned() }),
+        };
+        let op = FilterOp::from_name(op_name).ok_or_else(|| FilterError::UnknownOperator {
+            filter: owned(),
+            op: op_name.to_owned(),
+        })?;
+        let value = if op == FilterOp::In {
+            FilterValue::List(parse_in_list(filter, value)?)
+        } else {
+            FilterValue::Scalar(FilterScalar::new(value))
+        };
+        Ok(Condition {
+            column: column.to_owned(),
+            op,
+            value,
+        })
+    }
+
+    /// Whether the row satisfies this condition. A missing column or SQL `NULL` never does.
+    pub fn matches(&self, row: &Row) -> bool {
+        let Some(have) = row.values.get(self.column.as_str()) else {
+            return false;
+        };
+        match &self.value {
+            FilterValue::Scalar(want) => want.compare(have).is_some_and(|o| self.op.accepts(o)),
+            FilterValue::List(items) => items
+                .iter()
+                .any(|want| want.compare(have) == Some(Ordering::Equal)),
+        }
+    }
+}
+
+impl FromStr for Condition {
+    type Err = FilterError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Condition::parse(s)
+    }
+}
+
+/// Writes the condition back in filter syntax; parsing the output gives the same condition.
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}.", self.column, self.op)?;
+        match &self.value {
+            FilterValue::Scalar(v) => f.write_str(&v.text),
+            FilterValue::List(items) => {
+                f.write_str("(")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write_list_item(f, &item.text)?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
+/// Writes one `in` item, quoting it when it would not read back unchanged unquoted.
+fn write_list_item(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    let needs_quotes = text.is_empty()
+        || text.starts_with(' ')
+        || text.ends_with(' ')
+        || text.contains([',', '(', ')', '"', '\\']);
+    if !needs_quotes {
+        return f.write_str(text);
+    }
+    f.write_str("\"")?;
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            f.write_str("\\")?;
+        }
+        write!(f, "{c}")?;
+    }
+    f.write_str("\"")
+}
+
+/// Checks a column name: non-empty, at most [`MAX_COLUMN_LEN`] bytes, `[A-Za-z_][A-Za-z0-9_]*`.
+fn validate_column(filter: &str, column: &str) -> Result<(), FilterError> {
+    if column.is_empty() {
+        return Err(FilterError::EmptyColumn {
+            filter: filter.to_owned(),
+        });
+    }
+    if column.len() > MAX_COLUMN_LEN {
+        return Err(FilterError::ColumnTooLong {
+            filter: filter.to_owned(),
+            len: column.len(),
+        });
+    }
+    let mut bytes = column.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(FilterError::InvalidColumn {
+            filter: filter.to_owned(),
+            column: column.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Parses the `(a,"b,c",d)` value of an `in` filter into its items.
+fn parse_in_list(filter: &str, value: &str) -> Result<Vec<FilterScalar>, FilterError> {
+    let owned = || filter.to_owned();
+    let inner = value
+        .strip_prefix('(')
+        .and_then(|v| v.strip_suffix(')'))
+        .ok_or_else(|| FilterError::InListSyntax { filter: owned() })?;
+    if inner.trim_matches(' ').is_empty() {
+        return Err(FilterError::EmptyInList { filter: owned() });
+    }
+    let mut items = Vec::new();
+    let mut rest = inner;
+    loop {
+        let item = items.len() + 1;
+        if item > MAX_IN_ITEMS {
+            return Err(FilterError::TooManyInItems { filter: owned() });
+        }
+        let trimmed = rest.trim_start_matches(' ');
+        if let Some(quoted) = trimmed.strip_prefix('"') {
+            let (unquoted, after) =
+                read_quoted(quoted).ok_or_else(|| FilterError::UnterminatedQuote {
+                    filter: owned(),
+                    item,
+                })?;
+            let after = after.trim_start_matches(' ');
+            rest = match after.chars().next() {
+                None => "",
+                Some(',') => &after[1..],
+                Some(found) => {
+                    return Err(FilterError::TextAfterQuote {
+                        filter: owned(),
+                        item,
+                        found,
+                    });
+                }
+            };
+            items.push(FilterScalar::new(unquoted));
+            if after.is_empty() {
+                break;
+            }
+        } else {
+            let (raw, next) = match trimmed.split_once(',') {
+                Some((raw, next)) => (raw, Some(next)),
+                None => (trimmed, None),
+            };
+            let raw = raw.trim_end_matches(' ');
+            if raw.is_empty() {
+                return Err(FilterError::EmptyInItem {
+                    filter: owned(),
+                    item,
+                });
+            }
+            if raw.contains('"') {
+                return Err(FilterError::StrayQuote {
+                    filter: owned(),
+                    item,
+                });
+            }
+            items.push(FilterScalar::new(raw));
+            match next {
+                Some(next) => rest = next,
+                None => break,
+            }
+        }
+    }
+    Ok(items)
+}
+
+/// Reads a quoted item after its opening `"`: returns the unescaped text and what follows the
+/// closing `"`, or `None` when the quote is never closed.
+fn read_quoted(s: &str) -> Option<(String, &str)> {
+    let mut text = String::new();
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((text, &s[i + 1..])),
+            '\\' => text.push(chars.next()?.1),
+            c => text.push(c),
+        }
+    }
+    None
+}
+
+/// What one subscription wants: every set part must match (they are combined with AND).
+///
+/// The default filter, with nothing set, matches every change.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Filter {
+    /// Accepted values of the row's `event_type` column; empty means any.
+    pub event_types: Vec<String>,
+    /// Accepted values of the row's `source` column; empty means any.
+    pub sources: Vec<String>,
+    /// Accepted operations; empty means all.
+    pub ops: Vec<Operation>,
+    /// Column conditions the row must all satisfy.
+    pub conditions: Vec<Condition>,
+}
+
+impl Filter {
+    /// Whether this filter puts no requirement on the row (only, possibly, on the operation).
+    pub fn ignores_rows(&self) -> bool {
+        self.event_types.is_empty() && self.sources.is_empty() && self.conditions.is_empty()
+    }
+
+    /// Whether the change passes this filter.
+    ///
+    /// The row checked is `record` for INSERT and UPDATE and `old_record` for DELETE (which
+    /// holds only the key columns unless the table has `REPLICA IDENTITY FULL`). A TRUNCATE
+    /// affects every row, so it matches whenever its operation is accepted, whatever the row
+    /// requirements. Changes of any table go through the same rules.
+    pub fn matches(&self, change: &Change) -> bool {
+        if !self.ops.is_empty() && !self.ops.contains(&change.op) {
+            return false;
+        }
+        if self.ignores_rows() {
+            return true;
+        }
+        let row = match change.op {
+            Operation::Truncate => return true,
+            Operation::Insert | Operation::Update => change.record.as_ref(),
+            Operation::Delete => change.old_record.as_ref(),
+        };
+        row.is_some_and(|row| self.matches_row(row))
+    }
+
+    /// Whether a row passes the event type, source and column requirements.
+    pub fn matches_row(&self, row: &Row) -> bool {
+        one_of(row, "event_type", &self.event_types)
+            && one_of(row, "source", &self.sources)
+            && self.conditions.iter().all(|c| c.matches(row))
+    }
+}
+
+/// Whether the row's string `column` is one of `accepted` (an empty list accepts anything).
+fn one_of(row: &Row, column: &str, accepted: &[String]) -> bool {
+    if accepted.is_empty() {
+        return true;
+    }
+    match row.values.get(column) {
+        Some(Value::String(have)) => accepted.iter().any(|a| a == have),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{TimeZone, Utc};
+    use serde_json::json;
+
+    use super::*;
+    use crate::decode::{Cursor, Lsn, Relation};
+
+    fn row(value: Value) -> Row {
+        let Value::Object(values) = value else {
+            panic!("test rows are objects")
+        };
+        Row {
+            values,
+            unchanged_toast: Vec::new(),
+        }
+    }
+
+    fn event_row() -> Row {
+        row(json!({
+            "id": "0195c1de-0000-7000-8000-000000000001",
+            "event_type": "cpu",
+            "timestamp": "2026-11-23T18:01:59.123456Z",
+            "source": "host-1",
+            "data": {"cores": 8, "tags": ["a", "b"], "usage": 93.5},
+            "metadata": {"ok": true},
+            "created_at": "2026-11-23T18:02:00.000000Z",
+            "severity": 3,
+            "ratio": 0.25,
+            "big": 18446744073709551615u64,
+            "active": true,
+            "note": null,
+            "label": "Hello, world"
+        }))
+    }
+
+    fn cond(s: &str) -> Condition {
+        Condition::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn check(s: &str) -> bool {
+        cond(s).matches(&event_row())
+    }
+
+    fn change(op: Operation, record: Option<Row>, old_record: Option<Row>) -> Change {
+        Change {
+            cursor: Cursor {
+                commit_lsn: Lsn(0x10),
+                index: 0,
+            },
+            xid: 7,
+            commit_ts: Utc.with_ymd_and_hms(2026, 11, 23, 18, 2, 0).unwrap(),
+            relation: Arc::new(Relation {
+                oid: 16384,
+                schema: "public".into(),
+                table: "monitoring_events".into(),
+                replica_identity: b'f',
+                columns: Arc::from(Vec::new()),
+            }),
+            op,
+            record,
+            old_record,
+        }
+    }
+
+    #[test]
+    fn parses_each_operator() {
+        for (text, op) in [
+            ("source=eq.host-1", FilterOp::Eq),
+            ("source=neq.host-1", FilterOp::Neq),
+            ("severity=lt.3", FilterOp::Lt),
+            ("severity=lte.3", FilterOp::Lte),
+            ("severity=gt.3", FilterOp::Gt),
+            ("severity=gte.3", FilterOp::Gte),
+        ] {
+            let c = cond(text);
+            assert_eq!(c.op, op);
+            assert!(matches!(c.value, FilterValue::Scalar(_)));
+            assert_eq!(c.to_string(), text);
+        }
+        let c = cond("event_type=in.(cpu,mem)");
+        assert_eq!(c.column, "event_type");
+        assert_eq!(c.op, FilterOp::In);
+        let FilterValue::List(items) = &c.value else {
+            panic!("in has a list")
+        };
+        let texts: Vec<_> = items.iter().map(FilterScalar::text).collect();
+        assert_eq!(texts, ["cpu", "mem"]);
+    }
+
+    #[test]
+    fn value_is_everything_after_the_operator() {
+        let c = cond("label=eq.a.b=c");
+        let FilterValue::Scalar(v) = &c.value else {
+            panic!()
+        };
+        assert_eq!(v.text(), "a.b=c");
+        let c = cond("label=eq.");
+        let FilterValue::Scalar(v) = &c.value else {
+            panic!()
+        };
+        assert_eq!(v.text(), "");
+    }
+
+    #[test]
+    fn string_comparisons() {
+        assert!(check("source=eq.host-1"));
+        assert!(!check("source=eq.host-2"));
+        assert!(!check("source=eq.HOST-1"));
+        assert!(check("source=neq.host-2"));
+        assert!(!check("source=neq.host-1"));
+        assert!(check("source=lt.host-2"));
+        assert!(check("source=lte.host-1"));
+        assert!(!check("source=lt.host-1"));
+        assert!(check("source=gt.host-0"));
+        assert!(check("source=gt.host-"));
+        assert!(check("source=gte.host-1"));
+        assert!(!check("source=gt.host-1"));
+        assert!(check("label=eq.Hello, world"));
+    }
+
+    #[test]
+    fn numeric_comparisons() {
+        assert!(check("severity=eq.3"));
+        assert!(check("severity=eq.3.0"));
+        assert!(check("severity=neq.4"));
+        assert!(check("severity=lt.10"), "numeric, not lexicographic");
+        assert!(check("severity=gt.-1"));
+        assert!(check("severity=gte.3"));
+        assert!(check("severity=lte.3"));
+        assert!(!check("severity=gt.3"));
+        assert!(check("ratio=lt.0.5"));
+        assert!(!check("ratio=gt.2.5e-1"));
+        assert!(check("ratio=eq.2.5e-1"));
+        assert!(check("big=eq.18446744073709551615"), "u64 compared exactly");
+        assert!(check("big=gt.18446744073709551614"));
+        assert!(check("big=lt.1e20"));
+        // A non-numeric filter value against a number compares the JSON text.
+        assert!(check("severity=lt.abc"));
+        assert!(!check("severity=eq.three"));
+        // NaN and infinities are not numbers here.
+        assert!(check("severity=lt.inf"));
+    }
+
+    #[test]
+    fn string_column_with_number_filter_compares_text() {
+        let r = row(json!({"code": "100"}));
+        assert!(cond("code=eq.100").matches(&r));
+        assert!(
+            cond("code=lt.42").matches(&r),
+            "text order: \"100\" < \"42\""
+        );
+    }
+
+    #[test]
+    fn boolean_comparisons() {
+        assert!(check("active=eq.true"));
+        assert!(!check("active=eq.false"));
+        assert!(check("active=neq.false"));
+        assert!(check("active=gt.false"));
+        assert!(!check("active=lt.false"));
+        // Not a boolean literal: text comparison of `true`.
+        assert!(!check("active=eq.TRUE"));
+        assert!(check("active=gt.TRUE"));
+    }
+
+    #[test]
+    fn timestamp_comparisons() {
+        assert!(check("timestamp=eq.2026-11-23T18:01:59.123456Z"));
+        assert!(check("timestamp=eq.2026-11-23T19:01:59.123456+01:00"));
+        assert!(check("timestamp=gt.2026-11-23T18:00:00Z"));
+        assert!(check("timestamp=lt.2026-11-23T18:02:00Z"));
+        assert!(check("timestamp=lte.2026-11-23T18:01:59.123456Z"));
+        assert!(!check("timestamp=gt.2026-11-23T18:01:59.123456Z"));
+        // Chronological, not textual: 17:30 UTC-01:00 is 18:30 UTC.
+        assert!(check("timestamp=lt.2026-11-23T17:30:00-01:00"));
+        assert!(check("created_at=gte.2026-11-23T18:02:00Z"));
+        // A filter that is not a full timestamp compares as text.
+        assert!(check("timestamp=gt.2026-11-23"));
+        assert!(check("timestamp=lt.2026-11-24"));
+    }
+
+    #[test]
+    fn jsonb_comparisons_use_compact_json() {
+        assert!(check("metadata=eq.{\"ok\":true}"));
+        assert!(!check("metadata=eq.{\"ok\": true}"));
+        assert!(check("metadata=neq.{}"));
+        assert!(check(
+            "data=eq.{\"cores\":8,\"tags\":[\"a\",\"b\"],\"usage\":93.5}"
+        ));
+        assert!(check("data=gt.{\"cores\":7"));
+        assert!(check("data=lt.{\"cores\":9"));
+        assert!(
+            check("data=gt.{\"cores\":8"),
+            "longer text with equal prefix"
+        );
+        let r = row(json!({"tags": ["x", "y"]}));
+        assert!(cond("tags=eq.[\"x\",\"y\"]").matches(&r));
+        assert!(cond("tags=in.(\"[\\\"x\\\",\\\"y\\\"]\",z)").matches(&r));
+    }
+
+    #[test]
+    fn missing_and_null_never_match() {
+        for op in ["eq", "neq", "lt", "lte", "gt", "gte"] {
+            assert!(!check(&format!("note={op}.x")), "null with {op}");
+            assert!(!check(&format!("nope={op}.x")), "missing with {op}");
+        }
+        assert!(!check("note=in.(null,x)"));
+        assert!(!check("nope=in.(x)"));
+    }
+
+    #[test]
+    fn in_lists() {
+        assert!(check("event_type=in.(mem,cpu)"));
+        assert!(!check("event_type=in.(mem,disk)"));
+        assert!(check("severity=in.(1,3.0,5)"));
+        assert!(check("active=in.(false,true)"));
+        assert!(check("timestamp=in.(2026-11-23T19:01:59.123456+01:00)"));
+        assert!(check("label=in.(\"Hello, world\",x)"));
+        assert!(
+            check("source=in.( mem , host-1 )"),
+            "unquoted items are trimmed"
+        );
+        assert!(check("source=in.(x,\"host-1\")"));
+        assert!(
+            !check("source=in.(\" host-1\")"),
+            "quoted items keep spaces"
+        );
+    }
+
+    #[test]
+    fn in_list_quoting() {
+        let c = cond(r#"source=in.("a,b",c,"say \"hi\"","back\\slash","",  "(x)" )"#);
+        let FilterValue::List(items) = &c.value else {
+            panic!()
+        };
+        let texts: Vec<_> = items.iter().map(FilterScalar::text).collect();
+        assert_eq!(texts, ["a,b", "c", "say \"hi\"", "back\\slash", "", "(x)"]);
+        let printed = c.to_string();
+        assert_eq!(
+            printed,
+            r#"source=in.("a,b",c,"say \"hi\"","back\\slash","","(x)")"#
+        );
+        assert_eq!(cond(&printed), c);
+        let r = row(json!({"source": "a,b"}));
+        assert!(c.matches(&r));
+    }
+
+    #[test]
+    fn in_list_size_limit() {
+        let items: Vec<String> = (0..MAX_IN_ITEMS).map(|i| i.to_string()).collect();
+        let ok = format!("severity=in.({})", items.join(","));
+        assert!(cond(&ok).matches(&event_row()));
+        let too_many = format!("severity=in.({},100)", items.join(","));
+        assert_eq!(
+            Condition::parse(&too_many).unwrap_err(),
+            FilterError::TooManyInItems { filter: too_many }
+        );
+    }
+
+    #[test]
+    fn column_names() {
+        assert!(Condition::parse("_a1=eq.x").is_ok());
+        assert!(Condition::parse("A_b=eq.x").is_ok());
+        let max = "c".repeat(MAX_COLUMN_LEN);
+        assert!(Condition::parse(&format!("{max}=eq.x")).is_ok());
+    }
+
+    fn err(s: &str) -> String {
+        let e = Condition::parse(s).unwrap_err();
+        assert_eq!(e.code(), "invalid_filter");
+        e.to_string()
+    }
+
+    #[test]
+    fn parse_errors_say_what_is_wrong() {
+        assert_eq!(
+            err(""),
+            "empty filter: expected `column=op.value`, e.g. `source=eq.host-1`"
+        );
+        assert_eq!(
+            err("source"),
+            "filter `source` has no `=`: expected `column=op.value`, e.g. `source=eq.host-1`"
+        );
+        assert_eq!(
+            err("=eq.x"),
+            "filter `=eq.x` has no column name before `=`: expected `column=op.value`"
+        );
+        let long = format!("{}=eq.x", "c".repeat(64));
+        assert_eq!(
+            err(&long),
+            format!(
+                "column name in filter `{long}` is 64 bytes long: at most 63 bytes are allowed"
+            )
+        );
+        assert_eq!(
+            err("1source=eq.x"),
+            "invalid column name `1source` in filter `1source=eq.x`: use a letter or `_` \
+             followed by letters, digits or `_`"
+        );
+        assert_eq!(
+            err("data->>cpu=eq.x"),
+            "invalid column name `data->>cpu` in filter `data->>cpu=eq.x`: use a letter or `_` \
+             followed by letters, digits or `_`"
+        );
+        assert_eq!(
+            err("source=host-1"),
+            "filter `source=host-1` has no operator: expected `column=op.value` with op one of \
+             eq, neq, lt, lte, gt, gte or in"
+        );
+        assert_eq!(
+            err("source=.x"),
+            "filter `source=.x` has no operator: expected `column=op.value` with op one of \
+             eq, neq, lt, lte, gt, gte or in"
+        );
+        assert_eq!(
+            err("source=like.x"),
+            "unknown operator `like` in filter `source=like.x`: use eq, neq, lt, lte, gt, gte or in"
+        );
+        assert_eq!(
+            err("source=EQ.x"),
+            "unknown operator `EQ` in filter `source=EQ.x`: use eq, neq, lt, lte, gt, gte or in"
+        );
+        assert_eq!(
+            err("source=in.a,b"),
+            "`in` filter `source=in.a,b` needs a parenthesised list: expected `column=in.(a,b,c)`"
+        );
+        assert_eq!(
+            err("source=in.(a,b"),
+            "`in` filter `source=in.(a,b` needs a parenthesised list: expected `column=in.(a,b,c)`"
+        );
+        assert_eq!(
+            err("source=in.()"),
+            "the `in` list of filter `source=in.()` is empty: give between 1 and 100 items"
+        );
+        assert_eq!(
+            err("source=in.( )"),
+            "the `in` list of filter `source=in.( )` is empty: give between 1 and 100 items"
+        );
+        assert_eq!(
+            err("source=in.(a,,b)"),
+            "item 2 of the `in` list in filter `source=in.(a,,b)` is empty: write `\"\"` for an \
+             empty string"
+        );
+        assert_eq!(
+            err("source=in.(a,)"),
+            "item 2 of the `in` list in filter `source=in.(a,)` is empty: write `\"\"` for an \
+             empty string"
+        );
+        assert_eq!(
+            err("source=in.(a,\"b)"),
+            "item 2 of the `in` list in filter `source=in.(a,\"b)` opens a `\"` that is never \
+             closed: end the item with `\"`"
+        );
+        assert_eq!(
+            err("source=in.(\"a\"b)"),
+            "unexpected `b` after the closing quote of item 1 in filter `source=in.(\"a\"b)`: \
+             expected `,` or `)`"
+        );
+        assert_eq!(
+            err("source=in.(a\"b)"),
+            "item 1 of the `in` list in filter `source=in.(a\"b)` has a `\"` inside it: put the \
+             whole item in double quotes and write an inner quote as `\\\"`"
+        );
+        assert!(err(&format!("s=in.({})", "x,".repeat(100) + "x")).contains("more than 100"));
+    }
+
+    #[test]
+    fn empty_filter_matches_everything() {
+        let f = Filter::default();
+        assert!(f.matches(&change(Operation::Insert, Some(event_row()), None)));
+        assert!(f.matches(&change(
+            Operation::Delete,
+            None,
+            Some(row(json!({"id": 1})))
+        )));
+        assert!(f.matches(&change(Operation::Truncate, None, None)));
+        assert!(f.matches(&change(Operation::Update, None, None)));
+    }
+
+    #[test]
+    fn event_types_sources_and_ops() {
+        let f = Filter {
+            event_types: vec!["mem".into(), "cpu".into()],
+            sources: vec!["host-1".into()],
+            ops: vec![Operation::Insert, Operation::Update],
+            conditions: vec![cond("severity=gte.3")],
+        };
+        assert!(f.matches(&change(Operation::Insert, Some(event_row()), None)));
+        assert!(f.matches(&change(Operation::Update, Some(event_row()), None)));
+        assert!(!f.matches(&change(Operation::Delete, None, Some(event_row()))));
+        let mut other = event_row();
+        other.values.insert("source".into(), json!("host-2"));
+        assert!(!f.matches(&change(Operation::Insert, Some(other), None)));
+        let mut other = event_row();
+        other.values.insert("event_type".into(), json!("disk"));
+        assert!(!f.matches(&change(Operation::Insert, Some(other), None)));
+        let mut other = event_row();
+        other.values.insert("severity".into(), json!(2));
+        assert!(!f.matches(&change(Operation::Insert, Some(other), None)));
+        let mut other = event_row();
+        other.values.insert("event_type".into(), Value::Null);
+        assert!(!f.matches(&change(Operation::Insert, Some(other), None)));
+        assert!(!f.matches(&change(Operation::Insert, None, None)));
+    }
+
+    #[test]
+    fn delete_checks_old_record() {
+        let f = Filter {
+            sources: vec!["host-1".into()],
+            ..Filter::default()
+        };
+        let other = row(json!({"source": "host-2"}));
+        assert!(f.matches(&change(Operation::Delete, None, Some(event_row()))));
+        assert!(!f.matches(&change(
+            Operation::Delete,
+            Some(event_row()),
+            Some(other.clone())
+        )));
+        // UPDATE checks the new image, not the old one.
+        assert!(f.matches(&change(
+            Operation::Update,
+            Some(event_row()),
+            Some(other.clone())
+        )));
+        assert!(!f.matches(&change(Operation::Update, Some(other), Some(event_row()))));
+        // Key-only old image (default replica identity): no source column, no match.
+        let key_only = row(json!({"id": "0195c1de-0000-7000-8000-000000000001"}));
+        assert!(!f.matches(&change(Operation::Delete, None, Some(key_only))));
+    }
+
+    #[test]
+    fn truncate_ignores_row_requirements() {
+        let truncate = change(Operation::Truncate, None, None);
+        let f = Filter {
+            event_types: vec!["cpu".into()],
+            sources: vec!["host-1".into()],
+            conditions: vec![cond("severity=gt.100")],
+            ..Filter::default()
+        };
+        assert!(f.matches(&truncate));
+        let inserts_only = Filter {
+            ops: vec![Operation::Insert],
+            ..f.clone()
+        };
+        assert!(!inserts_only.matches(&truncate));
+        let with_truncate = Filter {
+            ops: vec![Operation::Truncate],
+            ..f
+        };
+        assert!(with_truncate.matches(&truncate));
+        assert!(!with_truncate.matches(&change(Operation::Insert, Some(event_row()), None)));
+    }
+
+    #[test]
+    fn other_tables_follow_the_same_rules() {
+        let mut c = change(
+            Operation::Insert,
+            Some(row(json!({"source": "host-1"}))),
+            None,
+        );
+        c.relation = Arc::new(Relation {
+            schema: "audit".into(),
+            table: "other".into(),
+            ..(*c.relation).clone()
+        });
+        let f = Filter {
+            sources: vec!["host-1".into()],
+            ..Filter::default()
+        };
+        assert!(f.matches(&c));
+        assert!(Filter::default().matches(&c));
+    }
+}

@@ -1,0 +1,149 @@
+//! Fan-out hub: every change the reader hands off reaches every subscribed session.
+//!
+//! The reader calls [`Hub::publish`], which never blocks: changes go into one bounded broadcast
+//! ring ([`Hub::new`] `capacity`), shared by all sessions. Each session filters on its own task
+//! ([`filter`]) and pulls the encoded frame from the item, which is encoded at most once per
+//! wire format ([`HubItem::json_frame`]) and shared by reference among all clients. A session
+//! that falls more than `capacity` items behind sees `Lagged` and must close with an explicit
+//! `lagged` frame; the reader and other sessions are unaffected. The hub knows nothing about
+//! sockets or pgoutput.
+
+pub mod filter;
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::broadcast;
+
+use crate::decode::{Change, Cursor};
+use crate::metrics::Metrics;
+
+/// An encoded text frame, shared by reference among all sessions that send it.
+pub type Frame = axum::extract::ws::Utf8Bytes;
+
+/// One change in the ring, with its lazily encoded frames.
+#[derive(Debug)]
+pub struct HubItem {
+    /// The change.
+    pub change: Change,
+    /// The `/ws` event frame, encoded on first use.
+    json: OnceLock<Frame>,
+}
+
+impl HubItem {
+    /// The plain `/ws` event frame (encoded once, then shared).
+    pub fn json_frame(&self, metrics: &Metrics) -> Frame {
+        self.json
+            .get_or_init(|| {
+                metrics.frames_encoded.inc();
+                Frame::from(crate::protocol::json::encode_event(&self.change))
+            })
+            .clone()
+    }
+}
+
+/// Shared handle to the hub.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    /// Shared state.
+    inner: Arc<Inner>,
+}
+
+/// The hub's shared state.
+#[derive(Debug)]
+struct Inner {
+    /// The ring.
+    tx: broadcast::Sender<Arc<HubItem>>,
+    /// Position bookkeeping, locked together with sends so that a subscription sees exactly the
+    /// items published after the position it is told.
+    positions: Mutex<Positions>,
+}
+
+/// What has been published.
+#[derive(Debug, Default, Clone, Copy)]
+struct Positions {
+    /// The newest published cursor.
+    last: Option<Cursor>,
+    /// Changes at or before this cursor were committed before walcast started; a new session
+    /// without a resume cursor does not receive them when the reader re-streams them.
+    floor: Option<Cursor>,
+}
+
+/// A session's view of the hub.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Items published after `start`.
+    pub rx: broadcast::Receiver<Arc<HubItem>>,
+    /// The newest cursor published before `rx` was created (`None`: nothing yet).
+    pub last: Option<Cursor>,
+    /// Where a session without a resume cursor starts: `max(last, floor)`.
+    pub live_from: Option<Cursor>,
+}
+
+impl Hub {
+    /// A hub whose ring holds `capacity` changes.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        Hub {
+            inner: Arc::new(Inner {
+                tx,
+                positions: Mutex::new(Positions::default()),
+            }),
+        }
+    }
+
+    /// Hands one change to every session. Changes at or before the last published cursor are
+    /// dropped (the reader re-streams the retention window after a reconnect). Never blocks.
+    pub fn publish(&self, change: Change) -> bool {
+        let mut pos = self.lock();
+        if pos.last.is_some_and(|l| change.cursor <= l) {
+            return false;
+        }
+        pos.last = Some(change.cursor);
+        let _ = self.inner.tx.send(Arc::new(HubItem {
+            change,
+            json: OnceLock::new(),
+        }));
+        true
+    }
+
+    /// Sets the startup floor (see [`Subscription::live_from`]); the reader calls it once.
+    pub fn set_floor(&self, floor: Cursor) {
+        let mut pos = self.lock();
+        if pos.floor.is_none() {
+            pos.floor = Some(floor);
+        }
+    }
+
+    /// Subscribes to items published from now on.
+    pub fn subscribe(&self) -> Subscription {
+        let pos = self.lock();
+        let rx = self.inner.tx.subscribe();
+        let live_from = match (pos.last, pos.floor) {
+            (Some(l), Some(f)) => Some(l.max(f)),
+            (l, f) => l.or(f),
+        };
+        Subscription {
+            rx,
+            last: pos.last,
+            live_from,
+        }
+    }
+
+    /// The newest published cursor.
+    pub fn last_published(&self) -> Option<Cursor> {
+        self.lock().last
+    }
+
+    /// Sessions currently subscribed.
+    pub fn receiver_count(&self) -> usize {
+        self.inner.tx.receiver_count()
+    }
+
+    /// Locks the positions (a poisoned lock still holds valid data).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Positions> {
+        self.inner
+            .positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,13 @@
+//! Ingest: `POST /v1/events` — validate, batch adaptively, write to Postgres, answer after commit.
+//!
+//! Owns the producer-facing error codes ([`error`]), body parsing and validation ([`parse`]) and
+//! the adaptive batcher ([`batcher`]). Writes go through [`crate::events`], the only module that
+//! touches `public.monitoring_events`.
+
+pub mod batcher;
+pub mod error;
+pub mod parse;
+
+pub use batcher::{Batcher, Tier};
+pub use error::{IngestError, IngestErrorCode};
+pub use parse::{BodyFormat, parse_body};

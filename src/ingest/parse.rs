@@ -1,0 +1,494 @@
+//! Request bodies to validated events: one JSON object, a JSON array, or NDJSON.
+//!
+//! Validation is all-or-nothing: the first invalid event rejects the whole request, with its
+//! index and field, and nothing of the request is written.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::error::{IngestError, IngestErrorCode};
+use crate::events::EventRecord;
+
+/// Longest accepted `event_type`, in characters.
+pub const MAX_EVENT_TYPE_CHARS: usize = 128;
+/// Longest accepted `source`, in characters.
+pub const MAX_SOURCE_CHARS: usize = 256;
+/// Largest accepted `data`, as serialized JSON bytes.
+pub const MAX_DATA_BYTES: usize = 1 << 20;
+/// Largest accepted `metadata`, as serialized JSON bytes.
+pub const MAX_METADATA_BYTES: usize = 64 << 10;
+
+/// The body's format, from its Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// `application/json`: one object or an array of objects.
+    Json,
+    /// `application/x-ndjson` (or `application/ndjson`, `application/jsonl`): one object per line.
+    Ndjson,
+}
+
+impl BodyFormat {
+    /// The format for a Content-Type header value, or an `unsupported_media_type` error.
+    pub fn from_content_type(value: Option<&str>) -> Result<Self, IngestError> {
+        let mime = value
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match mime.as_str() {
+            "application/json" => Ok(BodyFormat::Json),
+            "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/x-jsonlines" => Ok(BodyFormat::Ndjson),
+            "" => Err(IngestError::new(
+                IngestErrorCode::UnsupportedMediaType,
+                "missing Content-Type: send application/json (an event or an array of events) or application/x-ndjson (one event per line)",
+            )),
+            other => Err(IngestError::new(
+                IngestErrorCode::UnsupportedMediaType,
+                format!(
+                    "unsupported Content-Type {other:?}: send application/json (an event or an array of events) or application/x-ndjson (one event per line)"
+                ),
+            )),
+        }
+    }
+}
+
+/// Parses and validates a body into events. `max_events` bounds the count.
+pub fn parse_body(
+    body: &[u8],
+    format: BodyFormat,
+    max_events: usize,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventRecord>, IngestError> {
+    let values: Vec<Value> = match format {
+        BodyFormat::Json => match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Array(items)) => items,
+            Ok(v @ Value::Object(_)) => vec![v],
+            Ok(_) => {
+                return Err(IngestError::new(
+                    IngestErrorCode::MalformedJson,
+                    "the body must be a JSON object (one event) or an array of objects",
+                ));
+            }
+            Err(e) => {
+                return Err(IngestError::new(
+                    IngestErrorCode::MalformedJson,
+                    format!(
+                        "malformed JSON at line {} column {}: {}",
+                        e.line(),
+                        e.column(),
+                        classify(&e)
+                    ),
+                ));
+            }
+        },
+        BodyFormat::Ndjson => {
+            let mut out = Vec::new();
+            for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+                let trimmed = trim_ascii(line);
+                if trimmed.is_empty() {
+                    continue;
+                }
+                if out.len() >= max_events {
+                    return Err(too_many(max_events));
+                }
+                let v: Value = serde_json::from_slice(trimmed).map_err(|e| IngestError {
+                    code: IngestErrorCode::MalformedJson,
+                    message: format!(
+                        "malformed JSON on NDJSON line {} column {}: {}",
+                        i + 1,
+                        e.column(),
+                        classify(&e)
+                    ),
+                    index: Some(out.len()),
+                    field: None,
+                })?;
+                out.push(v);
+            }
+            out
+        }
+    };
+    if values.is_empty() {
+        return Err(IngestError::new(
+            IngestErrorCode::EmptyBatch,
+            "the request holds no event: send at least one",
+        ));
+    }
+    if values.len() > max_events {
+        return Err(too_many(max_events));
+    }
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| validate_event(i, v, now))
+        .collect()
+}
+
+/// The `too_many_events` error.
+fn too_many(max: usize) -> IngestError {
+    IngestError::new(
+        IngestErrorCode::TooManyEvents,
+        format!("more than {max} events in one request: split it into smaller requests"),
+    )
+}
+
+/// A short description of a serde_json error without its position suffix.
+fn classify(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.find(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+/// Trims ASCII whitespace (and a CR) from both ends.
+fn trim_ascii(s: &[u8]) -> &[u8] {
+    s.trim_ascii()
+}
+
+/// Validates one event object of the unified event model.
+pub fn validate_event(
+    index: usize,
+    v: Value,
+    now: DateTime<Utc>,
+) -> Result<EventRecord, IngestError> {
+    let Value::Object(mut obj) = v else {
+        return Err(IngestError::invalid(
+            index,
+            "",
+            format!("event {index} is not a JSON object"),
+        ));
+    };
+    for key in obj.keys() {
+        if !matches!(
+            key.as_str(),
+            "id" | "event_type" | "timestamp" | "source" | "data" | "metadata"
+        ) {
+            return Err(IngestError::invalid(
+                index,
+                key,
+                format!(
+                    "event {index}: unknown field {key:?}; an event has id, event_type, timestamp, source, data and metadata (put anything else in data or metadata)"
+                ),
+            ));
+        }
+    }
+    let event_type = required_text(&mut obj, index, "event_type", MAX_EVENT_TYPE_CHARS)?;
+    let source = required_text(&mut obj, index, "source", MAX_SOURCE_CHARS)?;
+    let id = match obj.remove("id") {
+        None | Some(Value::Null) => Uuid::now_v7(),
+        Some(Value::String(s)) => Uuid::parse_str(&s).map_err(|_| {
+            IngestError::invalid(
+                index,
+                "id",
+                format!("event {index}: id {s:?} is not a UUID"),
+            )
+        })?,
+        Some(_) => {
+            return Err(IngestError::invalid(
+                index,
+                "id",
+                format!("event {index}: id must be a UUID string"),
+            ));
+        }
+    };
+    let timestamp = match obj.remove("timestamp") {
+        None | Some(Value::Null) => now,
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                IngestError::invalid(
+                    index,
+                    "timestamp",
+                    format!(
+                        "event {index}: timestamp {s:?} is not RFC 3339 (e.g. 2026-11-23T18:00:00Z)"
+                    ),
+                )
+            })?,
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .and_then(|secs| {
+                DateTime::from_timestamp_micros((secs * 1e6) as i64).filter(|_| secs.is_finite())
+            })
+            .ok_or_else(|| {
+                IngestError::invalid(
+                    index,
+                    "timestamp",
+                    format!("event {index}: numeric timestamp {n} is out of range"),
+                )
+            })?,
+        Some(_) => {
+            return Err(IngestError::invalid(
+                index,
+                "timestamp",
+                format!("event {index}: timestamp must be an RFC 3339 string or Unix seconds"),
+            ));
+        }
+    };
+    let data = object_field(&mut obj, index, "data", MAX_DATA_BYTES)?;
+    let metadata = object_field(&mut obj, index, "metadata", MAX_METADATA_BYTES)?;
+    Ok(EventRecord {
+        id,
+        event_type,
+        timestamp,
+        source,
+        data,
+        metadata,
+    })
+}
+
+/// A required, non-empty, bounded string field.
+fn required_text(
+    obj: &mut Map<String, Value>,
+    index: usize,
+    field: &str,
+    max_chars: usize,
+) -> Result<String, IngestError> {
+    match obj.remove(field) {
+        Some(Value::String(s)) => {
+            let trimmed_empty = s.trim().is_empty();
+            let chars = s.chars().count();
+            if trimmed_empty {
+                Err(IngestError::invalid(
+                    index,
+                    field,
+                    format!("event {index}: {field} must not be empty"),
+                ))
+            } else if chars > max_chars {
+                Err(IngestError::invalid(
+                    index,
+                    field,
+                    format!(
+                        "event {index}: {field} has {chars} characters; the limit is {max_chars}"
+                    ),
+                ))
+            } else if s.contains('\0') {
+                Err(IngestError::invalid(
+                    index,
+                    field,
+                    format!("event {index}: {field} must not contain NUL characters"),
+                ))
+            } else {
+                Ok(s)
+            }
+        }
+        None | Some(Value::Null) => Err(IngestError::invalid(
+            index,
+            field,
+            format!("event {index}: {field} is required"),
+        )),
+        Some(_) => Err(IngestError::invalid(
+            index,
+            field,
+            format!("event {index}: {field} must be a string"),
+        )),
+    }
+}
+
+/// An optional JSON-object field with a size bound.
+fn object_field(
+    obj: &mut Map<String, Value>,
+    index: usize,
+    field: &str,
+    max_bytes: usize,
+) -> Result<Map<String, Value>, IngestError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => {
+            let size = serde_json::to_vec(&m)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if size > max_bytes {
+                return Err(IngestError::invalid(
+                    index,
+                    field,
+                    format!(
+                        "event {index}: {field} is {size} bytes of JSON; the limit is {max_bytes}"
+                    ),
+                ));
+            }
+            if m.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)) {
+                return Err(IngestError::invalid(
+                    index,
+                    field,
+                    format!(
+                        "event {index}: {field} contains a \\u0000 character, which Postgres jsonb cannot store"
+                    ),
+                ));
+            }
+            Ok(m)
+        }
+        Some(_) => Err(IngestError::invalid(
+            index,
+            field,
+            format!("event {index}: {field} must be a JSON object"),
+        )),
+    }
+}
+
+/// True when any string (key or value) holds a NUL character.
+fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(contains_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-23T18:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn parse(body: &str, f: BodyFormat) -> Result<Vec<EventRecord>, IngestError> {
+        parse_body(body.as_bytes(), f, 100, now())
+    }
+
+    #[test]
+    fn accepts_object_array_and_ndjson() {
+        let one = parse(
+            r#"{"event_type":"cpu","source":"h1","data":{"v":1}}"#,
+            BodyFormat::Json,
+        )
+        .unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].timestamp, now());
+        assert_eq!(one[0].data, json!({"v":1}).as_object().unwrap().clone());
+        assert_eq!(one[0].id.get_version_num(), 7);
+        let arr = parse(
+            r#"[{"event_type":"a","source":"s"},{"event_type":"b","source":"s","timestamp":"2026-01-01T00:00:00+02:00"}]"#,
+            BodyFormat::Json,
+        )
+        .unwrap();
+        assert_eq!(arr.len(), 2);
+        assert_eq!(arr[1].timestamp.to_rfc3339(), "2025-12-31T22:00:00+00:00");
+        let nd = parse(
+            "{\"event_type\":\"a\",\"source\":\"s\"}\n\n{\"event_type\":\"b\",\"source\":\"s\",\"id\":\"0190f0e6-4b7e-7c4e-9a8b-123456789abc\"}\r\n",
+            BodyFormat::Ndjson,
+        )
+        .unwrap();
+        assert_eq!(nd.len(), 2);
+        assert_eq!(nd[1].id.to_string(), "0190f0e6-4b7e-7c4e-9a8b-123456789abc");
+    }
+
+    #[test]
+    fn reports_index_and_field() {
+        let e = parse(
+            r#"[{"event_type":"a","source":"s"},{"event_type":"","source":"s"}]"#,
+            BodyFormat::Json,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, IngestErrorCode::InvalidEvent);
+        assert_eq!(e.index, Some(1));
+        assert_eq!(e.field.as_deref(), Some("event_type"));
+        assert_eq!(e.message, "event 1: event_type must not be empty");
+
+        let e = parse(r#"{"event_type":"a"}"#, BodyFormat::Json).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("source"));
+        assert_eq!(e.message, "event 0: source is required");
+
+        let e = parse(
+            r#"{"event_type":"a","source":"s","data":[1]}"#,
+            BodyFormat::Json,
+        )
+        .unwrap_err();
+        assert_eq!(e.message, "event 0: data must be a JSON object");
+
+        let e = parse(
+            r#"{"event_type":"a","source":"s","colour":"red"}"#,
+            BodyFormat::Json,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("colour"));
+
+        let e = parse(
+            r#"{"event_type":"a","source":"s","timestamp":"yesterday"}"#,
+            BodyFormat::Json,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("timestamp"));
+
+        let e = parse(
+            r#"{"event_type":"a","source":"s","id":"nope"}"#,
+            BodyFormat::Json,
+        )
+        .unwrap_err();
+        assert_eq!(e.message, "event 0: id \"nope\" is not a UUID");
+
+        let e = parse(
+            r#"{"event_type":"a","source":"s","data":{"k":"\u0000"}}"#,
+            BodyFormat::Json,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("data"));
+    }
+
+    #[test]
+    fn malformed_empty_and_too_many() {
+        let e = parse("{\"event_type\":", BodyFormat::Json).unwrap_err();
+        assert_eq!(e.code, IngestErrorCode::MalformedJson);
+        assert!(
+            e.message.starts_with("malformed JSON at line 1"),
+            "{}",
+            e.message
+        );
+        let e = parse(
+            "{\"event_type\":\"a\",\"source\":\"s\"}\nnot json\n",
+            BodyFormat::Ndjson,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, IngestErrorCode::MalformedJson);
+        assert_eq!(e.index, Some(1));
+        assert!(e.message.contains("line 2"));
+        assert_eq!(
+            parse("[]", BodyFormat::Json).unwrap_err().code,
+            IngestErrorCode::EmptyBatch
+        );
+        assert_eq!(
+            parse("42", BodyFormat::Json).unwrap_err().code,
+            IngestErrorCode::MalformedJson
+        );
+        let many = format!(
+            "[{}]",
+            vec![r#"{"event_type":"a","source":"s"}"#; 101].join(",")
+        );
+        assert_eq!(
+            parse(&many, BodyFormat::Json).unwrap_err().code,
+            IngestErrorCode::TooManyEvents
+        );
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            BodyFormat::from_content_type(Some("application/json; charset=utf-8")).unwrap(),
+            BodyFormat::Json
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(Some("application/x-ndjson")).unwrap(),
+            BodyFormat::Ndjson
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(Some("text/plain"))
+                .unwrap_err()
+                .code,
+            IngestErrorCode::UnsupportedMediaType
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(None).unwrap_err().code,
+            IngestErrorCode::UnsupportedMediaType
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! The replication reader: the one task that owns the slot.
+//!
+//! It checks the server, creates the slot when missing, streams pgoutput, decodes each message,
+//! hands every change to the hub, and confirms LSNs. It is the only code that sends standby
+//! status updates (through the transport's `update_applied_lsn`), and it confirms a position
+//! only when every change before it has been handed to the hub *and* the resume window
+//! ([`super::retention`]) no longer needs it. After any loss (Postgres restart, network cut) it
+//! reconnects with exponential backoff and jitter and re-streams from the confirmed position;
+//! the hub drops what it already has, so sessions see no duplicate.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pgwire_replication::{Lsn as PgLsn, ReplicationClient, ReplicationEvent};
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+use super::error::ReplicationError;
+use super::retention::Window;
+use super::settings::ReplicationSettings;
+use super::slot;
+use crate::decode::{Cursor, Decoded, Decoder, Lsn};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// First reconnect delay.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often the confirmed position is recomputed and sent.
+const CONFIRM_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What the reader reports about itself (readiness, admin, metrics).
+#[derive(Debug, Default)]
+pub struct ReaderStatus {
+    /// The stream is up.
+    streaming: AtomicBool,
+    /// Confirmed LSN.
+    confirmed: AtomicU64,
+    /// Last LSN received.
+    received: AtomicU64,
+    /// Last error text, for operators.
+    last_error: Mutex<Option<String>>,
+}
+
+impl ReaderStatus {
+    /// The stream is up.
+    pub fn is_streaming(&self) -> bool {
+        self.streaming.load(Ordering::Relaxed)
+    }
+    /// The confirmed LSN.
+    pub fn confirmed(&self) -> Lsn {
+        Lsn(self.confirmed.load(Ordering::Relaxed))
+    }
+    /// The last received LSN.
+    pub fn received(&self) -> Lsn {
+        Lsn(self.received.load(Ordering::Relaxed))
+    }
+    /// The last error, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    /// Records an error.
+    fn set_error(&self, e: &ReplicationError) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error_chain(e));
+    }
+}
+
+/// An error with its sources, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+/// The reader's configuration.
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    /// SQL connection URL (checks, slot creation).
+    pub database_url: String,
+    /// Replication connection facts.
+    pub settings: ReplicationSettings,
+    /// Slot name.
+    pub slot: String,
+    /// Resume window in time.
+    pub retention: Duration,
+    /// Resume window in WAL bytes.
+    pub retention_bytes: u64,
+}
+
+/// The reader task's state.
+pub struct Reader {
+    /// Configuration.
+    config: ReaderConfig,
+    /// Where changes go.
+    hub: Hub,
+    /// Metrics.
+    metrics: Arc<Metrics>,
+    /// Status for others.
+    status: Arc<ReaderStatus>,
+    /// Resume window; `None` before the first session.
+    window: Option<Window>,
+    /// The slot existed during this process's life (a later "created" means it was replaced).
+    slot_seen: bool,
+}
+
+impl Reader {
+    /// A reader; call [`Reader::run`] on a spawned task.
+    pub fn new(
+        config: ReaderConfig,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+        status: Arc<ReaderStatus>,
+    ) -> Self {
+        Reader {
+            config,
+            hub,
+            metrics,
+            status,
+            window: None,
+            slot_seen: false,
+        }
+    }
+
+    /// Streams until `shutdown`; returns an error only for fatal problems.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ReplicationError> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let started = Instant::now();
+            let result = self.session(&shutdown).await;
+            self.status.streaming.store(false, Ordering::Relaxed);
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+                    self.status.set_error(&e);
+                    self.metrics.replication_reconnects.inc();
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = BACKOFF_MIN;
+                    }
+                    let jitter = rand::random_range(0.5..1.5);
+                    let delay = backoff.mul_f64(jitter);
+                    tracing::warn!(error = %error_chain(&e), delay_ms = delay.as_millis() as u64, "replication stream lost; reconnecting");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(_) if shutdown.is_cancelled() => return Ok(()),
+                Err(e) => {
+                    self.status.set_error(&e);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One connection: checks, slot, stream until error or shutdown.
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), ReplicationError> {
+        let (client, conn) = tokio_postgres::connect(&self.config.database_url, NoTls)
+            .await
+            .map_err(ReplicationError::Sql)?;
+        let conn_task = tokio::spawn(conn);
+        let database = slot::preflight(&client, &self.config.settings.publication).await?;
+        let (st, created) = slot::ensure(&client, &self.config.slot, &database).await?;
+        drop(client);
+        conn_task.abort();
+        if created && self.slot_seen {
+            return Err(ReplicationError::SlotReplaced {
+                slot: self.config.slot.clone(),
+                detail: "it no longer existed when walcast reconnected".into(),
+            });
+        }
+        self.slot_seen = true;
+        let confirmed = st.confirmed().map(|l| l.0).unwrap_or(0);
+        if let Some(w) = &self.window
+            && confirmed > w.confirmed()
+        {
+            return Err(ReplicationError::SlotReplaced {
+                slot: self.config.slot.clone(),
+                detail: format!(
+                    "its confirmed position is {} but walcast confirmed only {}",
+                    Lsn(confirmed),
+                    Lsn(w.confirmed())
+                ),
+            });
+        }
+        if self.window.is_none() {
+            let current: Lsn = st.current_lsn.parse().unwrap_or_default();
+            self.hub.set_floor(Cursor {
+                commit_lsn: current,
+                index: 0,
+            });
+            self.window = Some(Window::new(
+                confirmed,
+                self.config.retention,
+                self.config.retention_bytes,
+            ));
+        }
+        let ack = self
+            .window
+            .as_ref()
+            .map(Window::confirmed)
+            .unwrap_or(confirmed);
+        let cfg = self
+            .config
+            .settings
+            .session(&self.config.slot, 0, Some(ack));
+        let mut repl = ReplicationClient::connect(cfg)
+            .await
+            .map_err(ReplicationError::Stream)?;
+        tokio::select! {
+            r = repl.wait_started() => r.map_err(ReplicationError::Stream)?,
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        self.status.streaming.store(true, Ordering::Relaxed);
+        tracing::info!(slot = %self.config.slot, confirmed = %Lsn(ack), "replication stream started");
+        let result = self.stream(&mut repl, shutdown).await;
+        if result.is_ok() {
+            // Final status: only what has been handed off and the window allows.
+            if let Some(w) = self.window.as_mut() {
+                let server_end = self.status.received.load(Ordering::Relaxed);
+                repl.update_applied_lsn(PgLsn(w.confirm_target(server_end, Instant::now())));
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), repl.shutdown()).await;
+        } else {
+            repl.abort();
+        }
+        result
+    }
+
+    /// The event loop of one stream.
+    async fn stream(
+        &mut self,
+        repl: &mut ReplicationClient,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ReplicationError> {
+        let mut decoder = Decoder::new();
+        let mut tick = tokio::time::interval(CONFIRM_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut server_end: u64 = self.status.received.load(Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                biased;
+                // PRIORITY 1: shutdown.
+                _ = shutdown.cancelled() => return Ok(()),
+                // PRIORITY 2: the stream.
+                ev = repl.recv() => {
+                    let Some(ev) = ev.map_err(ReplicationError::Stream)? else {
+                        return Err(ReplicationError::Stream(pgwire_replication::PgWireError::Io(
+                            Arc::new(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "replication stream ended")),
+                        )));
+                    };
+                    self.handle_event(&mut decoder, ev, &mut server_end);
+                }
+                // PRIORITY 3: confirm.
+                _ = tick.tick() => self.confirm(repl, server_end),
+            }
+        }
+    }
+
+    /// Handles one transport event.
+    fn handle_event(&mut self, decoder: &mut Decoder, ev: ReplicationEvent, server_end: &mut u64) {
+        match ev {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => decoder.begin(Lsn(final_lsn.0), xid, commit_time_micros),
+            ReplicationEvent::XLogData { wal_end, data, .. } => {
+                *server_end = (*server_end).max(wal_end.0);
+                match decoder.decode(&data) {
+                    Ok(Decoded::Change(c)) => self.publish(c),
+                    Ok(Decoded::Changes(cs)) => cs.into_iter().for_each(|c| self.publish(c)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.metrics.decode_errors.add(e.code(), 1);
+                        tracing::error!(error = %e, lsn = %Lsn(wal_end.0), "skipping a WAL message that could not be decoded");
+                    }
+                }
+            }
+            ReplicationEvent::Commit {
+                lsn,
+                end_lsn,
+                commit_time_micros,
+            } => {
+                *server_end = (*server_end).max(end_lsn.0);
+                if let Err(e) = decoder.commit(Lsn(lsn.0), Lsn(end_lsn.0), commit_time_micros) {
+                    self.metrics.decode_errors.add(e.code(), 1);
+                    tracing::error!(error = %e, "commit without a transaction");
+                }
+                self.metrics.replication_transactions.inc();
+                if let Some(w) = self.window.as_mut() {
+                    w.committed(lsn.0, end_lsn.0, Instant::now());
+                }
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                *server_end = (*server_end).max(wal_end.0);
+            }
+            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+        }
+        self.status.received.store(*server_end, Ordering::Relaxed);
+        self.metrics
+            .replication_received_lsn
+            .set(*server_end as i64);
+    }
+
+    /// Hands one change to the hub.
+    fn publish(&self, change: crate::decode::Change) {
+        self.metrics.replication_changes.inc();
+        self.hub.publish(change);
+    }
+
+    /// Recomputes and sends the confirmed position.
+    fn confirm(&mut self, repl: &ReplicationClient, server_end: u64) {
+        let Some(w) = self.window.as_mut() else {
+            return;
+        };
+        let target = w.confirm_target(server_end, Instant::now());
+        repl.update_applied_lsn(PgLsn(target));
+        self.status.confirmed.store(target, Ordering::Relaxed);
+        self.metrics.replication_confirmed_lsn.set(target as i64);
+        self.metrics
+            .slot_lag_bytes
+            .set(server_end.saturating_sub(target) as i64);
+    }
+}

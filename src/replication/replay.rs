@@ -1,0 +1,135 @@
+//! Replay for resuming clients: the changes between a client's cursor and the live stream,
+//! read again from the WAL the slot retains.
+//!
+//! A replay opens its own replication session, copies the main slot into a *temporary* slot
+//! owned by that session (`pg_copy_logical_replication_slot`, so the main slot is never touched
+//! and the copy vanishes with the session), and streams from the copy's confirmed position —
+//! which the reader keeps at the oldest transaction of the resume window. Changes after the
+//! cursor and up to `until` are sent to the caller, in commit order; then the session ends.
+
+use std::time::Duration;
+
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use tokio::sync::mpsc;
+
+use super::error::ReplicationError;
+use super::settings::ReplicationSettings;
+use crate::decode::{Change, Cursor, Decoded, Decoder, Lsn};
+
+/// Changes buffered between the replay session and the consumer.
+const REPLAY_BUFFER: usize = 1024;
+/// A replay that receives nothing for this long fails (it should always progress).
+const REPLAY_STALL: Duration = Duration::from_secs(30);
+
+/// Starts a replay of the changes in `(after, until]`; read them from the returned channel.
+/// The channel ends after `until`, or yields one error (e.g. `CursorExpired`).
+pub fn spawn_replay(
+    settings: ReplicationSettings,
+    main_slot: String,
+    after: Cursor,
+    until: Cursor,
+) -> mpsc::Receiver<Result<Change, ReplicationError>> {
+    let (tx, rx) = mpsc::channel(REPLAY_BUFFER);
+    tokio::spawn(async move {
+        if let Err(e) = replay(&settings, &main_slot, after, until, &tx).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    rx
+}
+
+/// The replay session.
+async fn replay(
+    settings: &ReplicationSettings,
+    main_slot: &str,
+    after: Cursor,
+    until: Cursor,
+    tx: &mpsc::Sender<Result<Change, ReplicationError>>,
+) -> Result<(), ReplicationError> {
+    // Slot names are validated identifiers ([a-z0-9_]), so they can be embedded in SQL.
+    let temp = format!("walcast_replay_{:016x}", rand::random::<u64>());
+    let cfg = settings.session(&temp, 0, None);
+    let mut client = ReplicationClient::connect_gated(cfg)
+        .await
+        .map_err(ReplicationError::Stream)?;
+    client
+        .simple_query(&format!(
+            "select 1 from pg_copy_logical_replication_slot('{main_slot}', '{temp}', true)"
+        ))
+        .await
+        .map_err(ReplicationError::Stream)?;
+    let rows = client
+        .simple_query(&format!(
+            "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = '{temp}'"
+        ))
+        .await
+        .map_err(ReplicationError::Stream)?;
+    let confirmed: Lsn = rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(|v| v.as_ref())
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default();
+    if after.commit_lsn < confirmed {
+        return Err(ReplicationError::CursorExpired {
+            oldest: Cursor {
+                commit_lsn: confirmed,
+                index: 0,
+            },
+        });
+    }
+    client.start().await.map_err(ReplicationError::Stream)?;
+    client
+        .wait_started()
+        .await
+        .map_err(ReplicationError::Stream)?;
+    let mut decoder = Decoder::new();
+    loop {
+        let ev = tokio::time::timeout(REPLAY_STALL, client.recv())
+            .await
+            .map_err(|_| ReplicationError::ReplayTimeout(REPLAY_STALL))?
+            .map_err(ReplicationError::Stream)?;
+        let Some(ev) = ev else {
+            break;
+        };
+        match ev {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                if final_lsn.0 > until.commit_lsn.0 {
+                    break;
+                }
+                decoder.begin(Lsn(final_lsn.0), xid, commit_time_micros);
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                let changes = match decoder.decode(&data).map_err(ReplicationError::Decode)? {
+                    Decoded::Change(c) => vec![c],
+                    Decoded::Changes(cs) => cs,
+                    _ => Vec::new(),
+                };
+                for c in changes {
+                    if c.cursor > after && c.cursor <= until && tx.send(Ok(c)).await.is_err() {
+                        client.abort();
+                        return Ok(());
+                    }
+                }
+            }
+            ReplicationEvent::Commit {
+                lsn,
+                end_lsn,
+                commit_time_micros,
+            } => {
+                let _ = decoder.commit(Lsn(lsn.0), Lsn(end_lsn.0), commit_time_micros);
+                if lsn.0 >= until.commit_lsn.0 {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    client.abort();
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! The `/ws` session: subscriptions, live changes, resume, heartbeats, lag handling.
+//!
+//! Position bookkeeping: `position` is the cursor of the newest change this session has
+//! *examined* (delivered, or skipped because no subscription matched). Every change after it is
+//! still to come, so it is what heartbeats and `lagged` frames report, and what a client may
+//! resume from.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, WRITE_BATCH, WRITE_TIMEOUT};
+use crate::decode::Cursor;
+use crate::http::AppState;
+use crate::hub::filter::Filter;
+use crate::hub::{HubItem, Subscription};
+use crate::protocol::json::{self, ClientFrame, ErrorCode, ProtocolError};
+use crate::replication::{ReplicationError, spawn_replay};
+
+/// Close code sent after a `lagged` frame.
+pub const CLOSE_LAGGED: u16 = 4008;
+/// Close code on server shutdown (going away).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// `GET /ws`: upgrades to the plain JSON protocol.
+pub async fn ws_handler(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .on_upgrade(move |socket| async move {
+            state.metrics.clients.add("ws", 1);
+            state.metrics.ws_clients.add(1);
+            let mut session = Session::new(socket, state.clone());
+            session.run().await;
+            state.metrics.ws_clients.add(-1);
+        })
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    /// The peer went away or a write failed.
+    Gone,
+    /// The session decided to close (lag, shutdown, fatal error).
+    Closed,
+}
+
+/// One connected `/ws` client.
+struct Session {
+    /// Outgoing half.
+    sink: SplitSink<WebSocket, Message>,
+    /// Incoming half.
+    stream: futures::stream::SplitStream<WebSocket>,
+    /// Server state.
+    state: AppState,
+    /// Live changes.
+    sub: Subscription,
+    /// Newest examined cursor (see module docs).
+    position: Option<Cursor>,
+    /// Subscriptions by id.
+    filters: Vec<(String, Filter)>,
+}
+
+impl Session {
+    /// A session over an upgraded socket.
+    fn new(socket: WebSocket, state: AppState) -> Self {
+        let (sink, stream) = socket.split();
+        let sub = state.hub.subscribe();
+        let position = sub.live_from;
+        Session {
+            sink,
+            stream,
+            state,
+            sub,
+            position,
+            filters: Vec::new(),
+        }
+    }
+
+    /// The session loop.
+    async fn run(&mut self) {
+        let hb = self.state.config.heartbeat;
+        let welcome = json::encode_welcome(env!("CARGO_PKG_VERSION"), hb.as_millis() as u64);
+        if self.send(welcome).await.is_err() {
+            return;
+        }
+        let shutdown = self.state.shutdown.clone();
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
+        loop {
+            let step = tokio::select! {
+                biased;
+                // PRIORITY 1: shutdown.
+                _ = shutdown.cancelled() => {
+                    let _ = self.close(CLOSE_GOING_AWAY, "server shutting down").await;
+                    return;
+                }
+                // PRIORITY 2: the client.
+                msg = self.stream.next() => match msg {
+                    Some(Ok(Message::Text(t))) => self.on_client_text(&t).await,
+                    Some(Ok(Message::Binary(_))) => self.send_error(ProtocolError {
+                        code: ErrorCode::BadJson,
+                        message: "binary frames are not part of the /ws protocol: send JSON text frames".into(),
+                        r#ref: None,
+                    }).await,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Err(End::Gone),
+                    Some(Ok(_)) => Ok(()),
+                },
+                // PRIORITY 3: live changes.
+                item = self.sub.rx.recv() => self.on_live(item).await,
+                // PRIORITY 4: heartbeat.
+                _ = heartbeat.tick() => self.send(json::encode_heartbeat(self.position)).await,
+            };
+            if step.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Delivers one live item and whatever else is ready, then flushes once.
+    async fn on_live(&mut self, first: Result<Arc<HubItem>, RecvError>) -> Result<(), End> {
+        let mut item = match first {
+            Ok(i) => i,
+            Err(RecvError::Lagged(_)) => return self.lagged().await,
+            Err(RecvError::Closed) => return Err(End::Closed),
+        };
+        let mut queued = 0usize;
+        loop {
+            if self.position.is_none_or(|p| item.change.cursor > p) {
+                self.position = Some(item.change.cursor);
+                if self.filters.iter().any(|(_, f)| f.matches(&item.change)) {
+                    let frame = item.json_frame(&self.state.metrics);
+                    self.feed(Message::Text(frame)).await?;
+                    queued += 1;
+                }
+            }
+            if queued >= WRITE_BATCH {
+                break;
+            }
+            item = match self.sub.rx.try_recv() {
+                Ok(i) => i,
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.flush(queued).await?;
+                    return self.lagged().await;
+                }
+                Err(_) => break,
+            };
+        }
+        self.flush(queued).await
+    }
+
+    /// The client fell behind the hub's ring: say so, with the resume cursor, and close.
+    async fn lagged(&mut self) -> Result<(), End> {
+        self.state.metrics.clients_lagged.inc();
+        let _ = self.send(json::encode_lagged(self.position)).await;
+        let _ = self
+            .close(CLOSE_LAGGED, "lagged: reconnect and resume from the cursor")
+            .await;
+        Err(End::Closed)
+    }
+
+    /// Handles one client text frame.
+    async fn on_client_text(&mut self, text: &str) -> Result<(), End> {
+        let frame = match json::parse_client_frame(text) {
+            Ok(f) => f,
+            Err(e) => return self.send_error(e).await,
+        };
+        match frame {
+            ClientFrame::Subscribe(req) => {
+                if self.filters.iter().any(|(id, _)| *id == req.id) {
+                    return self
+                        .send_error(ProtocolError {
+                            code: ErrorCode::DuplicateSubscription,
+                            message: format!("subscription {:?} already exists: unsubscribe it first or pick another id", req.id),
+                            r#ref: Some(req.id),
+                        })
+                        .await;
+                }
+                if self.filters.len() >= MAX_SUBSCRIPTIONS {
+                    return self
+                        .send_error(ProtocolError {
+                            code: ErrorCode::TooManySubscriptions,
+                            message: format!(
+                                "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
+                            ),
+                            r#ref: Some(req.id),
+                        })
+                        .await;
+                }
+                let reply = json::encode_subscribed(&req.id);
+                self.filters.push((req.id, req.filter));
+                self.send(reply).await
+            }
+            ClientFrame::Unsubscribe { id } => {
+                let before = self.filters.len();
+                self.filters.retain(|(i, _)| *i != id);
+                if self.filters.len() == before {
+                    return self
+                        .send_error(ProtocolError {
+                            code: ErrorCode::UnknownSubscription,
+                            message: format!("no subscription {id:?} on this connection"),
+                            r#ref: Some(id),
+                        })
+                        .await;
+                }
+                self.send(json::encode_unsubscribed(&id)).await
+            }
+            ClientFrame::Ping { r#ref } => self.send(json::encode_pong(r#ref.as_deref())).await,
+            ClientFrame::Resume { cursor } => self.resume(cursor).await,
+        }
+    }
+
+    /// Replays every matching change after `after` up to the live stream, then carries on live.
+    async fn resume(&mut self, after: Cursor) -> Result<(), End> {
+        if self.filters.is_empty() {
+            return self
+                .send_error(ProtocolError {
+                    code: ErrorCode::BadRequest,
+                    message: "send subscribe frames before resume: the replay delivers only what your subscriptions match".into(),
+                    r#ref: None,
+                })
+                .await;
+        }
+        // Subscribe afresh: everything after `until` arrives through the new receiver.
+        self.sub = self.state.hub.subscribe();
+        let until = self.sub.last;
+        let mut replayed = 0u64;
+        if let Some(until) = until.filter(|u| after < *u) {
+            let cfg = &self.state.config;
+            let mut rx = spawn_replay(
+                self.state.replication.clone(),
+                cfg.slot.clone(),
+                after,
+                until,
+            );
+            let mut queued = 0usize;
+            while let Some(next) = rx.recv().await {
+                match next {
+                    Ok(change) => {
+                        if self.filters.iter().any(|(_, f)| f.matches(&change)) {
+                            let text = json::encode_event(&change);
+                            self.feed(Message::Text(text.into())).await?;
+                            queued += 1;
+                            replayed += 1;
+                            if queued >= WRITE_BATCH {
+                                self.flush(queued).await?;
+                                queued = 0;
+                            }
+                        }
+                    }
+                    Err(ReplicationError::CursorExpired { oldest }) => {
+                        self.flush(queued).await?;
+                        self.position = Some(until);
+                        return self
+                            .send(json::encode_cursor_expired(after, Some(oldest)))
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %crate::replication::reader::error_chain(&e), "replay failed");
+                        self.flush(queued).await?;
+                        let _ = self
+                            .send_error(ProtocolError {
+                                code: ErrorCode::Internal,
+                                message: "replay failed; reconnect and resume again".into(),
+                                r#ref: None,
+                            })
+                            .await;
+                        let _ = self.close(1011, "replay failed").await;
+                        return Err(End::Closed);
+                    }
+                }
+            }
+            self.flush(queued).await?;
+            self.state.metrics.replayed_changes.add(replayed);
+            self.position = Some(until);
+        } else {
+            self.position = Some(match until {
+                Some(u) => u.max(after),
+                None => after,
+            });
+        }
+        self.send(json::encode_resumed(after, replayed)).await
+    }
+
+    /// Queues a frame without flushing.
+    async fn feed(&mut self, msg: Message) -> Result<(), End> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.feed(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+
+    /// Flushes queued frames, counting `n` deliveries.
+    async fn flush(&mut self, n: usize) -> Result<(), End> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.state.metrics.deliveries.add(n as u64);
+        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+
+    /// Sends one control frame now.
+    async fn send(&mut self, text: String) -> Result<(), End> {
+        match tokio::time::timeout(
+            WRITE_TIMEOUT,
+            self.sink.send(Message::Text(Utf8Bytes::from(text))),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+
+    /// Sends an error frame; the connection stays open.
+    async fn send_error(&mut self, e: ProtocolError) -> Result<(), End> {
+        self.send(json::encode_error(&e)).await
+    }
+
+    /// Sends a close frame.
+    async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(Message::Close(Some(frame)))).await
+        {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+}
