@@ -3,17 +3,24 @@
 -- with the same attributes (service_role bypasses RLS, none of them can log in).
 create schema if not exists walcast;
 
+-- Roles are cluster-wide: two databases migrating at once may race to create them, so a
+-- concurrent creation counts as success.
 do $$
+declare
+  r record;
 begin
-  if not exists (select 1 from pg_roles where rolname = 'anon') then
-    create role anon nologin noinherit;
-  end if;
-  if not exists (select 1 from pg_roles where rolname = 'authenticated') then
-    create role authenticated nologin noinherit;
-  end if;
-  if not exists (select 1 from pg_roles where rolname = 'service_role') then
-    create role service_role nologin noinherit bypassrls;
-  end if;
+  for r in select * from (values ('anon', 'nologin noinherit'),
+                                 ('authenticated', 'nologin noinherit'),
+                                 ('service_role', 'nologin noinherit bypassrls')) as t(name, attrs)
+  loop
+    if not exists (select 1 from pg_roles where rolname = r.name) then
+      begin
+        execute format('create role %I %s', r.name, r.attrs);
+      exception when duplicate_object or unique_violation then
+        null;
+      end;
+    end if;
+  end loop;
 end
 $$;
 

@@ -1,1 +1,17 @@
+//! walcast's integration tests: one binary, real Postgres, real walcast processes.
+//!
+//! The harness ([`support`]) starts one throwaway Postgres cluster for the whole binary from the
+//! system binaries (a reaper process stops it when the binary exits), gives every test a fresh
+//! database, and runs walcast as a child process on a free port. Tests that restart Postgres
+//! start a cluster of their own.
 
+mod support;
+
+/// The command line: help texts, config errors, emit, keys, slot.
+mod cli;
+/// POST /v1/events: formats, errors, batching, idempotence, health and metrics endpoints.
+mod ingest;
+/// Migrations: apply, idempotence, the Supabase copy.
+mod migrations;
+/// WAL → /ws: filters, operations, resume, lag, faults, cursor expiry.
+mod stream;

@@ -1,0 +1,7 @@
+//! Tests: cli.
+use crate::support;
+#[tokio::test]
+async fn cli_smoke() {
+    let db = support::fresh_db().await;
+    assert_eq!(db.count().await, 0);
+}

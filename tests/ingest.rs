@@ -1,0 +1,7 @@
+//! Tests: ingest.
+use crate::support;
+#[tokio::test]
+async fn ingest_smoke() {
+    let db = support::fresh_db().await;
+    assert_eq!(db.count().await, 0);
+}
