@@ -329,6 +329,80 @@ walcast bench ingest --events 200000 --producers 8 --batch 500\n\n\
 Starts its own private Postgres cluster and walcast server unless --database-url is given."
     )]
     Ingest(BenchIngestArgs),
+    /// A burst through walcast to one /ws client vs pg_recvlogical draining the same burst.
+    #[command(after_help = "Example:\n  walcast bench drain --txns 200 --rows 1000")]
+    Drain(BenchDrainArgs),
+    /// Commit-to-receipt latency on a /ws client at a steady commit rate, vs a bare replication client.
+    #[command(after_help = "Example:\n  walcast bench latency --rate 1000 --seconds 10")]
+    Latency(BenchLatencyArgs),
+    /// A burst to many /ws clients: deliveries/s, vs LISTEN/NOTIFY fan-out to as many connections.
+    #[command(after_help = "Example:\n  walcast bench fanout --clients 100 --txns 20 --rows 1000")]
+    Fanout(BenchFanoutArgs),
+    /// RSS idle, per idle client, and with one stalled client under load.
+    #[command(after_help = "Example:\n  walcast bench memory --clients 1000")]
+    Memory(BenchMemoryArgs),
+}
+
+/// `walcast bench drain`.
+#[derive(Debug, Args)]
+pub struct BenchDrainArgs {
+    /// Transactions in the burst.
+    #[arg(long, default_value_t = 200)]
+    pub txns: usize,
+    /// Rows per transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub rows: usize,
+    /// Repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Write the result as JSON to this file too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `walcast bench latency`.
+#[derive(Debug, Args)]
+pub struct BenchLatencyArgs {
+    /// Single-row commits per second.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u32,
+    /// Seconds of load (the first second is discarded as warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u32,
+    /// Write the result as JSON to this file too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `walcast bench fanout`.
+#[derive(Debug, Args)]
+pub struct BenchFanoutArgs {
+    /// WebSocket clients, each receiving every row.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Transactions in the burst.
+    #[arg(long, default_value_t = 20)]
+    pub txns: usize,
+    /// Rows per transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub rows: usize,
+    /// Write the result as JSON to this file too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `walcast bench memory`.
+#[derive(Debug, Args)]
+pub struct BenchMemoryArgs {
+    /// Idle clients to connect.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Rows written while one client is stalled.
+    #[arg(long, default_value_t = 100_000)]
+    pub rows: usize,
+    /// Write the result as JSON to this file too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// `walcast bench ingest`.

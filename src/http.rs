@@ -48,6 +48,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -165,6 +166,17 @@ fn too_large(limit: usize) -> IngestError {
         format!(
             "the body is larger than {limit} bytes (--max-body): split it into smaller requests"
         ),
+    )
+}
+
+/// The live dashboard page, embedded in the binary.
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+
+/// `GET /`: the dashboard.
+async fn dashboard() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DASHBOARD_HTML,
     )
 }
 

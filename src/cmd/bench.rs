@@ -20,6 +20,10 @@ use crate::config::ServerConfig;
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingest(a) => ingest(a).await,
+        BenchCommand::Drain(a) => super::bench_stream::drain(a).await,
+        BenchCommand::Latency(a) => super::bench_stream::latency(a).await,
+        BenchCommand::Fanout(a) => super::bench_stream::fanout(a).await,
+        BenchCommand::Memory(a) => super::bench_stream::memory(a).await,
     }
 }
 

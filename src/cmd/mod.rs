@@ -2,6 +2,7 @@
 //! people on stdout, logs on stderr.
 
 pub mod bench;
+pub mod bench_stream;
 pub mod dev;
 pub mod emit;
 pub mod http_client;

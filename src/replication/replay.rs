@@ -71,13 +71,15 @@ async fn replay(
         .and_then(|b| std::str::from_utf8(b).ok())
         .and_then(|s| s.parse().ok())
         .unwrap_or_default();
-    if after.commit_lsn < confirmed {
-        return Err(ReplicationError::CursorExpired {
-            oldest: Cursor {
-                commit_lsn: confirmed,
-                index: 0,
-            },
-        });
+    // Postgres re-sends every transaction whose commit record is at or after `confirmed`, so the
+    // oldest resumable cursor is the position just before it: resuming after `oldest` replays
+    // everything retained.
+    let oldest = Cursor {
+        commit_lsn: Lsn(confirmed.0.saturating_sub(1)),
+        index: u32::MAX,
+    };
+    if after < oldest {
+        return Err(ReplicationError::CursorExpired { oldest });
     }
     client.start().await.map_err(ReplicationError::Stream)?;
     client
