@@ -336,7 +336,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
             ));
         }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e10 {
+    if !secs.is_finite() || !(0.0..=1e10).contains(&secs) {
         return Err(format!("{value:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))

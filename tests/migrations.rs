@@ -1,7 +1,365 @@
-//! Tests: migrations.
+//! Tests: migrations (`walcast migrate` on an empty database, idempotence, the schema it builds,
+//! UUIDv7 defaults, row level security) and the Supabase copy of the migrations.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use crate::support;
-#[tokio::test]
-async fn migrations_smoke() {
+
+/// Creates an empty (unmigrated) database on the shared cluster; returns its URL.
+async fn empty_db() -> String {
+    // fresh_db() starts the shared cluster and tells us where it is.
+    let probe = support::fresh_db().await;
+    let name = format!("e_{:016x}", rand::random::<u64>());
+    let admin = format!("postgres://postgres@{}:{}/postgres", probe.host, probe.port);
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("connect admin");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .expect("create database");
+    format!("postgres://postgres@{}:{}/{name}", probe.host, probe.port)
+}
+
+/// A SQL connection to `url`.
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// Names returned by a one-column text query, sorted.
+async fn names(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The migration files of a directory: name → content.
+fn sql_files(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "sql") {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            out.insert(name, std::fs::read_to_string(&path).expect("read sql"));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_empty_database_then_up_to_date() {
+    let url = empty_db().await;
+    let expected = sql_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"));
+    assert!(!expected.is_empty(), "no migrations found");
+
+    // First run: applies every migration and names each.
+    let (code, out, err) = support::run_cli(&["migrate", "--database-url", &url], &[]);
+    assert_eq!(code, 0, "first migrate failed\nstdout:\n{out}\nstderr:\n{err}");
+    for file in expected.keys() {
+        let stem = file.trim_end_matches(".sql");
+        assert!(
+            out.lines().any(|l| l.trim() == format!("applied {stem}")),
+            "first migrate did not report `applied {stem}`\nstdout:\n{out}\nstderr:\n{err}"
+        );
+    }
+    assert!(
+        out.contains(&format!("{} migration(s) applied", expected.len())),
+        "stdout:\n{out}"
+    );
+
+    // Second run: nothing to do.
+    let (code, out2, err2) = support::run_cli(&["migrate", "--database-url", &url], &[]);
+    assert_eq!(code, 0, "second migrate failed\nstdout:\n{out2}\nstderr:\n{err2}");
+    assert!(out2.contains("up to date"), "stdout:\n{out2}");
+    assert!(
+        !out2.contains("applied"),
+        "second migrate applied something\nstdout:\n{out2}"
+    );
+    let c = connect(&url).await;
+    let history: i64 = c
+        .query_one("select count(*) from refinery_schema_history", &[])
+        .await
+        .expect("history")
+        .get(0);
+    assert_eq!(history as usize, expected.len(), "refinery_schema_history rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_objects_exist() {
     let db = support::fresh_db().await;
-    assert_eq!(db.count().await, 0);
+    let c = db.client().await;
+
+    let table: Option<String> = c
+        .query_one(
+            "select to_regclass('public.monitoring_events')::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(table.as_deref(), Some("monitoring_events"));
+
+    let columns = names(
+        &c,
+        "select column_name::text from information_schema.columns \
+         where table_schema = 'public' and table_name = 'monitoring_events'",
+    )
+    .await;
+    assert_eq!(
+        columns,
+        ["created_at", "data", "event_type", "id", "metadata", "source", "timestamp"]
+    );
+
+    let indexes = names(
+        &c,
+        "select indexname::text from pg_indexes \
+         where schemaname = 'public' and tablename = 'monitoring_events' \
+           and indexname <> 'monitoring_events_pkey'",
+    )
+    .await;
+    assert_eq!(
+        indexes,
+        [
+            "monitoring_events_created_at_idx",
+            "monitoring_events_event_type_idx",
+            "monitoring_events_source_idx",
+            "monitoring_events_timestamp_idx",
+        ]
+    );
+
+    let checks = names(
+        &c,
+        "select conname::text from pg_constraint \
+         where conrelid = 'public.monitoring_events'::regclass and contype = 'c'",
+    )
+    .await;
+    assert_eq!(
+        checks,
+        [
+            "monitoring_events_data_is_object",
+            "monitoring_events_data_size",
+            "monitoring_events_event_type_length",
+            "monitoring_events_metadata_is_object",
+            "monitoring_events_metadata_size",
+            "monitoring_events_source_length",
+        ]
+    );
+
+    let rls: bool = c
+        .query_one(
+            "select relrowsecurity from pg_class where oid = 'public.monitoring_events'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(rls, "row level security is not enabled");
+
+    let policies: Vec<(String, String, String)> = c
+        .query(
+            "select policyname::text, cmd::text, array_to_string(roles, ',') from pg_policies \
+             where schemaname = 'public' and tablename = 'monitoring_events' order by policyname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        policies,
+        [
+            (
+                "monitoring_events_authenticated_read".to_owned(),
+                "SELECT".to_owned(),
+                "authenticated".to_owned()
+            ),
+            (
+                "monitoring_events_service_role_all".to_owned(),
+                "ALL".to_owned(),
+                "service_role".to_owned()
+            ),
+        ]
+    );
+
+    let published = names(
+        &c,
+        "select schemaname::text || '.' || tablename::text from pg_publication_tables \
+         where pubname = 'walcast_events'",
+    )
+    .await;
+    assert_eq!(published, ["public.monitoring_events"]);
+
+    let roles: Vec<(String, bool, bool)> = c
+        .query(
+            "select rolname::text, rolcanlogin, rolbypassrls from pg_roles \
+             where rolname in ('anon', 'authenticated', 'service_role') order by rolname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("anon".to_owned(), false, false),
+            ("authenticated".to_owned(), false, false),
+            ("service_role".to_owned(), false, true),
+        ],
+        "(name, can login, bypasses RLS)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_insert_gets_uuid_v7() {
+    let db = support::fresh_db().await;
+    let c = db.client().await;
+    let before_ms = chrono::Utc::now().timestamp_millis();
+    let row = c
+        .query_one(
+            "insert into public.monitoring_events (event_type, source) values ('cpu', 'psql') \
+             returning id, data::text, metadata::text",
+            &[],
+        )
+        .await
+        .expect("insert without id");
+    let after_ms = chrono::Utc::now().timestamp_millis();
+    let id: uuid::Uuid = row.get(0);
+    assert_eq!(id.get_version_num(), 7, "id {id} is not a UUIDv7");
+    assert_eq!(
+        id.get_variant(),
+        uuid::Variant::RFC4122,
+        "id {id} has the wrong variant"
+    );
+    // The first 48 bits are the Unix time in milliseconds.
+    let ms = (id.as_u128() >> 80) as i64;
+    assert!(
+        ms >= before_ms - 2_000 && ms <= after_ms + 2_000,
+        "id {id} carries time {ms}, expected about {before_ms}..{after_ms}"
+    );
+    assert_eq!(row.get::<_, String>(1), "{}");
+    assert_eq!(row.get::<_, String>(2), "{}");
+
+    // The function itself, called directly: time-ordered over successive calls.
+    let rows = c
+        .query("select walcast.uuid_v7() from generate_series(1, 20)", &[])
+        .await
+        .expect("uuid_v7()");
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    for id in &ids {
+        assert_eq!(id.get_version_num(), 7, "{id}");
+    }
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "duplicate ids: {ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_applies_to_api_roles() {
+    let db = support::fresh_db().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "insert into public.monitoring_events (event_type, source) \
+         values ('cpu', 'h1'), ('mem', 'h2')",
+    )
+    .await
+    .expect("insert as owner");
+
+    let count_as = |role: &'static str| {
+        let url = db.url.clone();
+        async move {
+            let c = connect(&url).await;
+            c.batch_execute(&format!("set role {role}"))
+                .await
+                .unwrap_or_else(|e| panic!("set role {role}: {e}"));
+            let n: i64 = c
+                .query_one("select count(*) from public.monitoring_events", &[])
+                .await
+                .unwrap_or_else(|e| panic!("select as {role}: {e}"))
+                .get(0);
+            n
+        }
+    };
+    assert_eq!(count_as("anon").await, 0, "anon must see no rows");
+    assert_eq!(count_as("authenticated").await, 2, "authenticated reads all rows");
+    assert_eq!(count_as("service_role").await, 2, "service_role reads all rows");
+
+    // anon and authenticated may not write (RLS has no insert policy for them).
+    for role in ["anon", "authenticated"] {
+        let c = connect(&db.url).await;
+        c.batch_execute(&format!("set role {role}")).await.unwrap();
+        let err = c
+            .execute(
+                "insert into public.monitoring_events (id, event_type, source) \
+                 values (gen_random_uuid(), 'x', 'y')",
+                &[],
+            )
+            .await
+            .expect_err(&format!("{role} could insert"));
+        let db_err = err.as_db_error().expect("a database error");
+        assert_eq!(
+            db_err.code(),
+            &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE,
+            "{role}: {db_err}"
+        );
+        assert!(
+            db_err.message().contains("row-level security"),
+            "{role}: expected an RLS violation, got: {db_err}"
+        );
+    }
+
+    // service_role writes, also relying on the uuid_v7() default.
+    let c = connect(&db.url).await;
+    c.batch_execute("set role service_role").await.unwrap();
+    c.execute(
+        "insert into public.monitoring_events (event_type, source) values ('x', 'y')",
+        &[],
+    )
+    .await
+    .expect("service_role insert");
+    assert_eq!(db.count().await, 3);
+}
+
+#[test]
+fn supabase_migrations_match() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ours = sql_files(&root.join("migrations"));
+    let supabase = sql_files(&root.join("supabase/migrations"));
+    // Refinery names files `U<version>__<name>.sql`; the Supabase CLI `<version>_<name>.sql`.
+    let renamed: BTreeMap<String, String> = ours
+        .iter()
+        .map(|(name, sql)| {
+            let (version, rest) = name
+                .strip_prefix('U')
+                .and_then(|n| n.split_once("__"))
+                .unwrap_or_else(|| panic!("migration {name} is not named U<version>__<name>.sql"));
+            (format!("{version}_{rest}"), sql.clone())
+        })
+        .collect();
+    assert_eq!(
+        renamed.keys().collect::<Vec<_>>(),
+        supabase.keys().collect::<Vec<_>>(),
+        "supabase/migrations/ must hold one file per file of migrations/"
+    );
+    for (name, sql) in &renamed {
+        assert!(
+            supabase[name] == *sql,
+            "supabase/migrations/{name} differs from its copy in migrations/"
+        );
+    }
 }

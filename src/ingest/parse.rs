@@ -158,11 +158,11 @@ pub fn validate_event(
     now: DateTime<Utc>,
 ) -> Result<EventRecord, IngestError> {
     let Value::Object(mut obj) = v else {
-        return Err(IngestError::invalid(
-            index,
-            "",
-            format!("event {index} is not a JSON object"),
-        ));
+        // The event itself is at fault, not one of its fields: no `field`.
+        return Err(IngestError {
+            field: None,
+            ..IngestError::invalid(index, "", format!("event {index} is not a JSON object"))
+        });
     };
     for key in obj.keys() {
         if !matches!(
