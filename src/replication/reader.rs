@@ -41,6 +41,9 @@ pub struct ReaderStatus {
     confirmed: AtomicU64,
     /// Last LSN received.
     received: AtomicU64,
+    /// The slot's confirmed position when this process first connected: the start of the
+    /// resume window before anything was published.
+    window_start: AtomicU64,
     /// Last error text, for operators.
     last_error: Mutex<Option<String>>,
 }
@@ -53,6 +56,10 @@ impl ReaderStatus {
     /// The confirmed LSN.
     pub fn confirmed(&self) -> Lsn {
         Lsn(self.confirmed.load(Ordering::Relaxed))
+    }
+    /// The slot's confirmed position when this process first streamed (0: not yet streamed).
+    pub fn window_start(&self) -> Lsn {
+        Lsn(self.window_start.load(Ordering::Relaxed))
     }
     /// The last received LSN.
     pub fn received(&self) -> Lsn {
@@ -201,6 +208,8 @@ impl Reader {
                 commit_lsn: current,
                 index: 0,
             });
+            self.status.confirmed.store(confirmed, Ordering::Relaxed);
+            self.status.window_start.store(confirmed, Ordering::Relaxed);
             self.window = Some(Window::new(
                 confirmed,
                 self.config.retention,

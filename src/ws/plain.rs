@@ -277,12 +277,44 @@ impl Session {
             self.state.metrics.replayed_changes.add(replayed);
             self.position = Some(until);
         } else {
+            // Nothing published after the cursor yet: whatever follows it arrives live, as the
+            // reader streams from the start of the window. Refuse cursors before that start.
+            if until.is_none() && !self.wait_streaming().await {
+                return self
+                    .send_error(ProtocolError {
+                        code: ErrorCode::Internal,
+                        message: "the replication stream is not up yet; resume again shortly".into(),
+                        r#ref: None,
+                    })
+                    .await;
+            }
+            let start = self.state.reader.window_start();
+            let oldest = Cursor {
+                commit_lsn: crate::decode::Lsn(start.0.saturating_sub(1)),
+                index: u32::MAX,
+            };
+            if until.is_none() && after < oldest {
+                self.position = self.sub.live_from;
+                return self.send(json::encode_cursor_expired(after, Some(oldest))).await;
+            }
             self.position = Some(match until {
                 Some(u) => u.max(after),
                 None => after,
             });
         }
         self.send(json::encode_resumed(after, replayed)).await
+    }
+
+    /// Waits (bounded) until the replication reader streams.
+    async fn wait_streaming(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.state.reader.is_streaming() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Queues a frame without flushing.
