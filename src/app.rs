@@ -1,7 +1,8 @@
 //! Wiring: builds every part of the server, runs it, and shuts it down in order.
 //!
 //! Order on SIGTERM/SIGINT (a second signal exits at once): stop accepting HTTP/WebSocket
-//! connections → sessions send close frames → the batcher writes what is pending → the reader
+//! connections → sessions send close frames → the dead-letter retry worker finishes its pass and
+//! releases its lock → the batcher writes what is pending → the reader
 //! sends its final status (only what was handed off) → exit, all within `shutdown_timeout`.
 
 use std::sync::Arc;
@@ -12,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::db;
+use crate::dlq;
 use crate::http::{self, AppState};
 use crate::hub::Hub;
-use crate::ingest::Batcher;
+use crate::ingest::{Batcher, Breaker, Spool, Writer, WriterConfig};
 use crate::metrics::Metrics;
 use crate::replication::{
     Reader, ReaderConfig, ReaderStatus, ReplicationError, ReplicationSettings,
@@ -26,6 +28,9 @@ pub enum AppError {
     /// Database setup failed.
     #[error(transparent)]
     Db(#[from] db::DbError),
+    /// Feature flags could not be read (environment or database).
+    #[error("feature flags: {0}")]
+    Flags(#[from] crate::flags::FlagsError),
     /// The database is not migrated.
     #[error(
         "the database is not migrated (applied {applied:?}, walcast needs {needed}): run `walcast migrate --database-url ...` first"
@@ -48,6 +53,9 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    /// The spool cannot be opened.
+    #[error(transparent)]
+    Spool(#[from] crate::ingest::spool::SpoolError),
     /// The HTTP server failed.
     #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
@@ -121,12 +129,35 @@ pub async fn serve(
     );
     let reader_task = tokio::spawn(reader.run(reader_token.clone()));
 
-    let batch_token = CancellationToken::new();
-    let (batcher, batcher_task) = Batcher::spawn(
+    // The write path: database, retry, breaker, spool, dead letters.
+    let spool = Arc::new(Spool::open(&config.spool_dir, config.spool_max)?);
+    if !spool.is_empty() {
+        tracing::info!(bytes = spool.len(), path = %spool.path().display(), "the spool holds events from an earlier run; replaying them");
+    }
+    let writer = Arc::new(Writer::new(
         pool.clone(),
-        config.batch.clone(),
         Arc::clone(&metrics),
-        batch_token.clone(),
+        Arc::new(Breaker::new(config.breaker)),
+        spool,
+        WriterConfig {
+            attempts: config.write_attempts,
+            ..WriterConfig::default()
+        },
+        None,
+    ));
+    let batch_token = CancellationToken::new();
+    let (batcher, batcher_task) =
+        Batcher::spawn(Arc::clone(&writer), config.batch.clone(), batch_token.clone());
+    let replay_token = CancellationToken::new();
+    let replayer_task = tokio::spawn(Arc::clone(&writer).run_replayer(replay_token.clone()));
+
+    // The dead-letter retry worker: runs here only while this node holds its advisory lock.
+    let dlq_token = CancellationToken::new();
+    let dlq_task = dlq::spawn_retry_worker(
+        pool.clone(),
+        dlq::RetryWorkerConfig::new(&config.node),
+        Arc::new(dlq::RetryWorkerStatus::default()),
+        dlq_token.clone(),
     );
 
     let listener = TcpListener::bind(config.listen)
@@ -137,15 +168,35 @@ pub async fn serve(
         })?;
     let addr = listener.local_addr().map_err(AppError::Serve)?;
     let sessions_token = CancellationToken::new();
+
+    // Feature flags: environment tier, first snapshot now, then a task that follows changes.
+    let flags_env = crate::flags::EnvTier::from_env().map_err(crate::flags::FlagsError::Env)?;
+    for ignored in &flags_env.ignored {
+        tracing::warn!("{ignored}");
+    }
+    let flags_snapshot = {
+        let client = pool.get().await.map_err(db::DbError::Connect)?;
+        crate::flags::store::load(&client).await?
+    };
+    let flags = crate::flags::Flags::new(config.node.clone(), flags_env, flags_snapshot);
+    tracing::info!(mode = flags.mode().mode.as_str(), "broadcaster mode");
+    let flags_token = CancellationToken::new();
+    let flags_task = crate::flags::spawn_refresh_task(
+        flags.clone(),
+        config.database_url.clone(),
+        flags_token.clone(),
+    );
     let state = AppState {
         config: Arc::clone(&config),
         pool: pool.clone(),
         batcher,
+        writer: Arc::clone(&writer),
         metrics: Arc::clone(&metrics),
         hub,
         reader: Arc::clone(&status),
         replication: settings,
         shutdown: sessions_token.clone(),
+        flags,
     };
     let app = http::router(state);
     on_listen(addr);
@@ -186,8 +237,14 @@ pub async fn serve(
         if !server_done {
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut server_task).await;
         }
+        flags_token.cancel();
+        let _ = flags_task.await;
+        dlq_token.cancel();
+        let _ = dlq_task.await;
         batch_token.cancel();
         let _ = batcher_task.await;
+        replay_token.cancel();
+        let _ = replayer_task.await;
         reader_token.cancel();
         if !reader_done {
             let _ = (&mut reader_task).await;

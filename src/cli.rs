@@ -21,8 +21,11 @@ walcast dev\n\n\
 Against your own database:\n\n  \
 walcast migrate --database-url postgres://postgres@localhost/app\n  \
 walcast serve   --database-url postgres://postgres@localhost/app",
-    after_help = "Every option can also be set through the environment variable shown next to it.\n\
-Run `walcast <command> --help` for examples."
+    after_help = "Examples:\n  walcast dev\n  \
+walcast emit --type cpu --source host-1 --data '{\"load\":0.7}'\n  \
+walcast tail --type cpu\n\n\
+Every option can also be set through the environment variable shown next to it.\n\
+Run `walcast <command> --help` for more examples."
 )]
 pub struct Cli {
     /// Log filter, e.g. `info`, `walcast=debug`.
@@ -90,9 +93,35 @@ When the server goes away, tail reconnects with backoff and resumes after the la
     #[command(subcommand)]
     Slot(SlotCommand),
 
+    /// Inspect, retry and purge the dead-letter queue (work walcast could not complete).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  walcast dlq stats --database-url postgres://postgres@localhost/app\n  \
+walcast dlq list --status failed\n  \
+walcast dlq show 42\n  \
+walcast dlq retry 42 --now\n  \
+walcast dlq purge --older-than 7d --status recovered\n\n\
+See docs/dlq.md for the table, the retry policies and the SQL functions."
+    )]
+    Dlq(DlqCommand),
+
     /// Measure walcast against a baseline on this machine (results for BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+
+    /// Feature flags: list, change, roll out, override, evaluate, history (SQL on --database-url).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  walcast flags list --database-url postgres://postgres@localhost/app\n  \
+walcast flags rollout use_realtime 25\n  \
+walcast flags set broadcaster_mode --default-variant realtime\n  \
+walcast flags override use_realtime --subject user-42\n  \
+walcast flags eval user-42 --segments beta\n  \
+walcast flags history use_realtime\n\n\
+Changes go through the walcast.flag_* SQL functions (validation, history, NOTIFY): running servers \
+follow them within a second. See docs/flags.md."
+    )]
+    Flags(FlagsCommand),
 }
 
 /// `walcast tail`.
@@ -252,6 +281,27 @@ pub struct ServerArgs {
     /// Seconds to finish in-flight work after SIGTERM/SIGINT before exiting.
     #[arg(long, env = "WALCAST_SHUTDOWN_TIMEOUT", default_value = "30s")]
     pub shutdown_timeout: String,
+
+    /// Directory of the durable spool that holds accepted events while Postgres is unreachable
+    /// (default: .walcast/spool-<node> under the current directory).
+    #[arg(long, env = "WALCAST_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Largest spool; when full, ingest answers 503 with Retry-After (e.g. 1GiB).
+    #[arg(long, env = "WALCAST_SPOOL_MAX", default_value = "1GiB")]
+    pub spool_max: String,
+
+    /// Consecutive failed database writes that open the circuit breaker.
+    #[arg(long, env = "WALCAST_BREAKER_THRESHOLD", default_value_t = 3)]
+    pub breaker_threshold: u32,
+
+    /// How long the breaker stays open before a probe write (e.g. 2s).
+    #[arg(long, env = "WALCAST_BREAKER_COOLDOWN", default_value = "2s")]
+    pub breaker_cooldown: String,
+
+    /// Attempts per database write on transient errors (exponential backoff with jitter).
+    #[arg(long, env = "WALCAST_WRITE_ATTEMPTS", default_value_t = 3)]
+    pub write_attempts: u32,
 }
 
 /// `walcast serve`.
@@ -426,4 +476,331 @@ pub struct BenchIngestArgs {
     /// Write the result as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// `walcast dlq ...`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, newest first.
+    #[command(
+        after_help = "Examples:\n  walcast dlq list --database-url postgres://postgres@localhost/app\n  \
+walcast dlq list --status failed --operation ingest --limit 20\n  \
+walcast dlq list --before 1200 --json      # the page after id 1200, as JSON lines"
+    )]
+    List(DlqListArgs),
+    /// Show one dead letter: payload, error, hint, attempts, timestamps.
+    #[command(after_help = "Example:\n  walcast dlq show 42 --database-url postgres://postgres@localhost/app")]
+    Show(DlqShowArgs),
+    /// Retry dead letters: back to pending, due now, with a fresh attempt budget.
+    #[command(
+        after_help = "Examples:\n  walcast dlq retry 42            # the running server's retry worker picks it up\n  \
+walcast dlq retry 42 --now      # retry here, at once, and print the outcome\n  \
+walcast dlq retry --all --now   # every failed row\n\n\
+With --now the exit code is 1 when a retried row is not recovered."
+    )]
+    Retry(DlqRetryArgs),
+    /// Delete old dead letters (default: recovered ones last changed more than 7 days ago).
+    #[command(
+        after_help = "Examples:\n  walcast dlq purge                                   # recovered, older than 7d\n  \
+walcast dlq purge --older-than 30d --status recovered,failed"
+    )]
+    Purge(DlqPurgeArgs),
+    /// Counts by status, the oldest pending dead letter, the next due attempt.
+    #[command(after_help = "Example:\n  walcast dlq stats --database-url postgres://postgres@localhost/app --json")]
+    Stats(DlqStatsArgs),
+}
+
+/// `walcast dlq list`.
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    /// Database holding the queue.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Only rows in this status.
+    #[arg(long, value_parser = ["pending", "retrying", "recovered", "failed"])]
+    pub status: Option<String>,
+    /// Only rows of this operation (e.g. ingest, deliver).
+    #[arg(long)]
+    pub operation: Option<String>,
+    /// Most rows to print (1-1000).
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    /// Only rows with a smaller id (the next page after the last id printed).
+    #[arg(long)]
+    pub before: Option<i64>,
+    /// Print one JSON object per row.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `walcast dlq show`.
+#[derive(Debug, Args)]
+pub struct DlqShowArgs {
+    /// Database holding the queue.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// The dead letter's id.
+    pub id: i64,
+    /// Print the row as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `walcast dlq retry`.
+#[derive(Debug, Args)]
+pub struct DlqRetryArgs {
+    /// Database holding the queue.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// The dead letter to retry.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<i64>,
+    /// Every failed row, and every manual_retry row waiting for an operator.
+    #[arg(long)]
+    pub all: bool,
+    /// Retry here at once (one attempt per row) and print the outcome.
+    #[arg(long)]
+    pub now: bool,
+    /// Node name recorded as the worker of --now attempts.
+    #[arg(long, env = "WALCAST_NODE", default_value = "node1")]
+    pub node: String,
+    /// Print the rows as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `walcast dlq purge`.
+#[derive(Debug, Args)]
+pub struct DlqPurgeArgs {
+    /// Database holding the queue.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Only rows last changed longer ago than this (e.g. 12h, 7d, 0s).
+    #[arg(long, default_value = "7d", value_parser = duration_text)]
+    pub older_than: String,
+    /// Statuses to delete, comma separated (retrying rows are never deleted).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "recovered",
+        value_parser = ["pending", "recovered", "failed"]
+    )]
+    pub status: Vec<String>,
+}
+
+/// `walcast dlq stats`.
+#[derive(Debug, Args)]
+pub struct DlqStatsArgs {
+    /// Database holding the queue.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Print the counts as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A duration argument (`7d`, `12h`, `0s`), checked and kept as written.
+fn duration_text(value: &str) -> Result<String, String> {
+    crate::config::parse_duration(value).map(|_| value.to_owned())
+}
+
+/// `walcast flags ...`.
+#[derive(Debug, Subcommand)]
+pub enum FlagsCommand {
+    /// List every flag with its switch, rollout, variants and overrides.
+    #[command(
+        after_help = "Example:\n  walcast flags list --database-url postgres://postgres@localhost/app\n  walcast flags list --json"
+    )]
+    List(FlagsListArgs),
+    /// Create a flag (on/off, or with weighted variants).
+    #[command(
+        after_help = "Examples:\n  walcast flags create new_chart --description 'the new chart widget'\n  \
+walcast flags create theme --variants light=50,dark=50 --default-variant light --rollout 10"
+    )]
+    Create(FlagsCreateArgs),
+    /// Change a flag's switch, description, variants or default variant.
+    #[command(
+        after_help = "Examples:\n  walcast flags set broadcaster_mode --default-variant realtime\n  \
+walcast flags set use_realtime --disable\n  \
+walcast flags set theme --variants light=20,dark=80"
+    )]
+    Set(FlagsSetArgs),
+    /// Set the share of subjects that get a flag (0-100, two decimals at most).
+    #[command(
+        after_help = "Example:\n  walcast flags rollout use_realtime 25\n\n\
+Raising the percentage only adds subjects: everyone in at 25 stays in at 50."
+    )]
+    Rollout(FlagsRolloutArgs),
+    /// Turn a flag on or off (or pin a variant) for one subject or segment, or clear that.
+    #[command(
+        after_help = "Examples:\n  walcast flags override use_realtime --subject user-42\n  \
+walcast flags override use_realtime --segment beta --off\n  \
+walcast flags override broadcaster_mode --subject node2 --variant realtime\n  \
+walcast flags override use_realtime --subject user-42 --clear"
+    )]
+    Override(FlagsOverrideArgs),
+    /// Evaluate every flag for a subject, the way the database does (no environment tier).
+    #[command(after_help = "Example:\n  walcast flags eval user-42 --segments beta,eu")]
+    Eval(FlagsEvalArgs),
+    /// Show who changed what, newest first.
+    #[command(
+        after_help = "Examples:\n  walcast flags history                  # every flag\n  \
+walcast flags history use_realtime --limit 5"
+    )]
+    History(FlagsHistoryArgs),
+    /// Delete a flag and its overrides (its history stays).
+    #[command(after_help = "Example:\n  walcast flags delete new_chart")]
+    Delete(FlagsDeleteArgs),
+}
+
+/// Options shared by the flag changes.
+#[derive(Debug, Clone, Args)]
+pub struct FlagsChangeArgs {
+    /// Database holding the flags.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Who to record in the history (default: the database role, current_user).
+    #[arg(long, env = "WALCAST_FLAGS_WHO")]
+    pub who: Option<String>,
+}
+
+/// `walcast flags list`.
+#[derive(Debug, Args)]
+pub struct FlagsListArgs {
+    /// Database holding the flags.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `walcast flags create`.
+#[derive(Debug, Args)]
+pub struct FlagsCreateArgs {
+    /// Flag name: [a-z][a-z0-9_]*.
+    pub name: String,
+    /// What the flag is for.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Variants with weights summing to 100: `a=50,b=50` or a JSON list.
+    #[arg(long)]
+    pub variants: Option<String>,
+    /// Variant of subjects that are off (default: the first variant).
+    #[arg(long)]
+    pub default_variant: Option<String>,
+    /// Create it switched off (off for everyone, overrides included).
+    #[arg(long)]
+    pub disabled: bool,
+    /// Rollout percentage, 0-100.
+    #[arg(long)]
+    pub rollout: Option<String>,
+    /// Database and author.
+    #[command(flatten)]
+    pub change: FlagsChangeArgs,
+}
+
+/// `walcast flags set`.
+#[derive(Debug, Args)]
+pub struct FlagsSetArgs {
+    /// Flag name.
+    pub name: String,
+    /// Switch the flag on (the rollout and overrides apply again).
+    #[arg(long, conflicts_with = "disable")]
+    pub enable: bool,
+    /// Switch the flag off for everyone, overrides included.
+    #[arg(long)]
+    pub disable: bool,
+    /// New description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// New variants: `a=50,b=50`, a JSON list, or '' for none.
+    #[arg(long)]
+    pub variants: Option<String>,
+    /// New default variant.
+    #[arg(long)]
+    pub default_variant: Option<String>,
+    /// Database and author.
+    #[command(flatten)]
+    pub change: FlagsChangeArgs,
+}
+
+/// `walcast flags rollout`.
+#[derive(Debug, Args)]
+pub struct FlagsRolloutArgs {
+    /// Flag name.
+    pub name: String,
+    /// Percentage of subjects, 0-100 (e.g. 25 or 12.5).
+    pub percentage: String,
+    /// Database and author.
+    #[command(flatten)]
+    pub change: FlagsChangeArgs,
+}
+
+/// `walcast flags override`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["subject", "segment"])))]
+pub struct FlagsOverrideArgs {
+    /// Flag name.
+    pub name: String,
+    /// The subject (user, client or node id).
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// The segment (a group such as beta).
+    #[arg(long)]
+    pub segment: Option<String>,
+    /// Turn the flag off for it (default: on).
+    #[arg(long, conflicts_with_all = ["variant", "clear"])]
+    pub off: bool,
+    /// Pin this variant.
+    #[arg(long, conflicts_with = "clear")]
+    pub variant: Option<String>,
+    /// Remove the override instead.
+    #[arg(long)]
+    pub clear: bool,
+    /// Database and author.
+    #[command(flatten)]
+    pub change: FlagsChangeArgs,
+}
+
+/// `walcast flags eval`.
+#[derive(Debug, Args)]
+pub struct FlagsEvalArgs {
+    /// The subject (user, client or node id).
+    pub subject: String,
+    /// The subject's segments, most specific first, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub segments: Vec<String>,
+    /// Database holding the flags.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `walcast flags history`.
+#[derive(Debug, Args)]
+pub struct FlagsHistoryArgs {
+    /// Only this flag.
+    pub name: Option<String>,
+    /// Most entries to show.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub limit: i64,
+    /// Database holding the flags.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `walcast flags delete`.
+#[derive(Debug, Args)]
+pub struct FlagsDeleteArgs {
+    /// Flag name.
+    pub name: String,
+    /// Database and author.
+    #[command(flatten)]
+    pub change: FlagsChangeArgs,
 }

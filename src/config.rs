@@ -111,6 +111,14 @@ pub struct ServerConfig {
     pub batch: BatchConfig,
     /// Graceful shutdown budget.
     pub shutdown_timeout: Duration,
+    /// Spool directory.
+    pub spool_dir: std::path::PathBuf,
+    /// Spool size limit in bytes.
+    pub spool_max: u64,
+    /// Circuit breaker thresholds.
+    pub breaker: crate::ingest::BreakerConfig,
+    /// Attempts per write on transient errors.
+    pub write_attempts: u32,
 }
 
 impl ServerConfig {
@@ -190,7 +198,44 @@ impl ServerConfig {
         };
         let shutdown_timeout = parse_duration(&args.shutdown_timeout)
             .map_err(|r| ConfigError::new("--shutdown-timeout", "WALCAST_SHUTDOWN_TIMEOUT", r))?;
+        let spool_dir = args
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(format!(".walcast/spool-{node}")));
+        let spool_max = parse_bytes(&args.spool_max)
+            .map_err(|r| ConfigError::new("--spool-max", "WALCAST_SPOOL_MAX", r))?;
+        if spool_max < 64 * 1024 {
+            return Err(ConfigError::new(
+                "--spool-max",
+                "WALCAST_SPOOL_MAX",
+                "must be at least 64KiB",
+            ));
+        }
+        if !(1..=1000).contains(&args.breaker_threshold) {
+            return Err(ConfigError::new(
+                "--breaker-threshold",
+                "WALCAST_BREAKER_THRESHOLD",
+                "must be between 1 and 1000",
+            ));
+        }
+        let cooldown = parse_duration(&args.breaker_cooldown).map_err(|r| {
+            ConfigError::new("--breaker-cooldown", "WALCAST_BREAKER_COOLDOWN", r)
+        })?;
+        if !(1..=20).contains(&args.write_attempts) {
+            return Err(ConfigError::new(
+                "--write-attempts",
+                "WALCAST_WRITE_ATTEMPTS",
+                "must be between 1 and 20",
+            ));
+        }
         Ok(ServerConfig {
+            spool_dir,
+            spool_max,
+            breaker: crate::ingest::BreakerConfig {
+                failure_threshold: args.breaker_threshold,
+                cooldown,
+            },
+            write_attempts: args.write_attempts,
             database_url,
             listen,
             jwt_secret,

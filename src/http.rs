@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::auth;
 use crate::config::ServerConfig;
 use crate::hub::Hub;
-use crate::ingest::{Batcher, BodyFormat, IngestError, IngestErrorCode, parse_body};
+use crate::ingest::{Batcher, BodyFormat, Durability, IngestError, IngestErrorCode, Writer, parse_body};
 use crate::metrics::{Metrics, PoolStats};
 use crate::replication::{ReaderStatus, ReplicationSettings};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,8 @@ pub struct AppState {
     pub pool: Pool,
     /// Ingest batcher.
     pub batcher: Batcher,
+    /// The resilient write path (breaker, spool).
+    pub writer: Arc<Writer>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Fan-out hub.
@@ -42,6 +44,8 @@ pub struct AppState {
     pub replication: ReplicationSettings,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Feature flags (broadcaster mode, Realtime rollout); lock-free snapshot.
+    pub flags: crate::flags::Flags,
 }
 
 /// Builds the router.
@@ -53,6 +57,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/ws", get(crate::ws::ws_handler))
+        .route("/realtime/v1/websocket", get(crate::ws::realtime::realtime_handler))
+        .route("/socket/websocket", get(crate::ws::realtime::realtime_handler))
+        .merge(crate::flags::api::routes())
+        .merge(crate::dlq::http::routes())
         .with_state(state)
 }
 
@@ -110,6 +118,7 @@ fn check_ingest_auth(config: &ServerConfig, headers: &HeaderMap) -> Result<(), I
 async fn post_events(State(state): State<AppState>, req: Request) -> Response {
     let result = ingest(&state, req).await;
     let status = match &result {
+        Ok((_, Durability::DeadLetter)) => StatusCode::ACCEPTED,
         Ok(_) => StatusCode::CREATED,
         Err(e) => e.code.status(),
     };
@@ -118,11 +127,17 @@ async fn post_events(State(state): State<AppState>, req: Request) -> Response {
         .http_requests
         .add(&format!("/v1/events {}", status.as_u16()), 1);
     match result {
-        Ok(ids) => (
-            StatusCode::CREATED,
-            axum::Json(json!({ "ids": ids, "count": ids.len(), "durable": "database" })),
-        )
-            .into_response(),
+        Ok((ids, durable)) => {
+            let status = match durable {
+                Durability::DeadLetter => StatusCode::ACCEPTED,
+                _ => StatusCode::CREATED,
+            };
+            (
+                status,
+                axum::Json(json!({ "ids": ids, "count": ids.len(), "durable": durable.as_str() })),
+            )
+                .into_response()
+        }
         Err(e) => {
             state.metrics.events_rejected.add(e.code.as_str(), 1);
             e.into_response()
@@ -131,7 +146,7 @@ async fn post_events(State(state): State<AppState>, req: Request) -> Response {
 }
 
 /// Validates, batches and commits one request; returns the ids.
-async fn ingest(state: &AppState, req: Request) -> Result<Vec<String>, IngestError> {
+async fn ingest(state: &AppState, req: Request) -> Result<(Vec<String>, Durability), IngestError> {
     let (parts, body) = req.into_parts();
     check_ingest_auth(&state.config, &parts.headers)?;
     let format = BodyFormat::from_content_type(
@@ -155,8 +170,8 @@ async fn ingest(state: &AppState, req: Request) -> Result<Vec<String>, IngestErr
         .map_err(|_| too_large(limit))?;
     let events = parse_body(&bytes, format, state.config.max_events, chrono::Utc::now())?;
     let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
-    state.batcher.submit(events).await?;
-    Ok(ids)
+    let durable = state.batcher.submit(events).await?;
+    Ok((ids, durable))
 }
 
 /// The `payload_too_large` error.
@@ -218,6 +233,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
             checks.insert("database".into(), json!("unreachable"));
         }
     }
+    let breaker = state.writer.breaker_state();
+    checks.insert("breaker".into(), json!(breaker.as_str()));
+    checks.insert("spool_bytes".into(), json!(state.writer.spool.len()));
     let streaming = state.reader.is_streaming();
     checks.insert(
         "replication".into(),
@@ -241,6 +259,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus text.
 async fn metrics(State(state): State<AppState>) -> Response {
     let s = state.pool.status();
+    state
+        .metrics
+        .breaker_state
+        .set(state.writer.breaker_state().gauge());
     let text = state.metrics.render(PoolStats {
         size: s.size,
         available: s.available,

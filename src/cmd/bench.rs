@@ -86,6 +86,7 @@ pub fn bench_server_args() -> ServerArgs {
     w.server.listen = "127.0.0.1:0".into();
     w.server.jwt_secret = None;
     w.server.node = format!("bench{:x}", rand::random::<u16>());
+    w.server.spool_dir = Some(std::env::temp_dir().join(format!("walcast-bench-spool-{}", w.server.node)));
     w.server
 }
 

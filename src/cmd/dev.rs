@@ -37,6 +37,9 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         None => load_or_create_secret(&data_dir.join("jwt_secret"))?,
     };
     server.jwt_secret = Some(secret.clone());
+    if server.spool_dir.is_none() {
+        server.spool_dir = Some(data_dir.join("spool"));
+    }
     let config = ServerConfig::from_args(&url, &server)?;
     let ten_years = std::time::Duration::from_secs(10 * 365 * 86400);
     let anon = auth::mint(&secret, "anon", ten_years)?;

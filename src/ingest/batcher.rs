@@ -11,15 +11,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{IngestError, IngestErrorCode};
+use super::writer::{Durability, Writer};
 use crate::config::BatchConfig;
-use crate::events::{self, EventRecord};
-use crate::metrics::Metrics;
+use crate::events::EventRecord;
 
 /// Most database writes in flight at once.
 pub const MAX_WRITERS: usize = 4;
@@ -84,13 +83,13 @@ fn pattern_matches(pattern: &str, event_type: &str) -> bool {
 
 /// One producer request waiting for its write.
 #[derive(Debug)]
-struct Request {
+pub struct Request {
     /// The validated events.
-    events: Vec<EventRecord>,
-    /// Answered after the commit (or failure).
-    reply: oneshot::Sender<Result<(), IngestError>>,
+    pub events: Vec<EventRecord>,
+    /// Answered once the events are durable (or failed).
+    pub reply: oneshot::Sender<Result<Durability, IngestError>>,
     /// When it was queued.
-    queued_at: Instant,
+    pub queued_at: Instant,
 }
 
 /// Handle producers use to submit requests.
@@ -105,17 +104,15 @@ pub struct Batcher {
 impl Batcher {
     /// Starts the batcher task; it runs until `shutdown` is cancelled, then writes what is pending.
     pub fn spawn(
-        pool: Pool,
+        writer: Arc<Writer>,
         config: BatchConfig,
-        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> (Batcher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let config = Arc::new(config);
         let task = BatcherTask {
-            pool,
+            writer,
             config: Arc::clone(&config),
-            metrics,
             rx,
             pending: Default::default(),
             writers: JoinSet::new(),
@@ -124,8 +121,8 @@ impl Batcher {
         (Batcher { tx, config }, handle)
     }
 
-    /// Writes the events and returns once they are committed.
-    pub async fn submit(&self, events: Vec<EventRecord>) -> Result<(), IngestError> {
+    /// Writes the events and returns once they are durable, saying where.
+    pub async fn submit(&self, events: Vec<EventRecord>) -> Result<Durability, IngestError> {
         let tier = self.config.tier_of_request(&events);
         let (reply, rx) = oneshot::channel();
         let req = Request {
@@ -160,12 +157,10 @@ struct TierQueue {
 
 /// The batcher's state, owned by its task.
 struct BatcherTask {
-    /// Connections for writes.
-    pool: Pool,
+    /// Writes batches (database, spool, dead letters).
+    writer: Arc<Writer>,
     /// Tiers.
     config: Arc<BatchConfig>,
-    /// Metrics.
-    metrics: Arc<Metrics>,
     /// Incoming requests.
     rx: mpsc::Receiver<(Tier, Request)>,
     /// Pending requests per tier.
@@ -246,9 +241,8 @@ impl BatcherTask {
                     break;
                 }
                 let batch = self.take_batch(tier, cfg.max_events);
-                let pool = self.pool.clone();
-                let metrics = Arc::clone(&self.metrics);
-                self.writers.spawn(write_batch(pool, metrics, batch));
+                let writer = Arc::clone(&self.writer);
+                self.writers.spawn(async move { writer.write_batch(batch).await });
             }
         }
     }
@@ -277,89 +271,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Writes one batch and answers its producers. A batch that Postgres rejects as a whole is
-/// retried request by request, so one bad request cannot fail its neighbours.
-async fn write_batch(pool: Pool, metrics: Arc<Metrics>, batch: Vec<Request>) {
-    let result = write(&pool, &metrics, &batch).await;
-    match result {
-        Ok(()) => {
-            for r in batch {
-                metrics.events_accepted.add(r.events.len() as u64);
-                let _ = r.reply.send(Ok(()));
-            }
-        }
-        Err(e) if e.code == IngestErrorCode::Rejected && batch.len() > 1 => {
-            for r in batch {
-                let single = std::slice::from_ref(&r);
-                let res = write(&pool, &metrics, single).await;
-                if res.is_ok() {
-                    metrics.events_accepted.add(r.events.len() as u64);
-                }
-                let _ = r.reply.send(res);
-            }
-        }
-        Err(e) => {
-            for r in batch {
-                let _ = r.reply.send(Err(e.clone()));
-            }
-        }
-    }
-}
-
-/// One statement for all events of `batch`.
-async fn write(pool: &Pool, metrics: &Metrics, batch: &[Request]) -> Result<(), IngestError> {
-    let started = Instant::now();
-    let rows: Vec<&EventRecord> = batch.iter().flat_map(|r| r.events.iter()).collect();
-    let client = pool.get().await.map_err(|e| {
-        metrics.ingest_flush_errors.inc();
-        tracing::warn!(error = %e, "no database connection for an ingest write");
-        IngestError::new(
-            IngestErrorCode::DatabaseUnavailable,
-            "the database is unavailable; nothing of this request was written, retry later",
-        )
-    })?;
-    match events::insert_batch(&client, &rows).await {
-        Ok(_) => {
-            metrics.ingest_batch_events.observe(rows.len() as f64);
-            metrics
-                .ingest_flush_seconds
-                .observe(started.elapsed().as_secs_f64());
-            Ok(())
-        }
-        Err(e) => {
-            metrics.ingest_flush_errors.inc();
-            let definite = e
-                .code()
-                .map(|c| {
-                    let c = c.code();
-                    // Class 22 (data exception) and 23 (integrity constraint violation).
-                    c.starts_with("22") || c.starts_with("23")
-                })
-                .unwrap_or(false);
-            if definite {
-                tracing::warn!(error = %e, events = rows.len(), "postgres rejected an ingest batch");
-                let constraint = e
-                    .as_db_error()
-                    .and_then(|d| d.constraint())
-                    .map(|c| format!(" (constraint {c})"))
-                    .unwrap_or_default();
-                Err(IngestError::new(
-                    IngestErrorCode::Rejected,
-                    format!(
-                        "postgres rejected the events{constraint}; nothing of this request was written"
-                    ),
-                ))
-            } else {
-                tracing::warn!(error = %e, events = rows.len(), "ingest write failed");
-                Err(IngestError::new(
-                    IngestErrorCode::DatabaseUnavailable,
-                    "the database failed to write the events; nothing of this request was written, retry later",
-                ))
-            }
-        }
     }
 }
 

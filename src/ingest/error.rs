@@ -33,6 +33,8 @@ pub enum IngestErrorCode {
     DatabaseUnavailable,
     /// The server is shutting down. HTTP 503.
     ShuttingDown,
+    /// The database is down and the local spool is full. HTTP 503 with Retry-After.
+    SpoolFull,
 }
 
 impl IngestErrorCode {
@@ -50,6 +52,7 @@ impl IngestErrorCode {
             IngestErrorCode::Rejected => "rejected",
             IngestErrorCode::DatabaseUnavailable => "database_unavailable",
             IngestErrorCode::ShuttingDown => "shutting_down",
+            IngestErrorCode::SpoolFull => "spool_full",
         }
     }
 
@@ -66,7 +69,9 @@ impl IngestErrorCode {
             IngestErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             IngestErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            IngestErrorCode::DatabaseUnavailable | IngestErrorCode::ShuttingDown => {
+            IngestErrorCode::DatabaseUnavailable
+            | IngestErrorCode::ShuttingDown
+            | IngestErrorCode::SpoolFull => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }

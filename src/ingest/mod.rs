@@ -5,9 +5,15 @@
 //! touches `public.monitoring_events`.
 
 pub mod batcher;
+pub mod breaker;
 pub mod error;
 pub mod parse;
+pub mod spool;
+pub mod writer;
 
 pub use batcher::{Batcher, Tier};
+pub use breaker::{Breaker, BreakerConfig, BreakerState};
+pub use spool::Spool;
+pub use writer::{DeadLetterSink, Durability, Writer, WriterConfig};
 pub use error::{IngestError, IngestErrorCode};
 pub use parse::{BodyFormat, parse_body};

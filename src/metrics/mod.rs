@@ -139,6 +139,18 @@ pub struct Metrics {
     pub ingest_flush_seconds: Histogram,
     /// Database writes that failed.
     pub ingest_flush_errors: Counter,
+    /// Events fsynced to the spool (database unavailable).
+    pub events_spooled: Counter,
+    /// Events stored in the dead-letter queue.
+    pub events_dead_lettered: Counter,
+    /// Events replayed from the spool into the table.
+    pub spool_replayed: Counter,
+    /// Bytes waiting in the spool.
+    pub spool_bytes: Gauge,
+    /// Retries of database writes.
+    pub ingest_retries: Counter,
+    /// Circuit breaker state: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: Gauge,
     /// Changes decoded by the replication reader.
     pub replication_changes: Counter,
     /// Transactions decoded by the replication reader.
@@ -176,6 +188,12 @@ impl Default for Metrics {
             ingest_batch_events: Histogram::new(SIZE_BUCKETS),
             ingest_flush_seconds: Histogram::new(SECONDS_BUCKETS),
             ingest_flush_errors: Counter::default(),
+            events_spooled: Counter::default(),
+            events_dead_lettered: Counter::default(),
+            spool_replayed: Counter::default(),
+            spool_bytes: Gauge::default(),
+            ingest_retries: Counter::default(),
+            breaker_state: Gauge::default(),
             replication_changes: Counter::default(),
             replication_transactions: Counter::default(),
             replication_reconnects: Counter::default(),
@@ -247,6 +265,42 @@ impl Metrics {
             "walcast_ingest_flush_errors_total",
             "Database writes that failed.",
             self.ingest_flush_errors.get(),
+        );
+        counter(
+            &mut out,
+            "walcast_events_spooled_total",
+            "Events fsynced to the local spool while the database was unavailable.",
+            self.events_spooled.get(),
+        );
+        counter(
+            &mut out,
+            "walcast_events_dead_lettered_total",
+            "Events stored in the dead-letter queue because Postgres rejects them.",
+            self.events_dead_lettered.get(),
+        );
+        counter(
+            &mut out,
+            "walcast_spool_replayed_total",
+            "Events replayed from the spool into the table.",
+            self.spool_replayed.get(),
+        );
+        gauge(
+            &mut out,
+            "walcast_spool_bytes",
+            "Bytes waiting in the spool.",
+            self.spool_bytes.get(),
+        );
+        counter(
+            &mut out,
+            "walcast_ingest_retries_total",
+            "Retries of database writes after transient errors.",
+            self.ingest_retries.get(),
+        );
+        gauge(
+            &mut out,
+            "walcast_breaker_state",
+            "Circuit breaker around database writes: 0 closed, 1 half-open, 2 open.",
+            self.breaker_state.get(),
         );
         for (name, help, v) in [
             ("size", "open", pool.size),

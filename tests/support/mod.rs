@@ -198,6 +198,8 @@ impl Walcast {
             "127.0.0.1:0".into(),
             "--node".into(),
             db.node(),
+            "--spool-dir".into(),
+            temp_dir("spool").display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let env: Vec<(String, String)> = env
