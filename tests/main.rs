@@ -9,9 +9,13 @@ mod support;
 
 /// The command line: help texts, config errors, emit, keys, slot.
 mod cli;
+/// The dead-letter queue: SQL functions, concurrent claims, retry worker and lock, CLI, /v1/dlq.
+mod dlq;
 /// POST /v1/events: formats, errors, batching, idempotence, health and metrics endpoints.
 mod ingest;
 /// Migrations: apply, idempotence, the Supabase copy.
 mod migrations;
 /// WAL → /ws: filters, operations, resume, lag, faults, cursor expiry.
 mod stream;
+/// Nothing acknowledged is lost: Postgres crash, kill -9 with Postgres down, SIGTERM.
+mod resilience;

@@ -1,0 +1,159 @@
+//! Nothing acknowledged is lost: Postgres outages, kill -9 with Postgres down, SIGTERM under load.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{self, Walcast};
+use walcast::cluster::StopMode;
+
+/// One request of `n` events with producer-chosen ids; returns (status, durable, ids).
+async fn post_events(w: &Walcast, n: usize) -> (u16, String, Vec<String>) {
+    let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let body: Vec<_> = ids
+        .iter()
+        .map(|id| json!({"id": id, "event_type": "load", "source": "resilience", "data": {"v": 1}}))
+        .collect();
+    let (status, v) = support::post(
+        &w.url("/v1/events"),
+        "application/json",
+        None,
+        serde_json::to_vec(&body).expect("json"),
+    )
+    .await;
+    (status, v["durable"].as_str().unwrap_or("").to_owned(), ids)
+}
+
+/// Ids present in the table.
+async fn table_ids(db: &support::TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query("select id::text from public.monitoring_events", &[])
+        .await
+        .expect("select ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Waits until every acknowledged id is in the table (the spool has been replayed).
+async fn assert_all_present(db: &support::TestDb, acked: &HashSet<String>, w: &Walcast) {
+    let ok = support::wait_until(Duration::from_secs(60), || async {
+        let have: HashSet<String> = table_ids(db).await.into_iter().collect();
+        acked.iter().all(|id| have.contains(id))
+    })
+    .await;
+    let have = table_ids(db).await;
+    let set: HashSet<&String> = have.iter().collect();
+    let missing: Vec<&String> = acked.iter().filter(|id| !set.contains(id)).collect();
+    assert!(
+        ok,
+        "{} of {} acknowledged events missing; log:\n{}",
+        missing.len(),
+        acked.len(),
+        w.log_text()
+    );
+    assert_eq!(set.len(), have.len(), "no id twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crash_during_ingest_loses_nothing_acknowledged() {
+    let dir = support::temp_dir("pgcrash-ingest");
+    let cluster = support::start_cluster_blocking(&dir);
+    let db = support::fresh_db_on(cluster.host(), cluster.port()).await;
+    let w = Walcast::start(&db, &["--breaker-cooldown", "200ms", "--breaker-threshold", "1"]).await;
+    let mut acked = HashSet::new();
+    let mut spooled = 0;
+    for round in 0..3 {
+        if round == 1 {
+            cluster.stop(StopMode::Immediate).await.expect("stop postgres");
+        }
+        if round == 2 {
+            cluster.restart().await.expect("restart postgres");
+        }
+        for _ in 0..30 {
+            let (status, durable, ids) = post_events(&w, 5).await;
+            if status == 201 {
+                if durable == "spool" {
+                    spooled += 1;
+                }
+                acked.extend(ids);
+            } else {
+                assert_eq!(status, 503, "only 201 or 503 during an outage");
+            }
+        }
+    }
+    assert!(spooled > 0, "some requests were acknowledged from the spool while Postgres was down");
+    assert_eq!(acked.len(), 90 * 5, "every request was acknowledged (database or spool)");
+    assert_all_present(&db, &acked, &w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_while_postgres_is_down_then_spool_replays_on_restart() {
+    let dir = support::temp_dir("kill9-spool");
+    let cluster = support::start_cluster_blocking(&dir);
+    let db = support::fresh_db_on(cluster.host(), cluster.port()).await;
+    let mut w = Walcast::start(&db, &["--breaker-cooldown", "200ms", "--breaker-threshold", "1"]).await;
+    let mut acked = HashSet::new();
+    for _ in 0..10 {
+        let (status, durable, ids) = post_events(&w, 3).await;
+        assert_eq!((status, durable.as_str()), (201, "database"));
+        acked.extend(ids);
+    }
+    cluster.stop(StopMode::Immediate).await.expect("stop postgres");
+    for _ in 0..20 {
+        let (status, durable, ids) = post_events(&w, 3).await;
+        assert_eq!(status, 201, "accepted into the spool while Postgres is down");
+        assert_eq!(durable, "spool");
+        acked.extend(ids);
+    }
+    w.kill9();
+    cluster.restart().await.expect("restart postgres");
+    w.restart().await;
+    assert_all_present(&db, &acked, &w).await;
+    assert_eq!(db.count().await, 90, "every acknowledged event exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_keeps_every_acknowledged_event() {
+    let db = support::fresh_db().await;
+    let mut w = Walcast::start(&db, &["--shutdown-timeout", "10s"]).await;
+    let url = w.url("/v1/events");
+    let mut producers = Vec::new();
+    for p in 0..4 {
+        let url = url.clone();
+        producers.push(tokio::spawn(async move {
+            let client = walcast::cmd::http_client::HttpClient::new();
+            let mut acked = Vec::new();
+            for i in 0..10_000 {
+                let id = uuid::Uuid::now_v7().to_string();
+                let body = json!({"id": id, "event_type": "load", "source": format!("p{p}"), "data": {"i": i}});
+                match client
+                    .post(&url, "application/json", None, body.to_string().into())
+                    .await
+                {
+                    Ok(r) if r.status == 201 => acked.push(id),
+                    Ok(r) => assert_eq!(r.status, 503, "refused only as shutting down"),
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    // Let some load through, then SIGTERM.
+    let ok = support::wait_until(Duration::from_secs(30), || async { db.count().await >= 200 }).await;
+    assert!(ok, "load reached the table");
+    let started = std::time::Instant::now();
+    let status = w.terminate(Duration::from_secs(15)).expect("exited within the timeout");
+    assert!(status.success(), "clean exit: {status:?}; log:\n{}", w.log_text());
+    assert!(started.elapsed() < Duration::from_secs(11));
+    let mut acked = HashSet::new();
+    for p in producers {
+        acked.extend(p.await.expect("producer"));
+    }
+    let have: HashSet<String> = table_ids(&db).await.into_iter().collect();
+    let missing = acked.iter().filter(|id| !have.contains(*id)).count();
+    assert_eq!(missing, 0, "acknowledged events missing after SIGTERM");
+    assert!(w.log_text().contains("shutting down"));
+}
