@@ -146,8 +146,22 @@ pub async fn serve(
         None,
     ));
     let batch_token = CancellationToken::new();
-    let (batcher, batcher_task) =
-        Batcher::spawn(Arc::clone(&writer), config.batch.clone(), batch_token.clone());
+    let (batcher, batcher_task) = Batcher::spawn(
+        Arc::clone(&writer),
+        config.batch.clone(),
+        batch_token.clone(),
+    );
+    let persister_token = CancellationToken::new();
+    let persister_task = config.metrics_interval.map(|interval| {
+        tokio::spawn(crate::metrics::persister::run(
+            Arc::clone(&metrics),
+            batcher.clone(),
+            Arc::clone(&writer),
+            config.node.clone(),
+            interval,
+            persister_token.clone(),
+        ))
+    });
     let replay_token = CancellationToken::new();
     let replayer_task = tokio::spawn(Arc::clone(&writer).run_replayer(replay_token.clone()));
 
@@ -197,6 +211,10 @@ pub async fn serve(
         replication: settings,
         shutdown: sessions_token.clone(),
         flags,
+        realtime: Arc::new(crate::ws::realtime::RealtimeState::new(
+            pool.clone(),
+            &config.publication,
+        )),
     };
     let app = http::router(state);
     on_listen(addr);
@@ -241,6 +259,10 @@ pub async fn serve(
         let _ = flags_task.await;
         dlq_token.cancel();
         let _ = dlq_task.await;
+        persister_token.cancel();
+        if let Some(t) = persister_task {
+            let _ = t.await;
+        }
         batch_token.cancel();
         let _ = batcher_task.await;
         replay_token.cancel();

@@ -302,6 +302,10 @@ pub struct ServerArgs {
     /// Attempts per database write on transient errors (exponential backoff with jitter).
     #[arg(long, env = "WALCAST_WRITE_ATTEMPTS", default_value_t = 3)]
     pub write_attempts: u32,
+
+    /// Interval at which walcast writes its own counters as `walcast.metrics` events (0 = off).
+    #[arg(long, env = "WALCAST_METRICS_INTERVAL", default_value = "60s")]
+    pub metrics_interval: String,
 }
 
 /// `walcast serve`.
@@ -489,7 +493,9 @@ walcast dlq list --before 1200 --json      # the page after id 1200, as JSON lin
     )]
     List(DlqListArgs),
     /// Show one dead letter: payload, error, hint, attempts, timestamps.
-    #[command(after_help = "Example:\n  walcast dlq show 42 --database-url postgres://postgres@localhost/app")]
+    #[command(
+        after_help = "Example:\n  walcast dlq show 42 --database-url postgres://postgres@localhost/app"
+    )]
     Show(DlqShowArgs),
     /// Retry dead letters: back to pending, due now, with a fresh attempt budget.
     #[command(
@@ -506,7 +512,9 @@ walcast dlq purge --older-than 30d --status recovered,failed"
     )]
     Purge(DlqPurgeArgs),
     /// Counts by status, the oldest pending dead letter, the next due attempt.
-    #[command(after_help = "Example:\n  walcast dlq stats --database-url postgres://postgres@localhost/app --json")]
+    #[command(
+        after_help = "Example:\n  walcast dlq stats --database-url postgres://postgres@localhost/app --json"
+    )]
     Stats(DlqStatsArgs),
 }
 
@@ -626,10 +634,8 @@ walcast flags set theme --variants light=20,dark=80"
     )]
     Set(FlagsSetArgs),
     /// Set the share of subjects that get a flag (0-100, two decimals at most).
-    #[command(
-        after_help = "Example:\n  walcast flags rollout use_realtime 25\n\n\
-Raising the percentage only adds subjects: everyone in at 25 stays in at 50."
-    )]
+    #[command(after_help = "Example:\n  walcast flags rollout use_realtime 25\n\n\
+Raising the percentage only adds subjects: everyone in at 25 stays in at 50.")]
     Rollout(FlagsRolloutArgs),
     /// Turn a flag on or off (or pin a variant) for one subject or segment, or clear that.
     #[command(

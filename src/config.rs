@@ -119,6 +119,8 @@ pub struct ServerConfig {
     pub breaker: crate::ingest::BreakerConfig,
     /// Attempts per write on transient errors.
     pub write_attempts: u32,
+    /// Metrics persister interval (None: off).
+    pub metrics_interval: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -218,9 +220,8 @@ impl ServerConfig {
                 "must be between 1 and 1000",
             ));
         }
-        let cooldown = parse_duration(&args.breaker_cooldown).map_err(|r| {
-            ConfigError::new("--breaker-cooldown", "WALCAST_BREAKER_COOLDOWN", r)
-        })?;
+        let cooldown = parse_duration(&args.breaker_cooldown)
+            .map_err(|r| ConfigError::new("--breaker-cooldown", "WALCAST_BREAKER_COOLDOWN", r))?;
         if !(1..=20).contains(&args.write_attempts) {
             return Err(ConfigError::new(
                 "--write-attempts",
@@ -228,7 +229,21 @@ impl ServerConfig {
                 "must be between 1 and 20",
             ));
         }
+        let metrics_interval = parse_duration(&args.metrics_interval)
+            .map_err(|r| ConfigError::new("--metrics-interval", "WALCAST_METRICS_INTERVAL", r))?;
+        let metrics_interval = if metrics_interval.is_zero() {
+            None
+        } else if metrics_interval < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "--metrics-interval",
+                "WALCAST_METRICS_INTERVAL",
+                "must be 0 (off) or at least 1s",
+            ));
+        } else {
+            Some(metrics_interval)
+        };
         Ok(ServerConfig {
+            metrics_interval,
             spool_dir,
             spool_max,
             breaker: crate::ingest::BreakerConfig {

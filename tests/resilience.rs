@@ -62,12 +62,19 @@ async fn postgres_crash_during_ingest_loses_nothing_acknowledged() {
     let dir = support::temp_dir("pgcrash-ingest");
     let cluster = support::start_cluster_blocking(&dir);
     let db = support::fresh_db_on(cluster.host(), cluster.port()).await;
-    let w = Walcast::start(&db, &["--breaker-cooldown", "200ms", "--breaker-threshold", "1"]).await;
+    let w = Walcast::start(
+        &db,
+        &["--breaker-cooldown", "200ms", "--breaker-threshold", "1"],
+    )
+    .await;
     let mut acked = HashSet::new();
     let mut spooled = 0;
     for round in 0..3 {
         if round == 1 {
-            cluster.stop(StopMode::Immediate).await.expect("stop postgres");
+            cluster
+                .stop(StopMode::Immediate)
+                .await
+                .expect("stop postgres");
         }
         if round == 2 {
             cluster.restart().await.expect("restart postgres");
@@ -84,8 +91,15 @@ async fn postgres_crash_during_ingest_loses_nothing_acknowledged() {
             }
         }
     }
-    assert!(spooled > 0, "some requests were acknowledged from the spool while Postgres was down");
-    assert_eq!(acked.len(), 90 * 5, "every request was acknowledged (database or spool)");
+    assert!(
+        spooled > 0,
+        "some requests were acknowledged from the spool while Postgres was down"
+    );
+    assert_eq!(
+        acked.len(),
+        90 * 5,
+        "every request was acknowledged (database or spool)"
+    );
     assert_all_present(&db, &acked, &w).await;
 }
 
@@ -94,17 +108,27 @@ async fn kill9_while_postgres_is_down_then_spool_replays_on_restart() {
     let dir = support::temp_dir("kill9-spool");
     let cluster = support::start_cluster_blocking(&dir);
     let db = support::fresh_db_on(cluster.host(), cluster.port()).await;
-    let mut w = Walcast::start(&db, &["--breaker-cooldown", "200ms", "--breaker-threshold", "1"]).await;
+    let mut w = Walcast::start(
+        &db,
+        &["--breaker-cooldown", "200ms", "--breaker-threshold", "1"],
+    )
+    .await;
     let mut acked = HashSet::new();
     for _ in 0..10 {
         let (status, durable, ids) = post_events(&w, 3).await;
         assert_eq!((status, durable.as_str()), (201, "database"));
         acked.extend(ids);
     }
-    cluster.stop(StopMode::Immediate).await.expect("stop postgres");
+    cluster
+        .stop(StopMode::Immediate)
+        .await
+        .expect("stop postgres");
     for _ in 0..20 {
         let (status, durable, ids) = post_events(&w, 3).await;
-        assert_eq!(status, 201, "accepted into the spool while Postgres is down");
+        assert_eq!(
+            status, 201,
+            "accepted into the spool while Postgres is down"
+        );
         assert_eq!(durable, "spool");
         acked.extend(ids);
     }
@@ -112,7 +136,11 @@ async fn kill9_while_postgres_is_down_then_spool_replays_on_restart() {
     cluster.restart().await.expect("restart postgres");
     w.restart().await;
     assert_all_present(&db, &acked, &w).await;
-    assert_eq!(db.count().await, 90, "every acknowledged event exactly once");
+    assert_eq!(
+        db.count().await,
+        90,
+        "every acknowledged event exactly once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,11 +170,20 @@ async fn sigterm_under_load_keeps_every_acknowledged_event() {
         }));
     }
     // Let some load through, then SIGTERM.
-    let ok = support::wait_until(Duration::from_secs(30), || async { db.count().await >= 200 }).await;
+    let ok = support::wait_until(Duration::from_secs(30), || async {
+        db.count().await >= 200
+    })
+    .await;
     assert!(ok, "load reached the table");
     let started = std::time::Instant::now();
-    let status = w.terminate(Duration::from_secs(15)).expect("exited within the timeout");
-    assert!(status.success(), "clean exit: {status:?}; log:\n{}", w.log_text());
+    let status = w
+        .terminate(Duration::from_secs(15))
+        .expect("exited within the timeout");
+    assert!(
+        status.success(),
+        "clean exit: {status:?}; log:\n{}",
+        w.log_text()
+    );
     assert!(started.elapsed() < Duration::from_secs(11));
     let mut acked = HashSet::new();
     for p in producers {
@@ -156,4 +193,84 @@ async fn sigterm_under_load_keeps_every_acknowledged_event() {
     let missing = acked.iter().filter(|id| !have.contains(*id)).count();
     assert_eq!(missing, 0, "acknowledged events missing after SIGTERM");
     assert!(w.log_text().contains("shutting down"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_snapshots_reach_the_stream_and_survive_an_outage() {
+    let dir = support::temp_dir("persister");
+    let cluster = support::start_cluster_blocking(&dir);
+    let db = support::fresh_db_on(cluster.host(), cluster.port()).await;
+    let w = Walcast::start(
+        &db,
+        &[
+            "--metrics-interval",
+            "1s",
+            "--breaker-cooldown",
+            "200ms",
+            "--breaker-threshold",
+            "1",
+        ],
+    )
+    .await;
+    let mut ws = support::ws::WsClient::connect(&w.ws_url("/ws")).await;
+    ws.subscribe("m", json!({"event_type": "walcast.metrics"}))
+        .await;
+    let ev = ws.events(1, Duration::from_secs(10)).await;
+    let rec = &ev[0]["record"];
+    assert_eq!(rec["source"], db.node());
+    assert!(
+        rec["data"]["breaker"].is_string(),
+        "snapshot carries the breaker state: {rec}"
+    );
+    assert!(rec["data"]["deliveries"].is_number());
+
+    // Snapshots taken while Postgres is down wait in the spool and arrive afterwards.
+    cluster
+        .stop(StopMode::Immediate)
+        .await
+        .expect("stop postgres");
+    let down_at = chrono::Utc::now();
+    let ok = support::wait_until(Duration::from_secs(20), || async {
+        support::get(&w.url("/metrics"))
+            .await
+            .1
+            .lines()
+            .any(|l| l.starts_with("walcast_events_spooled_total ") && !l.ends_with(" 0"))
+    })
+    .await;
+    assert!(
+        ok,
+        "a snapshot was spooled during the outage; log:\n{}",
+        w.log_text()
+    );
+    let up_at = chrono::Utc::now();
+    cluster.restart().await.expect("restart postgres");
+    let ok = support::wait_until(Duration::from_secs(30), || async {
+        let c = db.client().await;
+        let n: i64 = c
+            .query_one(
+                "select count(*) from monitoring_events where event_type = 'walcast.metrics' and timestamp between $1 and $2",
+                &[&down_at, &up_at],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        n > 0
+    })
+    .await;
+    if !ok {
+        let rows = db
+            .client()
+            .await
+            .query("select timestamp::text, data->>'breaker' from monitoring_events order by timestamp", &[])
+            .await
+            .expect("rows");
+        let rows: Vec<(String, Option<String>)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        panic!(
+            "snapshots from the outage did not reach the table (down at {down_at}); rows: {rows:?}\nmetrics: {}\nlog:\n{}",
+            support::get(&w.url("/metrics")).await.1,
+            w.log_text()
+        );
+    }
 }

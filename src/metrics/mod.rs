@@ -6,6 +6,8 @@
 //! atomics so hot paths (the replication reader, the hub) pay one relaxed add. `METRICS.md` at
 //! the repository root lists them all.
 
+pub mod persister;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;

@@ -223,6 +223,8 @@ impl Walcast {
         cmd.args(&args)
             .env_remove("WALCAST_JWT_SECRET")
             .env("WALCAST_LOG", "info")
+            // Tests that want metrics snapshots turn them on with --metrics-interval.
+            .env("WALCAST_METRICS_INTERVAL", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(logf);
