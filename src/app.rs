@@ -122,6 +122,8 @@ pub async fn serve(
             slot: config.slot.clone(),
             retention: config.retention,
             retention_bytes: config.retention_bytes,
+            node: config.node.clone(),
+            dead_letters: Some(crate::dlq::sink::spawn_deliver_sink(pool.clone())),
         },
         hub.clone(),
         Arc::clone(&metrics),
@@ -143,7 +145,10 @@ pub async fn serve(
             attempts: config.write_attempts,
             ..WriterConfig::default()
         },
-        None,
+        Some(Arc::new(crate::dlq::sink::IngestSink {
+            pool: pool.clone(),
+            node: config.node.clone(),
+        })),
     ));
     let batch_token = CancellationToken::new();
     let (batcher, batcher_task) = Batcher::spawn(

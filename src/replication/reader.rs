@@ -103,6 +103,11 @@ pub struct ReaderConfig {
     pub retention: Duration,
     /// Resume window in WAL bytes.
     pub retention_bytes: u64,
+    /// Node name (source of dead letters).
+    pub node: String,
+    /// Where undecodable WAL messages go (a task stores them in the dead-letter queue), so a
+    /// bad message never stalls the slot.
+    pub dead_letters: Option<tokio::sync::mpsc::Sender<crate::dlq::DeadLetter>>,
 }
 
 /// The reader task's state.
@@ -294,7 +299,8 @@ impl Reader {
                     Ok(_) => {}
                     Err(e) => {
                         self.metrics.decode_errors.add(e.code(), 1);
-                        tracing::error!(error = %e, lsn = %Lsn(wal_end.0), "skipping a WAL message that could not be decoded");
+                        tracing::error!(error = %e, lsn = %Lsn(wal_end.0), "a WAL message could not be decoded; storing it in the dead-letter queue");
+                        self.dead_letter(&data, wal_end.0, &e);
                     }
                 }
             }
@@ -322,6 +328,30 @@ impl Reader {
         self.metrics
             .replication_received_lsn
             .set(*server_end as i64);
+    }
+
+    /// Hands an undecodable message to the dead-letter task (never waits).
+    fn dead_letter(&self, data: &[u8], lsn: u64, e: &crate::decode::DecodeError) {
+        let Some(tx) = &self.config.dead_letters else {
+            return;
+        };
+        let shown = &data[..data.len().min(4096)];
+        let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
+        let payload = serde_json::json!({
+            "lsn": Lsn(lsn).to_string(),
+            "slot": self.config.slot,
+            "message_bytes": data.len(),
+            "message_hex": hex,
+        });
+        let letter = crate::dlq::DeadLetter::deliver(
+            self.config.node.clone(),
+            payload,
+            format!("decode_{}", e.code()),
+            e.to_string(),
+        );
+        if tx.try_send(letter).is_err() {
+            tracing::error!("dead-letter queue for WAL messages is full; the message is only logged");
+        }
     }
 
     /// Hands one change to the hub.
