@@ -392,6 +392,9 @@ Starts its own private Postgres cluster and walcast server unless --database-url
     /// A burst to many /ws clients: deliveries/s, vs LISTEN/NOTIFY fan-out to as many connections.
     #[command(after_help = "Example:\n  walcast bench fanout --clients 100 --txns 20 --rows 1000")]
     Fanout(BenchFanoutArgs),
+    /// Ingest with Postgres down (spool), then the replay: events/s and time to spool empty.
+    #[command(after_help = "Example:\n  walcast bench spool --events 50000")]
+    Spool(BenchSpoolArgs),
     /// RSS idle, per idle client, and with one stalled client under load.
     #[command(after_help = "Example:\n  walcast bench memory --clients 1000")]
     Memory(BenchMemoryArgs),
@@ -440,6 +443,23 @@ pub struct BenchFanoutArgs {
     /// Rows per transaction.
     #[arg(long, default_value_t = 1000)]
     pub rows: usize,
+    /// Write the result as JSON to this file too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `walcast bench spool`.
+#[derive(Debug, Args)]
+pub struct BenchSpoolArgs {
+    /// Events per phase (database up, database down).
+    #[arg(long, default_value_t = 50_000)]
+    pub events: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 4)]
+    pub producers: usize,
     /// Write the result as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,

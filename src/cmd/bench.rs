@@ -24,6 +24,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Latency(a) => super::bench_stream::latency(a).await,
         BenchCommand::Fanout(a) => super::bench_stream::fanout(a).await,
         BenchCommand::Memory(a) => super::bench_stream::memory(a).await,
+        BenchCommand::Spool(a) => super::bench_spool::spool(a).await,
     }
 }
 
@@ -86,7 +87,8 @@ pub fn bench_server_args() -> ServerArgs {
     w.server.listen = "127.0.0.1:0".into();
     w.server.jwt_secret = None;
     w.server.node = format!("bench{:x}", rand::random::<u16>());
-    w.server.spool_dir = Some(std::env::temp_dir().join(format!("walcast-bench-spool-{}", w.server.node)));
+    w.server.spool_dir =
+        Some(std::env::temp_dir().join(format!("walcast-bench-spool-{}", w.server.node)));
     w.server
 }
 

@@ -2,9 +2,12 @@
 //! people on stdout, logs on stderr.
 
 pub mod bench;
+pub mod bench_spool;
 pub mod bench_stream;
 pub mod dev;
+pub mod dlq;
 pub mod emit;
+pub mod flags;
 pub mod http_client;
 pub mod keys;
 pub mod slot;
