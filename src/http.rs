@@ -18,7 +18,9 @@ use serde_json::json;
 use crate::auth;
 use crate::config::ServerConfig;
 use crate::hub::Hub;
-use crate::ingest::{Batcher, BodyFormat, Durability, IngestError, IngestErrorCode, Writer, parse_body};
+use crate::ingest::{
+    Batcher, BodyFormat, Durability, IngestError, IngestErrorCode, Writer, parse_body,
+};
 use crate::metrics::{Metrics, PoolStats};
 use crate::replication::{ReaderStatus, ReplicationSettings};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Feature flags (broadcaster mode, Realtime rollout); lock-free snapshot.
     pub flags: crate::flags::Flags,
+    /// Supabase Realtime endpoint state: the row level security gate and the broadcast bus.
+    pub realtime: Arc<crate::ws::realtime::RealtimeState>,
 }
 
 /// Builds the router.
@@ -57,8 +61,14 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/ws", get(crate::ws::ws_handler))
-        .route("/realtime/v1/websocket", get(crate::ws::realtime::realtime_handler))
-        .route("/socket/websocket", get(crate::ws::realtime::realtime_handler))
+        .route(
+            "/realtime/v1/websocket",
+            get(crate::ws::realtime::realtime_handler),
+        )
+        .route(
+            "/socket/websocket",
+            get(crate::ws::realtime::realtime_handler),
+        )
         .merge(crate::flags::api::routes())
         .merge(crate::dlq::http::routes())
         .with_state(state)

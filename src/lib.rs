@@ -17,9 +17,11 @@
 //! - [`hub`]: fan-out ring, subscription filters, encode-once frames.
 //! - [`protocol`]: wire formats; pure, no I/O.
 //! - [`ws`]: WebSocket sessions.
+//! - [`dlq`]: the dead-letter queue (`walcast.dead_letter_queue`), its retry worker, `/v1/dlq`.
 //! - [`http`]: router and small handlers; [`app`]: wiring and ordered shutdown.
 //! - [`config`], [`cli`], [`cmd`]: command line → validated config → subcommands.
 //! - [`db`]: pool and embedded migrations; [`auth`]: JWTs; [`metrics`]; [`cluster`].
+//! - [`flags`]: feature flags (broadcaster mode, Realtime rollout), snapshot refreshed by NOTIFY.
 //!
 //! Invariants: `decode` and `protocol` do no I/O; only `replication` speaks the replication
 //! protocol and only its reader confirms LSNs; each table has one owning module; every channel
@@ -33,11 +35,14 @@ pub mod cmd;
 pub mod config;
 pub mod db;
 pub mod decode;
+pub mod dlq;
 pub mod events;
+pub mod flags;
 pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;
 pub mod protocol;
+pub mod realtime_auth;
 pub mod replication;
 pub mod ws;

@@ -21,6 +21,13 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    // The flags' environment tier (WALCAST_FLAG_*, MONITORING_*): bad values are config errors.
+    if matches!(cli.command, Command::Serve(_) | Command::Dev(_))
+        && let Err(e) = walcast::flags::EnvTier::from_env()
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,7 +70,9 @@ fn main() -> ExitCode {
                 }
             },
             Command::Slot(c) => walcast::cmd::slot::run(c).await.map(|_| ExitCode::SUCCESS),
+            Command::Dlq(c) => walcast::cmd::dlq::run(c).await,
             Command::Bench(c) => walcast::cmd::bench::run(c).await.map(|_| ExitCode::SUCCESS),
+            Command::Flags(c) => walcast::cmd::flags::run(c).await.map(|_| ExitCode::SUCCESS),
         }
     });
     match result {

@@ -11,11 +11,15 @@ mod support;
 mod cli;
 /// The dead-letter queue: SQL functions, concurrent claims, retry worker and lock, CLI, /v1/dlq.
 mod dlq;
+/// Feature flags: SQL/Rust parity, rollouts, precedence, NOTIFY refresh, broadcaster modes, API, CLI.
+mod flags;
 /// POST /v1/events: formats, errors, batching, idempotence, health and metrics endpoints.
 mod ingest;
 /// Migrations: apply, idempotence, the Supabase copy.
 mod migrations;
-/// WAL → /ws: filters, operations, resume, lag, faults, cursor expiry.
-mod stream;
+/// Supabase Realtime endpoint: upgrade auth, v1/v2 frames, postgres_changes, RLS, broadcast, presence.
+mod realtime;
 /// Nothing acknowledged is lost: Postgres crash, kill -9 with Postgres down, SIGTERM.
 mod resilience;
+/// WAL → /ws: filters, operations, resume, lag, faults, cursor expiry.
+mod stream;

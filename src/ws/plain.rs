@@ -29,6 +29,10 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// `GET /ws`: upgrades to the plain JSON protocol.
 pub async fn ws_handler(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    // Outside the node's broadcaster mode: refuse before upgrading (open sessions stay).
+    if let Err(refused) = state.flags.check(crate::flags::Path::Direct) {
+        return axum::response::IntoResponse::into_response(refused);
+    }
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
@@ -283,7 +287,8 @@ impl Session {
                 return self
                     .send_error(ProtocolError {
                         code: ErrorCode::Internal,
-                        message: "the replication stream is not up yet; resume again shortly".into(),
+                        message: "the replication stream is not up yet; resume again shortly"
+                            .into(),
                         r#ref: None,
                     })
                     .await;
@@ -295,7 +300,9 @@ impl Session {
             };
             if until.is_none() && after < oldest {
                 self.position = self.sub.live_from;
-                return self.send(json::encode_cursor_expired(after, Some(oldest))).await;
+                return self
+                    .send(json::encode_cursor_expired(after, Some(oldest)))
+                    .await;
             }
             self.position = Some(match until {
                 Some(u) => u.max(after),

@@ -1,0 +1,1 @@
+select walcast.dlq_cleanup(make_interval(secs => $1::float8), $2::text[])

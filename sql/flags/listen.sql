@@ -1,0 +1,1 @@
+listen walcast_flags
