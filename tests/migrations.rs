@@ -66,7 +66,10 @@ async fn migrate_empty_database_then_up_to_date() {
 
     // First run: applies every migration and names each.
     let (code, out, err) = support::run_cli(&["migrate", "--database-url", &url], &[]);
-    assert_eq!(code, 0, "first migrate failed\nstdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        code, 0,
+        "first migrate failed\nstdout:\n{out}\nstderr:\n{err}"
+    );
     for file in expected.keys() {
         let stem = file.trim_end_matches(".sql");
         assert!(
@@ -81,7 +84,10 @@ async fn migrate_empty_database_then_up_to_date() {
 
     // Second run: nothing to do.
     let (code, out2, err2) = support::run_cli(&["migrate", "--database-url", &url], &[]);
-    assert_eq!(code, 0, "second migrate failed\nstdout:\n{out2}\nstderr:\n{err2}");
+    assert_eq!(
+        code, 0,
+        "second migrate failed\nstdout:\n{out2}\nstderr:\n{err2}"
+    );
     assert!(out2.contains("up to date"), "stdout:\n{out2}");
     assert!(
         !out2.contains("applied"),
@@ -93,7 +99,11 @@ async fn migrate_empty_database_then_up_to_date() {
         .await
         .expect("history")
         .get(0);
-    assert_eq!(history as usize, expected.len(), "refinery_schema_history rows");
+    assert_eq!(
+        history as usize,
+        expected.len(),
+        "refinery_schema_history rows"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,10 +112,7 @@ async fn schema_objects_exist() {
     let c = db.client().await;
 
     let table: Option<String> = c
-        .query_one(
-            "select to_regclass('public.monitoring_events')::text",
-            &[],
-        )
+        .query_one("select to_regclass('public.monitoring_events')::text", &[])
         .await
         .unwrap()
         .get(0);
@@ -119,7 +126,15 @@ async fn schema_objects_exist() {
     .await;
     assert_eq!(
         columns,
-        ["created_at", "data", "event_type", "id", "metadata", "source", "timestamp"]
+        [
+            "created_at",
+            "data",
+            "event_type",
+            "id",
+            "metadata",
+            "source",
+            "timestamp"
+        ]
     );
 
     let indexes = names(
@@ -296,8 +311,16 @@ async fn row_level_security_applies_to_api_roles() {
         }
     };
     assert_eq!(count_as("anon").await, 0, "anon must see no rows");
-    assert_eq!(count_as("authenticated").await, 2, "authenticated reads all rows");
-    assert_eq!(count_as("service_role").await, 2, "service_role reads all rows");
+    assert_eq!(
+        count_as("authenticated").await,
+        2,
+        "authenticated reads all rows"
+    );
+    assert_eq!(
+        count_as("service_role").await,
+        2,
+        "service_role reads all rows"
+    );
 
     // anon and authenticated may not write (RLS has no insert policy for them).
     for role in ["anon", "authenticated"] {
