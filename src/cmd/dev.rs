@@ -14,6 +14,8 @@ const DEV_DATABASE: &str = "walcast";
 
 /// Runs the dev stack until Ctrl-C.
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Validate the server options before starting anything (the URL is not known yet).
+    ServerConfig::from_args("postgres://postgres@127.0.0.1/walcast", &args.server)?;
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     eprintln!(

@@ -133,7 +133,7 @@ pub struct Metrics {
     pub http_requests: LabeledCounter,
     /// Events committed through ingest.
     pub events_accepted: Counter,
-    /// Events rejected, by error code.
+    /// Requests rejected, by error code.
     pub events_rejected: LabeledCounter,
     /// Events per database write.
     pub ingest_batch_events: Histogram,
@@ -246,7 +246,7 @@ impl Metrics {
         labeled(
             &mut out,
             "walcast_events_rejected_total",
-            "Events rejected by ingest, by error code.",
+            "Requests rejected by ingest, by error code.",
             &["code"],
             &self.events_rejected,
         );
