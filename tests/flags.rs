@@ -455,6 +455,10 @@ async fn mode_switch_applies_to_new_connections() {
     })
     .await;
     let _again = support::ws::WsClient::connect(&w.ws_url("/ws")).await;
+    // ... and the Realtime endpoint is refused before any token check.
+    let (status, body) = refused_ws(&w.ws_url("/realtime/v1/websocket?vsn=2.0.0")).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "mode_disabled", "{body}");
 
     // A per-node override beats the default variant.
     exec(

@@ -27,6 +27,8 @@ pub struct HubItem {
     pub change: Change,
     /// The `/ws` event frame, encoded on first use.
     json: OnceLock<Frame>,
+    /// The Realtime change `data` object, encoded on first use.
+    realtime: OnceLock<Arc<str>>,
 }
 
 impl HubItem {
@@ -38,6 +40,19 @@ impl HubItem {
                 Frame::from(crate::protocol::json::encode_event(&self.change))
             })
             .clone()
+    }
+
+    /// The Realtime `postgres_changes` `data` object (encoded once by `encode`, then shared;
+    /// each channel only wraps it with its topic and binding ids).
+    pub fn realtime_data(
+        &self,
+        metrics: &Metrics,
+        encode: impl FnOnce(&Change) -> String,
+    ) -> Arc<str> {
+        Arc::clone(self.realtime.get_or_init(|| {
+            metrics.frames_encoded.inc();
+            Arc::from(encode(&self.change))
+        }))
     }
 }
 
@@ -102,6 +117,7 @@ impl Hub {
         let _ = self.inner.tx.send(Arc::new(HubItem {
             change,
             json: OnceLock::new(),
+            realtime: OnceLock::new(),
         }));
         true
     }

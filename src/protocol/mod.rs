@@ -9,4 +9,4 @@
 //!   users in `docs/protocol-ws.md`).
 
 pub mod json;
-// pub mod realtime; — the Supabase Realtime (Phoenix channels) protocol, added separately.
+pub mod realtime;

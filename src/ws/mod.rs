@@ -5,6 +5,7 @@
 //! every ready frame (up to [`WRITE_BATCH`]) and flushes once.
 
 pub mod plain;
+pub mod realtime;
 
 pub use plain::ws_handler;
 

@@ -1,0 +1,54 @@
+//! The Supabase Realtime protocol (Phoenix channels) spoken on `/realtime/v1/websocket`.
+//!
+//! This module owns every byte of that protocol: the frame layouts of serializer versions
+//! `1.0.0` (JSON objects) and `2.0.0` (JSON arrays plus binary broadcast frames), the `phx_join`
+//! payload and its defaults, the `postgres_changes` bindings and change payloads, broadcast and
+//! presence payloads, and the exact error and system texts Realtime clients show their users
+//! (user documentation: `docs/realtime.md`).
+//!
+//! It never does I/O, never uses Tokio, keeps no connection state and never decides what to send
+//! when: the session in `crate::ws::realtime` does that and calls in here for the bytes. Parsers
+//! never panic on client input; they return typed errors.
+//!
+//! - [`frame`]: frame envelopes for both serializer versions, binary kinds 3 and 4.
+//! - [`join`]: topics and the `phx_join` payload (including the legacy topic form).
+//! - [`changes`]: `postgres_changes` bindings, filters, binding ids and the change `data` object.
+//! - [`presence`]: presence `track`/`untrack` requests, `presence_state` and `presence_diff`.
+//! - [`text`]: error reasons, token problems and `system` message payloads.
+
+pub mod changes;
+pub mod frame;
+pub mod join;
+pub mod presence;
+pub mod text;
+
+pub use changes::{Binding, BindingError, BindingRequest, EventFilter, TableFacts};
+pub use frame::{ClientMessage, FrameError, PayloadEncoding, UserBroadcast, Vsn};
+pub use join::{JoinConfig, JoinRequest, TopicError};
+pub use text::{JoinError, TokenProblem};
+
+/// The topic prefix of every Realtime channel.
+pub const TOPIC_PREFIX: &str = "realtime:";
+
+/// The topic of socket-level messages (heartbeats).
+pub const PHOENIX_TOPIC: &str = "phoenix";
+
+/// Most channels one socket may join.
+pub const MAX_CHANNELS: usize = 100;
+
+/// Idle timeout: a socket that sends nothing for this long is closed (the Phoenix default;
+/// Realtime clients send a heartbeat every 25 s).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Largest `record`/`old_record` sent in full, in bytes of JSON; above it the change carries
+/// `Error 413: Payload Too Large` and only the small fields.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Largest JSON value kept in a record that exceeded [`MAX_RECORD_BYTES`], in bytes.
+pub const MAX_TRUNCATED_FIELD_BYTES: usize = 64;
+
+/// Presence `track`/`untrack` calls one channel may make per [`PRESENCE_WINDOW`].
+pub const PRESENCE_CALLS_PER_WINDOW: usize = 5;
+
+/// The window of [`PRESENCE_CALLS_PER_WINDOW`].
+pub const PRESENCE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);

@@ -1,0 +1,547 @@
+//! The process-wide registry of Realtime channel topics: broadcast and presence between the
+//! sockets of one walcast node.
+//!
+//! Each Realtime session owns one bounded inbox ([`SESSION_QUEUE`] deliveries). Joining a
+//! channel registers a member (inbox, `self` flag, presence key) under the topic; public and
+//! private channels of the same name are different topics. Sending never blocks: a delivery that
+//! does not fit in an inbox is dropped and the inbox is marked overflowed, and the session then
+//! tells its client and closes. Broadcast frames are encoded at most once per wire form and
+//! shared by every recipient.
+//!
+//! The bus never touches sockets and never crosses nodes: clients of different walcast
+//! processes do not see each other's broadcasts or presence.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use crate::protocol::realtime::frame::{self, PayloadEncoding, Vsn};
+use crate::protocol::realtime::presence::{
+    PresenceMeta, encode_broadcast_json, encode_presence_diff, encode_presence_state,
+};
+
+/// Deliveries one session may have queued. A client that reads slower than its channels
+/// broadcast for this many messages is disconnected rather than buffered without bound; 1024
+/// covers bursts of a busy room while keeping a session's worst case at a few MiB.
+pub const SESSION_QUEUE: usize = 1024;
+
+/// A channel membership, unique in the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberId(u64);
+
+/// A topic: the channel name plus whether the channel is private.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopicKey {
+    /// Private channels are separate from public ones of the same name.
+    pub private: bool,
+    /// The full topic, `realtime:<name>`.
+    pub topic: String,
+}
+
+/// The sending half of a session's inbox.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    /// Deliveries to the session.
+    tx: mpsc::Sender<Delivery>,
+    /// Set when a delivery was dropped because the inbox was full.
+    overflow: Arc<AtomicBool>,
+}
+
+impl Inbox {
+    /// A new inbox and its receiving half.
+    pub fn new() -> (Inbox, mpsc::Receiver<Delivery>) {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        (
+            Inbox {
+                tx,
+                overflow: Arc::new(AtomicBool::new(false)),
+            },
+            rx,
+        )
+    }
+
+    /// Whether a delivery was dropped.
+    pub fn overflowed(&self) -> bool {
+        self.overflow.load(Ordering::Relaxed)
+    }
+
+    /// Queues a delivery without waiting; a full inbox marks the overflow.
+    fn deliver(&self, d: Delivery) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(d) {
+            self.overflow.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Something for one member of a topic.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The recipient membership (the session looks up its channel by it).
+    pub member: MemberId,
+    /// What happened.
+    pub event: BusEvent,
+}
+
+/// What a member receives.
+#[derive(Debug, Clone)]
+pub enum BusEvent {
+    /// A broadcast from another member (or from itself with `self`).
+    Broadcast(Arc<Broadcast>),
+    /// A `presence_diff` payload (JSON text).
+    PresenceDiff(Arc<str>),
+}
+
+/// What a broadcast carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BroadcastBody {
+    /// A text push: the whole payload object (`{"type":"broadcast","event",...}`) as JSON.
+    Json(String),
+    /// A binary push (kind 3).
+    Binary {
+        /// The user's event.
+        event: String,
+        /// Metadata JSON, if any.
+        metadata: Option<String>,
+        /// Payload encoding.
+        encoding: PayloadEncoding,
+        /// Payload bytes.
+        payload: Vec<u8>,
+    },
+}
+
+/// One broadcast with its frames, encoded on first use per wire form.
+#[derive(Debug)]
+pub struct Broadcast {
+    /// The topic.
+    topic: String,
+    /// The content.
+    body: BroadcastBody,
+    /// The frame for `1.0.0` clients (`None`: not expressible, e.g. raw binary payloads).
+    v1: OnceLock<Option<Message>>,
+    /// The frame for `2.0.0` clients.
+    v2: OnceLock<Option<Message>>,
+}
+
+impl Broadcast {
+    /// A broadcast on `topic`.
+    pub fn new(topic: String, body: BroadcastBody) -> Self {
+        Broadcast {
+            topic,
+            body,
+            v1: OnceLock::new(),
+            v2: OnceLock::new(),
+        }
+    }
+
+    /// The frame for a client of serializer `vsn`, or `None` when it cannot receive this one.
+    pub fn frame(&self, vsn: Vsn) -> Option<Message> {
+        let cell = match vsn {
+            Vsn::V1 => &self.v1,
+            Vsn::V2 => &self.v2,
+        };
+        cell.get_or_init(|| self.encode(vsn)).clone()
+    }
+
+    /// Encodes the frame for `vsn`.
+    fn encode(&self, vsn: Vsn) -> Option<Message> {
+        let text = |payload: &str| {
+            Message::Text(Utf8Bytes::from(frame::encode_fastlane(
+                vsn,
+                &self.topic,
+                "broadcast",
+                payload,
+            )))
+        };
+        match &self.body {
+            BroadcastBody::Json(payload) => Some(text(payload)),
+            BroadcastBody::Binary {
+                event,
+                metadata,
+                encoding,
+                payload,
+            } => {
+                if vsn == Vsn::V2
+                    && let Ok(bytes) = frame::encode_user_broadcast(
+                        &self.topic,
+                        event,
+                        metadata.as_deref(),
+                        *encoding,
+                        payload,
+                    )
+                {
+                    return Some(Message::Binary(bytes.into()));
+                }
+                // As JSON text: `1.0.0` clients, or fields too long for a binary frame.
+                if *encoding != PayloadEncoding::Json {
+                    return None;
+                }
+                let payload = std::str::from_utf8(payload).ok()?;
+                Some(text(&encode_broadcast_json(
+                    event,
+                    payload,
+                    metadata.as_deref(),
+                )))
+            }
+        }
+    }
+}
+
+/// One member of a topic.
+#[derive(Debug)]
+struct Member {
+    /// Its id.
+    id: MemberId,
+    /// Its session's inbox.
+    inbox: Inbox,
+    /// Receives its own broadcasts.
+    self_broadcast: bool,
+    /// Receives presence diffs.
+    presence: bool,
+    /// Its presence key.
+    presence_key: String,
+}
+
+/// A topic's members and presences.
+#[derive(Debug, Default)]
+struct Topic {
+    /// Members in join order.
+    members: Vec<Member>,
+    /// Presence metas by key, each with the member that tracked it.
+    presences: BTreeMap<String, Vec<(MemberId, PresenceMeta)>>,
+}
+
+impl Topic {
+    /// Sends a presence diff to every presence-enabled member.
+    fn announce(&self, key: &str, joins: &[PresenceMeta], leaves: &[PresenceMeta]) {
+        let payload: Arc<str> = Arc::from(encode_presence_diff(key, joins, leaves));
+        for m in self.members.iter().filter(|m| m.presence) {
+            m.inbox.deliver(Delivery {
+                member: m.id,
+                event: BusEvent::PresenceDiff(Arc::clone(&payload)),
+            });
+        }
+    }
+
+    /// Removes the member's presence, if any; returns the meta removed.
+    fn drop_presence(&mut self, member: MemberId, key: &str) -> Option<PresenceMeta> {
+        let metas = self.presences.get_mut(key)?;
+        let i = metas.iter().position(|(m, _)| *m == member)?;
+        let (_, meta) = metas.remove(i);
+        if metas.is_empty() {
+            self.presences.remove(key);
+        }
+        Some(meta)
+    }
+
+    /// The `presence_state` payload.
+    fn state(&self) -> String {
+        let grouped: Vec<(&str, Vec<PresenceMeta>)> = self
+            .presences
+            .iter()
+            .map(|(k, metas)| (k.as_str(), metas.iter().map(|(_, m)| m.clone()).collect()))
+            .collect();
+        encode_presence_state(grouped.iter().map(|(k, m)| (*k, m.as_slice())))
+    }
+}
+
+/// The registry (see the module docs).
+#[derive(Debug, Default)]
+pub struct Bus {
+    /// Topics with at least one member.
+    topics: Mutex<HashMap<TopicKey, Topic>>,
+    /// The next member id.
+    next_id: AtomicU64,
+}
+
+/// What joining returns.
+#[derive(Debug)]
+pub struct Joined {
+    /// The new membership.
+    pub member: MemberId,
+    /// The `presence_state` payload, when presence is enabled.
+    pub presence_state: Option<String>,
+}
+
+/// A fresh presence reference.
+fn new_phx_ref() -> String {
+    format!("F{:016x}", rand::random::<u64>())
+}
+
+impl Bus {
+    /// Locks the topics (a poisoned lock still holds consistent maps).
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TopicKey, Topic>> {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a member to a topic.
+    pub fn join(
+        &self,
+        key: &TopicKey,
+        inbox: Inbox,
+        self_broadcast: bool,
+        presence: bool,
+        presence_key: String,
+    ) -> Joined {
+        let id = MemberId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut topics = self.lock();
+        let topic = topics.entry(key.clone()).or_default();
+        topic.members.push(Member {
+            id,
+            inbox,
+            self_broadcast,
+            presence,
+            presence_key,
+        });
+        Joined {
+            member: id,
+            presence_state: presence.then(|| topic.state()),
+        }
+    }
+
+    /// Removes a member; its presence (if tracked) leaves.
+    pub fn leave(&self, key: &TopicKey, member: MemberId) {
+        let mut topics = self.lock();
+        let Some(topic) = topics.get_mut(key) else {
+            return;
+        };
+        let Some(i) = topic.members.iter().position(|m| m.id == member) else {
+            return;
+        };
+        let gone = topic.members.remove(i);
+        if let Some(meta) = topic.drop_presence(member, &gone.presence_key) {
+            topic.announce(&gone.presence_key, &[], &[meta]);
+        }
+        if topic.members.is_empty() {
+            topics.remove(key);
+        }
+    }
+
+    /// Sends a broadcast to every member except the sender (unless it asked for `self`).
+    /// Returns how many members it was queued for.
+    pub fn broadcast(&self, key: &TopicKey, from: MemberId, body: BroadcastBody) -> usize {
+        let topics = self.lock();
+        let Some(topic) = topics.get(key) else {
+            return 0;
+        };
+        let msg = Arc::new(Broadcast::new(key.topic.clone(), body));
+        let mut n = 0;
+        for m in &topic.members {
+            if m.id == from && !m.self_broadcast {
+                continue;
+            }
+            m.inbox.deliver(Delivery {
+                member: m.id,
+                event: BusEvent::Broadcast(Arc::clone(&msg)),
+            });
+            n += 1;
+        }
+        n
+    }
+
+    /// Tracks (or updates) the member's presence. A payload equal to the tracked one changes
+    /// nothing. Tracking turns presence diffs on for the member.
+    pub fn track(&self, key: &TopicKey, member: MemberId, payload: Map<String, Value>) {
+        let mut topics = self.lock();
+        let Some(topic) = topics.get_mut(key) else {
+            return;
+        };
+        let Some(m) = topic.members.iter_mut().find(|m| m.id == member) else {
+            return;
+        };
+        m.presence = true;
+        let pkey = m.presence_key.clone();
+        let metas = topic.presences.entry(pkey.clone()).or_default();
+        let previous = match metas.iter().position(|(id, _)| *id == member) {
+            Some(i) if metas[i].1.payload == payload => return,
+            Some(i) => Some(metas.remove(i).1),
+            None => None,
+        };
+        let meta = PresenceMeta {
+            phx_ref: new_phx_ref(),
+            phx_ref_prev: previous.as_ref().map(|p| p.phx_ref.clone()),
+            payload,
+        };
+        metas.push((member, meta.clone()));
+        let leaves: Vec<PresenceMeta> = previous.into_iter().collect();
+        topic.announce(&pkey, std::slice::from_ref(&meta), &leaves);
+    }
+
+    /// Stops tracking the member's presence.
+    pub fn untrack(&self, key: &TopicKey, member: MemberId) {
+        let mut topics = self.lock();
+        let Some(topic) = topics.get_mut(key) else {
+            return;
+        };
+        let Some(pkey) = topic
+            .members
+            .iter()
+            .find(|m| m.id == member)
+            .map(|m| m.presence_key.clone())
+        else {
+            return;
+        };
+        if let Some(meta) = topic.drop_presence(member, &pkey) {
+            topic.announce(&pkey, &[], &[meta]);
+        }
+    }
+
+    /// Topics with members (for tests and metrics).
+    pub fn topic_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(t: &str) -> TopicKey {
+        TopicKey {
+            private: false,
+            topic: t.into(),
+        }
+    }
+
+    fn text(m: Message) -> String {
+        match m {
+            Message::Text(t) => t.to_string(),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn broadcast_self_and_isolation() {
+        let bus = Bus::default();
+        let (a_in, mut a_rx) = Inbox::new();
+        let (b_in, mut b_rx) = Inbox::new();
+        let (c_in, mut c_rx) = Inbox::new();
+        let k = key("realtime:room1");
+        let a = bus.join(&k, a_in, false, false, "a".into()).member;
+        let b = bus.join(&k, b_in, false, false, "b".into()).member;
+        let private = TopicKey {
+            private: true,
+            topic: "realtime:room1".into(),
+        };
+        bus.join(&private, c_in, false, false, "c".into());
+        let body =
+            BroadcastBody::Json(r#"{"type":"broadcast","event":"e","payload":{"a":1}}"#.into());
+        assert_eq!(bus.broadcast(&k, a, body), 1);
+        let d = b_rx.try_recv().unwrap();
+        assert_eq!(d.member, b);
+        let BusEvent::Broadcast(msg) = d.event else {
+            panic!("not a broadcast")
+        };
+        assert_eq!(
+            text(msg.frame(Vsn::V2).unwrap()),
+            r#"[null,null,"realtime:room1","broadcast",{"type":"broadcast","event":"e","payload":{"a":1}}]"#
+        );
+        assert!(a_rx.try_recv().is_err());
+        assert!(c_rx.try_recv().is_err());
+        bus.leave(&k, a);
+        bus.leave(&k, b);
+        assert_eq!(bus.topic_count(), 1);
+    }
+
+    #[test]
+    fn binary_broadcast_frames() {
+        let msg = Broadcast::new(
+            "realtime:room1".into(),
+            BroadcastBody::Binary {
+                event: "ping".into(),
+                metadata: None,
+                encoding: PayloadEncoding::Json,
+                payload: br#"{"n":1}"#.to_vec(),
+            },
+        );
+        let Message::Binary(b) = msg.frame(Vsn::V2).unwrap() else {
+            panic!("v2 gets binary")
+        };
+        let mut want = vec![4u8, 14, 4, 0, 1];
+        want.extend_from_slice(b"realtime:room1ping{\"n\":1}");
+        assert_eq!(&b[..], &want[..]);
+        assert_eq!(
+            text(msg.frame(Vsn::V1).unwrap()),
+            r#"{"topic":"realtime:room1","event":"broadcast","payload":{"event":"ping","payload":{"n":1},"type":"broadcast"},"ref":null}"#
+        );
+        let raw = Broadcast::new(
+            "realtime:room1".into(),
+            BroadcastBody::Binary {
+                event: "bin".into(),
+                metadata: None,
+                encoding: PayloadEncoding::Binary,
+                payload: vec![1, 2],
+            },
+        );
+        assert!(raw.frame(Vsn::V1).is_none());
+        assert!(raw.frame(Vsn::V2).is_some());
+    }
+
+    #[tokio::test]
+    async fn presence_track_update_untrack_leave() {
+        let bus = Bus::default();
+        let k = key("realtime:room1");
+        let (a_in, mut a_rx) = Inbox::new();
+        let (b_in, mut b_rx) = Inbox::new();
+        let a = bus.join(&k, a_in, false, true, "u1".into());
+        assert_eq!(a.presence_state.as_deref(), Some("{}"));
+        let b = bus.join(&k, b_in, false, true, "u2".into());
+        bus.track(&k, a.member, json!({"n":"A"}).as_object().unwrap().clone());
+        for rx in [&mut a_rx, &mut b_rx] {
+            let BusEvent::PresenceDiff(p) = rx.try_recv().unwrap().event else {
+                panic!("diff expected")
+            };
+            let v: Value = serde_json::from_str(&p).unwrap();
+            assert_eq!(v["joins"]["u1"]["metas"][0]["n"], "A");
+            assert_eq!(v["leaves"], json!({}));
+        }
+        // Same payload: nothing. New payload: join with phx_ref_prev and a leave.
+        bus.track(&k, a.member, json!({"n":"A"}).as_object().unwrap().clone());
+        assert!(b_rx.try_recv().is_err());
+        bus.track(&k, a.member, json!({"n":"B"}).as_object().unwrap().clone());
+        let BusEvent::PresenceDiff(p) = b_rx.try_recv().unwrap().event else {
+            panic!("diff expected")
+        };
+        let v: Value = serde_json::from_str(&p).unwrap();
+        assert!(v["joins"]["u1"]["metas"][0]["phx_ref_prev"].is_string());
+        assert_eq!(v["leaves"]["u1"]["metas"][0]["n"], "A");
+        // A third member sees the current state.
+        let (c_in, _c_rx) = Inbox::new();
+        let c = bus.join(&k, c_in, false, true, "u3".into());
+        let state: Value = serde_json::from_str(c.presence_state.as_deref().unwrap()).unwrap();
+        assert_eq!(state["u1"]["metas"][0]["n"], "B");
+        // Leaving untracks.
+        bus.leave(&k, a.member);
+        let mut last = None;
+        while let Ok(d) = b_rx.try_recv() {
+            last = Some(d);
+        }
+        let BusEvent::PresenceDiff(p) = last.unwrap().event else {
+            panic!("diff expected")
+        };
+        let v: Value = serde_json::from_str(&p).unwrap();
+        assert_eq!(v["leaves"]["u1"]["metas"][0]["n"], "B");
+        bus.untrack(&k, b.member);
+    }
+
+    #[test]
+    fn full_inbox_marks_overflow() {
+        let bus = Bus::default();
+        let k = key("realtime:r");
+        let (a_in, _a_rx) = Inbox::new();
+        let (b_in, _b_rx) = Inbox::new();
+        let overflow = b_in.clone();
+        let a = bus.join(&k, a_in, false, false, "a".into()).member;
+        bus.join(&k, b_in, false, false, "b".into());
+        for _ in 0..SESSION_QUEUE {
+            bus.broadcast(&k, a, BroadcastBody::Json("{}".into()));
+        }
+        assert!(!overflow.overflowed());
+        bus.broadcast(&k, a, BroadcastBody::Json("{}".into()));
+        assert!(overflow.overflowed());
+    }
+}

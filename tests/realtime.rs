@@ -1,0 +1,1182 @@
+//! The Supabase Realtime endpoint against a real walcast and a real Postgres, spoken to by a raw
+//! WebSocket client in both serializer versions.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use walcast::protocol::realtime::frame::{
+    PayloadEncoding, UserBroadcast, encode_user_broadcast_push, parse_server_binary,
+};
+
+use crate::support::{self, TestDb, Walcast};
+
+/// The socket type.
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How long to wait for a frame that should come.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// How long to listen for a frame that should not come.
+const QUIET: Duration = Duration::from_millis(1500);
+
+/// A frame from the server, either serializer.
+#[derive(Debug, Clone)]
+struct Frame {
+    /// Join ref (never present in 1.0.0).
+    join_ref: Option<String>,
+    /// Ref.
+    r#ref: Option<String>,
+    /// Topic.
+    topic: String,
+    /// Event.
+    event: String,
+    /// Payload.
+    payload: Value,
+}
+
+/// What the server sent.
+#[derive(Debug, Clone)]
+enum In {
+    /// A text frame.
+    Text(Frame),
+    /// A binary frame.
+    Binary(Vec<u8>),
+}
+
+/// A raw Realtime client.
+struct Rt {
+    /// The socket.
+    socket: Socket,
+    /// Speaks 2.0.0 (arrays) rather than 1.0.0 (objects).
+    v2: bool,
+    /// Ref counter.
+    next: u64,
+}
+
+/// Seconds since the Unix epoch.
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A token with `claims`, signed with the test secret.
+fn sign(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(support::SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+/// A token for `role` valid for `ttl` seconds.
+fn token(role: &str, ttl: i64) -> String {
+    sign(json!({"role": role, "exp": now() + ttl, "iat": now(), "sub": "user-1"}))
+}
+
+/// walcast with the test JWT secret.
+async fn walcast(db: &TestDb) -> Walcast {
+    Walcast::start_with_env(db, &[], &[("WALCAST_JWT_SECRET", support::SECRET)]).await
+}
+
+/// The endpoint URL.
+fn url(w: &Walcast, apikey: Option<&str>, vsn: Option<&str>) -> String {
+    let mut q = Vec::new();
+    if let Some(k) = apikey {
+        q.push(format!("apikey={k}"));
+    }
+    if let Some(v) = vsn {
+        q.push(format!("vsn={v}"));
+    }
+    w.ws_url(&format!("/realtime/v1/websocket?{}", q.join("&")))
+}
+
+/// Parses a text frame.
+fn parse(v2: bool, text: &str) -> Frame {
+    let v: Value = serde_json::from_str(text).expect("json frame");
+    let s = |v: &Value| v.as_str().map(str::to_owned);
+    if v2 {
+        let a = v.as_array().expect("v2 frames are arrays");
+        assert_eq!(a.len(), 5, "{text}");
+        Frame {
+            join_ref: s(&a[0]),
+            r#ref: s(&a[1]),
+            topic: s(&a[2]).expect("topic"),
+            event: s(&a[3]).expect("event"),
+            payload: a[4].clone(),
+        }
+    } else {
+        let o = v.as_object().expect("v1 frames are objects");
+        assert!(
+            !o.contains_key("join_ref"),
+            "v1 never sends join_ref: {text}"
+        );
+        assert_eq!(o.len(), 4, "{text}");
+        Frame {
+            join_ref: None,
+            r#ref: s(&o["ref"]),
+            topic: s(&o["topic"]).expect("topic"),
+            event: s(&o["event"]).expect("event"),
+            payload: o["payload"].clone(),
+        }
+    }
+}
+
+impl Rt {
+    /// Connects with `token`, serializer 2.0.0 when `v2`.
+    async fn connect(w: &Walcast, token: &str, v2: bool) -> Rt {
+        let vsn = if v2 { "2.0.0" } else { "1.0.0" };
+        let (socket, _) = tokio_tungstenite::connect_async(url(w, Some(token), Some(vsn)))
+            .await
+            .expect("realtime connect");
+        Rt {
+            socket,
+            v2,
+            next: 0,
+        }
+    }
+
+    /// Sends a message; returns its ref.
+    async fn push(
+        &mut self,
+        join_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) -> String {
+        self.next += 1;
+        let r = self.next.to_string();
+        let frame = if self.v2 {
+            json!([join_ref, r, topic, event, payload])
+        } else {
+            json!({"topic": topic, "event": event, "payload": payload, "ref": r, "join_ref": join_ref})
+        };
+        self.socket
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send");
+        r
+    }
+
+    /// Sends a binary frame.
+    async fn push_binary(&mut self, bytes: Vec<u8>) {
+        self.socket
+            .send(Message::binary(bytes))
+            .await
+            .expect("send binary");
+    }
+
+    /// The next frame, or `None` on timeout or close.
+    async fn next(&mut self, timeout: Duration) -> Option<In> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()??;
+            match msg {
+                Ok(Message::Text(t)) => return Some(In::Text(parse(self.v2, &t))),
+                Ok(Message::Binary(b)) => return Some(In::Binary(b.to_vec())),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// The next text frame matching `pred`, skipping others; panics on timeout.
+    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) -> Frame {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(In::Text(f)) if pred(&f) => return f,
+                Some(other) => skipped.push(other),
+                None => panic!("no {what} within {WAIT:?}; skipped {skipped:?}"),
+            }
+        }
+    }
+
+    /// The next binary frame; panics on timeout.
+    async fn wait_binary(&mut self) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(In::Binary(b)) => return b,
+                Some(_) => continue,
+                None => panic!("no binary frame within {WAIT:?}"),
+            }
+        }
+    }
+
+    /// Asserts that no text frame matching `pred` arrives within [`QUIET`].
+    async fn expect_none(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) {
+        let deadline = tokio::time::Instant::now() + QUIET;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(In::Text(f)) if pred(&f) => panic!("unexpected {what}: {f:?}"),
+                Some(_) => continue,
+                None => return,
+            }
+        }
+    }
+
+    /// Joins `topic`; returns the join ref and the reply.
+    async fn join(&mut self, topic: &str, payload: Value) -> (String, Frame) {
+        self.next += 1;
+        let join_ref = self.next.to_string();
+        self.next -= 1;
+        let r = self.push(Some(&join_ref), topic, "phx_join", payload).await;
+        assert_eq!(r, join_ref);
+        let reply = self
+            .wait_for("join reply", |f| {
+                f.event == "phx_reply" && f.r#ref.as_deref() == Some(&join_ref)
+            })
+            .await;
+        (join_ref, reply)
+    }
+
+    /// A heartbeat round trip.
+    async fn heartbeat(&mut self) {
+        let r = self.push(None, "phoenix", "heartbeat", json!({})).await;
+        let f = self
+            .wait_for("heartbeat reply", |f| {
+                f.topic == "phoenix" && f.r#ref.as_deref() == Some(&r)
+            })
+            .await;
+        assert_eq!(f.event, "phx_reply");
+        assert_eq!(f.payload, json!({"status":"ok","response":{}}));
+        assert_eq!(f.join_ref, None);
+    }
+}
+
+/// A join payload with `postgres_changes` bindings.
+fn pg_join(bindings: Value) -> Value {
+    json!({"config": {
+        "broadcast": {"ack": false, "self": false},
+        "presence": {"key": "", "enabled": false},
+        "postgres_changes": bindings,
+        "private": false
+    }})
+}
+
+/// The all-changes binding on the served table.
+fn all_changes() -> Value {
+    json!([{"event": "*", "schema": "public", "table": "monitoring_events"}])
+}
+
+/// Inserts one row; returns its id.
+async fn insert(db: &TestDb, source: &str) -> String {
+    let c = db.client().await;
+    let row = c
+        .query_one(
+            "insert into public.monitoring_events (event_type, source, data) values ('cpu', $1, '{\"v\":1}') returning id::text",
+            &[&source],
+        )
+        .await
+        .expect("insert");
+    row.get(0)
+}
+
+/// Waits for the `system` message of a postgres_changes subscription.
+async fn subscribed(rt: &mut Rt, topic: &str) -> Frame {
+    rt.wait_for("system message", |f| {
+        f.topic == topic && f.event == "system"
+    })
+    .await
+}
+
+/// Waits for a postgres_changes frame whose record or old_record has `id`.
+async fn change_for(rt: &mut Rt, id: &str) -> Frame {
+    rt.wait_for("postgres_changes", |f| {
+        f.event == "postgres_changes"
+            && (f.payload["data"]["record"]["id"] == id
+                || f.payload["data"]["old_record"]["id"] == id)
+    })
+    .await
+}
+
+/// The token is checked before the upgrade: 401/400/503 with Realtime's error bodies.
+#[tokio::test]
+async fn upgrade_refused_with_bad_tokens() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let refused = |u: String| async move {
+        match tokio_tungstenite::connect_async(u).await {
+            Ok(_) => panic!("upgrade accepted"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body: Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or(b"null")).unwrap();
+                (resp.status().as_u16(), body)
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    };
+    assert_eq!(
+        refused(url(&w, None, Some("2.0.0"))).await,
+        (401, json!({"error": "API key is missing"}))
+    );
+    let expired = sign(json!({"role": "anon", "exp": now() - 10}));
+    assert_eq!(
+        refused(url(&w, Some(&expired), Some("2.0.0"))).await,
+        (401, json!({"error": "Token has expired"}))
+    );
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"role": "anon", "exp": now() + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-another"),
+    )
+    .unwrap();
+    assert_eq!(
+        refused(url(&w, Some(&forged), None)).await,
+        (401, json!({"error": "Failed to validate JWT signature"}))
+    );
+    assert_eq!(
+        refused(url(&w, Some("not-a-jwt"), None)).await,
+        (
+            401,
+            json!({"error": "The token provided is not a valid JWT"})
+        )
+    );
+    let no_role = sign(json!({"exp": now() + 60}));
+    assert_eq!(
+        refused(url(&w, Some(&no_role), None)).await,
+        (
+            401,
+            json!({"error": "Fields `role` and `exp` are required in JWT"})
+        )
+    );
+    let (status, body) = refused(url(&w, Some(&token("anon", 60)), Some("9.9.9"))).await;
+    assert_eq!(status, 400, "{body}");
+    // The legacy path serves the same endpoint.
+    let u = w.ws_url(&format!(
+        "/socket/websocket?apikey={}&vsn=2.0.0",
+        token("anon", 60)
+    ));
+    assert!(tokio_tungstenite::connect_async(u).await.is_ok());
+
+    // Without a JWT secret the endpoint says what is missing.
+    let db2 = support::fresh_db().await;
+    let plain = Walcast::start(&db2, &[]).await;
+    let (status, body) = refused(url(&plain, Some(&token("anon", 60)), None)).await;
+    assert_eq!(status, 503);
+    assert!(
+        body["error"].as_str().unwrap().contains("--jwt-secret"),
+        "{body}"
+    );
+}
+
+/// vsn 2.0.0: join reply with binding ids, the system message, INSERT/UPDATE/DELETE payloads, leave.
+#[tokio::test]
+async fn v2_join_and_change_payloads() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let mut rt = Rt::connect(&w, &token("service_role", 600), true).await;
+    let topic = "realtime:room1";
+    let (join_ref, reply) = rt.join(topic, pg_join(all_changes())).await;
+    assert_eq!(reply.join_ref.as_deref(), Some(join_ref.as_str()));
+    assert_eq!(reply.payload["status"], "ok");
+    let bindings = reply.payload["response"]["postgres_changes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(bindings.len(), 1);
+    let id = bindings[0]["id"].as_u64().unwrap();
+    assert_eq!(
+        bindings[0],
+        json!({"id": id, "event": "*", "schema": "public", "table": "monitoring_events"})
+    );
+    let sys = subscribed(&mut rt, topic).await;
+    assert_eq!(sys.join_ref.as_deref(), Some(join_ref.as_str()));
+    assert_eq!(sys.r#ref, None);
+    assert_eq!(
+        sys.payload,
+        json!({"extension":"postgres_changes","status":"ok","message":"Subscribed to PostgreSQL","channel":"room1"})
+    );
+
+    let row = insert(&db, "host-1").await;
+    let f = change_for(&mut rt, &row).await;
+    assert_eq!((f.join_ref.as_deref(), f.r#ref.as_deref()), (None, None));
+    assert_eq!(f.topic, topic);
+    assert_eq!(f.payload["ids"], json!([id]));
+    let data = &f.payload["data"];
+    assert_eq!(data["schema"], "public");
+    assert_eq!(data["table"], "monitoring_events");
+    assert_eq!(data["type"], "INSERT");
+    assert_eq!(data["errors"], Value::Null);
+    assert!(data.get("old_record").is_none());
+    let ts = data["commit_timestamp"].as_str().unwrap();
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.',
+        "commit_timestamp {ts}"
+    );
+    assert_eq!(data["record"]["source"], "host-1");
+    assert_eq!(data["record"]["data"], json!({"v": 1}));
+    assert!(
+        data["record"]["timestamp"]
+            .as_str()
+            .unwrap()
+            .ends_with("+00:00")
+    );
+    let columns: Vec<(String, String)> = data["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().into(),
+                c["type"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(columns[0], ("id".into(), "uuid".into()));
+    assert!(columns.contains(&("data".into(), "jsonb".into())));
+    assert!(columns.contains(&("timestamp".into(), "timestamptz".into())));
+
+    let c = db.client().await;
+    c.execute(
+        "update public.monitoring_events set source = 'host-9' where id = $1::text::uuid",
+        &[&row],
+    )
+    .await
+    .unwrap();
+    let f = change_for(&mut rt, &row).await;
+    assert_eq!(f.payload["data"]["type"], "UPDATE");
+    assert_eq!(f.payload["data"]["record"]["source"], "host-9");
+    assert_eq!(f.payload["data"]["old_record"], json!({"id": row}));
+
+    c.execute(
+        "delete from public.monitoring_events where id = $1::text::uuid",
+        &[&row],
+    )
+    .await
+    .unwrap();
+    let f = change_for(&mut rt, &row).await;
+    assert_eq!(f.payload["data"]["type"], "DELETE");
+    assert_eq!(f.payload["data"]["old_record"], json!({"id": row}));
+    assert!(f.payload["data"].get("record").is_none());
+
+    // Leave: reply, then phx_close with ref = join_ref.
+    let r = rt
+        .push(Some(&join_ref), topic, "phx_leave", json!({}))
+        .await;
+    let f = rt
+        .wait_for("leave reply", |f| f.r#ref.as_deref() == Some(&r))
+        .await;
+    assert_eq!(f.payload, json!({"status":"ok","response":{}}));
+    let f = rt.wait_for("phx_close", |f| f.event == "phx_close").await;
+    assert_eq!(
+        (f.join_ref.as_deref(), f.r#ref.as_deref()),
+        (Some(join_ref.as_str()), Some(join_ref.as_str()))
+    );
+    assert_eq!(f.payload, json!({}));
+}
+
+/// vsn 1.0.0: filters, event types, one frame per channel with every matching id, legacy topics.
+#[tokio::test]
+async fn v1_filters_event_types_and_shared_frames() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let mut rt = Rt::connect(&w, &token("service_role", 600), false).await;
+    // Broadcast-only join in v1: no join_ref key, empty bindings.
+    let (_, reply) = rt.join("realtime:plain", json!({"config": {}})).await;
+    assert_eq!(
+        reply.payload,
+        json!({"status":"ok","response":{"postgres_changes":[]}})
+    );
+    // Legacy form: the topic names the subscription; events are the operations.
+    let legacy = "realtime:public:monitoring_events:source=eq.host-3";
+    let (_, reply) = rt.join(legacy, json!({})).await;
+    assert_eq!(reply.payload, json!({"status":"ok","response":{}}));
+    let sys = subscribed(&mut rt, legacy).await;
+    assert_eq!(sys.payload["status"], "ok", "{sys:?}");
+    let topic = "realtime:filtered";
+    let (_, reply) = rt
+        .join(
+            topic,
+            pg_join(json!([
+                {"event": "INSERT", "schema": "public", "table": "monitoring_events", "filter": "source=eq.host-2"},
+                {"event": "*", "schema": "public", "filter": "source=in.(host-2,host-3)"},
+                {"event": "UPDATE", "schema": "public", "table": "monitoring_events"}
+            ])),
+        )
+        .await;
+    let ids: Vec<u64> = reply.payload["response"]["postgres_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    subscribed(&mut rt, topic).await;
+
+    let one = insert(&db, "host-1").await;
+    let two = insert(&db, "host-2").await;
+    let three = insert(&db, "host-3").await;
+    // host-2: both of the first two bindings match → one frame with both ids.
+    let f = change_for(&mut rt, &two).await;
+    assert_eq!(f.payload["ids"], json!([ids[0], ids[1]]));
+    assert_eq!(f.r#ref, None);
+    // Channels are served in join order: the legacy channel's frame comes first.
+    let f = rt
+        .wait_for("legacy INSERT", |f| {
+            f.topic == legacy && f.event == "INSERT"
+        })
+        .await;
+    assert_eq!(f.payload["record"]["id"], three);
+    assert_eq!(f.payload["type"], "INSERT");
+    let f = change_for(&mut rt, &three).await;
+    assert_eq!(f.payload["ids"], json!([ids[1]]));
+    rt.expect_none("host-1 insert", |f| {
+        f.event == "postgres_changes" && f.payload["data"]["record"]["id"] == one
+    })
+    .await;
+    // UPDATE of host-1 matches only the UPDATE binding.
+    db.client()
+        .await
+        .execute(
+            "update public.monitoring_events set event_type = 'mem' where id = $1::text::uuid",
+            &[&one],
+        )
+        .await
+        .unwrap();
+    let f = change_for(&mut rt, &one).await;
+    assert_eq!(f.payload["ids"], json!([ids[2]]));
+    assert_eq!(f.payload["data"]["type"], "UPDATE");
+}
+
+/// Invalid filters, unpublished tables and unknown columns: a system error, the channel stays.
+#[tokio::test]
+async fn binding_errors_keep_the_channel_open() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let mut rt = Rt::connect(&w, &token("service_role", 600), true).await;
+    let topic = "realtime:room1";
+    let (join_ref, reply) = rt
+        .join(
+            topic,
+            pg_join(json!([{"event": "*", "schema": "public", "table": "monitoring_events", "filter": "id=foo.1"}])),
+        )
+        .await;
+    assert_eq!(reply.payload["status"], "ok");
+    assert!(reply.payload["response"]["postgres_changes"][0]["id"].is_u64());
+    let sys = subscribed(&mut rt, topic).await;
+    assert_eq!(
+        sys.payload,
+        json!({"extension":"postgres_changes","status":"error",
+               "message":"Error parsing `filter` params: [\"foo\", \"1\"]","channel":"room1"})
+    );
+    // Still joined: heartbeats and broadcasts work, no phx_close came.
+    rt.heartbeat().await;
+    let r = rt
+        .push(
+            Some(&join_ref),
+            topic,
+            "access_token",
+            json!({"access_token": token("service_role", 600)}),
+        )
+        .await;
+    rt.expect_none("reply to access_token", |f| {
+        f.r#ref.as_deref() == Some(&r) || f.event == "phx_close"
+    })
+    .await;
+
+    let topic2 = "realtime:nope";
+    let (_, reply) = rt
+        .join(
+            topic2,
+            pg_join(json!([{"event": "*", "schema": "public", "table": "nope"}])),
+        )
+        .await;
+    assert_eq!(reply.payload["status"], "ok");
+    let sys = subscribed(&mut rt, topic2).await;
+    assert_eq!(sys.payload["status"], "error");
+    assert_eq!(
+        sys.payload["message"],
+        "Unable to subscribe to changes with given parameters. Please check Realtime is enabled \
+         for the given connect parameters: [event: *, schema: public, table: nope, filters: [], select: nil]"
+    );
+    let topic3 = "realtime:badcol";
+    rt.join(
+        topic3,
+        pg_join(json!([{"schema": "public", "filter": "nope=eq.1"}])),
+    )
+    .await;
+    let sys = subscribed(&mut rt, topic3).await;
+    assert!(
+        sys.payload["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("Exception: invalid column for filter nope"),
+        "{sys:?}"
+    );
+    rt.heartbeat().await;
+    // Changes do not reach channels whose subscription failed.
+    let id = insert(&db, "host-1").await;
+    rt.expect_none("change on a failed subscription", |f| {
+        f.event == "postgres_changes" && f.payload["data"]["record"]["id"] == id
+    })
+    .await;
+}
+
+/// Heartbeats, bad topics, bad join tokens, private channels, duplicate joins.
+#[tokio::test]
+async fn topics_heartbeat_and_join_errors() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let mut rt = Rt::connect(&w, &token("anon", 600), true).await;
+    rt.heartbeat().await;
+    let (_, reply) = rt.join("realtime:", json!({"config": {}})).await;
+    assert_eq!(
+        reply.payload,
+        json!({"status":"error","response":{"reason":"TopicNameRequired: You must provide a topic name"}})
+    );
+    let (_, reply) = rt.join("foo", json!({"config": {}})).await;
+    assert_eq!(
+        reply.payload,
+        json!({"status":"error","response":{"reason":"unmatched topic"}})
+    );
+    let expired = sign(json!({"role": "anon", "exp": now() - 5}));
+    let (_, reply) = rt
+        .join(
+            "realtime:room1",
+            json!({"config": {}, "access_token": expired}),
+        )
+        .await;
+    let reason = reply.payload["response"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("InvalidJWTToken: Token has expired ")
+            && reason.ends_with(" seconds ago"),
+        "{reason}"
+    );
+    let (_, reply) = rt
+        .join(
+            "realtime:room1",
+            json!({"config": {}, "access_token": "garbage"}),
+        )
+        .await;
+    assert_eq!(
+        reply.payload["response"]["reason"],
+        "MalformedJWT: The token provided is not a valid JWT"
+    );
+    let (_, reply) = rt
+        .join("realtime:secret", json!({"config": {"private": true}}))
+        .await;
+    assert_eq!(
+        reply.payload["response"]["reason"],
+        "Unauthorized: You do not have permissions to read from this Channel topic: secret"
+    );
+    // A push to a topic that was never joined.
+    let r = rt
+        .push(
+            Some("99"),
+            "realtime:other",
+            "broadcast",
+            json!({"type":"broadcast","event":"e","payload":{}}),
+        )
+        .await;
+    let f = rt
+        .wait_for("unmatched reply", |f| f.r#ref.as_deref() == Some(&r))
+        .await;
+    assert_eq!(
+        f.payload,
+        json!({"status":"error","response":{"reason":"unmatched topic"}})
+    );
+    // Joining the same topic twice closes the first channel.
+    let (first, _) = rt.join("realtime:dup", json!({"config": {}})).await;
+    let (second, reply) = rt.join("realtime:dup", json!({"config": {}})).await;
+    assert_eq!(reply.payload["status"], "ok");
+    assert_ne!(first, second);
+}
+
+/// Row level security as the subscriber's role: service_role, authenticated, anon, column grants.
+#[tokio::test]
+async fn row_level_security_per_role() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let mut service = Rt::connect(&w, &token("service_role", 600), true).await;
+    let mut authenticated = Rt::connect(&w, &token("authenticated", 600), true).await;
+    let mut anon = Rt::connect(&w, &token("anon", 600), false).await;
+    for rt in [&mut service, &mut authenticated, &mut anon] {
+        rt.join("realtime:rls", pg_join(all_changes())).await;
+        let sys = subscribed(rt, "realtime:rls").await;
+        assert_eq!(sys.payload["status"], "ok", "{sys:?}");
+    }
+    // Several rows in one transaction: one gate query per (commit, claims group).
+    let c = db.client().await;
+    let rows = c
+        .query(
+            "insert into public.monitoring_events (event_type, source) select 'cpu', 'h' || g from generate_series(1, 3) g returning id::text",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    for id in &ids {
+        change_for(&mut service, id).await;
+        change_for(&mut authenticated, id).await;
+    }
+    anon.expect_none("a row anon may not read", |f| f.event == "postgres_changes")
+        .await;
+
+    // DELETE is not checked (the row is gone): every subscriber gets the key only.
+    c.execute(
+        "delete from public.monitoring_events where id = $1::text::uuid",
+        &[&ids[0]],
+    )
+    .await
+    .unwrap();
+    for rt in [&mut service, &mut authenticated, &mut anon] {
+        let f = change_for(rt, &ids[0]).await;
+        assert_eq!(f.payload["data"]["type"], "DELETE");
+        assert_eq!(f.payload["data"]["old_record"], json!({"id": ids[0]}));
+    }
+
+    // A role with column privileges only sees those columns.
+    let limited = format!("limited_{}", db.name);
+    c.batch_execute(&format!(
+        "create role {limited} nologin; \
+         grant select (id, source, event_type) on public.monitoring_events to {limited}; \
+         create policy limited_read on public.monitoring_events for select to {limited} using (true);"
+    ))
+    .await
+    .unwrap();
+    let mut narrow = Rt::connect(&w, &token(&limited, 600), true).await;
+    narrow.join("realtime:rls", pg_join(all_changes())).await;
+    let sys = subscribed(&mut narrow, "realtime:rls").await;
+    assert_eq!(sys.payload["status"], "ok", "{sys:?}");
+    let id = insert(&db, "host-narrow").await;
+    let f = change_for(&mut narrow, &id).await;
+    let data = &f.payload["data"];
+    assert_eq!(
+        data["record"],
+        json!({"id": id, "event_type": "cpu", "source": "host-narrow"})
+    );
+    let names: Vec<&str> = data["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["id", "event_type", "source"]);
+    // Others still get the whole row.
+    let f = change_for(&mut service, &id).await;
+    assert!(f.payload["data"]["record"].get("data").is_some());
+    c.batch_execute(&format!(
+        "drop policy limited_read on public.monitoring_events; \
+         revoke all on public.monitoring_events from {limited}; drop role {limited};"
+    ))
+    .await
+    .unwrap();
+
+    // A role that does not exist cannot subscribe.
+    let mut ghost = Rt::connect(&w, &token("no_such_role", 600), true).await;
+    ghost.join("realtime:rls", pg_join(all_changes())).await;
+    let sys = subscribed(&mut ghost, "realtime:rls").await;
+    assert_eq!(sys.payload["status"], "error");
+    assert!(
+        sys.payload["message"]
+            .as_str()
+            .unwrap()
+            .contains("may not read public.monitoring_events"),
+        "{sys:?}"
+    );
+}
+
+/// The gate runs one query per (commit, claims group) and waits for commits to become visible.
+#[tokio::test]
+async fn gate_asks_once_per_commit_and_claims_group() {
+    let db = support::fresh_db().await;
+    let pool = walcast::db::pool(&db.url, 4, "test").unwrap();
+    let gate = std::sync::Arc::new(walcast::realtime_auth::RlsGate::new(pool, "walcast_events"));
+    let facts = gate.table_facts().await.unwrap();
+    assert!(facts.published && facts.rls_enabled);
+    assert_eq!(facts.primary_key, vec!["id".to_string()]);
+    let c = db.client().await;
+    let rows = c
+        .query(
+            "insert into public.monitoring_events (event_type, source) select 'cpu', 'h' || g from generate_series(1, 5) g returning id, xmin::text::int8",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let xid = u32::try_from(rows[0].get::<_, i64>(1)).unwrap();
+    let claims = |role: &str| {
+        walcast::realtime_auth::verify_token(support::SECRET, &token(role, 600), now())
+            .unwrap()
+            .group
+    };
+    let authenticated = claims("authenticated");
+    let lsn = walcast::decode::Lsn(0xABC);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (gate, group, ids) = (
+            std::sync::Arc::clone(&gate),
+            std::sync::Arc::clone(&authenticated),
+            ids.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            gate.visible(&group, lsn, xid, &ids).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().len(), 5);
+    }
+    assert_eq!(
+        gate.queries(),
+        1,
+        "eight subscribers of one group, one commit: one query"
+    );
+    // A subset is answered from the cache.
+    assert_eq!(
+        gate.visible(&authenticated, lsn, xid, &ids[..2])
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(gate.queries(), 1);
+    // Another group or another commit asks again; anon's policy shows nothing.
+    let anon = claims("anon");
+    let started = std::time::Instant::now();
+    assert!(
+        gate.visible(&anon, lsn, xid, &ids)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        started.elapsed() < walcast::realtime_auth::COMMIT_VISIBLE_WAIT,
+        "a committed transaction is seen as committed at once"
+    );
+    assert_eq!(gate.queries(), 2);
+    gate.visible(&authenticated, walcast::decode::Lsn(0xABD), xid, &ids)
+        .await
+        .unwrap();
+    assert_eq!(gate.queries(), 3);
+    // Deleted rows are not visible (the check reads the current table).
+    c.execute(
+        "delete from public.monitoring_events where id = $1",
+        &[&ids[0]],
+    )
+    .await
+    .unwrap();
+    let v = gate
+        .visible(&authenticated, walcast::decode::Lsn(0xABE), xid, &ids)
+        .await
+        .unwrap();
+    assert_eq!(v.len(), 4);
+    assert!(!v.contains(&ids[0]));
+    // A transaction streamed before it is visible to other sessions: the gate waits for it.
+    let mut c2 = db.client().await;
+    let tx = c2.transaction().await.unwrap();
+    let row = tx
+        .query_one(
+            "insert into public.monitoring_events (event_type, source) values ('cpu', 'late') returning id, xmin::text::int8",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (late, late_xid): (uuid::Uuid, i64) = (row.get(0), row.get(1));
+    let ask = {
+        let (gate, group) = (
+            std::sync::Arc::clone(&gate),
+            std::sync::Arc::clone(&authenticated),
+        );
+        tokio::spawn(async move {
+            gate.visible(
+                &group,
+                walcast::decode::Lsn(0xABF),
+                u32::try_from(late_xid).unwrap(),
+                &[late],
+            )
+            .await
+            .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.commit().await.unwrap();
+    assert!(ask.await.unwrap().contains(&late));
+
+    assert_eq!(gate.check_role(&authenticated).await.unwrap(), None);
+    assert!(gate.check_role(&claims("no_such_role")).await.is_err());
+}
+
+/// Tokens expiring while joined, refreshed before expiry, refreshed with an expired token.
+#[tokio::test]
+async fn access_token_refresh_and_expiry() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let mut rt = Rt::connect(&w, &token("anon", 600), true).await;
+    // Expires while joined: system error, then phx_close.
+    let (join_ref, _) = rt
+        .join(
+            "realtime:short",
+            json!({"config": {}, "access_token": token("anon", 2)}),
+        )
+        .await;
+    let sys = rt
+        .wait_for("expiry system message", |f| f.event == "system")
+        .await;
+    assert_eq!(sys.join_ref.as_deref(), Some(join_ref.as_str()));
+    assert_eq!(sys.payload["extension"], "system");
+    assert_eq!(sys.payload["status"], "error");
+    assert_eq!(sys.payload["channel"], "short");
+    let msg = sys.payload["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("Token has expired ") && msg.ends_with(" seconds ago"),
+        "{msg}"
+    );
+    let close = rt.wait_for("phx_close", |f| f.event == "phx_close").await;
+    assert_eq!(close.r#ref.as_deref(), Some(join_ref.as_str()));
+
+    // A refresh before expiry keeps the channel; an expired refresh closes it.
+    let (join_ref, _) = rt
+        .join(
+            "realtime:long",
+            json!({"config": {}, "access_token": token("anon", 2)}),
+        )
+        .await;
+    let r = rt
+        .push(
+            Some(&join_ref),
+            "realtime:long",
+            "access_token",
+            json!({"access_token": token("anon", 600)}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rt.expect_none("any reply or close", |f| {
+        f.r#ref.as_deref() == Some(&r) || f.event == "phx_close" || f.event == "system"
+    })
+    .await;
+    rt.heartbeat().await;
+    let expired = sign(json!({"role": "anon", "exp": now() - 3}));
+    rt.push(
+        Some(&join_ref),
+        "realtime:long",
+        "access_token",
+        json!({"access_token": expired}),
+    )
+    .await;
+    let sys = rt
+        .wait_for("refresh failure", |f| f.event == "system")
+        .await;
+    assert_eq!(sys.payload["message"], "Token has expired 3 seconds ago");
+    rt.wait_for("phx_close", |f| {
+        f.event == "phx_close" && f.topic == "realtime:long"
+    })
+    .await;
+}
+
+/// Broadcast between sockets: binary kind 3 → kind 4 / v1 JSON, text, ack and self.
+#[tokio::test]
+async fn broadcast_between_sockets() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let key = token("anon", 600);
+    let mut a = Rt::connect(&w, &key, true).await;
+    let mut b = Rt::connect(&w, &key, true).await;
+    let mut c = Rt::connect(&w, &key, false).await;
+    let topic = "realtime:room1";
+    let cfg = |ack: bool, me: bool| json!({"config": {"broadcast": {"ack": ack, "self": me}, "presence": {"key": "", "enabled": false}, "postgres_changes": [], "private": false}});
+    let (a_join, reply) = a.join(topic, cfg(true, false)).await;
+    // Broadcast-only join: reply and nothing else.
+    assert_eq!(
+        reply.payload,
+        json!({"status":"ok","response":{"postgres_changes":[]}})
+    );
+    b.join(topic, cfg(false, false)).await;
+    c.join(topic, cfg(false, false)).await;
+
+    // Binary kind 3 from A → kind 4 to B, JSON to C, an ack to A.
+    let push = UserBroadcast {
+        join_ref: Some(a_join.clone()),
+        r#ref: Some("77".into()),
+        topic: topic.into(),
+        event: "ping".into(),
+        metadata: None,
+        encoding: PayloadEncoding::Json,
+        payload: br#"{"n":1}"#.to_vec(),
+    };
+    a.push_binary(encode_user_broadcast_push(&push).unwrap())
+        .await;
+    let got = b.wait_binary().await;
+    let mut want = vec![4u8, 14, 4, 0, 1];
+    want.extend_from_slice(b"realtime:room1ping{\"n\":1}");
+    assert_eq!(got, want);
+    assert_eq!(parse_server_binary(&got).unwrap().event, "ping");
+    let f = c.wait_for("v1 broadcast", |f| f.event == "broadcast").await;
+    assert_eq!(
+        f.payload,
+        json!({"event":"ping","payload":{"n":1},"type":"broadcast"})
+    );
+    assert_eq!(f.r#ref, None);
+    let ack = a
+        .wait_for("ack", |f| f.r#ref.as_deref() == Some("77"))
+        .await;
+    assert_eq!(ack.payload, json!({"status":"ok","response":{}}));
+    assert_eq!(ack.join_ref.as_deref(), Some(a_join.as_str()));
+
+    // Text broadcast from C (v1) reaches A and B as the same object; C (self:false) gets nothing.
+    let msg = json!({"type":"broadcast","event":"e","payload":{"a":1}});
+    c.push(None, topic, "broadcast", msg.clone()).await;
+    for rt in [&mut a, &mut b] {
+        let f = rt
+            .wait_for("text broadcast", |f| f.event == "broadcast")
+            .await;
+        assert_eq!(f.payload, msg);
+        assert_eq!((f.join_ref.as_deref(), f.r#ref.as_deref()), (None, None));
+    }
+    c.expect_none("own broadcast without self", |f| f.event == "broadcast")
+        .await;
+    a.expect_none("own binary broadcast without self", |f| {
+        f.event == "broadcast" && f.payload["event"] == "ping"
+    })
+    .await;
+
+    // self:true: the sender receives its own broadcast.
+    let mut d = Rt::connect(&w, &key, true).await;
+    let (d_join, _) = d.join("realtime:solo", cfg(false, true)).await;
+    d.push(
+        Some(&d_join),
+        "realtime:solo",
+        "broadcast",
+        json!({"type":"broadcast","event":"me","payload":{}}),
+    )
+    .await;
+    let f = d
+        .wait_for("self broadcast", |f| f.event == "broadcast")
+        .await;
+    assert_eq!(f.payload["event"], "me");
+}
+
+/// Presence: state on join, diffs on track and leave, bad payloads, the rate limit.
+#[tokio::test]
+async fn presence_state_and_diff() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let key = token("anon", 600);
+    let mut a = Rt::connect(&w, &key, true).await;
+    let mut b = Rt::connect(&w, &key, false).await;
+    let topic = "realtime:lobby";
+    let cfg = |k: &str| json!({"config": {"presence": {"key": k, "enabled": true}}});
+    let (a_join, _) = a.join(topic, cfg("u1")).await;
+    let st = a
+        .wait_for("presence_state", |f| f.event == "presence_state")
+        .await;
+    assert_eq!(st.payload, json!({}));
+    assert_eq!(
+        (st.join_ref.as_deref(), st.r#ref.as_deref()),
+        (Some(a_join.as_str()), None)
+    );
+    b.join(topic, cfg("u2")).await;
+    b.wait_for("presence_state", |f| f.event == "presence_state")
+        .await;
+
+    let r = a
+        .push(
+            Some(&a_join),
+            topic,
+            "presence",
+            json!({"type":"presence","event":"track","payload":{"n":"A"}}),
+        )
+        .await;
+    let reply = a
+        .wait_for("track reply", |f| f.r#ref.as_deref() == Some(&r))
+        .await;
+    assert_eq!(reply.payload, json!({"status":"ok","response":{}}));
+    let diff = b
+        .wait_for("presence_diff", |f| f.event == "presence_diff")
+        .await;
+    assert_eq!(diff.payload["leaves"], json!({}));
+    let metas = diff.payload["joins"]["u1"]["metas"].as_array().unwrap();
+    assert_eq!(metas.len(), 1);
+    assert_eq!(metas[0]["n"], "A");
+    assert!(metas[0]["phx_ref"].is_string());
+    // The tracker sees its own join too.
+    a.wait_for("own presence_diff", |f| f.event == "presence_diff")
+        .await;
+
+    // A late joiner gets the current state.
+    let mut c = Rt::connect(&w, &key, true).await;
+    c.join(topic, cfg("u3")).await;
+    let st = c
+        .wait_for("presence_state", |f| f.event == "presence_state")
+        .await;
+    assert_eq!(st.payload["u1"]["metas"][0]["n"], "A");
+
+    // A bad track payload is refused; leaving untracks.
+    let r = a
+        .push(
+            Some(&a_join),
+            topic,
+            "presence",
+            json!({"type":"presence","event":"track","payload":[1]}),
+        )
+        .await;
+    let reply = a
+        .wait_for("track error", |f| f.r#ref.as_deref() == Some(&r))
+        .await;
+    assert_eq!(
+        reply.payload,
+        json!({"status":"error","response":{"reason":"Presence track payload must be a map"}})
+    );
+    a.push(Some(&a_join), topic, "phx_leave", json!({})).await;
+    let diff = b
+        .wait_for("leave diff", |f| {
+            f.event == "presence_diff" && f.payload["leaves"] != json!({})
+        })
+        .await;
+    assert_eq!(diff.payload["leaves"]["u1"]["metas"][0]["n"], "A");
+
+    // More than five presence calls in 30 s close the channel.
+    let (c_join, _) = c.join("realtime:busy", cfg("u3")).await;
+    for i in 0..6 {
+        c.push(
+            Some(&c_join),
+            "realtime:busy",
+            "presence",
+            json!({"type":"presence","event":"track","payload":{"i":i}}),
+        )
+        .await;
+    }
+    let sys = c
+        .wait_for("rate limit", |f| {
+            f.event == "system" && f.topic == "realtime:busy"
+        })
+        .await;
+    assert_eq!(
+        sys.payload["message"],
+        "Client presence rate limit exceeded"
+    );
+    c.wait_for("phx_close", |f| {
+        f.event == "phx_close" && f.topic == "realtime:busy"
+    })
+    .await;
+}
+
+/// /ws and the Realtime endpoint deliver the same change from the same hub.
+#[tokio::test]
+async fn same_change_on_ws_and_realtime() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let mut plain = support::ws::WsClient::connect(&w.ws_url("/ws")).await;
+    plain.subscribe("all", json!({})).await;
+    let mut rt = Rt::connect(&w, &token("service_role", 600), true).await;
+    rt.join("realtime:both", pg_join(all_changes())).await;
+    subscribed(&mut rt, "realtime:both").await;
+    let id = insert(&db, "host-both").await;
+    let f = change_for(&mut rt, &id).await;
+    let events = plain.events(1, WAIT).await;
+    assert_eq!(events[0]["record"]["id"], id);
+    assert_eq!(
+        events[0]["record"]["source"],
+        f.payload["data"]["record"]["source"]
+    );
+    assert_eq!(events[0]["op"], f.payload["data"]["type"]);
+}
