@@ -242,7 +242,8 @@ impl BatcherTask {
                 }
                 let batch = self.take_batch(tier, cfg.max_events);
                 let writer = Arc::clone(&self.writer);
-                self.writers.spawn(async move { writer.write_batch(batch).await });
+                self.writers
+                    .spawn(async move { writer.write_batch(batch).await });
             }
         }
     }

@@ -150,7 +150,10 @@ impl Breaker {
             BreakerState::Closed => {
                 g.failures += 1;
                 if g.failures >= self.config.failure_threshold {
-                    tracing::warn!(failures = g.failures, "database writes failing: circuit breaker open");
+                    tracing::warn!(
+                        failures = g.failures,
+                        "database writes failing: circuit breaker open"
+                    );
                     g.state = BreakerState::Open;
                     g.open_until = Instant::now() + self.config.cooldown;
                 }

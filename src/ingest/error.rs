@@ -71,9 +71,7 @@ impl IngestErrorCode {
             IngestErrorCode::Forbidden => StatusCode::FORBIDDEN,
             IngestErrorCode::DatabaseUnavailable
             | IngestErrorCode::ShuttingDown
-            | IngestErrorCode::SpoolFull => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            | IngestErrorCode::SpoolFull => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod writer;
 
 pub use batcher::{Batcher, Tier};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
-pub use spool::Spool;
-pub use writer::{DeadLetterSink, Durability, Writer, WriterConfig};
 pub use error::{IngestError, IngestErrorCode};
 pub use parse::{BodyFormat, parse_body};
+pub use spool::Spool;
+pub use writer::{DeadLetterSink, Durability, Writer, WriterConfig};

@@ -277,7 +277,8 @@ mod tests {
 
     #[test]
     fn append_read_truncate_and_torn_tail() {
-        let dir = std::env::temp_dir().join(format!("walcast-spool-test-{:x}", rand::random::<u64>()));
+        let dir =
+            std::env::temp_dir().join(format!("walcast-spool-test-{:x}", rand::random::<u64>()));
         let spool = Spool::open(&dir, 1 << 20).unwrap();
         let a = event(1);
         let b = event(2);
@@ -293,7 +294,10 @@ mod tests {
         drop(spool);
         // a torn tail is dropped on open
         {
-            let mut f = OpenOptions::new().append(true).open(dir.join("spool.log")).unwrap();
+            let mut f = OpenOptions::new()
+                .append(true)
+                .open(dir.join("spool.log"))
+                .unwrap();
             f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
         }
         let spool = Spool::open(&dir, 1 << 20).unwrap();

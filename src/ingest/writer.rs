@@ -105,7 +105,9 @@ pub struct Writer {
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer").field("config", &self.config).finish()
+        f.debug_struct("Writer")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -249,12 +251,16 @@ impl Writer {
                     let code = format!("sqlstate_{sqlstate}");
                     match sink.push(rows, &code, &message).await {
                         Ok(_) => return Ok(Durability::DeadLetter),
-                        Err(e) => tracing::error!(error = %e, "could not store rejected events in the dead-letter queue"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not store rejected events in the dead-letter queue")
+                        }
                     }
                 }
                 Err(IngestError::new(
                     IngestErrorCode::Rejected,
-                    format!("postgres rejected the events{detail}; nothing of this request was written"),
+                    format!(
+                        "postgres rejected the events{detail}; nothing of this request was written"
+                    ),
                 ))
             }
         }
@@ -319,10 +325,14 @@ impl Writer {
                     Err(WriteFailure::Definite {
                         sqlstate: e.code().map(|c| c.code().to_owned()).unwrap_or_default(),
                         constraint: db.and_then(|d| d.constraint()).map(str::to_owned),
-                        message: db.map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string()),
+                        message: db
+                            .map(|d| d.message().to_owned())
+                            .unwrap_or_else(|| e.to_string()),
                     })
                 } else {
-                    Err(WriteFailure::Transient(crate::replication::reader::error_chain(&e)))
+                    Err(WriteFailure::Transient(
+                        crate::replication::reader::error_chain(&e),
+                    ))
                 }
             }
         }
@@ -376,7 +386,10 @@ impl Writer {
                     Ok(Ok(true)) => {
                         *offset = 0;
                         self.metrics.spool_bytes.set(0);
-                        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "spool replayed into the database and emptied");
+                        tracing::info!(
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "spool replayed into the database and emptied"
+                        );
                         return true;
                     }
                     Ok(Ok(false)) => continue,
