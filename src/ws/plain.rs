@@ -65,6 +65,9 @@ struct Session {
     sub: Subscription,
     /// Newest examined cursor (see module docs).
     position: Option<Cursor>,
+    /// Oldest change examined live on this connection: changes from it up to `position` were
+    /// already delivered (or filtered out) here, so a later `resume` does not send them again.
+    live_first: Option<Cursor>,
     /// Subscriptions by id.
     filters: Vec<(String, Filter)>,
 }
@@ -81,6 +84,7 @@ impl Session {
             state,
             sub,
             position,
+            live_first: None,
             filters: Vec::new(),
         }
     }
@@ -135,6 +139,7 @@ impl Session {
         loop {
             if self.position.is_none_or(|p| item.change.cursor > p) {
                 self.position = Some(item.change.cursor);
+                self.live_first.get_or_insert(item.change.cursor);
                 if self.filters.iter().any(|(_, f)| f.matches(&item.change)) {
                     let frame = item.json_frame(&self.state.metrics);
                     self.feed(Message::Text(frame)).await?;
@@ -244,7 +249,9 @@ impl Session {
             while let Some(next) = rx.recv().await {
                 match next {
                     Ok(change) => {
-                        if self.filters.iter().any(|(_, f)| f.matches(&change)) {
+                        let seen = self.live_first.is_some_and(|first| change.cursor >= first)
+                            && self.position.is_some_and(|p| change.cursor <= p);
+                        if !seen && self.filters.iter().any(|(_, f)| f.matches(&change)) {
                             let text = json::encode_event(&change);
                             self.feed(Message::Text(text.into())).await?;
                             queued += 1;
