@@ -1,0 +1,1041 @@
+//! The real `@supabase/realtime-js` client (pinned in `tests/realtime_js/package.json`) against a
+//! real walcast: each test starts walcast, runs one node script from `tests/realtime_js/`, feeds
+//! it SQL at the points it asks for, and asserts on what the client observed.
+//!
+//! A script prints one JSON object per line: `{"ready":"<what>"}` when it waits for the test
+//! (which answers `go` on the script's stdin), observations such as `{"label":..,"status":..}` or
+//! `{"change":..}`, `{"done":true}` at the end, `{"fail":..}`/`{"timeout":..}` on failure.
+//!
+//! Needs `node` (20 or newer) and `npm ci --prefix tests/realtime_js` (`.ci/run` does both).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use walcast::auth::Claims;
+
+use crate::support::{self, TestDb, Walcast};
+
+/// How long one wait for a script's line may take.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The scripts' directory.
+fn scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/realtime_js")
+}
+
+/// Panics with instructions when node or the npm packages are missing.
+fn check_prerequisites() {
+    let dir = scripts_dir();
+    let pkg = dir.join("node_modules/@supabase/realtime-js/package.json");
+    assert!(
+        pkg.exists(),
+        "the realtime-js test packages are not installed ({} is missing): run \
+         `npm ci --prefix tests/realtime_js` (or .ci/run, which does it)",
+        pkg.display()
+    );
+    let ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "`node` is not on PATH: install Node.js 20 or newer (e.g. `apt-get install nodejs npm`)"
+    );
+}
+
+/// A token for `role` (and `sub`) valid for `ttl` seconds, signed with the test secret.
+fn token(role: &str, sub: Option<&str>, ttl: i64) -> String {
+    let now = chrono::Utc::now().timestamp();
+    walcast::auth::mint_claims(
+        support::SECRET,
+        &Claims {
+            role: role.to_owned(),
+            exp: now + ttl,
+            iat: Some(now),
+            iss: None,
+            sub: sub.map(str::to_owned),
+            extra: Default::default(),
+        },
+    )
+    .expect("mint token")
+}
+
+/// walcast with the test JWT secret.
+async fn walcast(db: &TestDb) -> Walcast {
+    Walcast::start_with_env(db, &[], &[("WALCAST_JWT_SECRET", support::SECRET)]).await
+}
+
+/// A running node scenario script.
+struct Script {
+    /// Name, for messages.
+    name: String,
+    /// The process (killed on drop).
+    child: Child,
+    /// Its stdout, line by line.
+    stdout: Lines<BufReader<ChildStdout>>,
+    /// Its stdin (commands).
+    stdin: Option<ChildStdin>,
+    /// Every line read so far.
+    seen: Vec<Value>,
+    /// Its stderr log.
+    stderr: PathBuf,
+}
+
+impl Script {
+    /// Starts `tests/realtime_js/<name>.mjs` against `w` with extra environment variables.
+    fn start(name: &str, w: &Walcast, env: &[(&str, &str)]) -> Script {
+        check_prerequisites();
+        let stderr = std::env::temp_dir().join(format!(
+            "walcast-realtime-js-{name}-{:016x}.log",
+            rand::random::<u64>()
+        ));
+        let errf = std::fs::File::create(&stderr).expect("stderr file");
+        let mut cmd = tokio::process::Command::new("node");
+        cmd.arg(format!("{name}.mjs"))
+            .current_dir(scripts_dir())
+            .env("WALCAST_URL", &w.base)
+            .env("WALCAST_JS_TIMEOUT_MS", WAIT.as_millis().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(errf)
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn node");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let stdin = child.stdin.take();
+        Script {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stdin,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// What the script printed, for failure messages.
+    fn transcript(&self) -> String {
+        let lines: Vec<String> = self.seen.iter().map(Value::to_string).collect();
+        format!(
+            "script {}.mjs printed:\n{}\nstderr:\n{}",
+            self.name,
+            lines.join("\n"),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+
+    /// The next line (`None` at end of output); panics on timeout or a failure report.
+    async fn next_line(&mut self, what: &str) -> Option<Value> {
+        let line = match tokio::time::timeout(WAIT, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => panic!("reading {}: {e}\n{}", self.name, self.transcript()),
+            Err(_) => panic!(
+                "no {what} from {} within {WAIT:?}\n{}",
+                self.name,
+                self.transcript()
+            ),
+        };
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("not JSON: {line}\n{}", self.transcript()));
+        self.seen.push(v.clone());
+        if v.get("fail").is_some() || v.get("timeout").is_some() {
+            panic!("{} failed: {v}\n{}", self.name, self.transcript());
+        }
+        Some(v)
+    }
+
+    /// Reads lines until one matches `pred`; returns it.
+    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            match self.next_line(what).await {
+                Some(v) if pred(&v) => return v,
+                Some(_) => continue,
+                None => panic!("{} ended before {what}\n{}", self.name, self.transcript()),
+            }
+        }
+    }
+
+    /// Waits for `{"ready": what}`.
+    async fn ready(&mut self, what: &str) {
+        self.wait_for(&format!("ready {what}"), |v| v["ready"] == what)
+            .await;
+    }
+
+    /// Sends one command line.
+    async fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write to script");
+        stdin.flush().await.expect("flush script stdin");
+    }
+
+    /// Sends `go`.
+    async fn go(&mut self) {
+        self.send("go").await;
+    }
+
+    /// Reads the rest, waits for a clean exit and returns every line the script printed.
+    async fn finish(mut self) -> Vec<Value> {
+        while self.next_line("end of output").await.is_some() {}
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("script exit")
+            .expect("wait script");
+        assert!(
+            status.success() && self.seen.iter().any(|v| v["done"] == true),
+            "{} exited with {status}\n{}",
+            self.name,
+            self.transcript()
+        );
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        // A failing test has already printed the log in its panic message.
+        let _ = std::fs::remove_file(&self.stderr);
+    }
+}
+
+/// Lines with `label` and a `key`.
+fn labelled<'a>(lines: &'a [Value], label: &str, key: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|v| v["label"] == label && v.get(key).is_some())
+        .collect()
+}
+
+/// The subscribe statuses reported for `label`, in order.
+fn statuses(lines: &[Value], label: &str) -> Vec<String> {
+    labelled(lines, label, "status")
+        .iter()
+        .map(|v| v["status"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The one line with `label` and `key`.
+fn one<'a>(lines: &'a [Value], label: &str, key: &str) -> &'a Value {
+    let found = labelled(lines, label, key);
+    assert_eq!(found.len(), 1, "{label}/{key} in {lines:#?}");
+    found[0]
+}
+
+/// The serializers to try: explicitly 1.0.0, explicitly 2.0.0 and the client's default.
+const VSNS: [&str; 3] = ["1.0.0", "2.0.0", ""];
+
+/// A channel with and one without postgres_changes reach SUBSCRIBED (the first after the
+/// "Subscribed to PostgreSQL" system message), and unsubscribe closes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_subscribe() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let tok = token("authenticated", Some("alice"), 600);
+    let expired = token("authenticated", Some("alice"), -10);
+    let runs = VSNS.map(|vsn| {
+        Script::start(
+            "subscribe",
+            &w,
+            &[("TOKEN", &tok), ("TOKEN_EXPIRED", &expired), ("VSN", vsn)],
+        )
+    });
+    for (vsn, script) in VSNS.iter().zip(runs) {
+        let lines = script.finish().await;
+        let expect_vsn = if vsn.is_empty() { "2.0.0" } else { vsn };
+        assert!(
+            lines.iter().any(|v| v["endpoint_vsn"] == expect_vsn),
+            "{lines:#?}"
+        );
+        assert_eq!(
+            statuses(&lines, "changes"),
+            ["SUBSCRIBED", "CLOSED"],
+            "{vsn}"
+        );
+        assert_eq!(statuses(&lines, "plain"), ["SUBSCRIBED", "CLOSED"], "{vsn}");
+        let sys = one(&lines, "changes", "system");
+        assert_eq!(
+            sys["system"],
+            json!({"extension": "postgres_changes", "status": "ok",
+                   "message": "Subscribed to PostgreSQL", "channel": "room1"}),
+        );
+        let st = one(&lines, "changes", "state");
+        assert_eq!(st["state"], "joined");
+        assert_eq!(st["topic"], "realtime:room1");
+        let ids = st["binding_ids"].as_array().unwrap();
+        assert_eq!(ids.len(), 1);
+        assert!(ids[0].as_u64().is_some_and(|id| id < 1 << 27), "{ids:?}");
+        assert_eq!(one(&lines, "plain", "state")["system_count"], 0);
+        assert_eq!(one(&lines, "changes", "unsubscribe")["unsubscribe"], "ok");
+        assert_eq!(one(&lines, "plain", "unsubscribe")["unsubscribe"], "ok");
+        let hb = lines
+            .iter()
+            .find(|v| v.get("heartbeats").is_some())
+            .unwrap();
+        assert_eq!(hb["heartbeats"], json!(["ok", "sent"]), "{vsn}");
+        // Refused joins: CHANNEL_ERROR with the server's reason as the error message.
+        let refused = |label: &str| {
+            let v = labelled(&lines, label, "status")
+                .into_iter()
+                .find(|v| v["status"] == "CHANNEL_ERROR")
+                .unwrap_or_else(|| panic!("{label}: {lines:#?}"));
+            v["error"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(
+            refused("private"),
+            "Unauthorized: You do not have permissions to read from this Channel topic: secret"
+        );
+        let msg = refused("expired");
+        assert!(
+            msg.starts_with("InvalidJWTToken: Token has expired ") && msg.ends_with(" seconds ago"),
+            "{msg}"
+        );
+        for label in ["private", "expired"] {
+            assert!(!statuses(&lines, label).contains(&"SUBSCRIBED".to_owned()));
+            assert_eq!(one(&lines, label, "removed")["removed"], "ok", "{label}");
+        }
+        let after = one(&lines, "changes", "state_after");
+        assert_eq!(after["state_after"], "closed");
+        assert_eq!(after["channels_after"], 0);
+    }
+}
+
+/// The `change` payloads reported for `label`, in order.
+fn changes_of(lines: &[Value], label: &str) -> Vec<Value> {
+    labelled(lines, label, "change")
+        .iter()
+        .map(|v| v["change"].clone())
+        .collect()
+}
+
+/// Asserts a `commit_timestamp` is `YYYY-MM-DDTHH:MM:SS.mmmZ` and recent.
+fn assert_commit_timestamp(ts: &Value) {
+    let s = ts
+        .as_str()
+        .unwrap_or_else(|| panic!("commit_timestamp {ts}"));
+    assert!(
+        s.len() == 24 && s.ends_with('Z') && s.as_bytes()[19] == b'.',
+        "commit_timestamp {s}"
+    );
+    let t = chrono::DateTime::parse_from_rfc3339(s).expect("rfc3339 commit_timestamp");
+    let age = chrono::Utc::now().signed_duration_since(t);
+    assert!(
+        age.num_seconds().abs() < 60,
+        "commit_timestamp {s} is not recent"
+    );
+}
+
+/// INSERT, UPDATE and DELETE payloads as realtime-js hands them to callbacks, routed by event,
+/// in both serializers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_change_payloads() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let tok = token("service_role", None, 600);
+    let mut runs = VSNS.map(|vsn| Script::start("changes", &w, &[("TOKEN", &tok), ("VSN", vsn)]));
+    for s in &mut runs {
+        s.ready("changes").await;
+    }
+    let c = db.client().await;
+    let id: String = c
+        .query_one(
+            "insert into public.monitoring_events (event_type, source, data, metadata) \
+             values ('cpu', 'host-1', '{\"v\":1,\"nested\":{\"a\":[1,2.5,null]}}', '{\"m\":\"x\"}') \
+             returning id::text",
+            &[],
+        )
+        .await
+        .expect("insert")
+        .get(0);
+    c.execute(
+        "update public.monitoring_events set event_type = 'mem', data = '{\"v\":2}' where id = $1::text::uuid",
+        &[&id],
+    )
+    .await
+    .expect("update");
+    c.execute(
+        "delete from public.monitoring_events where id = $1::text::uuid",
+        &[&id],
+    )
+    .await
+    .expect("delete");
+    for s in &mut runs {
+        s.go().await;
+    }
+    for (vsn, s) in VSNS.iter().zip(runs) {
+        let lines = s.finish().await;
+        let all = changes_of(&lines, "*");
+        assert_eq!(all.len(), 3, "{vsn}: {lines:#?}");
+        let kinds: Vec<&str> = all
+            .iter()
+            .map(|p| p["eventType"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["INSERT", "UPDATE", "DELETE"], "{vsn}");
+        // Each event-specific binding got exactly its own change, the same object '*' got.
+        for (i, event) in ["INSERT", "UPDATE", "DELETE"].iter().enumerate() {
+            assert_eq!(changes_of(&lines, event), [all[i].clone()], "{vsn} {event}");
+        }
+        assert_eq!(
+            changes_of(&lines, "update"),
+            [all[1].clone()],
+            "{vsn} update"
+        );
+        for p in &all {
+            assert_eq!(p["schema"], "public", "{vsn}: {p}");
+            assert_eq!(p["table"], "monitoring_events", "{vsn}: {p}");
+            assert_eq!(p["errors"], Value::Null, "{vsn}: {p}");
+            assert_commit_timestamp(&p["commit_timestamp"]);
+            let keys: Vec<&String> = p.as_object().unwrap().keys().collect();
+            assert_eq!(
+                keys,
+                [
+                    "commit_timestamp",
+                    "errors",
+                    "eventType",
+                    "new",
+                    "old",
+                    "schema",
+                    "table"
+                ],
+                "{vsn}: {p}"
+            );
+        }
+        let (ins, upd, del) = (&all[0], &all[1], &all[2]);
+        let new = &ins["new"];
+        assert_eq!(new["id"], id.as_str(), "{vsn}: {ins}");
+        assert_eq!(new["event_type"], "cpu");
+        assert_eq!(new["source"], "host-1");
+        assert_eq!(
+            new["data"],
+            json!({"v": 1, "nested": {"a": [1, 2.5, null]}})
+        );
+        assert_eq!(new["metadata"], json!({"m": "x"}));
+        for col in ["timestamp", "created_at"] {
+            let ts = new[col]
+                .as_str()
+                .unwrap_or_else(|| panic!("{col} in {new}"));
+            assert!(
+                ts.ends_with("+00:00") && chrono::DateTime::parse_from_rfc3339(ts).is_ok(),
+                "{col} {ts}"
+            );
+        }
+        assert_eq!(new.as_object().unwrap().len(), 7, "{new}");
+        assert_eq!(ins["old"], json!({}));
+        assert_eq!(upd["new"]["event_type"], "mem");
+        assert_eq!(upd["new"]["data"], json!({"v": 2}));
+        assert_eq!(upd["new"]["created_at"], new["created_at"]);
+        assert_eq!(
+            upd["old"],
+            json!({"id": id}),
+            "default replica identity: the key only"
+        );
+        assert_eq!(del["new"], json!({}));
+        assert_eq!(del["old"], json!({"id": id}));
+        let ids = one(&lines, "changes", "binding_ids")["binding_ids"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(ids.len(), 5);
+        let distinct: std::collections::HashSet<String> =
+            ids.iter().take(4).map(Value::to_string).collect();
+        assert_eq!(
+            distinct.len(),
+            4,
+            "distinct bindings get distinct ids: {ids:?}"
+        );
+    }
+}
+
+/// Inserts a row per `(event_type, source)`, each in its own transaction, in order.
+async fn insert_rows(db: &TestDb, rows: &[(&str, &str)]) {
+    let c = db.client().await;
+    for (event_type, source) in rows {
+        c.execute(
+            "insert into public.monitoring_events (event_type, source) values ($1, $2)",
+            &[event_type, source],
+        )
+        .await
+        .expect("insert");
+    }
+}
+
+/// The `source`s of the rows with `event_type` a channel reported.
+fn rows_of(lines: &[Value], label: &str, event_type: &str) -> Vec<String> {
+    labelled(lines, label, "row")
+        .iter()
+        .filter(|v| v["row"]["event_type"] == event_type)
+        .map(|v| v["row"]["source"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Each filter operator on its own channel: eq, neq, lt, lte, gt, gte, in, and filters made by
+/// realtime-js's filter builder (a quoted `in` item, two conditions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_filters() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let tok = token("service_role", None, 600);
+    let mut s = Script::start("filters", &w, &[("TOKEN", &tok)]);
+    s.ready("filters").await;
+    insert_rows(
+        &db,
+        &[
+            ("probe", "s1"),
+            ("probe", "s2"),
+            ("probe", "s3"),
+            ("probe", "x,y"),
+            ("end", "s1"),
+            ("end", "s2"),
+            ("end", "s3"),
+        ],
+    )
+    .await;
+    s.go().await;
+    let lines = s.finish().await;
+    assert_eq!(
+        one(&lines, "in_quoted", "filter")["filter"],
+        "source=in.(s3,\"x,y\")"
+    );
+    assert_eq!(
+        one(&lines, "and", "filter")["filter"],
+        "source=eq.s1,event_type=neq.zzz"
+    );
+    let expect: [(&str, &[&str]); 9] = [
+        ("eq", &["s2"]),
+        ("neq", &["s1", "s3", "x,y"]),
+        ("lt", &["s1"]),
+        ("lte", &["s1", "s2"]),
+        ("gt", &["s3", "x,y"]),
+        ("gte", &["s2", "s3", "x,y"]),
+        ("in", &["s1", "s3"]),
+        ("in_quoted", &["s3", "x,y"]),
+        ("and", &["s1"]),
+    ];
+    for (label, rows) in expect {
+        assert_eq!(statuses(&lines, label), ["SUBSCRIBED", "CLOSED"], "{label}");
+        assert_eq!(
+            one(&lines, label, "system")["system"]["status"],
+            "ok",
+            "{label}"
+        );
+        assert_eq!(rows_of(&lines, label, "probe"), rows, "{label}: {lines:#?}");
+    }
+}
+
+/// Bindings walcast cannot subscribe: realtime-js reports SUBSCRIBED, then the reason as a
+/// `system` error; the channel stays joined (broadcast with ack and self still works).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_invalid_filter() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let tok = token("service_role", None, 600);
+    let runs = ["1.0.0", "2.0.0"]
+        .map(|vsn| Script::start("invalid_filter", &w, &[("TOKEN", &tok), ("VSN", vsn)]));
+    for (vsn, s) in ["1.0.0", "2.0.0"].iter().zip(runs) {
+        let lines = s.finish().await;
+        let expect = [
+            ("bad_op", "Error parsing `filter` params: [\"foo\", \"1\"]"),
+            ("bad_column", "invalid column for filter nope"),
+            (
+                "in_without_parens",
+                "Error parsing `filter` params: `in` filter value must be wrapped by parentheses",
+            ),
+            ("unsupported_like", "like"),
+            (
+                "unknown_table",
+                "Unable to subscribe to changes with given parameters. Please check Realtime is \
+                 enabled for the given connect parameters: [event: *, schema: public, table: nope, \
+                 filters: [], select: nil]",
+            ),
+        ];
+        for (label, text) in expect {
+            assert_eq!(statuses(&lines, label), ["SUBSCRIBED", "CLOSED"], "{label}");
+            let sys = &one(&lines, label, "system")["system"];
+            assert_eq!(sys["extension"], "postgres_changes", "{label}: {sys}");
+            assert_eq!(sys["status"], "error", "{label}: {sys}");
+            assert_eq!(
+                sys["channel"],
+                format!("invalid-{label}-{vsn}"),
+                "{label}: {sys}"
+            );
+            let message = sys["message"].as_str().unwrap();
+            assert!(message.contains(text), "{label}: {message}");
+            assert_eq!(one(&lines, label, "state")["state"], "joined", "{label}");
+            let echo = one(&lines, label, "echo");
+            assert_eq!(echo["ack"], "ok", "{label}");
+            assert_eq!(
+                echo["echo"],
+                json!({"type": "broadcast", "event": "echo", "payload": {"label": label}}),
+                "{label}"
+            );
+            assert!(labelled(&lines, label, "unexpected_change").is_empty());
+        }
+    }
+}
+
+/// Replaces the default `authenticated` read policy with one that shows a user only the rows
+/// whose `source` is their `sub` claim (read from `request.jwt.claims`, as `auth.uid()` does).
+async fn own_rows_policy(db: &TestDb) {
+    db.client()
+        .await
+        .batch_execute(
+            "create function public.auth_sub() returns text language sql stable as $$ \
+               select nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub' $$; \
+             drop policy monitoring_events_authenticated_read on public.monitoring_events; \
+             create policy monitoring_events_own_source on public.monitoring_events \
+               for select to authenticated using (source = public.auth_sub());",
+        )
+        .await
+        .expect("own-rows policy");
+}
+
+/// Inserts one row and returns its id.
+async fn insert_one(db: &TestDb, source: &str) -> String {
+    db.client()
+        .await
+        .query_one(
+            "insert into public.monitoring_events (event_type, source) values ('cpu', $1) returning id::text",
+            &[&source],
+        )
+        .await
+        .expect("insert")
+        .get(0)
+}
+
+/// `(eventType, new.source)` of every change a client reported.
+fn seen_changes(lines: &[Value], label: &str) -> Vec<(String, Option<String>)> {
+    changes_of(lines, label)
+        .iter()
+        .map(|c| {
+            (
+                c["eventType"].as_str().unwrap().to_owned(),
+                c["source"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// Row level security with the subscriber's claims: two users see their own rows, anon sees
+/// no inserts or updates, service_role sees everything; DELETEs reach everyone, key only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_rls() {
+    let db = support::fresh_db().await;
+    own_rows_policy(&db).await;
+    let w = walcast(&db).await;
+    let sentinels = [
+        insert_one(&db, "sentinel").await,
+        insert_one(&db, "sentinel").await,
+    ];
+    let (alice, bob) = (
+        token("authenticated", Some("alice"), 600),
+        token("authenticated", Some("bob"), 600),
+    );
+    let (anon, service) = (token("anon", None, 600), token("service_role", None, 600));
+    let mut s = Script::start(
+        "rls",
+        &w,
+        &[
+            ("TOKEN_ALICE", &alice),
+            ("TOKEN_BOB", &bob),
+            ("TOKEN_ANON", &anon),
+            ("TOKEN_SERVICE", &service),
+            ("SENTINELS", &sentinels.join(",")),
+        ],
+    );
+    s.ready("phase0").await;
+    insert_rows(&db, &[("cpu", "alice"), ("cpu", "bob"), ("cpu", "carol")]).await;
+    delete_row(&db, &sentinels[0]).await;
+    s.go().await;
+    s.ready("phase1").await;
+    db.client()
+        .await
+        .execute(
+            "update public.monitoring_events set source = 'alice' where source = 'carol'",
+            &[],
+        )
+        .await
+        .expect("update");
+    delete_row(&db, &sentinels[1]).await;
+    s.go().await;
+    let lines = s.finish().await;
+    for label in ["alice", "bob", "anon", "service"] {
+        assert_eq!(statuses(&lines, label), ["SUBSCRIBED", "CLOSED"], "{label}");
+        assert_eq!(
+            one(&lines, label, "system")["system"]["status"],
+            "ok",
+            "{label}"
+        );
+    }
+    let ins = |s: &str| ("INSERT".to_owned(), Some(s.to_owned()));
+    let upd = |s: &str| ("UPDATE".to_owned(), Some(s.to_owned()));
+    let del = ("DELETE".to_owned(), None);
+    assert_eq!(
+        seen_changes(&lines, "alice"),
+        [ins("alice"), del.clone(), upd("alice"), del.clone()]
+    );
+    assert_eq!(
+        seen_changes(&lines, "bob"),
+        [ins("bob"), del.clone(), del.clone()]
+    );
+    assert_eq!(seen_changes(&lines, "anon"), [del.clone(), del.clone()]);
+    assert_eq!(
+        seen_changes(&lines, "service"),
+        [
+            ins("alice"),
+            ins("bob"),
+            ins("carol"),
+            del.clone(),
+            upd("alice"),
+            del
+        ]
+    );
+    for label in ["alice", "bob", "anon", "service"] {
+        let olds: Vec<Value> = changes_of(&lines, label)
+            .into_iter()
+            .filter(|c| c["eventType"] == "DELETE")
+            .map(|c| c["old"].clone())
+            .collect();
+        assert_eq!(
+            olds,
+            sentinels
+                .iter()
+                .map(|id| json!({"id": id}))
+                .collect::<Vec<_>>(),
+            "{label}"
+        );
+    }
+}
+
+/// `(phase, eventType, new.source)` of the refresh channel's changes.
+fn refresh_changes(lines: &[Value]) -> Vec<(u64, String, Option<String>)> {
+    labelled(lines, "refresh", "change")
+        .iter()
+        .map(|v| {
+            (
+                v["phase"].as_u64().unwrap(),
+                v["change"]["eventType"].as_str().unwrap().to_owned(),
+                v["change"]["source"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// Deletes a row by id.
+async fn delete_row(db: &TestDb, id: &str) {
+    db.client()
+        .await
+        .execute(
+            "delete from public.monitoring_events where id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .expect("delete");
+}
+
+/// `setAuth` on a joined channel: the join's access_token decides what it sees, a new token
+/// re-subscribes with the new claims and outlives the old token's expiry; a token left to
+/// expire gets the channel closed with the server's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_token_refresh_and_expiry() {
+    let db = support::fresh_db().await;
+    own_rows_policy(&db).await;
+    let w = walcast(&db).await;
+    let vsns = ["1.0.0", "2.0.0"];
+    let mut runs = Vec::new();
+    for vsn in vsns {
+        let sentinels = [
+            insert_one(&db, "sentinel").await,
+            insert_one(&db, "sentinel").await,
+        ];
+        let script = Script::start(
+            "token",
+            &w,
+            &[
+                ("VSN", vsn),
+                ("TOKEN_ANON", &token("anon", None, 600)),
+                (
+                    "TOKEN_ALICE_SHORT",
+                    &token("authenticated", Some("alice"), 5),
+                ),
+                ("TOKEN_ALICE", &token("authenticated", Some("alice"), 600)),
+                ("TOKEN_BOB", &token("authenticated", Some("bob"), 600)),
+                ("TOKEN_EXPIRING", &token("authenticated", Some("carol"), 3)),
+                ("SENTINEL_1", &sentinels[0]),
+                ("SENTINEL_2", &sentinels[1]),
+            ],
+        );
+        runs.push((script, sentinels));
+    }
+    for (phase, ready) in ["before_refresh", "after_expiry"].iter().enumerate() {
+        for (s, _) in &mut runs {
+            s.ready(ready).await;
+        }
+        insert_rows(&db, &[("cpu", "alice"), ("cpu", "bob")]).await;
+        for (s, sentinels) in &mut runs {
+            delete_row(&db, &sentinels[phase]).await;
+            s.go().await;
+        }
+    }
+    for (vsn, (s, _)) in vsns.iter().zip(runs) {
+        let lines = s.finish().await;
+        // The refresh channel: alice's view, then bob's, never closed in between.
+        assert_eq!(
+            statuses(&lines, "refresh"),
+            ["SUBSCRIBED", "CLOSED"],
+            "{vsn}"
+        );
+        let sys: Vec<&Value> = labelled(&lines, "refresh", "system")
+            .iter()
+            .map(|v| &v["system"])
+            .collect();
+        assert_eq!(sys.len(), 2, "{vsn}: {sys:?}");
+        for s in &sys {
+            assert_eq!(s["message"], "Subscribed to PostgreSQL", "{vsn}");
+        }
+        assert_eq!(one(&lines, "refresh", "state")["state"], "joined");
+        let del = |p: u64| (p, "DELETE".to_owned(), None);
+        let ins = |p: u64, s: &str| (p, "INSERT".to_owned(), Some(s.to_owned()));
+        // alice's row before the refresh, bob's after alice's token expired. (DELETEs of the
+        // sentinels, this run's and the other run's, reach everyone.)
+        let seen = refresh_changes(&lines);
+        let inserts: Vec<_> = seen.iter().filter(|c| c.1 == "INSERT").cloned().collect();
+        assert_eq!(
+            inserts,
+            [ins(0, "alice"), ins(1, "bob")],
+            "{vsn}: {lines:#?}"
+        );
+        assert!(seen.contains(&del(0)) && seen.contains(&del(1)), "{vsn}");
+        // The accessToken callback: the heartbeat after the switch pushes bob's token.
+        assert_eq!(
+            statuses(&lines, "callback"),
+            ["SUBSCRIBED", "CLOSED"],
+            "{vsn}"
+        );
+        let sys = labelled(&lines, "callback", "system");
+        assert_eq!(sys.len(), 2, "{vsn}: {sys:?}");
+        assert!(sys.iter().all(|v| v["system"]["status"] == "ok"), "{sys:?}");
+        let inserts: Vec<(u64, String)> = labelled(&lines, "callback", "change")
+            .iter()
+            .filter(|v| v["change"]["eventType"] == "INSERT")
+            .map(|v| {
+                (
+                    v["phase"].as_u64().unwrap(),
+                    v["change"]["source"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            inserts,
+            [(0, "alice".to_owned()), (1, "bob".to_owned())],
+            "{vsn}"
+        );
+        // The expiring channel: closed by the server with the reason, not rejoined.
+        assert_eq!(
+            statuses(&lines, "expiry"),
+            ["SUBSCRIBED", "CLOSED"],
+            "{vsn}"
+        );
+        let sys: Vec<&Value> = labelled(&lines, "expiry", "system")
+            .iter()
+            .map(|v| &v["system"])
+            .collect();
+        assert_eq!(sys.len(), 2, "{vsn}: {sys:?}");
+        assert_eq!(sys[0]["message"], "Subscribed to PostgreSQL");
+        assert_eq!(sys[1]["extension"], "system", "{vsn}: {}", sys[1]);
+        assert_eq!(sys[1]["status"], "error");
+        assert_eq!(sys[1]["channel"], format!("token-expiry-{vsn}"));
+        let msg = sys[1]["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with("Token has expired ") && msg.ends_with(" seconds ago"),
+            "{vsn}: {msg}"
+        );
+        let st = one(&lines, "expiry", "state");
+        assert_eq!(
+            (&st["state"], &st["channels"]),
+            (&json!("closed"), &json!(0))
+        );
+    }
+}
+
+/// The broadcast payloads a peer received, by `n`.
+fn received_ns(lines: &[Value], label: &str) -> Vec<u64> {
+    labelled(lines, label, "received")
+        .iter()
+        .map(|v| v["received"]["payload"]["n"].as_u64().unwrap())
+        .collect()
+}
+
+/// Broadcast between two clients across serializers: self, ack, event routing, payloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_broadcast() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let tok = token("anon", None, 600);
+    let combos = [("2.0.0", "1.0.0"), ("1.0.0", "2.0.0"), ("2.0.0", "2.0.0")];
+    let runs: Vec<Script> = combos
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b))| {
+            let tag = i.to_string();
+            Script::start(
+                "broadcast",
+                &w,
+                &[("TOKEN", &tok), ("VSN_A", a), ("VSN_B", b), ("TAG", &tag)],
+            )
+        })
+        .collect();
+    for (combo, s) in combos.iter().zip(runs) {
+        let lines = s.finish().await;
+        assert_eq!(
+            received_ns(&lines, "a"),
+            [1, 2, 3, 4],
+            "{combo:?}: {lines:#?}"
+        );
+        assert_eq!(received_ns(&lines, "b"), [1, 3, 4], "{combo:?}: {lines:#?}");
+        // Raw-bytes payloads: sent by a 2.0.0 client, received by 2.0.0 clients only.
+        let bin = json!({"type": "broadcast", "event": "bin", "payload": [0, 1, 2, 254, 255]});
+        for (label, vsn) in [("a", combo.0), ("b", combo.1)] {
+            let got: Vec<&Value> = labelled(&lines, label, "binary")
+                .iter()
+                .map(|v| &v["binary"])
+                .collect();
+            if combo.0 == "2.0.0" && vsn == "2.0.0" {
+                assert_eq!(got, [&bin], "{combo:?} {label}");
+            } else {
+                assert!(got.is_empty(), "{combo:?} {label}: {got:?}");
+            }
+        }
+        let first = &labelled(&lines, "b", "received")[0]["received"];
+        assert_eq!(
+            *first,
+            json!({"type": "broadcast", "event": "msg",
+                   "payload": {"n": 1, "from": "a", "nested": {"list": [1, "two", null]}}}),
+            "{combo:?}"
+        );
+        assert_eq!(labelled(&lines, "a", "other").len(), 1, "{combo:?}");
+        assert!(labelled(&lines, "b", "other").is_empty(), "{combo:?}");
+        for v in labelled(&lines, "a", "sent")
+            .iter()
+            .chain(labelled(&lines, "b", "sent").iter())
+        {
+            assert_eq!(v["result"], "ok", "{combo:?}: {v}");
+        }
+        for label in ["a", "b"] {
+            assert_eq!(statuses(&lines, label), ["SUBSCRIBED", "CLOSED"], "{label}");
+        }
+    }
+}
+
+/// Presence across serializers: both see both after track; untrack, re-track and leave arrive
+/// as diffs (join/leave events) and update presenceState().
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_presence() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let tok = token("anon", None, 600);
+    let combos = [("2.0.0", "1.0.0"), ("1.0.0", "2.0.0")];
+    let runs: Vec<Script> = combos
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b))| {
+            let tag = i.to_string();
+            Script::start(
+                "presence",
+                &w,
+                &[("TOKEN", &tok), ("VSN_A", a), ("VSN_B", b), ("TAG", &tag)],
+            )
+        })
+        .collect();
+    for (combo, s) in combos.iter().zip(runs) {
+        let lines = s.finish().await;
+        for label in ["alice", "bob"] {
+            for t in labelled(&lines, label, "track") {
+                assert_eq!(t["track"], "ok", "{combo:?}");
+            }
+            let state = &one(&lines, label, "state")["state"];
+            for key in ["alice", "bob"] {
+                let metas = state[key].as_array().unwrap_or_else(|| panic!("{state}"));
+                assert_eq!(metas.len(), 1, "{combo:?}: {state}");
+                assert_eq!(metas[0]["user"], key);
+                assert_eq!(metas[0]["status"], "online");
+                assert!(metas[0]["presence_ref"].is_string(), "{state}");
+            }
+        }
+        assert_eq!(one(&lines, "bob", "untrack")["untrack"], "ok");
+        assert_eq!(one(&lines, "bob", "unsubscribe")["unsubscribe"], "ok");
+        let retracked = &one(&lines, "alice", "state_after_retrack")["state_after_retrack"];
+        assert_eq!(retracked["bob"][0]["status"], "back", "{retracked}");
+        let after = &one(&lines, "alice", "state_after_leave")["state_after_leave"];
+        assert_eq!(
+            after.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["alice"],
+            "{after}"
+        );
+        let leaves: Vec<&Value> = labelled(&lines, "alice", "leave")
+            .into_iter()
+            .filter(|v| v["leave"] == "bob")
+            .collect();
+        assert_eq!(leaves.len(), 2, "{combo:?}: {lines:#?}");
+        assert_eq!(leaves[0]["presences"][0]["user"], "bob");
+        assert_eq!(statuses(&lines, "alice"), ["SUBSCRIBED", "CLOSED"]);
+        assert_eq!(statuses(&lines, "bob"), ["SUBSCRIBED", "CLOSED"]);
+    }
+}
+
+/// kill -9 and restart on the same port: realtime-js reports the error, reconnects, rejoins
+/// and receives a change made after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_reconnect_and_rejoin() {
+    let db = support::fresh_db().await;
+    let mut w = walcast(&db).await;
+    let tok = token("service_role", None, 600);
+    let vsns = ["1.0.0", "2.0.0"];
+    let mut runs = vsns.map(|vsn| Script::start("reconnect", &w, &[("TOKEN", &tok), ("VSN", vsn)]));
+    for s in &mut runs {
+        s.ready("subscribed").await;
+    }
+    w.kill9();
+    for s in &mut runs {
+        s.go().await;
+        s.wait_for("channel error", |v| v["status"] == "CHANNEL_ERROR")
+            .await;
+    }
+    w.restart().await;
+    for s in &mut runs {
+        s.ready("resubscribed").await;
+    }
+    insert_rows(&db, &[("cpu", "after-restart")]).await;
+    for s in &mut runs {
+        s.go().await;
+    }
+    for (vsn, s) in vsns.iter().zip(runs) {
+        let lines = s.finish().await;
+        let st = statuses(&lines, "changes");
+        assert_eq!(st.first().map(String::as_str), Some("SUBSCRIBED"), "{vsn}");
+        assert_eq!(st.last().map(String::as_str), Some("CLOSED"), "{vsn}");
+        assert!(st.contains(&"CHANNEL_ERROR".to_owned()), "{vsn}: {st:?}");
+        assert_eq!(
+            st.iter().filter(|s| *s == "SUBSCRIBED").count(),
+            2,
+            "{vsn}: {st:?}"
+        );
+        let state = one(&lines, "changes", "state");
+        assert_eq!(state["state"], "joined");
+        assert_eq!(state["connection"], "open");
+        let changes = changes_of(&lines, "changes");
+        assert_eq!(
+            changes,
+            [json!({"eventType": "INSERT", "source": "after-restart"})],
+            "{vsn}"
+        );
+    }
+}
