@@ -59,6 +59,9 @@ pub enum AppError {
     /// The HTTP server failed.
     #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
+    /// The admin console could not start.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// Cancels `token` on the first SIGINT/SIGTERM; exits the process on the second.
@@ -220,13 +223,42 @@ pub async fn serve(
             pool.clone(),
             &config.publication,
         )),
+        clients: Arc::new(crate::admin::ClientRegistry::default()),
+        consistency: Arc::new(crate::validate::Consistency::new(config.validate_interval)),
+        status: Arc::new(crate::admin::status::StatusState::default()),
+    };
+    // Operations: the continuous consistency check and the admin console, on their own tasks.
+    let ops_token = CancellationToken::new();
+    let consistency_task = config.validate_interval.map(|interval| {
+        crate::validate::spawn_consistency_task(
+            crate::validate::ConsistencyTask {
+                hub: state.hub.clone(),
+                metrics: Arc::clone(&state.metrics),
+                clients: Arc::clone(&state.clients),
+                realtime: Arc::clone(&state.realtime),
+                consistency: Arc::clone(&state.consistency),
+                interval,
+            },
+            ops_token.clone(),
+        )
+    });
+    let console_task = match &config.admin {
+        Some(admin) => Some(
+            crate::admin::console::spawn_console(state.clone(), admin, ops_token.clone())
+                .await?
+                .1,
+        ),
+        None => None,
     };
     let app = http::router(state);
     on_listen(addr);
 
     let http_token = CancellationToken::new();
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(http_token.clone().cancelled_owned());
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(http_token.clone().cancelled_owned());
     let mut server_task = tokio::spawn(async move { server.await });
     let mut reader_task = reader_task;
 
@@ -259,6 +291,13 @@ pub async fn serve(
         sessions_token.cancel();
         if !server_done {
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut server_task).await;
+        }
+        ops_token.cancel();
+        if let Some(t) = consistency_task {
+            let _ = t.await;
+        }
+        if let Some(t) = console_task {
+            let _ = t.await;
         }
         flags_token.cancel();
         let _ = flags_task.await;

@@ -50,7 +50,7 @@ Prints each migration it applied; prints nothing new on a second run."
     /// Run the server against an existing, migrated database.
     #[command(
         after_help = "Example:\n  DATABASE_URL=postgres://postgres@localhost/app WALCAST_JWT_SECRET=... walcast serve\n\n\
-Endpoints: POST /v1/events, GET /ws, GET /healthz, GET /readyz, GET /metrics."
+Endpoints: POST /v1/events, GET /ws, GET /healthz, GET /readyz, GET /metrics, GET /v1/status."
     )]
     Serve(ServeArgs),
 
@@ -122,6 +122,62 @@ Changes go through the walcast.flag_* SQL functions (validation, history, NOTIFY
 follow them within a second. See docs/flags.md."
     )]
     Flags(FlagsCommand),
+
+    /// Check that /ws and the Realtime endpoint deliver the same changes (and the table agrees).
+    #[command(
+        after_help = "Examples:\n  walcast validate                                   # 10 s against http://127.0.0.1:4000\n  \
+walcast validate --duration 30s --type cpu --json\n  \
+walcast validate --generate 100 --database-url postgres://postgres@localhost/app\n\n\
+Subscribes on both paths (INSERT, UPDATE, DELETE of public.monitoring_events), optionally reads \
+the rows inserted during the window with SQL, and reports matched, missing, duplicated and \
+out-of-order changes per path, field mismatches and latency (receive time minus commit time). \
+Exit code 1 when anything was missing, duplicated, out of order or mismatched. See docs/validate.md."
+    )]
+    Validate(ValidateArgs),
+}
+
+/// `walcast validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Base URL of the walcast server (default: `http://<WALCAST_LISTEN>`).
+    #[arg(long, env = "WALCAST_URL")]
+    pub url: Option<String>,
+    /// Listen address of the local server, used when --url is not given.
+    #[arg(long, env = "WALCAST_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: String,
+    /// How long to watch (e.g. 10s, 2m).
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// After the window, how long to keep listening for changes committed inside it.
+    #[arg(long, default_value = "2s")]
+    pub drain: String,
+    /// Only these event types (repeatable).
+    #[arg(long = "type", short = 't')]
+    pub event_type: Vec<String>,
+    /// Only these sources (repeatable).
+    #[arg(long, short = 's')]
+    pub source: Vec<String>,
+    /// Row filters `column=op.value` (repeatable; all must hold).
+    #[arg(long, short = 'f')]
+    pub filter: Vec<String>,
+    /// JWT for the Realtime endpoint (default: a service_role key minted from WALCAST_JWT_SECRET).
+    #[arg(long, env = "WALCAST_APIKEY", hide_env_values = true)]
+    pub apikey: Option<String>,
+    /// The server's JWT secret, to mint the Realtime key and authorize --generate.
+    #[arg(long, env = "WALCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Read the rows inserted during the window from this database as the reference.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Insert this many events through POST /v1/events during the window.
+    #[arg(long, default_value_t = 0)]
+    pub generate: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Testing aid: drop every N-th change received on /ws before comparing.
+    #[arg(long, hide = true)]
+    pub debug_drop_every: Option<u64>,
 }
 
 /// `walcast tail`.
@@ -306,6 +362,18 @@ pub struct ServerArgs {
     /// Interval at which walcast writes its own counters as `walcast.metrics` events (0 = off).
     #[arg(long, env = "WALCAST_METRICS_INTERVAL", default_value = "60s")]
     pub metrics_interval: String,
+
+    /// Interval of the in-server consistency check of both wire formats (0 = off).
+    #[arg(long, env = "WALCAST_VALIDATE_INTERVAL", default_value = "30s")]
+    pub validate_interval: String,
+
+    /// Address of the admin console (Postgres protocol; off unless set), e.g. 127.0.0.1:6432.
+    #[arg(long, env = "WALCAST_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+
+    /// Password of the admin console (required when --admin-listen is set).
+    #[arg(long, env = "WALCAST_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
 }
 
 /// `walcast serve`.

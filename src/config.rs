@@ -121,6 +121,69 @@ pub struct ServerConfig {
     pub write_attempts: u32,
     /// Metrics persister interval (None: off).
     pub metrics_interval: Option<Duration>,
+    /// Interval of the in-server consistency check (None: off).
+    pub validate_interval: Option<Duration>,
+    /// The admin console (None: off).
+    pub admin: Option<AdminConfig>,
+}
+
+/// Where the admin console listens and its password.
+#[derive(Clone)]
+pub struct AdminConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Password (any user name is accepted).
+    pub password: String,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Validates `--validate-interval`, `--admin-listen` and `--admin-password`.
+fn validate_ops(args: &ServerArgs) -> Result<(Option<Duration>, Option<AdminConfig>), ConfigError> {
+    let interval = parse_duration(&args.validate_interval)
+        .map_err(|r| ConfigError::new("--validate-interval", "WALCAST_VALIDATE_INTERVAL", r))?;
+    let interval = if interval.is_zero() {
+        None
+    } else if interval < Duration::from_secs(1) {
+        return Err(ConfigError::new(
+            "--validate-interval",
+            "WALCAST_VALIDATE_INTERVAL",
+            "must be 0 (off) or at least 1s",
+        ));
+    } else {
+        Some(interval)
+    };
+    let admin = match args.admin_listen.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(listen) => {
+            let listen: SocketAddr = listen.parse().map_err(|_| {
+                ConfigError::new(
+                    "--admin-listen",
+                    "WALCAST_ADMIN_LISTEN",
+                    format!("{listen:?} is not an address like 127.0.0.1:6432"),
+                )
+            })?;
+            let password = match args.admin_password.as_deref() {
+                Some(p) if !p.is_empty() => p.to_owned(),
+                _ => {
+                    return Err(ConfigError::new(
+                        "--admin-password",
+                        "WALCAST_ADMIN_PASSWORD",
+                        "required when the admin console is on (--admin-listen)",
+                    ));
+                }
+            };
+            Some(AdminConfig { listen, password })
+        }
+    };
+    Ok((interval, admin))
 }
 
 impl ServerConfig {
@@ -242,7 +305,10 @@ impl ServerConfig {
         } else {
             Some(metrics_interval)
         };
+        let (validate_interval, admin) = validate_ops(args)?;
         Ok(ServerConfig {
+            validate_interval,
+            admin,
             metrics_interval,
             spool_dir,
             spool_max,

@@ -50,6 +50,12 @@ pub struct AppState {
     pub flags: crate::flags::Flags,
     /// Supabase Realtime endpoint state: the row level security gate and the broadcast bus.
     pub realtime: Arc<crate::ws::realtime::RealtimeState>,
+    /// Every connected WebSocket session (for `/v1/status` and the admin console).
+    pub clients: Arc<crate::admin::ClientRegistry>,
+    /// What the continuous consistency check found.
+    pub consistency: Arc<crate::validate::Consistency>,
+    /// Start time and cached summaries behind `/v1/status`.
+    pub status: Arc<crate::admin::status::StatusState>,
 }
 
 /// Builds the router.
@@ -71,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(crate::flags::api::routes())
         .merge(crate::dlq::http::routes())
+        .merge(crate::admin::status::routes())
         .with_state(state)
 }
 

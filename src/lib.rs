@@ -22,11 +22,15 @@
 //! - [`config`], [`cli`], [`cmd`]: command line → validated config → subcommands.
 //! - [`db`]: pool and embedded migrations; [`auth`]: JWTs; [`metrics`]; [`cluster`].
 //! - [`flags`]: feature flags (broadcaster mode, Realtime rollout), snapshot refreshed by NOTIFY.
+//! - [`validate`]: do both WebSocket paths deliver the same changes as the table? The
+//!   `walcast validate` comparison and the server's continuous, sampled check.
+//! - [`admin`]: the client registry, `GET /v1/status`, and the Postgres-protocol admin console.
 //!
 //! Invariants: `decode` and `protocol` do no I/O; only `replication` speaks the replication
 //! protocol and only its reader confirms LSNs; each table has one owning module; every channel
 //! is bounded; a slow client never slows the reader or other clients.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cli;
@@ -45,4 +49,5 @@ pub mod metrics;
 pub mod protocol;
 pub mod realtime_auth;
 pub mod replication;
+pub mod validate;
 pub mod ws;

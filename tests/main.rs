@@ -9,6 +9,8 @@ mod support;
 
 /// The command line: help texts, config errors, emit, keys, slot.
 mod cli;
+/// The dashboard page in headless Chromium: live rows, source switch, settings, screenshot.
+mod dashboard;
 /// The dead-letter queue: SQL functions, concurrent claims, retry worker and lock, CLI, /v1/dlq.
 mod dlq;
 /// Feature flags: SQL/Rust parity, rollouts, precedence, NOTIFY refresh, broadcaster modes, API, CLI.
@@ -19,7 +21,14 @@ mod ingest;
 mod migrations;
 /// Supabase Realtime endpoint: upgrade auth, v1/v2 frames, postgres_changes, RLS, broadcast, presence.
 mod realtime;
+/// The real @supabase/realtime-js client (node) against walcast: changes, filters, RLS, tokens,
+/// broadcast, presence, reconnect.
+mod realtime_js;
 /// Nothing acknowledged is lost: Postgres crash, kill -9 with Postgres down, SIGTERM.
 mod resilience;
 /// WAL → /ws: filters, operations, resume, lag, faults, cursor expiry.
 mod stream;
+/// `walcast validate` (clean run, injected gap, quiet window) and the server's continuous check.
+mod validate;
+/// The admin console over the Postgres protocol (psql, tokio-postgres) and `GET /v1/status`.
+mod admin;

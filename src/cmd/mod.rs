@@ -12,6 +12,7 @@ pub mod http_client;
 pub mod keys;
 pub mod slot;
 pub mod tail;
+pub mod validate;
 
 use crate::cli::MigrateArgs;
 use crate::config::validate_database_url;

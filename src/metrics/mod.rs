@@ -179,6 +179,13 @@ pub struct Metrics {
     pub replayed_changes: Counter,
     /// Change frames encoded (once per change and wire format).
     pub frames_encoded: Counter,
+    /// Changes the consistency checker encoded through both wire formats and compared.
+    pub consistency_checked: Counter,
+    /// Consistency mismatches by kind (`json_decode`, `json_field`, `realtime_decode`,
+    /// `realtime_field`, `cross_path`, `delivery`).
+    pub consistency_mismatches: LabeledCounter,
+    /// Share of the last consistency sample without a mismatch, in millionths.
+    pub consistency_match_ratio_ppm: Gauge,
 }
 
 impl Default for Metrics {
@@ -209,6 +216,9 @@ impl Default for Metrics {
             clients_lagged: Counter::default(),
             replayed_changes: Counter::default(),
             frames_encoded: Counter::default(),
+            consistency_checked: Counter::default(),
+            consistency_mismatches: LabeledCounter::default(),
+            consistency_match_ratio_ppm: Gauge(AtomicI64::new(1_000_000)),
         }
     }
 }
@@ -396,6 +406,26 @@ impl Metrics {
             "walcast_frames_encoded_total",
             "Change frames encoded (once per change and wire format).",
             self.frames_encoded.get(),
+        );
+        counter(
+            &mut out,
+            "walcast_consistency_checked_total",
+            "Changes the consistency checker encoded through both wire formats and compared.",
+            self.consistency_checked.get(),
+        );
+        labeled(
+            &mut out,
+            "walcast_consistency_mismatches_total",
+            "Consistency mismatches found by the checker, by kind.",
+            &["kind"],
+            &self.consistency_mismatches,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP walcast_consistency_match_ratio Share of the last consistency sample without a mismatch (1 when empty).\n\
+             # TYPE walcast_consistency_match_ratio gauge\n\
+             walcast_consistency_match_ratio {}",
+            self.consistency_match_ratio_ppm.get() as f64 / 1e6
         );
         out
     }

@@ -7,14 +7,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, WRITE_BATCH, WRITE_TIMEOUT};
+use crate::admin::clients::{self, ClientHandle, Protocol, SubscriptionInfo};
 use crate::decode::Cursor;
 use crate::http::AppState;
 use crate::hub::filter::Filter;
@@ -28,7 +30,11 @@ pub const CLOSE_LAGGED: u16 = 4008;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// `GET /ws`: upgrades to the plain JSON protocol.
-pub async fn ws_handler(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+pub async fn ws_handler(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+) -> Response {
     // Outside the node's broadcaster mode: refuse before upgrading (open sessions stay).
     if let Err(refused) = state.flags.check(crate::flags::Path::Direct) {
         return axum::response::IntoResponse::into_response(refused);
@@ -38,7 +44,10 @@ pub async fn ws_handler(ws: WebSocketUpgrade, State(state): State<AppState>) -> 
         .on_upgrade(move |socket| async move {
             state.metrics.clients.add("ws", 1);
             state.metrics.ws_clients.add(1);
-            let mut session = Session::new(socket, state.clone());
+            let client = state
+                .clients
+                .register(Protocol::Ws, peer.map(|Extension(ConnectInfo(a))| a));
+            let mut session = Session::new(socket, state.clone(), client);
             session.run().await;
             state.metrics.ws_clients.add(-1);
         })
@@ -70,15 +79,19 @@ struct Session {
     live_first: Option<Cursor>,
     /// Subscriptions by id.
     filters: Vec<(String, Filter)>,
+    /// This session in the client registry (unregistered when the session ends).
+    client: ClientHandle,
 }
 
 impl Session {
     /// A session over an upgraded socket.
-    fn new(socket: WebSocket, state: AppState) -> Self {
+    fn new(socket: WebSocket, state: AppState, client: ClientHandle) -> Self {
         let (sink, stream) = socket.split();
         let sub = state.hub.subscribe();
         let position = sub.live_from;
+        client.delivered(0, position);
         Session {
+            client,
             sink,
             stream,
             state,
@@ -136,6 +149,8 @@ impl Session {
             Err(RecvError::Closed) => return Err(End::Closed),
         };
         let mut queued = 0usize;
+        // Row changes among them (the client registry counts those; TRUNCATE is `/ws` only).
+        let mut rows = 0usize;
         loop {
             if self.position.is_none_or(|p| item.change.cursor > p) {
                 self.position = Some(item.change.cursor);
@@ -144,6 +159,7 @@ impl Session {
                     let frame = item.json_frame(&self.state.metrics);
                     self.feed(Message::Text(frame)).await?;
                     queued += 1;
+                    rows += usize::from(item.change.op != crate::decode::Operation::Truncate);
                 }
             }
             if queued >= WRITE_BATCH {
@@ -153,12 +169,15 @@ impl Session {
                 Ok(i) => i,
                 Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
                     self.flush(queued).await?;
+                    self.client.delivered(rows, self.position);
                     return self.lagged().await;
                 }
                 Err(_) => break,
             };
         }
-        self.flush(queued).await
+        let flushed = self.flush(queued).await;
+        self.client.delivered(rows, self.position);
+        flushed
     }
 
     /// The client fell behind the hub's ring: say so, with the resume cursor, and close.
@@ -200,7 +219,16 @@ impl Session {
                         .await;
                 }
                 let reply = json::encode_subscribed(&req.id);
+                self.client.subscribe(SubscriptionInfo {
+                    id: req.id.clone(),
+                    filter: clients::describe_filter(&req.filter),
+                    everything: clients::filter_is_everything(&req.filter),
+                });
                 self.filters.push((req.id, req.filter));
+                // Changes examined so far were checked without this subscription, so they were
+                // not all sent: only changes examined from now on count as delivered to a
+                // later `resume`.
+                self.live_first = None;
                 self.send(reply).await
             }
             ClientFrame::Unsubscribe { id } => {
@@ -215,6 +243,7 @@ impl Session {
                         })
                         .await;
                 }
+                self.client.unsubscribe(&id);
                 self.send(json::encode_unsubscribed(&id)).await
             }
             ClientFrame::Ping { r#ref } => self.send(json::encode_pong(r#ref.as_deref())).await,
@@ -233,6 +262,8 @@ impl Session {
                 })
                 .await;
         }
+        // Counts before and after a replay are not comparable (consistency check).
+        self.client.replayed();
         // Subscribe afresh: everything after `until` arrives through the new receiver.
         self.sub = self.state.hub.subscribe();
         let until = self.sub.last;
@@ -287,6 +318,7 @@ impl Session {
             self.flush(queued).await?;
             self.state.metrics.replayed_changes.add(replayed);
             self.position = Some(until);
+            self.client.delivered(replayed as usize, self.position);
         } else {
             // Nothing published after the cursor yet: whatever follows it arrives live, as the
             // reader streams from the start of the window. Refuse cursors before that start.
@@ -315,6 +347,7 @@ impl Session {
                 Some(u) => u.max(after),
                 None => after,
             });
+            self.client.delivered(0, self.position);
         }
         self.send(json::encode_resumed(after, replayed)).await
     }
@@ -345,6 +378,7 @@ impl Session {
             return Ok(());
         }
         self.state.metrics.deliveries.add(n as u64);
+        self.client.sent(n);
         match tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(End::Gone),
@@ -353,6 +387,7 @@ impl Session {
 
     /// Sends one control frame now.
     async fn send(&mut self, text: String) -> Result<(), End> {
+        self.client.sent(1);
         match tokio::time::timeout(
             WRITE_TIMEOUT,
             self.sink.send(Message::Text(Utf8Bytes::from(text))),

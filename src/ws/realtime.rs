@@ -17,9 +17,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{SplitSink, SplitStream};
@@ -32,6 +33,7 @@ use uuid::Uuid;
 
 use self::bus::{BroadcastBody, Bus, BusEvent, Delivery, Inbox, MemberId, TopicKey};
 use super::{MAX_CLIENT_MESSAGE, MAX_WRITE_BUFFER, WRITE_BATCH, WRITE_TIMEOUT};
+use crate::admin::clients::{ClientHandle, Protocol, SubscriptionInfo};
 use crate::decode::{Change, Cursor, Lsn, Operation};
 use crate::http::AppState;
 use crate::hub::{HubItem, Subscription};
@@ -89,6 +91,7 @@ pub async fn realtime_handler(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     // Outside the node's broadcaster mode: refuse before upgrading (open sessions stay).
@@ -132,7 +135,10 @@ pub async fn realtime_handler(
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             state.metrics.clients.add("realtime", 1);
-            let mut session = Session::new(socket, state, vsn, secret, token.trim().into());
+            let client = state
+                .clients
+                .register(Protocol::Realtime, peer.map(|Extension(ConnectInfo(a))| a));
+            let mut session = Session::new(socket, state, vsn, secret, token.trim().into(), client);
             session.run().await;
         })
 }
@@ -178,6 +184,31 @@ struct Channel {
 }
 
 impl Channel {
+    /// How the client registry shows this channel: its bindings and role, and whether it
+    /// receives every change of the events table with every column.
+    fn registry_info(&self) -> SubscriptionInfo {
+        let bindings: Vec<String> = self.requests.iter().map(|r| r.describe()).collect();
+        let filter = if bindings.is_empty() {
+            format!("role={} (broadcast/presence only)", self.claims.role)
+        } else {
+            format!("role={} {}", self.claims.role, bindings.join("; "))
+        };
+        let everything = !self.legacy
+            && self.claims.is_service_role()
+            && self.columns.is_none()
+            && self.bindings.iter().any(|b| {
+                b.event == changes::EventFilter::All
+                    && b.conditions.is_empty()
+                    && b.schema.as_deref().is_none_or(|s| s == REALTIME_SCHEMA)
+                    && b.table.as_deref().is_none_or(|t| t == REALTIME_TABLE)
+            });
+        SubscriptionInfo {
+            id: self.topic.clone(),
+            filter,
+            everything,
+        }
+    }
+
     /// Ids of the bindings matching a change, each once, in binding order.
     fn matching_ids(&self, change: &Change) -> Vec<u32> {
         let mut ids: Vec<u32> = Vec::new();
@@ -240,6 +271,8 @@ struct Session {
     channels: Vec<Channel>,
     /// When the client last sent anything.
     last_seen: Instant,
+    /// This session in the client registry (unregistered when the session ends).
+    client: ClientHandle,
 }
 
 impl Drop for Session {
@@ -275,10 +308,12 @@ impl Session {
         vsn: Vsn,
         secret: String,
         connect_token: String,
+        client: ClientHandle,
     ) -> Self {
         let (sink, stream) = socket.split();
         let hub = state.hub.subscribe();
         let position = hub.live_from;
+        client.delivered(0, position);
         let (inbox, inbox_rx) = Inbox::new();
         Session {
             sink,
@@ -294,6 +329,7 @@ impl Session {
             inbox_rx,
             channels: Vec::new(),
             last_seen: Instant::now(),
+            client,
         }
     }
 
@@ -534,6 +570,7 @@ impl Session {
             presence_calls: VecDeque::new(),
         });
         let i = self.channels.len() - 1;
+        self.client.subscribe(self.channels[i].registry_info());
         if let Some(state) = joined.presence_state {
             let push = frame::encode_push(
                 self.vsn,
@@ -638,9 +675,11 @@ impl Session {
             ch.claims = claims;
             ch.bindings = subscribed.bindings;
             ch.columns = subscribed.columns;
+            self.client.subscribe(self.channels[i].registry_info());
             self.announce_subscription(i, result.map(|_| ())).await?;
         } else {
             self.channels[i].claims = claims;
+            self.client.subscribe(self.channels[i].registry_info());
         }
         Ok(())
     }
@@ -790,7 +829,8 @@ impl Session {
                 Err(_) => break,
             }
         }
-        self.deliver_changes(&items).await?;
+        let delivered = self.deliver_changes(&items).await?;
+        self.client.delivered(delivered, self.position);
         if lagged {
             return self.lagged().await;
         }
@@ -798,8 +838,8 @@ impl Session {
     }
 
     /// Matches a batch of changes against every channel, asks the gate once per (commit,
-    /// claims group), and sends one frame per matching channel and change.
-    async fn deliver_changes(&mut self, items: &[Arc<HubItem>]) -> Result<(), End> {
+    /// claims group), and sends one frame per matching channel and change; returns how many.
+    async fn deliver_changes(&mut self, items: &[Arc<HubItem>]) -> Result<usize, End> {
         // 0. Skip what was already examined.
         let mut fresh = Vec::with_capacity(items.len());
         for item in items {
@@ -810,7 +850,7 @@ impl Session {
         }
         let items = fresh.as_slice();
         if self.channels.iter().all(|c| c.bindings.is_empty()) {
-            return Ok(());
+            return Ok(0);
         }
         // 1. Match.
         let mut hits: Vec<Hit> = Vec::new();
@@ -848,7 +888,7 @@ impl Session {
             }
         }
         if hits.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         // 2. Ask the gate.
         let mut visible: HashMap<(Lsn, Arc<ClaimsGroup>), HashSet<Uuid>> = HashMap::new();
@@ -915,7 +955,7 @@ impl Session {
                 self.fail_channel(i, text::DATABASE_UNAVAILABLE).await?;
             }
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Closes every channel whose token has expired.
@@ -966,6 +1006,7 @@ impl Session {
     /// Sends `phx_close` for channel `i` and forgets it.
     async fn close_channel(&mut self, i: usize) -> Result<(), End> {
         let ch = self.channels.remove(i);
+        self.client.unsubscribe(&ch.topic);
         self.rt.bus.leave(&ch.key, ch.member);
         let close = frame::encode_channel_end(self.vsn, ch.join_ref.as_deref(), &ch.topic, true);
         self.send(close).await
@@ -1005,6 +1046,7 @@ impl Session {
             return Ok(());
         }
         self.state.metrics.deliveries.add(n as u64);
+        self.client.sent(n);
         match tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(End::Gone),
@@ -1013,6 +1055,7 @@ impl Session {
 
     /// Sends one text frame now.
     async fn send(&mut self, text: String) -> Result<(), End> {
+        self.client.sent(1);
         match tokio::time::timeout(
             WRITE_TIMEOUT,
             self.sink.send(Message::Text(Utf8Bytes::from(text))),

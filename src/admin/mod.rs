@@ -1,0 +1,24 @@
+//! The operator surface: who is connected, how the pipeline is doing, and a Postgres-protocol
+//! console to ask.
+//!
+//! - [`clients`]: the client registry every WebSocket session registers in (id, protocol, peer,
+//!   subscriptions, counters).
+//! - [`status`]: `GET /v1/status`, one JSON document for dashboards and operators (no
+//!   authentication; it holds no row data and no tokens), with a cached dead-letter summary.
+//! - [`tables`]: the console's resources as rows of text (`SHOW CLIENTS`, `SHOW STATS`, ...).
+//! - [`console`]: the admin console, spoken over the Postgres wire protocol so that `psql` and
+//!   any Postgres driver can query it; off unless `--admin-listen` is set, password protected.
+//!
+//! Must not: run SQL of its own (slot, flags and dead letters are read through
+//! [`crate::replication::slot`], [`crate::flags`] and [`crate::dlq`]), change anything (the
+//! console is read-only), or block other work (the console runs on its own tasks, with a cap on
+//! connections).
+
+pub mod clients;
+pub mod console;
+mod error;
+pub mod status;
+pub mod tables;
+
+pub use clients::{ClientHandle, ClientRegistry, Protocol, SubscriptionInfo};
+pub use error::AdminError;
