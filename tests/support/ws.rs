@@ -244,6 +244,14 @@ pub struct Collected {
 
 /// A client that does what real clients do: on `lagged` or a lost connection it reconnects,
 /// subscribes again and resumes from the last cursor it has.
+///
+/// It sends `subscribe` and `resume` back to back (the protocol allows that: the server answers
+/// frames in order), and until the `resumed` frame arrives it does not take a new resume cursor
+/// from events or `lagged` frames: a session that has not processed the `resume` yet reports
+/// positions of its own live stream, which started when the connection opened, not where the
+/// client left off. When `resumed` arrives, the newest event cursor received on the connection
+/// becomes the cursor (live changes that arrived between `subscribe` and `resume` come before the
+/// replayed ones and are not replayed again, so the newest is not necessarily the last).
 pub struct ResumingCollector {
     /// The `/ws` URL.
     url: String,
@@ -253,6 +261,10 @@ pub struct ResumingCollector {
     client: Option<WsClient>,
     /// The cursor to resume from (last event, or a `lagged` frame's cursor).
     cursor: Option<String>,
+    /// A `resume` was sent on this connection and its `resumed` has not arrived.
+    resume_pending: bool,
+    /// The newest event cursor received on the current connection.
+    newest_on_connection: Option<String>,
     /// Events received so far (shared, for the test's wait conditions).
     progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// What was seen.
@@ -269,6 +281,8 @@ impl ResumingCollector {
             fields,
             client: Some(client),
             cursor: None,
+            resume_pending: false,
+            newest_on_connection: None,
             progress: Default::default(),
             out: Collected::default(),
         }
@@ -279,13 +293,15 @@ impl ResumingCollector {
         std::sync::Arc::clone(&self.progress)
     }
 
-    /// Reconnects (retrying while the server is down), subscribes and resumes. Returns false
-    /// when the deadline passed first.
+    /// Reconnects (retrying while the server is down), then sends `subscribe` and `resume`.
+    /// Returns false when the deadline passed first.
     async fn reconnect(&mut self, deadline: tokio::time::Instant) -> bool {
         let mut attempts = 0u32;
         loop {
             if tokio::time::Instant::now() >= deadline || attempts > 10_000 {
-                self.out.notes.push(format!("gave up reconnecting after {attempts} attempts"));
+                self.out
+                    .notes
+                    .push(format!("gave up reconnecting after {attempts} attempts"));
                 return false;
             }
             attempts += 1;
@@ -297,25 +313,25 @@ impl ResumingCollector {
                             frame[k] = v;
                         }
                     }
-                    c.send(frame).await;
-                    match c.next_frame(Duration::from_secs(10)).await {
-                        Some(r) if r["type"] == "subscribed" => {}
-                        other => {
-                            self.out.notes.push(format!("subscribe after reconnect: {other:?}"));
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
+                    let mut frames = vec![frame];
+                    if let Some(cur) = &self.cursor {
+                        frames.push(json!({"type": "resume", "cursor": cur}));
                     }
-                    match &self.cursor {
-                        Some(cur) => {
-                            c.send(json!({"type": "resume", "cursor": cur})).await;
-                            self.out.notes.push(format!("reconnected; resume from {cur}"));
-                        }
-                        None => self
-                            .out
-                            .notes
-                            .push("reconnected without a cursor: live only".to_owned()),
+                    let mut ok = true;
+                    for f in &frames {
+                        ok &= c.socket.feed(Message::text(f.to_string())).await.is_ok();
                     }
+                    ok &= c.socket.flush().await.is_ok();
+                    if !ok {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    self.resume_pending = self.cursor.is_some();
+                    self.newest_on_connection = None;
+                    self.out.notes.push(match &self.cursor {
+                        Some(cur) => format!("reconnected; resume from {cur}"),
+                        None => "reconnected without a cursor: live only".to_owned(),
+                    });
                     self.out.reconnects += 1;
                     self.client = Some(c);
                     return true;
@@ -349,10 +365,21 @@ impl ResumingCollector {
             let client = self.client.as_mut().expect("connected");
             let frame = client.next_raw(left).await;
             let Some(f) = frame else {
+                if tokio::time::Instant::now() >= deadline {
+                    self.out
+                        .notes
+                        .push(format!("timed out after {} events", self.out.events.len()));
+                    return;
+                }
                 let code = client.closed;
                 self.out.notes.push(format!(
-                    "connection ended (close code {code:?}) after {} events",
-                    self.out.events.len()
+                    "connection ended (close code {code:?}) after {} events{}",
+                    self.out.events.len(),
+                    if self.resume_pending {
+                        ", before `resumed`"
+                    } else {
+                        ""
+                    }
                 ));
                 self.client = None;
                 continue;
@@ -360,7 +387,16 @@ impl ResumingCollector {
             match f["type"].as_str() {
                 Some("event") => {
                     let ev = SeenEvent::from_frame(&f);
-                    self.cursor = Some(ev.cursor.clone());
+                    if self
+                        .newest_on_connection
+                        .as_ref()
+                        .is_none_or(|c| *c < ev.cursor)
+                    {
+                        self.newest_on_connection = Some(ev.cursor.clone());
+                    }
+                    if !self.resume_pending {
+                        self.cursor = Some(ev.cursor.clone());
+                    }
                     let stop_now = stop(&ev);
                     self.out.events.push(ev);
                     self.progress
@@ -372,12 +408,21 @@ impl ResumingCollector {
                 }
                 Some("lagged") => {
                     self.out.lagged += 1;
-                    if let Some(c) = f["cursor"].as_str() {
+                    if self.resume_pending {
+                        self.out.notes.push(format!(
+                            "lagged before `resumed` (cursor {}): keeping {:?}",
+                            f["cursor"], self.cursor
+                        ));
+                    } else if let Some(c) = f["cursor"].as_str() {
                         self.cursor = Some(c.to_owned());
                     }
                 }
                 Some("resumed") => {
+                    self.resume_pending = false;
                     self.out.replayed += f["replayed"].as_u64().unwrap_or(0);
+                    if let Some(c) = &self.newest_on_connection {
+                        self.cursor = Some(c.clone());
+                    }
                 }
                 Some("error") => {
                     let fatal = f["code"] == "cursor_expired";
