@@ -67,13 +67,11 @@ async fn session(
             sub[key] = json!(list);
         }
     }
-    ws.send(Message::text(sub.to_string())).await?;
+    // Resuming in the subscribe frame itself keeps the output in cursor order.
     if let Some(c) = last.as_ref() {
-        ws.send(Message::text(
-            json!({"type": "resume", "cursor": c}).to_string(),
-        ))
-        .await?;
+        sub["since"] = json!(c);
     }
+    ws.send(Message::text(sub.to_string())).await?;
     let stdout = std::io::stdout();
     while let Some(msg) = ws.next().await {
         let text = match msg? {

@@ -206,6 +206,8 @@ pub struct SubscribeRequest {
     pub id: String,
     /// Which changes the subscription receives.
     pub filter: Filter,
+    /// Resume after this cursor as part of the subscribe (replay, then live, in order).
+    pub since: Option<Cursor>,
 }
 
 /// Parses one text frame sent by a client.
@@ -311,9 +313,11 @@ fn parse_subscribe(mut f: Fields) -> Result<ClientFrame, ProtocolError> {
     for text in f.string_list("filters", MAX_FILTERS)? {
         conditions.push(Condition::parse(&text)?);
     }
-    f.reject_unknown("type, id, event_type, source, ops and filters")?;
+    let since = f.optional_cursor("since").map_err(|e| e.with_ref(Some(id.clone())))?;
+    f.reject_unknown("type, id, event_type, source, ops, filters and since")?;
     Ok(ClientFrame::Subscribe(SubscribeRequest {
         id,
+        since,
         filter: Filter {
             event_types,
             sources,
@@ -1118,8 +1122,23 @@ mod tests {
             ClientFrame::Subscribe(SubscribeRequest {
                 id: "x".into(),
                 filter: Filter::default(),
+                since: None,
             })
         );
+        // `since` resumes as part of the subscribe; a malformed one is `invalid_cursor`.
+        let c = Cursor {
+            commit_lsn: Lsn(0x16_B374_D848),
+            index: 2,
+        };
+        let frame = parse_client_frame(&format!(
+            r#"{{"type":"subscribe","id":"x","since":"{}"}}"#,
+            c.encode()
+        ))
+        .unwrap();
+        assert!(matches!(frame, ClientFrame::Subscribe(SubscribeRequest { since: Some(s), .. }) if s == c));
+        let e = parse_client_frame(r#"{"type":"subscribe","id":"x","since":"nope"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidCursor);
+        assert_eq!(e.r#ref.as_deref(), Some("x"));
         let long_id = "é".repeat(64);
         let frame = parse_client_frame(&format!(r#"{{"type":"subscribe","id":"{long_id}"}}"#));
         assert!(
@@ -1311,7 +1330,7 @@ mod tests {
             r#"{"type":"subscribe","id":"a","filter":"source=eq.x"}"#,
             ErrorCode::BadRequest,
             "unknown field `filter` in subscribe frame: its fields are type, id, event_type, \
-             source, ops and filters",
+             source, ops, filters and since",
             Some("a"),
         );
     }

@@ -229,7 +229,13 @@ impl Session {
                 // not all sent: only changes examined from now on count as delivered to a
                 // later `resume`.
                 self.live_first = None;
-                self.send(reply).await
+                self.send(reply).await?;
+                // `since` resumes at once: no live change is sent before the replay, so the
+                // connection sees every change after the cursor in order.
+                match req.since {
+                    Some(cursor) => self.resume(cursor).await,
+                    None => Ok(()),
+                }
             }
             ClientFrame::Unsubscribe { id } => {
                 let before = self.filters.len();
