@@ -9,7 +9,7 @@ mod support;
 
 /// The command line: help texts, config errors, emit, keys, slot.
 mod cli;
-/// The dashboard page in headless Chromium: live rows, source switch, settings, screenshot.
+/// The dashboard page in headless Chromium: live rows, source switch, filters, settings, resume, screenshot.
 mod dashboard;
 /// The dead-letter queue: SQL functions, concurrent claims, retry worker and lock, CLI, /v1/dlq.
 mod dlq;

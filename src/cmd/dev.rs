@@ -46,13 +46,16 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let ten_years = std::time::Duration::from_secs(10 * 365 * 86400);
     let anon = auth::mint(&secret, "anon", ten_years)?;
     let service = auth::mint(&secret, "service_role", ten_years)?;
+    // The dashboard's key: `authenticated` reads every row under the default RLS policies and,
+    // unlike service_role, may not write, so it is the one to put in a URL.
+    let dashboard_key = auth::mint(&secret, "authenticated", ten_years)?;
     write_private(&data_dir.join("service_role.key"), &service)?;
 
     let psql_host = cluster.host().to_owned();
     let pg_port = cluster.port();
     let result = crate::app::serve(config, shutdown, |addr| {
         println!("walcast dev is running (Ctrl-C stops it and the cluster)");
-        println!("  dashboard:        http://{addr}/");
+        println!("  dashboard:        http://{addr}/?apikey={dashboard_key}");
         println!("  ingest:           POST http://{addr}/v1/events");
         println!("  stream:           ws://{addr}/ws");
         println!("  metrics:          http://{addr}/metrics");
