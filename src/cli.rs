@@ -772,7 +772,7 @@ pub struct FlagsListArgs {
 /// `walcast flags create`.
 #[derive(Debug, Args)]
 pub struct FlagsCreateArgs {
-    /// Flag name: [a-z][a-z0-9_]*.
+    /// Flag name: `[a-z][a-z0-9_]*`.
     pub name: String,
     /// What the flag is for.
     #[arg(long)]

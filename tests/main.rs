@@ -7,6 +7,8 @@
 
 mod support;
 
+/// The admin console over the Postgres protocol (psql, tokio-postgres) and `GET /v1/status`.
+mod admin;
 /// The command line: help texts, config errors, emit, keys, slot.
 mod cli;
 /// The dashboard page in headless Chromium: live rows, source switch, filters, settings, resume, screenshot.
@@ -30,5 +32,3 @@ mod resilience;
 mod stream;
 /// `walcast validate` (clean run, injected gap, quiet window) and the server's continuous check.
 mod validate;
-/// The admin console over the Postgres protocol (psql, tokio-postgres) and `GET /v1/status`.
-mod admin;

@@ -297,10 +297,20 @@ async fn rejected_batch_goes_to_the_dlq_and_dlq_retry_recovers_it() {
         {"event_type": "ok", "source": "s", "data": {"n": 1}},
         {"event_type": "poison", "source": "s", "data": {"n": 2}},
     ]);
-    let (status, v) = support::post(&w.url("/v1/events"), "application/json", None, body.to_string()).await;
+    let (status, v) = support::post(
+        &w.url("/v1/events"),
+        "application/json",
+        None,
+        body.to_string(),
+    )
+    .await;
     assert_eq!(status, 202, "accepted into the dead-letter queue: {v}");
     assert_eq!(v["durable"], "dead_letter");
-    assert_eq!(db.count().await, 0, "nothing of the request is in the table");
+    assert_eq!(
+        db.count().await,
+        0,
+        "nothing of the request is in the table"
+    );
     let row = c
         .query_one(
             "select id, operation, error_code, error_message, status from walcast.dead_letter_queue",
@@ -311,18 +321,33 @@ async fn rejected_batch_goes_to_the_dlq_and_dlq_retry_recovers_it() {
     let id: i64 = row.get(0);
     assert_eq!(row.get::<_, String>(1), "ingest");
     assert_eq!(row.get::<_, String>(2), "sqlstate_23514");
-    assert!(row.get::<_, String>(3).contains("poison events are refused"));
+    assert!(
+        row.get::<_, String>(3)
+            .contains("poison events are refused")
+    );
 
     // Fix the cause, then retry from the CLI.
-    c.batch_execute("drop trigger poison_guard on public.monitoring_events").await.expect("drop");
+    c.batch_execute("drop trigger poison_guard on public.monitoring_events")
+        .await
+        .expect("drop");
     let (code, out, err) = support::run_cli(
-        &["dlq", "retry", &id.to_string(), "--now", "--database-url", &db.url],
+        &[
+            "dlq",
+            "retry",
+            &id.to_string(),
+            "--now",
+            "--database-url",
+            &db.url,
+        ],
         &[],
     );
     assert_eq!(code, 0, "dlq retry --now: {out}{err}");
     assert_eq!(db.count().await, 2, "both events recovered into the table");
     let status: String = c
-        .query_one("select status from walcast.dead_letter_queue where id = $1", &[&id])
+        .query_one(
+            "select status from walcast.dead_letter_queue where id = $1",
+            &[&id],
+        )
         .await
         .expect("status")
         .get(0);

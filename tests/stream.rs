@@ -1708,8 +1708,12 @@ async fn subscribe_with_since_replays_in_cursor_order() {
         .expect("insert");
     }
     let mut c2 = WsClient::connect(&url).await;
-    c2.send(json!({"type": "subscribe", "id": "all", "since": cursor})).await;
-    let reply = c2.next_non_event(Duration::from_secs(10)).await.expect("subscribed");
+    c2.send(json!({"type": "subscribe", "id": "all", "since": cursor}))
+        .await;
+    let reply = c2
+        .next_non_event(Duration::from_secs(10))
+        .await
+        .expect("subscribed");
     assert_eq!(reply["type"], "subscribed", "{reply}");
     for i in 5..8 {
         sql.batch_execute(&format!(
@@ -1729,12 +1733,28 @@ async fn subscribe_with_since_replays_in_cursor_order() {
             None => break,
         }
     }
-    let sources: Vec<&str> = got.iter().map(|e| e["record"]["source"].as_str().unwrap_or("")).collect();
-    assert_eq!(sources, ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"], "all after the cursor, once, in order");
-    let cursors: Vec<&str> = got.iter().map(|e| e["cursor"].as_str().unwrap_or("")).collect();
-    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "cursor order: {cursors:?}");
+    let sources: Vec<&str> = got
+        .iter()
+        .map(|e| e["record"]["source"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        sources,
+        ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"],
+        "all after the cursor, once, in order"
+    );
+    let cursors: Vec<&str> = got
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        cursors.windows(2).all(|w| w[0] < w[1]),
+        "cursor order: {cursors:?}"
+    );
     assert!(cursors[0] > cursor.as_str());
     let resumed = resumed.expect("resumed frame");
     // Changes the reader had not yet handed to the hub when c2 subscribed arrive live instead.
-    assert!(resumed["replayed"].as_u64().is_some_and(|n| n <= 5), "{resumed}");
+    assert!(
+        resumed["replayed"].as_u64().is_some_and(|n| n <= 5),
+        "{resumed}"
+    );
 }

@@ -13,7 +13,9 @@ use crate::cluster::{Cluster, ClusterOptions, StopMode};
 
 /// Runs the scenario.
 pub async fn spool(args: BenchSpoolArgs) -> anyhow::Result<()> {
-    let dir = TempDir(std::env::temp_dir().join(format!("walcast-bench-spool-{:x}", rand::random::<u32>())));
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("walcast-bench-spool-{:x}", rand::random::<u32>())),
+    );
     std::fs::create_dir_all(&dir.0)?;
     eprintln!("starting a private Postgres cluster in {}", dir.0.display());
     let cluster = Cluster::start(ClusterOptions::new(dir.0.join("pg"))).await?;
@@ -33,7 +35,10 @@ pub async fn spool(args: BenchSpoolArgs) -> anyhow::Result<()> {
     cluster.stop(StopMode::Immediate).await?;
     let (down_rate, down_durable) = load(&client, &ingest, &args, 1).await?;
     eprintln!("database down: {down_rate:.0} events/s ({down_durable})");
-    anyhow::ensure!(down_durable == "spool", "expected every request to be spooled, got {down_durable}");
+    anyhow::ensure!(
+        down_durable == "spool",
+        "expected every request to be spooled, got {down_durable}"
+    );
 
     let back = Instant::now();
     cluster.restart().await?;
@@ -45,14 +50,20 @@ pub async fn spool(args: BenchSpoolArgs) -> anyhow::Result<()> {
         if text.lines().any(|l| l == "walcast_spool_bytes 0") {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "spool not drained within 10 minutes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "spool not drained within 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain = back.elapsed().as_secs_f64();
     let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let rows: i64 = pg
-        .query_one("select count(*) from public.monitoring_events where source like 'spool-bench-%'", &[])
+        .query_one(
+            "select count(*) from public.monitoring_events where source like 'spool-bench-%'",
+            &[],
+        )
         .await?
         .get(0);
     token.cancel();
@@ -72,8 +83,12 @@ pub async fn spool(args: BenchSpoolArgs) -> anyhow::Result<()> {
     println!("| phase | events/s | note |");
     println!("|---|---|---|");
     println!("| Postgres up (baseline) | {up_rate:.0} | committed to the table |");
-    println!("| Postgres down | {down_rate:.0} | fsynced to the spool, acknowledged `durable: spool` |");
-    println!("| replay after restart | {replay_rate:.0} | Postgres back → spool empty in {drain:.2} s |");
+    println!(
+        "| Postgres down | {down_rate:.0} | fsynced to the spool, acknowledged `durable: spool` |"
+    );
+    println!(
+        "| replay after restart | {replay_rate:.0} | Postgres back → spool empty in {drain:.2} s |"
+    );
     println!("{report}");
     if let Some(p) = args.json {
         std::fs::write(p, report.to_string())?;

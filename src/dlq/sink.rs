@@ -52,7 +52,10 @@ pub fn spawn_deliver_sink(pool: Pool) -> mpsc::Sender<DeadLetter> {
                 };
                 match res {
                     Ok(id) => {
-                        tracing::warn!(id, "stored an undecodable WAL message in the dead-letter queue");
+                        tracing::warn!(
+                            id,
+                            "stored an undecodable WAL message in the dead-letter queue"
+                        );
                         break;
                     }
                     Err(e) => {

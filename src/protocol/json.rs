@@ -313,7 +313,9 @@ fn parse_subscribe(mut f: Fields) -> Result<ClientFrame, ProtocolError> {
     for text in f.string_list("filters", MAX_FILTERS)? {
         conditions.push(Condition::parse(&text)?);
     }
-    let since = f.optional_cursor("since").map_err(|e| e.with_ref(Some(id.clone())))?;
+    let since = f
+        .optional_cursor("since")
+        .map_err(|e| e.with_ref(Some(id.clone())))?;
     f.reject_unknown("type, id, event_type, source, ops, filters and since")?;
     Ok(ClientFrame::Subscribe(SubscribeRequest {
         id,
@@ -1135,7 +1137,9 @@ mod tests {
             c.encode()
         ))
         .unwrap();
-        assert!(matches!(frame, ClientFrame::Subscribe(SubscribeRequest { since: Some(s), .. }) if s == c));
+        assert!(
+            matches!(frame, ClientFrame::Subscribe(SubscribeRequest { since: Some(s), .. }) if s == c)
+        );
         let e = parse_client_frame(r#"{"type":"subscribe","id":"x","since":"nope"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidCursor);
         assert_eq!(e.r#ref.as_deref(), Some("x"));

@@ -350,7 +350,9 @@ impl Reader {
             e.to_string(),
         );
         if tx.try_send(letter).is_err() {
-            tracing::error!("dead-letter queue for WAL messages is full; the message is only logged");
+            tracing::error!(
+                "dead-letter queue for WAL messages is full; the message is only logged"
+            );
         }
     }
 
