@@ -254,6 +254,10 @@ pub async fn serve(
     on_listen(addr);
 
     let http_token = CancellationToken::new();
+    // Small frames must leave at once: without TCP_NODELAY they wait for the peer's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -13,6 +13,9 @@ pub use plain::ws_handler;
 pub const WRITE_BATCH: usize = 256;
 /// A write that cannot complete in this time closes the connection (the peer stopped reading).
 pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Read buffer per connection: clients send only small control frames, and the default
+/// (128 KiB) would dominate the memory of idle connections.
+pub const READ_BUFFER: usize = 4 << 10;
 /// Largest message a client may send.
 pub const MAX_CLIENT_MESSAGE: usize = 64 << 10;
 /// Bytes tungstenite may buffer for a slow socket before writes fail.

@@ -40,6 +40,7 @@ pub async fn ws_handler(
         return axum::response::IntoResponse::into_response(refused);
     }
     ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(super::READ_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             state.metrics.clients.add("ws", 1);

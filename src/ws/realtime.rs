@@ -132,6 +132,7 @@ pub async fn realtime_handler(
         Err(rejection) => return rejection.into_response(),
     };
     ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(super::READ_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             state.metrics.clients.add("realtime", 1);
