@@ -22,3 +22,38 @@ pub const MAX_CLIENT_MESSAGE: usize = 64 << 10;
 pub const MAX_WRITE_BUFFER: usize = 16 << 20;
 /// Most subscriptions on one connection.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
+
+/// The socket's write half, as both session kinds hold it.
+pub type SocketSink =
+    futures::stream::SplitSink<axum::extract::ws::WebSocket, axum::extract::ws::Message>;
+
+/// A write did not complete within [`WRITE_TIMEOUT`] or failed: the peer is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerGone;
+
+/// Maps a timed write's outcome.
+fn timed<E>(r: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Result<(), PeerGone> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(PeerGone),
+    }
+}
+
+/// Queues a frame without flushing, within [`WRITE_TIMEOUT`].
+pub async fn feed(sink: &mut SocketSink, msg: axum::extract::ws::Message) -> Result<(), PeerGone> {
+    use futures::SinkExt;
+    timed(tokio::time::timeout(WRITE_TIMEOUT, sink.feed(msg)).await)
+}
+
+/// Flushes queued frames, within [`WRITE_TIMEOUT`].
+pub async fn flush(sink: &mut SocketSink) -> Result<(), PeerGone> {
+    use futures::SinkExt;
+    timed(tokio::time::timeout(WRITE_TIMEOUT, sink.flush()).await)
+}
+
+/// Sends one text frame now, within [`WRITE_TIMEOUT`].
+pub async fn send_text(sink: &mut SocketSink, text: String) -> Result<(), PeerGone> {
+    use futures::SinkExt;
+    let msg = axum::extract::ws::Message::Text(axum::extract::ws::Utf8Bytes::from(text));
+    timed(tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await)
+}

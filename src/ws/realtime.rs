@@ -1035,10 +1035,9 @@ impl Session {
 
     /// Queues a frame without flushing.
     async fn feed(&mut self, msg: Message) -> Result<(), End> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.feed(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
-        }
+        super::feed(&mut self.sink, msg)
+            .await
+            .map_err(|_| End::Gone)
     }
 
     /// Flushes queued frames, counting `n` deliveries.
@@ -1048,24 +1047,15 @@ impl Session {
         }
         self.state.metrics.deliveries.add(n as u64);
         self.client.sent(n);
-        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
-        }
+        super::flush(&mut self.sink).await.map_err(|_| End::Gone)
     }
 
     /// Sends one text frame now.
     async fn send(&mut self, text: String) -> Result<(), End> {
         self.client.sent(1);
-        match tokio::time::timeout(
-            WRITE_TIMEOUT,
-            self.sink.send(Message::Text(Utf8Bytes::from(text))),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
-        }
+        super::send_text(&mut self.sink, text)
+            .await
+            .map_err(|_| End::Gone)
     }
 
     /// Sends a close frame.
