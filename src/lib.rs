@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! producers ─POST /v1/events─► ingest (validate, adaptive batches) ─► Postgres monitoring_events
-//!                                                                            │ WAL (publication)
-//! replication::reader (sole slot owner, confirms LSN only after hand-off) ◄──┘
+//!                               └ on failure: breaker → retry → spool → DLQ          │ WAL
+//! replication::reader (sole slot owner, confirms LSN only after hand-off) ◄───────────┘
 //!    └► decode (pgoutput → Change, pure) ─► hub (filters, encode once, bounded ring)
-//!          └► protocol::json ─► ws::plain ─► /ws   (plain JSON, resumable)
-//! side: metrics (/metrics) · cli · cluster (private Postgres for `dev` and tests)
+//!          ├► protocol::json     ─► ws::plain    ─► /ws                     (plain JSON, resumable)
+//!          └► protocol::realtime ─► ws::realtime ─► /realtime/v1/websocket  (Supabase Phoenix v1/v2)
+//! side: flags (SQL, snapshot) · dlq (SQL) · metrics (/metrics) · validate · admin (pgwire, psql)
+//!       · cli · cluster (private Postgres for `dev` and tests)
 //! ```
 //!
 //! Modules in pipeline order:
@@ -16,7 +18,8 @@
 //! - [`decode`]: pgoutput bytes → [`decode::Change`]; pure, no I/O.
 //! - [`hub`]: fan-out ring, subscription filters, encode-once frames.
 //! - [`protocol`]: wire formats; pure, no I/O.
-//! - [`ws`]: WebSocket sessions.
+//! - [`ws`]: WebSocket sessions (plain and Realtime); [`realtime_auth`]: Realtime JWT checks and
+//!   the batched RLS check.
 //! - [`dlq`]: the dead-letter queue (`walcast.dead_letter_queue`), its retry worker, `/v1/dlq`.
 //! - [`http`]: router and small handlers; [`app`]: wiring and ordered shutdown.
 //! - [`config`], [`cli`], [`cmd`]: command line → validated config → subcommands.
