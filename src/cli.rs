@@ -466,6 +466,30 @@ Starts its own private Postgres cluster and walcast server unless --database-url
     /// RSS idle, per idle client, and with one stalled client under load.
     #[command(after_help = "Example:\n  walcast bench memory --clients 1000")]
     Memory(BenchMemoryArgs),
+    /// A burst to many Supabase-Realtime clients, RLS off and on: delivered msgs/s and latency.
+    #[command(
+        after_help = "Example:\n  walcast bench realtime --subscribers 500 --rows 20000 --txns 20\n\n\
+Phase 1 joins every client with a service_role token (RLS off), phase 2 with an authenticated \
+token (RLS on, batched check). Starts its own private Postgres cluster and walcast server."
+    )]
+    Realtime(BenchRealtimeArgs),
+}
+
+/// `walcast bench realtime`.
+#[derive(Debug, Args)]
+pub struct BenchRealtimeArgs {
+    /// Realtime WebSocket clients, each joined to one channel with a postgres_changes binding.
+    #[arg(long, default_value_t = 500)]
+    pub subscribers: usize,
+    /// Rows in the burst (all transactions together).
+    #[arg(long, default_value_t = 20000)]
+    pub rows: usize,
+    /// Transactions the burst is split into.
+    #[arg(long, default_value_t = 20)]
+    pub txns: usize,
+    /// Write the result as JSON to this file too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// `walcast bench drain`.

@@ -25,6 +25,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fanout(a) => super::bench_stream::fanout(a).await,
         BenchCommand::Memory(a) => super::bench_stream::memory(a).await,
         BenchCommand::Spool(a) => super::bench_spool::spool(a).await,
+        BenchCommand::Realtime(a) => super::bench_realtime::realtime(a).await,
     }
 }
 

@@ -2,6 +2,7 @@
 //! people on stdout, logs on stderr.
 
 pub mod bench;
+pub mod bench_realtime;
 pub mod bench_spool;
 pub mod bench_stream;
 pub mod dev;
