@@ -353,3 +353,71 @@ async fn rejected_batch_goes_to_the_dlq_and_dlq_retry_recovers_it() {
         .get(0);
     assert_eq!(status, "recovered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_answers_503_spool_full_and_drops_nothing_accepted() {
+    let dir = support::temp_dir("spool-full");
+    let cluster = support::start_cluster_blocking(&dir);
+    let db = support::fresh_db_on(cluster.host(), cluster.port()).await;
+    let w = Walcast::start(
+        &db,
+        &[
+            "--spool-max",
+            "64KiB",
+            "--breaker-cooldown",
+            "200ms",
+            "--breaker-threshold",
+            "1",
+        ],
+    )
+    .await;
+    cluster
+        .stop(StopMode::Immediate)
+        .await
+        .expect("stop postgres");
+    let mut acked = HashSet::new();
+    let mut refused = None;
+    for _ in 0..200 {
+        let ids: Vec<String> = (0..5).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+        let body: Vec<_> = ids
+            .iter()
+            .map(|id| json!({"id": id, "event_type": "load", "source": "full", "data": {"pad": "x".repeat(1000)}}))
+            .collect();
+        let (status, v) = support::post(
+            &w.url("/v1/events"),
+            "application/json",
+            None,
+            serde_json::to_vec(&body).expect("json"),
+        )
+        .await;
+        match status {
+            201 => {
+                assert_eq!(v["durable"], "spool", "{v}");
+                acked.extend(ids);
+            }
+            _ => {
+                refused = Some((status, v));
+                break;
+            }
+        }
+    }
+    let (status, v) = refused.expect("the 64 KiB spool filled up");
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "spool_full", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("spool is full"),
+        "{v}"
+    );
+    assert!(!acked.is_empty(), "some requests fit in the spool first");
+    cluster.restart().await.expect("restart postgres");
+    assert_all_present(&db, &acked, &w).await;
+    let (status, durable, _) = post_events(&w, 1).await;
+    assert_eq!(
+        (status, durable.as_str()),
+        (201, "database"),
+        "writes go to the table again"
+    );
+}

@@ -29,8 +29,6 @@ pub enum IngestErrorCode {
     Forbidden,
     /// Postgres rejected the events themselves (e.g. a constraint). HTTP 422.
     Rejected,
-    /// Postgres is unreachable or failing. HTTP 503.
-    DatabaseUnavailable,
     /// The server is shutting down. HTTP 503.
     ShuttingDown,
     /// The database is down and the local spool is full. HTTP 503 with Retry-After.
@@ -50,7 +48,6 @@ impl IngestErrorCode {
             IngestErrorCode::Unauthorized => "unauthorized",
             IngestErrorCode::Forbidden => "forbidden",
             IngestErrorCode::Rejected => "rejected",
-            IngestErrorCode::DatabaseUnavailable => "database_unavailable",
             IngestErrorCode::ShuttingDown => "shutting_down",
             IngestErrorCode::SpoolFull => "spool_full",
         }
@@ -69,9 +66,9 @@ impl IngestErrorCode {
             IngestErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             IngestErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            IngestErrorCode::DatabaseUnavailable
-            | IngestErrorCode::ShuttingDown
-            | IngestErrorCode::SpoolFull => StatusCode::SERVICE_UNAVAILABLE,
+            IngestErrorCode::ShuttingDown | IngestErrorCode::SpoolFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }

@@ -811,7 +811,9 @@ fn push_opt_str(out: &mut String, s: Option<&str>) {
 
 /// Writes a timestamp as a quoted RFC 3339 UTC string with microseconds.
 fn push_timestamp(out: &mut String, ts: &DateTime<Utc>) {
-    let _ = write!(out, "\"{}\"", ts.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+    out.push('"');
+    out.push_str(&ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    out.push('"');
 }
 
 /// Writes `s` as a quoted JSON string, escaping `"`, `\` and control characters.

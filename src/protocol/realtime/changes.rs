@@ -637,7 +637,7 @@ pub fn encode_change_data_for(
 
 /// `2026-08-21T10:00:00.123Z`: UTC, milliseconds.
 pub fn commit_timestamp(ts: &DateTime<Utc>) -> String {
-    ts.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Appends `,"key":{...}` for a row in column order. `fill` supplies unchanged TOAST values,
