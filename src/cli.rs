@@ -466,12 +466,16 @@ Starts its own private Postgres cluster and walcast server unless --database-url
     /// RSS idle, per idle client, and with one stalled client under load.
     #[command(after_help = "Example:\n  walcast bench memory --clients 1000")]
     Memory(BenchMemoryArgs),
-    /// A burst to many Supabase-Realtime clients, RLS off and on: delivered msgs/s and latency.
-    #[command(
-        after_help = "Example:\n  walcast bench realtime --subscribers 500 --rows 20000 --txns 20\n\n\
-Phase 1 joins every client with a service_role token (RLS off), phase 2 with an authenticated \
-token (RLS on, batched check). Starts its own private Postgres cluster and walcast server."
-    )]
+    /// Many Supabase-Realtime clients, RLS off and on: the highest paced rate with p99 in target.
+    #[command(after_help = "Examples:\n  walcast bench realtime\n  \
+walcast bench realtime --subscribers 500 --rates 100000,300000,600000 --step-secs 5\n  \
+walcast bench realtime --burst --rows 20000 --txns 20\n\n\
+Every client joins one channel with a postgres_changes INSERT binding. Phase 1 joins them with \
+a service_role token (RLS off), phase 2 with an authenticated token (RLS on, batched check). \
+The default is a rate search: rows are written at a steady pace for --step-secs per rate, \
+lowest rate first, and the search stops at the first rate whose commit-to-receipt p99 reaches \
+--p99-ms or where a client falls behind. --burst writes everything at once instead. Starts its \
+own private Postgres cluster and walcast server.")]
     Realtime(BenchRealtimeArgs),
 }
 
@@ -481,10 +485,30 @@ pub struct BenchRealtimeArgs {
     /// Realtime WebSocket clients, each joined to one channel with a postgres_changes binding.
     #[arg(long, default_value_t = 500)]
     pub subscribers: usize,
-    /// Rows in the burst (all transactions together).
+    /// Delivered messages/s to try, in order (rows/s written = rate / subscribers).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "50000,100000,200000,300000,400000,500000,600000,800000,1000000,1200000,1500000"
+    )]
+    pub rates: Vec<u64>,
+    /// Seconds of steady writing per rate.
+    #[arg(long, default_value_t = 5)]
+    pub step_secs: u64,
+    /// The latency bound a rate must hold: commit-to-receipt p99, in ms.
+    #[arg(long, default_value_t = 100.0)]
+    pub p99_ms: f64,
+    /// Distinct users (JWT `sub`) the RLS-on clients are spread over: each is its own claims
+    /// group, so the row check runs once per commit per user.
+    #[arg(long, default_value_t = 1)]
+    pub users: usize,
+    /// Instead of the rate search: one burst of --rows rows in --txns transactions.
+    #[arg(long)]
+    pub burst: bool,
+    /// Rows in the burst (all transactions together; --burst only).
     #[arg(long, default_value_t = 20000)]
     pub rows: usize,
-    /// Transactions the burst is split into.
+    /// Transactions the burst is split into (--burst only).
     #[arg(long, default_value_t = 20)]
     pub txns: usize,
     /// Write the result as JSON to this file too.
