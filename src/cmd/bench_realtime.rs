@@ -335,7 +335,7 @@ impl Clients {
         let mut tasks = Vec::with_capacity(n);
         for (i, ws) in sockets.into_iter().enumerate() {
             let tally = Arc::new(Tally::default());
-            tallies.push(tally.clone());
+            tallies.push(Arc::clone(&tally));
             // Clients sample different rows: client i samples rows i, i + SAMPLE_EVERY, ...
             let offset = i as u64 % SAMPLE_EVERY;
             tasks.push(tokio::spawn(listen(ws, tally, offset, stop.clone())));
