@@ -9,13 +9,15 @@
 //! # The gate
 //!
 //! `service_role` sees everything and never reaches the gate. For any other role, INSERT and
-//! UPDATE rows are checked by running, on a pool connection,
-//! `begin; set_config('role', <role>, true); set_config('request.jwt.claims', <claims>, true);
-//! select id from public.monitoring_events where id = any(<ids>); commit` — one query per
-//! transaction (commit LSN) and claims group, however many subscribers share that group. The
-//! answer is cached per (claims group, commit LSN) so every subscriber of the group reuses it;
-//! concurrent askers for the same key wait for the one query in flight. The check reads the
-//! row's *current* version, not the version in the WAL (see `docs/realtime.md`).
+//! UPDATE rows are checked in Postgres by `walcast.realtime_visible_ids` (a migration), which
+//! for each claims group sets `role` and `request.jwt.claims` transaction-locally and selects
+//! the asked ids from `public.monitoring_events` under that role's policies. One call covers
+//! every check waiting, across commits and claims groups: a session whose check is not answered
+//! yet queues it and takes its turn; the turn's holder runs one call for everything queued, so
+//! checks that arrive while a call runs are all answered by the next one. However many
+//! subscribers, distinct users and commits there are, one call is in flight at a time. Answers are cached per (claims group, commit LSN), so every
+//! subscriber of a group reuses them. The check reads the row's *current* version, not the
+//! version in the WAL (see `docs/realtime.md`).
 //!
 //! It never logs tokens or row values, never lets database error text reach a client, and
 //! holds no lock across an await except the per-key query lock that serialises one key.
@@ -62,30 +64,21 @@ pub const MAX_CACHED_ROLE_CHECKS: usize = 4096;
 /// gate round trip.
 pub const GATE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Opens the check's transaction with a time limit (sent pipelined with the check itself).
+const CHECK_BEGIN_SQL: &str = "begin; select set_config('statement_timeout', '%TIMEOUT%', true)";
+
+/// The batched visibility check: `$1` xids, `$2` ids, `$3` roles, `$4` claims, `$5` wait (ms).
+const VISIBLE_IDS_SQL: &str =
+    "select grp, id, problem from walcast.realtime_visible_ids($1, $2, $3, $4, $5)";
+
 /// Sets role and claims for the rest of the transaction.
 const SET_CLAIMS_SQL: &str = "select set_config('role', $1, true), \
      set_config('request.jwt.claims', $2, true), set_config('statement_timeout', $3, true)";
-
-/// The visibility check, run as the subscriber's role: whether the changing transaction (32-bit
-/// xid `$2`, widened with the snapshot's epoch) is visible to this statement's snapshot yet,
-/// and which of the rows `$1` the role can see.
-const VISIBLE_IDS_SQL: &str = "\
-with snap as (select pg_current_snapshot() as s),
-     x as (select s, pg_snapshot_xmax(s)::text::int8 as xmax from snap),
-     f as (select s, xmax, ((xmax >> 32) << 32) | $2::int8 as wide from x)
-select pg_visible_in_snapshot(
-         (case when wide >= xmax and wide >= 4294967296 then wide - 4294967296 else wide end)
-           ::text::xid8, s),
-       array(select id from public.monitoring_events where id = any($1))
-from f";
 
 /// How long the gate waits for a committed transaction to become visible to new snapshots.
 /// Postgres may stream a commit a moment before the committing backend has published it to
 /// other sessions; without the wait such rows would look invisible.
 pub const COMMIT_VISIBLE_WAIT: Duration = Duration::from_secs(2);
-
-/// Pause between two looks while waiting for [`COMMIT_VISIBLE_WAIT`].
-const COMMIT_VISIBLE_POLL: Duration = Duration::from_millis(5);
 
 /// Whether the role may read the table's primary key at all (privileges, not policies).
 const ROLE_CHECK_SQL: &str = "select id from public.monitoring_events limit 0";
@@ -233,6 +226,13 @@ pub enum GateError {
         /// The role.
         role: String,
     },
+    /// The shared check that covered this commit and group failed (its cause was logged by
+    /// the session that ran it).
+    #[error("the shared row level security check for this commit failed ({kind})")]
+    Shared {
+        /// The failed check's [`GateError::kind`].
+        kind: &'static str,
+    },
 }
 
 impl GateError {
@@ -243,6 +243,7 @@ impl GateError {
             GateError::Db(_) => "db",
             GateError::Timeout => "timeout",
             GateError::Denied { .. } => "denied",
+            GateError::Shared { kind } => kind,
         }
     }
 }
@@ -252,8 +253,8 @@ impl GateError {
 struct Answer {
     /// Ids checked so far and whether each is visible.
     known: Mutex<HashMap<Uuid, bool>>,
-    /// Held while a query for this key runs, so concurrent askers wait instead of querying.
-    query: tokio::sync::Mutex<()>,
+    /// Set when the check that covered this key failed.
+    failed: Mutex<Option<&'static str>>,
 }
 
 impl Answer {
@@ -290,6 +291,79 @@ impl Answer {
             known.insert(*id, visible.contains(id));
         }
     }
+
+    /// Records that the check covering this key failed.
+    fn fail(&self, kind: &'static str) {
+        *lock(&self.failed) = Some(kind);
+    }
+}
+
+/// One check asked of [`RlsGate::visible_all`]: may `group` see rows `ids` of transaction
+/// `xid`, committed at `lsn`?
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// Who asks.
+    pub group: &'a Arc<ClaimsGroup>,
+    /// The commit.
+    pub lsn: Lsn,
+    /// The transaction that wrote the rows.
+    pub xid: u32,
+    /// The rows.
+    pub ids: &'a [Uuid],
+}
+
+/// A check waiting for the next call.
+#[derive(Debug)]
+struct Pending {
+    /// Who asks.
+    group: Arc<ClaimsGroup>,
+    /// Where the answer goes (one per commit and group).
+    answer: Arc<Answer>,
+    /// The transaction that wrote the rows.
+    xid: u32,
+    /// The ids not known yet.
+    ids: Vec<Uuid>,
+}
+
+/// The checks waiting, and whether a call is running.
+#[derive(Debug, Default)]
+struct QueueState {
+    /// Checks not yet taken by a call.
+    pending: Vec<Pending>,
+    /// A call is running; the next one starts when it ends.
+    in_flight: bool,
+}
+
+/// The gate's queue of checks (see the module docs).
+#[derive(Debug, Default)]
+struct CheckQueue {
+    /// Pending checks and the running flag.
+    state: Mutex<QueueState>,
+    /// Woken whenever a call ends: waiters look for their answers, one leads the next call.
+    done: tokio::sync::Notify,
+}
+
+/// A running call. Ending it, normally or because the asker went away mid-call, clears the
+/// running flag and wakes every waiter; checks of a call that did not finish go back to the
+/// queue, so no waiter is left without an answer.
+struct InFlight<'a> {
+    /// The queue.
+    queue: &'a CheckQueue,
+    /// The call's checks while it has not finished.
+    batch: Option<Vec<Pending>>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        {
+            let mut state = lock(&self.queue.state);
+            if let Some(batch) = self.batch.take() {
+                state.pending.extend(batch);
+            }
+            state.in_flight = false;
+        }
+        self.queue.done.notify_waiters();
+    }
 }
 
 /// Answers by key, oldest first for eviction.
@@ -325,6 +399,8 @@ pub struct RlsGate {
     facts_load: tokio::sync::Mutex<()>,
     /// Visibility answers.
     answers: Mutex<AnswerCache>,
+    /// Checks waiting for a call.
+    queue: CheckQueue,
     /// Role checks: when, and what the role may read.
     roles: Mutex<HashMap<Arc<ClaimsGroup>, (Instant, RoleAccess)>>,
 }
@@ -345,11 +421,12 @@ impl RlsGate {
             facts: Mutex::new(None),
             facts_load: tokio::sync::Mutex::new(()),
             answers: Mutex::new(AnswerCache::default()),
+            queue: CheckQueue::default(),
             roles: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Visibility queries run so far.
+    /// Visibility calls run so far.
     pub fn queries(&self) -> u64 {
         self.queries.load(Ordering::Relaxed)
     }
@@ -479,8 +556,8 @@ impl RlsGate {
     }
 
     /// The ids among `ids` (rows of transaction `xid`, committed at `lsn`) that the group may
-    /// see. Ids already answered for this key come from the cache; the rest are checked with
-    /// one query, shared with concurrent askers of the same key.
+    /// see. Ids already answered for this key come from the cache; the rest wait for the next
+    /// batched call (see the module docs).
     pub async fn visible(
         &self,
         group: &Arc<ClaimsGroup>,
@@ -488,17 +565,94 @@ impl RlsGate {
         xid: u32,
         ids: &[Uuid],
     ) -> Result<HashSet<Uuid>, GateError> {
-        let answer = self.answer(group, lsn);
-        if let Some(v) = answer.lookup(ids) {
-            return Ok(v);
+        let ask = Ask {
+            group,
+            lsn,
+            xid,
+            ids,
+        };
+        let mut out = self.visible_all(std::slice::from_ref(&ask)).await;
+        out.pop().unwrap_or_else(|| Ok(HashSet::new()))
+    }
+
+    /// [`RlsGate::visible`] for several checks at once (a session's commits and groups): all are
+    /// queued together, so one call answers them all. One result per ask, in order.
+    pub async fn visible_all(&self, asks: &[Ask<'_>]) -> Vec<Result<HashSet<Uuid>, GateError>> {
+        let answers: Vec<Arc<Answer>> = asks.iter().map(|a| self.answer(a.group, a.lsn)).collect();
+        let mut out: Vec<Option<Result<HashSet<Uuid>, GateError>>> =
+            asks.iter().map(|_| None).collect();
+        let queue = &self.queue;
+        {
+            let mut state = lock(&queue.state);
+            for (i, (ask, answer)) in asks.iter().zip(&answers).enumerate() {
+                match answer.lookup(ask.ids) {
+                    Some(v) => out[i] = Some(Ok(v)),
+                    None => state.pending.push(Pending {
+                        group: Arc::clone(ask.group),
+                        answer: Arc::clone(answer),
+                        xid: ask.xid,
+                        ids: answer.missing(ask.ids),
+                    }),
+                }
+            }
         }
-        let _running = answer.query.lock().await;
-        let missing = answer.missing(ids);
-        if !missing.is_empty() {
-            let found = self.query_visible(group, xid, &missing).await?;
-            answer.record(&missing, &found);
+        loop {
+            // Registered before looking, so a call ending in between still wakes us.
+            let done = queue.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            let batch = {
+                let mut state = lock(&queue.state);
+                let mut open = false;
+                for (i, (ask, answer)) in asks.iter().zip(&answers).enumerate() {
+                    if out[i].is_some() {
+                        continue;
+                    }
+                    if let Some(v) = answer.lookup(ask.ids) {
+                        out[i] = Some(Ok(v));
+                    } else if let Some(kind) = *lock(&answer.failed) {
+                        out[i] = Some(Err(GateError::Shared { kind }));
+                    } else {
+                        open = true;
+                    }
+                }
+                if !open {
+                    break;
+                }
+                if state.in_flight {
+                    None
+                } else {
+                    // Some check is still pending: run one call for everything pending.
+                    state.in_flight = true;
+                    Some(
+                        std::mem::take(&mut state.pending)
+                            .into_iter()
+                            .filter(|p| !p.answer.missing(&p.ids).is_empty())
+                            .collect::<Vec<_>>(),
+                    )
+                }
+            };
+            let Some(batch) = batch else {
+                done.await;
+                continue;
+            };
+            let mut call = InFlight {
+                queue,
+                batch: Some(batch),
+            };
+            let batch = call.batch.as_deref().unwrap_or_default();
+            if let Err(e) = self.check_batch(batch).await {
+                tracing::warn!(error = %e, kind = e.kind(), checks = batch.len(), "realtime: row level security check failed");
+                for p in batch {
+                    p.answer.fail(e.kind());
+                }
+            }
+            call.batch = None;
+            drop(call);
         }
-        Ok(answer.lookup(ids).unwrap_or_default())
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Ok(HashSet::new())))
+            .collect()
     }
 
     /// The answer slot of a key, created (and the oldest evicted) when new.
@@ -519,45 +673,114 @@ impl RlsGate {
         a
     }
 
-    /// Runs the visibility query as the group's role, once the transaction `xid` is visible
-    /// (each statement of the transaction takes a fresh snapshot, so a retry sees newer
-    /// commits).
-    async fn query_visible(
-        &self,
-        group: &ClaimsGroup,
-        xid: u32,
-        ids: &[Uuid],
-    ) -> Result<HashSet<Uuid>, GateError> {
+    /// One call of `walcast.realtime_visible_ids` for every check in `batch`, recording each
+    /// (commit, group) answer for all the ids asked; a group whose check failed in Postgres is
+    /// marked failed ("denied") without failing the others.
+    async fn check_batch(&self, batch: &[Pending]) -> Result<(), GateError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Distinct groups, each with its distinct answers (one per commit) and the ids asked of
+        // each; all ids and xids.
+        type Asked<'b> = (&'b Arc<Answer>, Vec<Uuid>);
+        let mut index: HashMap<&ClaimsGroup, usize> = HashMap::new();
+        let mut groups: Vec<(&ClaimsGroup, Vec<Asked<'_>>)> = Vec::new();
+        let mut slot: HashMap<usize, usize> = HashMap::new();
+        let (mut ids, mut seen): (Vec<Uuid>, _) = (Vec::new(), HashSet::new());
+        let (mut xids, mut seen_xids): (Vec<i64>, _) = (Vec::new(), HashSet::new());
+        for p in batch {
+            let i = *index.entry(&*p.group).or_insert_with(|| {
+                groups.push((&*p.group, Vec::new()));
+                groups.len() - 1
+            });
+            let answers = &mut groups[i].1;
+            let j = *slot
+                .entry(Arc::as_ptr(&p.answer) as usize)
+                .or_insert_with(|| {
+                    answers.push((&p.answer, Vec::new()));
+                    answers.len() - 1
+                });
+            answers[j].1.extend_from_slice(&p.ids);
+            ids.extend(p.ids.iter().filter(|id| seen.insert(**id)));
+            if seen_xids.insert(p.xid) {
+                xids.push(i64::from(p.xid));
+            }
+        }
+        let roles: Vec<&str> = groups.iter().map(|(g, _)| g.role.as_str()).collect();
+        let claims: Vec<&str> = groups.iter().map(|(g, _)| g.claims_json.as_str()).collect();
+        let wait_ms = COMMIT_VISIBLE_WAIT.as_millis() as i32;
         self.queries.fetch_add(1, Ordering::Relaxed);
-        let xid = i64::from(xid);
+        let started = Instant::now();
         let run = async {
-            let mut client = self.pool.get().await.map_err(GateError::Pool)?;
-            let tx = client.transaction().await.map_err(GateError::Db)?;
-            set_claims(&tx, group).await.map_err(GateError::Db)?;
-            let started = Instant::now();
-            let found = loop {
-                let row = tx
-                    .query_one(VISIBLE_IDS_SQL, &[&ids, &xid])
-                    .await
-                    .map_err(GateError::Db)?;
-                let committed: bool = row.get(0);
-                if committed || started.elapsed() >= COMMIT_VISIBLE_WAIT {
-                    if !committed {
-                        tracing::debug!(xid, "realtime gate: transaction still not visible");
-                    }
-                    break row.get::<_, Vec<Uuid>>(1);
-                }
-                tokio::time::sleep(COMMIT_VISIBLE_POLL).await;
-            };
-            tx.commit().await.map_err(GateError::Db)?;
-            Ok::<_, GateError>(found.into_iter().collect())
+            let client = self.pool.get().await.map_err(GateError::Pool)?;
+            let stmt = client
+                .prepare_cached(VISIBLE_IDS_SQL)
+                .await
+                .map_err(GateError::Db)?;
+            let begin =
+                CHECK_BEGIN_SQL.replace("%TIMEOUT%", &format!("{}ms", GATE_TIMEOUT.as_millis()));
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&xids, &ids, &roles, &claims, &wait_ms];
+            // Polled in order on first poll, so the three are sent together: one round trip.
+            let (began, rows, ended) = futures::future::join3(
+                client.batch_execute(&begin),
+                client.query(&stmt, &params),
+                client.batch_execute("commit"),
+            )
+            .await;
+            began
+                .and(rows)
+                .and_then(|r| ended.map(|()| r))
+                .map_err(GateError::Db)
         };
-        tokio::time::timeout(
+        let rows = tokio::time::timeout(
             GATE_TIMEOUT + COMMIT_VISIBLE_WAIT + Duration::from_secs(1),
             run,
         )
         .await
-        .map_err(|_| GateError::Timeout)?
+        .map_err(|_| GateError::Timeout)??;
+        tracing::debug!(
+            checks = batch.len(),
+            groups = groups.len(),
+            ids = ids.len(),
+            xids = xids.len(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "realtime gate: call"
+        );
+        let mut visible: Vec<HashSet<Uuid>> = vec![HashSet::new(); groups.len()];
+        let mut problems: Vec<bool> = vec![false; groups.len()];
+        for row in rows {
+            let Some(i) = usize::try_from(row.get::<_, i32>(0))
+                .ok()
+                .and_then(|i| i.checked_sub(1))
+                .filter(|i| *i < groups.len())
+            else {
+                continue;
+            };
+            match (
+                row.get::<_, Option<Uuid>>(1),
+                row.get::<_, Option<String>>(2),
+            ) {
+                (Some(id), None) => {
+                    visible[i].insert(id);
+                }
+                (_, Some(sqlstate)) => {
+                    tracing::debug!(role = %groups[i].0.role, sqlstate, "realtime gate: a group's check failed");
+                    problems[i] = true;
+                }
+                (None, None) => {}
+            }
+        }
+        for (i, (_, answers)) in groups.iter().enumerate() {
+            for (answer, asked) in answers {
+                if problems[i] {
+                    answer.fail("denied");
+                } else {
+                    answer.record(asked, &visible[i]);
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -906,6 +906,89 @@ async fn gate_asks_once_per_commit_and_claims_group() {
     assert!(gate.check_role(&claims("no_such_role")).await.is_err());
 }
 
+/// Many claims groups asking about one commit at once share one or two calls; each group gets
+/// its own policy's answer, and a group whose role cannot be used fails alone.
+#[tokio::test]
+async fn gate_checks_many_groups_in_few_calls() {
+    let db = support::fresh_db().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "create function public.auth_sub() returns text language sql stable as $$ \
+           select nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub' $$; \
+         drop policy monitoring_events_authenticated_read on public.monitoring_events; \
+         create policy monitoring_events_own_source on public.monitoring_events \
+           for select to authenticated using (source = public.auth_sub());",
+    )
+    .await
+    .unwrap();
+    const USERS: usize = 40;
+    let rows = c
+        .query(
+            "insert into public.monitoring_events (event_type, source) \
+             select 'cpu', 'user-' || g from generate_series(0, $1::int - 1) g \
+             returning id, source, xmin::text::int8",
+            &[&(USERS as i32)],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let owner: std::collections::HashMap<uuid::Uuid, String> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let xid = u32::try_from(rows[0].get::<_, i64>(2)).unwrap();
+    let pool = walcast::db::pool(&db.url, 4, "test").unwrap();
+    let gate = std::sync::Arc::new(walcast::realtime_auth::RlsGate::new(pool, "walcast_events"));
+    // One expiry for all tokens: equal claims make equal groups.
+    let exp = now() + 600;
+    let group = |role: &str, sub: &str| {
+        let t = sign(json!({"role": role, "exp": exp, "sub": sub}));
+        walcast::realtime_auth::verify_token(support::SECRET, &t, now())
+            .unwrap()
+            .group
+    };
+    let lsn = walcast::decode::Lsn(0x1234);
+    let mut tasks = Vec::new();
+    for u in 0..USERS {
+        // Three subscribers per user.
+        for _ in 0..3 {
+            let (gate, g, ids) = (
+                std::sync::Arc::clone(&gate),
+                group("authenticated", &format!("user-{u}")),
+                ids.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                (u, gate.visible(&g, lsn, xid, &ids).await)
+            }));
+        }
+    }
+    let bad = {
+        let (gate, g, ids) = (
+            std::sync::Arc::clone(&gate),
+            group("no_such_role", "x"),
+            ids.clone(),
+        );
+        tokio::spawn(async move { gate.visible(&g, lsn, xid, &ids).await })
+    };
+    for t in tasks {
+        let (u, seen) = t.await.unwrap();
+        let seen = seen.unwrap();
+        assert_eq!(seen.len(), 1, "user-{u} sees exactly its own row: {seen:?}");
+        let id = seen.iter().next().unwrap();
+        assert_eq!(owner[id], format!("user-{u}"));
+    }
+    assert!(bad.await.unwrap().is_err(), "an unusable role fails");
+    let calls = gate.queries();
+    // One call per group would be 41; scheduling decides how many groups each call catches.
+    assert!(
+        (1..=(USERS as u64) / 4).contains(&calls),
+        "{USERS} groups x 3 subscribers + 1 bad group on one commit: {calls} calls"
+    );
+    // Everything is answered now: asking again costs nothing.
+    gate.visible(&group("authenticated", "user-7"), lsn, xid, &ids)
+        .await
+        .unwrap();
+    assert_eq!(gate.queries(), calls);
+}
+
 /// Tokens expiring while joined, refreshed before expiry, refreshed with an expired token.
 #[tokio::test]
 async fn access_token_refresh_and_expiry() {

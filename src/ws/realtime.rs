@@ -48,7 +48,8 @@ use crate::protocol::realtime::{
     IDLE_TIMEOUT, MAX_CHANNELS, PHOENIX_TOPIC, PRESENCE_CALLS_PER_WINDOW, PRESENCE_WINDOW,
 };
 use crate::realtime_auth::{
-    ClaimsGroup, GateError, REALTIME_SCHEMA, REALTIME_TABLE, RlsGate, TokenClaims, verify_token,
+    Ask, ClaimsGroup, GateError, REALTIME_SCHEMA, REALTIME_TABLE, RlsGate, TokenClaims,
+    verify_token,
 };
 
 /// Close code after the client fell behind (same as `/ws`).
@@ -894,14 +895,25 @@ impl Session {
         // 2. Ask the gate.
         let mut visible: HashMap<(Lsn, Arc<ClaimsGroup>), HashSet<Uuid>> = HashMap::new();
         let mut failed: HashSet<Arc<ClaimsGroup>> = HashSet::new();
-        for ((lsn, group), (xid, ids)) in asks {
-            match self.rt.gate.visible(&group, lsn, xid, &ids).await {
+        let asks: Vec<_> = asks.into_iter().collect();
+        let questions: Vec<Ask<'_>> = asks
+            .iter()
+            .map(|((lsn, group), (xid, ids))| Ask {
+                group,
+                lsn: *lsn,
+                xid: *xid,
+                ids,
+            })
+            .collect();
+        let answers = self.rt.gate.visible_all(&questions).await;
+        for (((lsn, group), _), answer) in asks.iter().zip(answers) {
+            match answer {
                 Ok(v) => {
-                    visible.insert((lsn, group), v);
+                    visible.insert((*lsn, Arc::clone(group)), v);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, kind = e.kind(), lsn = %lsn, "realtime: row level security check failed");
-                    failed.insert(group);
+                    tracing::debug!(error = %e, kind = e.kind(), lsn = %lsn, "realtime: row level security check failed");
+                    failed.insert(Arc::clone(group));
                 }
             }
         }
