@@ -60,6 +60,8 @@ const TARGET_RLS_ON: f64 = 50_000.0;
 const TICK: Duration = Duration::from_millis(10);
 /// How long clients may take, after a step's last commit, to hold every row of it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the per-subscriber baseline runs.
+const BASELINE_TIME: Duration = Duration::from_secs(3);
 /// The two phases: name and the role every client's token carries.
 const PHASES: [(&str, &str); 2] = [("RLS off", "service_role"), ("RLS on", "authenticated")];
 
@@ -151,14 +153,18 @@ async fn paced(addr: SocketAddr, pg: &Client, args: &BenchRealtimeArgs) -> anyho
     let mut all_met = true;
     for (name, role) in PHASES {
         eprintln!("realtime {name}: {} subscribers ({role})", args.subscribers);
-        let jwts = tokens(
-            role,
-            if role == "service_role" {
-                1
-            } else {
-                args.users
-            },
-        )?;
+        let users = if role == "service_role" { 1 } else { args.users };
+        let baseline = if role == "service_role" {
+            None
+        } else {
+            let b = per_subscriber_baseline(pg, role, args.subscribers, users, BASELINE_TIME)
+                .await?;
+            eprintln!(
+                "realtime {name}: baseline, one check per change for every subscriber: at most {b:.0} msgs/s"
+            );
+            Some(b)
+        };
+        let jwts = tokens(role, users)?;
         let clients = Clients::join(addr, &jwts, args.subscribers).await?;
         // Clients count from 0: rows written before they joined are not theirs.
         let base = seq;
@@ -232,6 +238,7 @@ async fn paced(addr: SocketAddr, pg: &Client, args: &BenchRealtimeArgs) -> anyho
             "phase": name,
             "role": role,
             "sustained_msgs_per_s": sustained,
+            "baseline_per_subscriber_check_msgs_per_s": baseline.map(f64::round),
             "target_msgs_per_s": target(role),
             "met": met,
             "steps": steps,
@@ -247,6 +254,51 @@ async fn paced(addr: SocketAddr, pg: &Client, args: &BenchRealtimeArgs) -> anyho
         "phases": json_phases,
         "met": all_met,
     }))
+}
+
+/// Baseline, same run: the per-subscriber check of a Realtime server that asks Postgres once per
+/// change for all subscribers (one statement per change, each subscriber's claims checked in
+/// turn, as Supabase Realtime's `apply_rls` does). Runs `walcast.realtime_visible_ids` with one
+/// row and one entry per subscriber for `dur` and returns the messages/s this alone allows
+/// (changes checked/s × subscribers); delivery is not included, so it is an upper bound.
+async fn per_subscriber_baseline(
+    pg: &Client,
+    role: &str,
+    subscribers: usize,
+    users: usize,
+    dur: Duration,
+) -> anyhow::Result<f64> {
+    let ids: Vec<uuid::Uuid> = pg
+        .query(
+            "select id from public.monitoring_events order by id desc limit 1000",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    anyhow::ensure!(!ids.is_empty(), "no rows to check");
+    let roles: Vec<&str> = vec![role; subscribers];
+    let claims: Vec<String> = (0..subscribers)
+        .map(|i| {
+            let mut c = json!({"role": role});
+            if users > 1 {
+                c["sub"] = json!(format!("bench-user-{}", i % users));
+            }
+            c.to_string()
+        })
+        .collect();
+    let stmt = pg
+        .prepare("select count(*) from walcast.realtime_visible_ids('{}', $1, $2, $3, 0)")
+        .await?;
+    let t0 = Instant::now();
+    let mut checked = 0u64;
+    while t0.elapsed() < dur {
+        let one = [ids[checked as usize % ids.len()]];
+        pg.query_one(&stmt, &[&&one[..], &roles, &claims]).await?;
+        checked += 1;
+    }
+    Ok(checked as f64 * subscribers as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// One token per user for `role`: `sub` is `bench-user-<i>` (one user: no `sub`).
