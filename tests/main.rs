@@ -17,6 +17,8 @@ mod dashboard;
 mod dlq;
 /// Feature flags: SQL/Rust parity, rollouts, precedence, NOTIFY refresh, broadcaster modes, API, CLI.
 mod flags;
+/// The Realtime row level security gate on its own: batched calls, an asker going away mid-call.
+mod gate;
 /// POST /v1/events: formats, errors, batching, idempotence, health and metrics endpoints.
 mod ingest;
 /// Migrations: apply, idempotence, the Supabase copy.

@@ -1,0 +1,84 @@
+//! The Realtime row level security gate (`RlsGate`) on its own, against a real database: the
+//! batched call survives an asker that goes away mid-call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use walcast::decode::Lsn;
+use walcast::realtime_auth::{ClaimsGroup, RlsGate, verify_token};
+
+use crate::support;
+
+/// The claims group of an `authenticated` user `sub` (fixed expiry: equal claims, equal group).
+fn group(sub: &str, exp: i64) -> Arc<ClaimsGroup> {
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"role": "authenticated", "exp": exp, "sub": sub}),
+        &jsonwebtoken::EncodingKey::from_secret(support::SECRET.as_bytes()),
+    )
+    .expect("sign");
+    verify_token(support::SECRET, &token, chrono::Utc::now().timestamp())
+        .expect("valid token")
+        .group
+}
+
+/// Waits until `cond` holds (checked every 5 ms), at most 10 s.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The session leading a call goes away while the call waits for its transaction to become
+/// visible: its checks go back to the queue, the next asker's call answers them and its own,
+/// and nobody is left waiting or answered wrongly.
+#[tokio::test]
+async fn a_call_whose_asker_goes_away_is_taken_over() {
+    let db = support::fresh_db().await;
+    let pool = walcast::db::pool(&db.url, 4, "test").unwrap();
+    let gate = Arc::new(RlsGate::new(pool, "walcast_events"));
+    // A transaction the gate sees streamed but not yet committed: the call waits for it.
+    let mut writer = db.client().await;
+    let tx = writer.transaction().await.unwrap();
+    let row = tx
+        .query_one(
+            "insert into public.monitoring_events (event_type, source) values ('cpu', 'h') \
+             returning id, xmin::text::int8",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (id, xid): (uuid::Uuid, i64) = (row.get(0), row.get(1));
+    let xid = u32::try_from(xid).unwrap();
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let (leader_group, waiter_group) = (group("leader", exp), group("waiter", exp));
+    let lsn = Lsn(0x77);
+
+    let leader = {
+        let (gate, g) = (Arc::clone(&gate), Arc::clone(&leader_group));
+        tokio::spawn(async move { gate.visible(&g, lsn, xid, &[id]).await })
+    };
+    until("the leader's call starts", || gate.queries() == 1).await;
+    let waiter = {
+        let (gate, g) = (Arc::clone(&gate), Arc::clone(&waiter_group));
+        tokio::spawn(async move { gate.visible(&g, lsn, xid, &[id]).await })
+    };
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    tx.commit().await.unwrap();
+
+    let seen = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter is answered")
+        .unwrap()
+        .unwrap();
+    assert!(seen.contains(&id), "the committed row is visible");
+    assert_eq!(gate.queries(), 2, "the waiter ran one call for both checks");
+    // The leader's check was answered by that call: asking again needs no call.
+    let again = gate.visible(&leader_group, lsn, xid, &[id]).await.unwrap();
+    assert!(again.contains(&id));
+    assert_eq!(gate.queries(), 2);
+}
