@@ -222,6 +222,7 @@ pub async fn serve(
         realtime: Arc::new(crate::ws::realtime::RealtimeState::new(
             pool.clone(),
             &config.publication,
+            Arc::clone(&metrics),
         )),
         clients: Arc::new(crate::admin::ClientRegistry::default()),
         consistency: Arc::new(crate::validate::Consistency::new(config.validate_interval)),

@@ -34,6 +34,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::decode::Lsn;
+use crate::metrics::Metrics;
 use crate::protocol::realtime::{TableFacts, TokenProblem};
 
 /// The role that bypasses the gate and sees every change.
@@ -403,6 +404,8 @@ pub struct RlsGate {
     queue: CheckQueue,
     /// Role checks: when, and what the role may read.
     roles: Mutex<HashMap<Arc<ClaimsGroup>, (Instant, RoleAccess)>>,
+    /// Where calls, checks, durations and failures are counted (`walcast_realtime_rls_*`).
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Locks a std mutex; a poisoned lock still holds consistent data here (every critical section
@@ -423,7 +426,14 @@ impl RlsGate {
             answers: Mutex::new(AnswerCache::default()),
             queue: CheckQueue::default(),
             roles: Mutex::new(HashMap::new()),
+            metrics: None,
         }
+    }
+
+    /// The gate counting its calls in `metrics` (`walcast_realtime_rls_*` on `GET /metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Visibility calls run so far.
@@ -710,6 +720,9 @@ impl RlsGate {
         let claims: Vec<&str> = groups.iter().map(|(g, _)| g.claims_json.as_str()).collect();
         let wait_ms = COMMIT_VISIBLE_WAIT.as_millis() as i32;
         self.queries.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.realtime_rls_calls.inc();
+        }
         let started = Instant::now();
         let run = async {
             let client = self.pool.get().await.map_err(GateError::Pool)?;
@@ -733,12 +746,25 @@ impl RlsGate {
                 .and_then(|r| ended.map(|()| r))
                 .map_err(GateError::Db)
         };
-        let rows = tokio::time::timeout(
+        let result = tokio::time::timeout(
             GATE_TIMEOUT + COMMIT_VISIBLE_WAIT + Duration::from_secs(1),
             run,
         )
         .await
-        .map_err(|_| GateError::Timeout)??;
+        .map_err(|_| GateError::Timeout)
+        .and_then(|r| r);
+        if let Some(m) = &self.metrics {
+            m.realtime_rls_call_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match &result {
+                // One check per (commit, claims group) key of the call.
+                Ok(_) => m
+                    .realtime_rls_checks
+                    .add(groups.iter().map(|(_, a)| a.len() as u64).sum()),
+                Err(_) => m.realtime_rls_errors.inc(),
+            }
+        }
+        let rows = result?;
         tracing::debug!(
             checks = batch.len(),
             groups = groups.len(),

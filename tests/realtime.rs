@@ -721,6 +721,26 @@ async fn row_level_security_per_role() {
     }
     anon.expect_none("a row anon may not read", |f| f.event == "postgres_changes")
         .await;
+    // Those checks were answered by calls of walcast.realtime_visible_ids, counted on /metrics.
+    let metrics_url = w.url("/metrics");
+    let gate_counted = |text: &str| {
+        ["calls_total", "checks_total", "call_seconds_count"]
+            .iter()
+            .all(|s| {
+                support::metric(text, &format!("walcast_realtime_rls_{s}")).is_some_and(|v| v > 0.0)
+            })
+    };
+    let counted = support::wait_until(Duration::from_secs(10), || async {
+        let (status, text) = support::get(&metrics_url).await;
+        status == 200 && gate_counted(&text)
+    })
+    .await;
+    let (_, text) = support::get(&metrics_url).await;
+    assert!(counted, "gate calls not counted on /metrics:\n{text}");
+    assert!(
+        support::metric(&text, "walcast_realtime_rls_errors_total").is_some(),
+        "{text}"
+    );
 
     // DELETE is not checked (the row is gone): every subscriber gets the key only.
     c.execute(

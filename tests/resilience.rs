@@ -383,27 +383,39 @@ async fn full_spool_answers_503_spool_full_and_drops_nothing_accepted() {
             .iter()
             .map(|id| json!({"id": id, "event_type": "load", "source": "full", "data": {"pad": "x".repeat(1000)}}))
             .collect();
-        let (status, v) = support::post(
+        let reply = support::post_with_headers(
             &w.url("/v1/events"),
             "application/json",
             None,
             serde_json::to_vec(&body).expect("json"),
         )
         .await;
-        match status {
+        match reply.status {
             201 => {
-                assert_eq!(v["durable"], "spool", "{v}");
+                assert_eq!(reply.body["durable"], "spool", "{}", reply.body);
                 acked.extend(ids);
             }
             _ => {
-                refused = Some((status, v));
+                refused = Some(reply);
                 break;
             }
         }
     }
-    let (status, v) = refused.expect("the 64 KiB spool filled up");
+    let reply = refused.expect("the 64 KiB spool filled up");
+    let (status, v) = (reply.status, &reply.body);
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "spool_full", "{v}");
+    // Clients are told when to try again: a whole number of seconds, at least one.
+    let retry_after = reply
+        .headers
+        .get(hyper::header::RETRY_AFTER)
+        .unwrap_or_else(|| panic!("503 spool_full without Retry-After: {:?}", reply.headers));
+    let seconds: u64 = retry_after
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("Retry-After {retry_after:?} is not whole seconds"));
+    assert!(seconds > 0, "Retry-After {seconds}");
     assert!(
         v["error"]["message"]
             .as_str()

@@ -153,12 +153,16 @@ async fn paced(addr: SocketAddr, pg: &Client, args: &BenchRealtimeArgs) -> anyho
     let mut all_met = true;
     for (name, role) in PHASES {
         eprintln!("realtime {name}: {} subscribers ({role})", args.subscribers);
-        let users = if role == "service_role" { 1 } else { args.users };
+        let users = if role == "service_role" {
+            1
+        } else {
+            args.users
+        };
         let baseline = if role == "service_role" {
             None
         } else {
-            let b = per_subscriber_baseline(pg, role, args.subscribers, users, BASELINE_TIME)
-                .await?;
+            let b =
+                per_subscriber_baseline(pg, role, args.subscribers, users, BASELINE_TIME).await?;
             eprintln!(
                 "realtime {name}: baseline, one check per change for every subscriber: at most {b:.0} msgs/s"
             );

@@ -186,6 +186,14 @@ pub struct Metrics {
     pub consistency_mismatches: LabeledCounter,
     /// Share of the last consistency sample without a mismatch, in millionths.
     pub consistency_match_ratio_ppm: Gauge,
+    /// Calls of `walcast.realtime_visible_ids` by the Realtime row level security gate.
+    pub realtime_rls_calls: Counter,
+    /// (commit, claims group) checks answered by those calls.
+    pub realtime_rls_checks: Counter,
+    /// Seconds per gate call (failed calls included).
+    pub realtime_rls_call_seconds: Histogram,
+    /// Gate calls that failed (no connection, database error, timeout).
+    pub realtime_rls_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -219,6 +227,10 @@ impl Default for Metrics {
             consistency_checked: Counter::default(),
             consistency_mismatches: LabeledCounter::default(),
             consistency_match_ratio_ppm: Gauge(AtomicI64::new(1_000_000)),
+            realtime_rls_calls: Counter::default(),
+            realtime_rls_checks: Counter::default(),
+            realtime_rls_call_seconds: Histogram::new(SECONDS_BUCKETS),
+            realtime_rls_errors: Counter::default(),
         }
     }
 }
@@ -427,6 +439,30 @@ impl Metrics {
              walcast_consistency_match_ratio {}",
             self.consistency_match_ratio_ppm.get() as f64 / 1e6
         );
+        counter(
+            &mut out,
+            "walcast_realtime_rls_calls_total",
+            "Calls of walcast.realtime_visible_ids by the Realtime row level security gate.",
+            self.realtime_rls_calls.get(),
+        );
+        counter(
+            &mut out,
+            "walcast_realtime_rls_checks_total",
+            "(commit, claims group) checks answered by the row level security gate's calls.",
+            self.realtime_rls_checks.get(),
+        );
+        histogram(
+            &mut out,
+            "walcast_realtime_rls_call_seconds",
+            "Duration of one row level security gate call (failed calls included).",
+            &self.realtime_rls_call_seconds,
+        );
+        counter(
+            &mut out,
+            "walcast_realtime_rls_errors_total",
+            "Row level security gate calls that failed (no connection, database error, timeout).",
+            self.realtime_rls_errors.get(),
+        );
         out
     }
 }
@@ -496,5 +532,42 @@ mod tests {
         );
         assert!(text.contains("walcast_ingest_flush_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("walcast_ingest_flush_seconds_count 1"));
+    }
+
+    #[test]
+    fn renders_realtime_rls_gate_metrics() {
+        let m = Metrics::default();
+        let text = m.render(PoolStats::default());
+        for zero in [
+            "walcast_realtime_rls_calls_total 0",
+            "walcast_realtime_rls_checks_total 0",
+            "walcast_realtime_rls_errors_total 0",
+            "walcast_realtime_rls_call_seconds_count 0",
+        ] {
+            assert!(text.lines().any(|l| l == zero), "{zero} in:\n{text}");
+        }
+        m.realtime_rls_calls.add(2);
+        m.realtime_rls_checks.add(5);
+        m.realtime_rls_errors.inc();
+        m.realtime_rls_call_seconds.observe(0.004);
+        m.realtime_rls_call_seconds.observe(0.2);
+        let text = m.render(PoolStats::default());
+        for line in [
+            "# TYPE walcast_realtime_rls_calls_total counter",
+            "walcast_realtime_rls_calls_total 2",
+            "# TYPE walcast_realtime_rls_checks_total counter",
+            "walcast_realtime_rls_checks_total 5",
+            "# TYPE walcast_realtime_rls_errors_total counter",
+            "walcast_realtime_rls_errors_total 1",
+            "# TYPE walcast_realtime_rls_call_seconds histogram",
+            "walcast_realtime_rls_call_seconds_bucket{le=\"0.0025\"} 0",
+            "walcast_realtime_rls_call_seconds_bucket{le=\"0.005\"} 1",
+            "walcast_realtime_rls_call_seconds_bucket{le=\"0.25\"} 2",
+            "walcast_realtime_rls_call_seconds_bucket{le=\"+Inf\"} 2",
+            "walcast_realtime_rls_call_seconds_sum 0.204",
+            "walcast_realtime_rls_call_seconds_count 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
     }
 }

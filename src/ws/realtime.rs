@@ -73,10 +73,15 @@ pub struct RealtimeState {
 }
 
 impl RealtimeState {
-    /// Shared state checking rows on `pool` for walcast's `publication`.
-    pub fn new(pool: deadpool_postgres::Pool, publication: &str) -> Self {
+    /// Shared state checking rows on `pool` for walcast's `publication`, counting the gate's
+    /// calls in `metrics`.
+    pub fn new(
+        pool: deadpool_postgres::Pool,
+        publication: &str,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         RealtimeState {
-            gate: RlsGate::new(pool, publication),
+            gate: RlsGate::new(pool, publication).with_metrics(metrics),
             bus: Bus::default(),
         }
     }

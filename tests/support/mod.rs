@@ -422,6 +422,60 @@ pub async fn post(
     (r.status, v)
 }
 
+/// A response with its headers (see [`post_with_headers`]).
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: hyper::HeaderMap,
+    /// The body as JSON (`Null` when it is not JSON).
+    pub body: serde_json::Value,
+}
+
+/// Like [`post`], keeping the response headers.
+pub async fn post_with_headers(
+    url: &str,
+    content_type: &str,
+    token: Option<&str>,
+    body: impl Into<bytes::Bytes>,
+) -> Reply {
+    use http_body_util::BodyExt as _;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut req = hyper::Request::post(url).header("content-type", content_type);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
+        .body(http_body_util::Full::new(body.into()))
+        .expect("request");
+    let resp = client.request(req).await.expect("post");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("response body")
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// The value of one exposition line `series value` in Prometheus text (`series` includes
+/// labels, if any).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|r| r.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
 /// GETs a URL; returns (status, body text).
 pub async fn get(url: &str) -> (u16, String) {
     let client = walcast::cmd::http_client::HttpClient::new();
