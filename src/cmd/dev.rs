@@ -58,6 +58,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         println!("  dashboard:        http://{addr}/?apikey={dashboard_key}");
         println!("  ingest:           POST http://{addr}/v1/events");
         println!("  stream:           ws://{addr}/ws");
+        println!("  realtime:         ws://{addr}/realtime/v1/websocket?apikey=<anon or service_role key>&vsn=2.0.0");
         println!("  metrics:          http://{addr}/metrics");
         println!("  postgres:         {url}");
         println!("  psql:             psql -h {psql_host} -p {pg_port} -U postgres {DEV_DATABASE}");
