@@ -63,17 +63,21 @@ impl BodyFormat {
 }
 
 /// Parses and validates a body into events. `max_events` bounds the count.
+///
+/// The body is read straight into per-event field slots ([`RawEvent`]) rather than a generic
+/// JSON tree per event; the whole body is read before any event is validated, so a malformed
+/// body is reported as `malformed_json` even when an earlier event is invalid.
 pub fn parse_body(
     body: &[u8],
     format: BodyFormat,
     max_events: usize,
     now: DateTime<Utc>,
 ) -> Result<Vec<EventRecord>, IngestError> {
-    let values: Vec<Value> = match format {
-        BodyFormat::Json => match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Array(items)) => items,
-            Ok(v @ Value::Object(_)) => vec![v],
-            Ok(_) => {
+    let items: Vec<RawItem> = match format {
+        BodyFormat::Json => match serde_json::from_slice::<RawBody>(body) {
+            Ok(RawBody::Array(items)) => items,
+            Ok(RawBody::Object(event)) => vec![RawItem(Some(*event))],
+            Ok(RawBody::Other) => {
                 return Err(IngestError::new(
                     IngestErrorCode::MalformedJson,
                     "the body must be a JSON object (one event) or an array of objects",
@@ -101,7 +105,7 @@ pub fn parse_body(
                 if out.len() >= max_events {
                     return Err(too_many(max_events));
                 }
-                let v: Value = serde_json::from_slice(trimmed).map_err(|e| IngestError {
+                let item: RawItem = serde_json::from_slice(trimmed).map_err(|e| IngestError {
                     code: IngestErrorCode::MalformedJson,
                     message: format!(
                         "malformed JSON on NDJSON line {} column {}: {}",
@@ -112,24 +116,24 @@ pub fn parse_body(
                     index: Some(out.len()),
                     field: None,
                 })?;
-                out.push(v);
+                out.push(item);
             }
             out
         }
     };
-    if values.is_empty() {
+    if items.is_empty() {
         return Err(IngestError::new(
             IngestErrorCode::EmptyBatch,
             "the request holds no event: send at least one",
         ));
     }
-    if values.len() > max_events {
+    if items.len() > max_events {
         return Err(too_many(max_events));
     }
-    values
+    items
         .into_iter()
         .enumerate()
-        .map(|(i, v)| validate_event(i, v, now))
+        .map(|(i, item)| validate_item(i, item, now))
         .collect()
 }
 
@@ -155,37 +159,257 @@ fn trim_ascii(s: &[u8]) -> &[u8] {
     s.trim_ascii()
 }
 
+/// A whole `application/json` body as read, before validation.
+enum RawBody {
+    /// An array: one item per element.
+    Array(Vec<RawItem>),
+    /// A single object: one event.
+    Object(Box<RawEvent>),
+    /// Any other JSON value (rejected: a body is an object or an array).
+    Other,
+}
+
+/// One element of a body as read, before validation: the members of a JSON object, or `None`
+/// for any other JSON value (rejected as "not a JSON object").
+struct RawItem(Option<RawEvent>);
+
+/// The members of one event object, each in its own slot, as the producer sent them.
+///
+/// Reading into slots gives the same outcome as reading the object into a JSON map first: a
+/// repeated member keeps its last value, and of several unknown members the one reported is
+/// the first in byte order of the names.
+#[derive(Debug, Default)]
+struct RawEvent {
+    /// `id`, if present (`null` included).
+    id: Option<Value>,
+    /// `event_type`, if present.
+    event_type: Option<Value>,
+    /// `timestamp`, if present.
+    timestamp: Option<Value>,
+    /// `source`, if present.
+    source: Option<Value>,
+    /// `data`, if present.
+    data: Option<Value>,
+    /// `metadata`, if present.
+    metadata: Option<Value>,
+    /// The smallest member name that is not an event field, if any.
+    unknown: Option<String>,
+}
+
+impl RawEvent {
+    /// Stores one member.
+    fn set(&mut self, key: EventKey, value: Value) {
+        let slot = match key {
+            EventKey::Id => &mut self.id,
+            EventKey::EventType => &mut self.event_type,
+            EventKey::Timestamp => &mut self.timestamp,
+            EventKey::Source => &mut self.source,
+            EventKey::Data => &mut self.data,
+            EventKey::Metadata => &mut self.metadata,
+            EventKey::Unknown(name) => {
+                if self.unknown.as_ref().is_none_or(|u| name < *u) {
+                    self.unknown = Some(name);
+                }
+                return;
+            }
+        };
+        *slot = Some(value);
+    }
+
+    /// The slots of an already-parsed JSON object.
+    fn from_map(obj: Map<String, Value>) -> RawEvent {
+        let mut raw = RawEvent::default();
+        for (k, v) in obj {
+            raw.set(EventKey::from_name(&k), v);
+        }
+        raw
+    }
+}
+
+/// A member name of an event object.
+#[derive(Debug)]
+enum EventKey {
+    /// `id`.
+    Id,
+    /// `event_type`.
+    EventType,
+    /// `timestamp`.
+    Timestamp,
+    /// `source`.
+    Source,
+    /// `data`.
+    Data,
+    /// `metadata`.
+    Metadata,
+    /// Anything else.
+    Unknown(String),
+}
+
+impl EventKey {
+    /// The key for a member name.
+    fn from_name(name: &str) -> EventKey {
+        match name {
+            "id" => EventKey::Id,
+            "event_type" => EventKey::EventType,
+            "timestamp" => EventKey::Timestamp,
+            "source" => EventKey::Source,
+            "data" => EventKey::Data,
+            "metadata" => EventKey::Metadata,
+            other => EventKey::Unknown(other.to_owned()),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EventKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// Reads a member name without allocating for the known ones.
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = EventKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EventKey, E> {
+                Ok(EventKey::from_name(v))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Reads the members of an object into a [`RawEvent`].
+fn read_event<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<RawEvent, A::Error> {
+    let mut raw = RawEvent::default();
+    while let Some(key) = map.next_key::<EventKey>()? {
+        let value: Value = map.next_value()?;
+        raw.set(key, value);
+    }
+    Ok(raw)
+}
+
+/// Reads (and checks) the elements of an array that is not used.
+fn skip_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    // Read as JSON values, not skipped bytes, so the body is checked exactly as strictly
+    // (UTF-8 included) as any other value.
+    while seq.next_element::<Value>()?.is_some() {}
+    Ok(())
+}
+
+/// Implements the scalar `visit_*` methods of a visitor as "some other value".
+macro_rules! other_scalars {
+    ($other:expr) => {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+    };
+}
+
+impl<'de> serde::Deserialize<'de> for RawItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// Reads one element of a body.
+        struct ItemVisitor;
+        impl<'de> serde::de::Visitor<'de> for ItemVisitor {
+            type Value = RawItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawItem, A::Error> {
+                read_event(map).map(|e| RawItem(Some(e)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawItem, A::Error> {
+                skip_seq(seq).map(|()| RawItem(None))
+            }
+            other_scalars!(RawItem(None));
+        }
+        d.deserialize_any(ItemVisitor)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RawBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// Reads a whole `application/json` body.
+        struct BodyVisitor;
+        impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+            type Value = RawBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawBody, A::Error> {
+                read_event(map).map(|e| RawBody::Object(Box::new(e)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawBody, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(item) = seq.next_element::<RawItem>()? {
+                    items.push(item);
+                }
+                Ok(RawBody::Array(items))
+            }
+            other_scalars!(RawBody::Other);
+        }
+        d.deserialize_any(BodyVisitor)
+    }
+}
+
 /// Validates one event object of the unified event model.
 pub fn validate_event(
     index: usize,
     v: Value,
     now: DateTime<Utc>,
 ) -> Result<EventRecord, IngestError> {
-    let Value::Object(mut obj) = v else {
+    let item = match v {
+        Value::Object(obj) => RawItem(Some(RawEvent::from_map(obj))),
+        _ => RawItem(None),
+    };
+    validate_item(index, item, now)
+}
+
+/// Validates one element of a body.
+fn validate_item(
+    index: usize,
+    item: RawItem,
+    now: DateTime<Utc>,
+) -> Result<EventRecord, IngestError> {
+    let RawItem(Some(raw)) = item else {
         // The event itself is at fault, not one of its fields: no `field`.
         return Err(IngestError {
             field: None,
             ..IngestError::invalid(index, "", format!("event {index} is not a JSON object"))
         });
     };
-    for key in obj.keys() {
-        if !matches!(
-            key.as_str(),
-            "id" | "event_type" | "timestamp" | "source" | "data" | "metadata"
-        ) {
-            return Err(IngestError::invalid(
-                index,
-                key,
-                format!(
-                    "event {index}: unknown field {key:?}; an event has id, event_type, timestamp, source, data and metadata (put anything else in data or metadata)"
-                ),
-            ));
-        }
+    if let Some(key) = &raw.unknown {
+        return Err(IngestError::invalid(
+            index,
+            key,
+            format!(
+                "event {index}: unknown field {key:?}; an event has id, event_type, timestamp, source, data and metadata (put anything else in data or metadata)"
+            ),
+        ));
     }
-    let event_type = required_text(&mut obj, index, "event_type", MAX_EVENT_TYPE_CHARS)?;
-    let source = required_text(&mut obj, index, "source", MAX_SOURCE_CHARS)?;
-    let id = match obj.remove("id") {
-        None | Some(Value::Null) => Uuid::now_v7(),
+    let event_type = required_text(raw.event_type, index, "event_type", MAX_EVENT_TYPE_CHARS)?;
+    let source = required_text(raw.source, index, "source", MAX_SOURCE_CHARS)?;
+    let id = match raw.id {
+        None | Some(Value::Null) => fresh_id(),
         Some(Value::String(s)) => Uuid::parse_str(&s).map_err(|_| {
             IngestError::invalid(
                 index,
@@ -201,7 +425,7 @@ pub fn validate_event(
             ));
         }
     };
-    let timestamp = match obj.remove("timestamp") {
+    let timestamp = match raw.timestamp {
         None | Some(Value::Null) => now,
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&Utc))
@@ -235,8 +459,8 @@ pub fn validate_event(
             ));
         }
     };
-    let data = object_field(&mut obj, index, "data", MAX_DATA_BYTES)?;
-    let metadata = object_field(&mut obj, index, "metadata", MAX_METADATA_BYTES)?;
+    let data = object_field(raw.data, index, "data", MAX_DATA_BYTES)?;
+    let metadata = object_field(raw.metadata, index, "metadata", MAX_METADATA_BYTES)?;
     Ok(EventRecord {
         id,
         event_type,
@@ -249,12 +473,12 @@ pub fn validate_event(
 
 /// A required, non-empty, bounded string field.
 fn required_text(
-    obj: &mut Map<String, Value>,
+    value: Option<Value>,
     index: usize,
     field: &str,
     max_chars: usize,
 ) -> Result<String, IngestError> {
-    match obj.remove(field) {
+    match value {
         Some(Value::String(s)) => {
             let trimmed_empty = s.trim().is_empty();
             let chars = s.chars().count();
@@ -297,12 +521,12 @@ fn required_text(
 
 /// An optional JSON-object field with a size bound.
 fn object_field(
-    obj: &mut Map<String, Value>,
+    value: Option<Value>,
     index: usize,
     field: &str,
     max_bytes: usize,
 ) -> Result<Map<String, Value>, IngestError> {
-    match obj.remove(field) {
+    match value {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => {
             let size = jsonb_text_len(&m);
@@ -334,6 +558,56 @@ fn object_field(
     }
 }
 
+/// Bits of the per-millisecond counter of [`fresh_id`]: the 12 `rand_a` bits and the top 30
+/// bits of `rand_b` (RFC 9562, section 6.2, method 1). The other 32 bits are random.
+const ID_COUNTER_BITS: u32 = 42;
+
+/// The id clock shared by every request of the process: the millisecond of the last fresh id
+/// and the counter within it.
+static ID_CLOCK: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
+
+/// A new time-ordered UUIDv7 for an event sent without an id.
+///
+/// Ids from one process are strictly increasing: within a millisecond a counter (seeded at
+/// random at each new millisecond, with headroom) counts up, and a counter that runs out moves
+/// on to the next millisecond. The last 32 bits are random, from the thread's
+/// cryptographically secure generator, so ids from different nodes do not collide. Unlike
+/// [`Uuid::now_v7`] this asks the kernel for no randomness per id.
+fn fresh_id() -> Uuid {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let max_counter = (1u64 << ID_COUNTER_BITS) - 1;
+    let (millis, counter) = {
+        let mut clock = ID_CLOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let (last_ms, last_counter) = *clock;
+        let next = if now_ms > last_ms {
+            (now_ms, seed_counter())
+        } else if last_counter < max_counter {
+            (last_ms, last_counter + 1)
+        } else {
+            (last_ms + 1, seed_counter())
+        };
+        *clock = next;
+        next
+    };
+    let random: u32 = rand::random();
+    let value = (u128::from(millis & 0xFFFF_FFFF_FFFF) << 80)
+        | (0x7 << 76)
+        | (u128::from(counter >> 30) << 64)
+        | (0b10 << 62)
+        | (u128::from(counter & 0x3FFF_FFFF) << 32)
+        | u128::from(random);
+    Uuid::from_u128(value)
+}
+
+/// A random starting counter for a new millisecond, with its top bit clear so that the
+/// millisecond has room for at least 2^41 ids.
+fn seed_counter() -> u64 {
+    rand::random::<u64>() & ((1u64 << (ID_COUNTER_BITS - 1)) - 1)
+}
+
 /// The size of `m` as Postgres prints it (`jsonb::text`), which is what the table's
 /// `octet_length(data::text)` checks measure: `", "` and `": "` separators, and numbers
 /// without exponents (`1e3` is `1000`). Measuring the compact JSON instead would accept
@@ -341,7 +615,7 @@ fn object_field(
 fn jsonb_text_len(m: &Map<String, Value>) -> usize {
     use serde::Serialize;
     let mut counter = CountingWriter(0);
-    let mut ser = serde_json::Serializer::with_formatter(&mut counter, JsonbFormatter);
+    let mut ser = serde_json::Serializer::with_formatter(&mut counter, JsonbFormatter::default());
     match m.serialize(&mut ser) {
         Ok(()) => counter.0,
         Err(_) => usize::MAX,
@@ -362,7 +636,11 @@ impl std::io::Write for CountingWriter {
 }
 
 /// serde_json formatting that matches Postgres' jsonb output.
-struct JsonbFormatter;
+#[derive(Default)]
+struct JsonbFormatter {
+    /// Reused buffer for one number's text.
+    scratch: Vec<u8>,
+}
 
 impl serde_json::ser::Formatter for JsonbFormatter {
     fn begin_array_value<W: ?Sized + std::io::Write>(
@@ -383,9 +661,14 @@ impl serde_json::ser::Formatter for JsonbFormatter {
         w.write_all(b": ")
     }
     fn write_f64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, v: f64) -> std::io::Result<()> {
-        let mut text = Vec::new();
-        serde_json::ser::CompactFormatter.write_f64(&mut text, v)?;
-        w.write_all(numeric_text(&String::from_utf8_lossy(&text)).as_bytes())
+        self.scratch.clear();
+        serde_json::ser::CompactFormatter.write_f64(&mut self.scratch, v)?;
+        if self.scratch.iter().any(|b| matches!(b, b'e' | b'E')) {
+            w.write_all(numeric_text(&String::from_utf8_lossy(&self.scratch)).as_bytes())
+        } else {
+            // Without an exponent Postgres prints the literal as given.
+            w.write_all(&self.scratch)
+        }
     }
 }
 
@@ -597,6 +880,112 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("data"));
+    }
+
+    #[test]
+    fn members_are_read_like_a_json_map() {
+        // A repeated member keeps its last value.
+        let e = parse(
+            r#"{"event_type":"a","event_type":"b","source":"s","source":"t"}"#,
+            BodyFormat::Json,
+        )
+        .unwrap();
+        assert_eq!((e[0].event_type.as_str(), e[0].source.as_str()), ("b", "t"));
+        // Of several unknown members, the first in byte order is reported.
+        let e = parse(
+            r#"{"zeta":1,"event_type":"a","Beta":2,"alpha":3,"source":"s"}"#,
+            BodyFormat::Json,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("Beta"));
+        // Escaped member names are compared unescaped.
+        let e = parse(
+            r#"{"event\u005ftype":"a","source":"s","\u0064ata":{"k":1}}"#,
+            BodyFormat::Json,
+        )
+        .unwrap();
+        assert_eq!(e[0].event_type, "a");
+        assert_eq!(e[0].data, json!({"k":1}).as_object().unwrap().clone());
+        // An unknown member is reported before a missing required one.
+        let e = parse(r#"{"x":1}"#, BodyFormat::Json).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("x"));
+        // Explicit nulls mean "absent" for id, timestamp, data and metadata.
+        let e = parse(
+            r#"{"event_type":"a","source":"s","id":null,"timestamp":null,"data":null,"metadata":null}"#,
+            BodyFormat::Json,
+        )
+        .unwrap();
+        assert_eq!(e[0].timestamp, now());
+        assert!(e[0].data.is_empty() && e[0].metadata.is_empty());
+        let e = parse(r#"{"event_type":null,"source":"s"}"#, BodyFormat::Json).unwrap_err();
+        assert_eq!(e.message, "event 0: event_type is required");
+    }
+
+    #[test]
+    fn non_objects_and_malformed_bodies() {
+        for (i, item) in ["1", "\"x\"", "null", "true", "[1,{}]", "2.5"]
+            .iter()
+            .enumerate()
+        {
+            let body = format!(r#"[{{"event_type":"a","source":"s"}},{item}]"#);
+            let e = parse(&body, BodyFormat::Json).unwrap_err();
+            assert_eq!(e.code, IngestErrorCode::InvalidEvent, "{i}");
+            assert_eq!(e.index, Some(1));
+            assert_eq!(e.field, None);
+            assert_eq!(e.message, "event 1 is not a JSON object");
+        }
+        for body in ["1", "\"x\"", "null", "true"] {
+            let e = parse(body, BodyFormat::Json).unwrap_err();
+            assert_eq!(e.code, IngestErrorCode::MalformedJson);
+            assert_eq!(
+                e.message,
+                "the body must be a JSON object (one event) or an array of objects"
+            );
+        }
+        // Malformed JSON anywhere wins over an invalid event before it.
+        let e = parse(r#"[{"event_type":""},{"event_type":"#, BodyFormat::Json).unwrap_err();
+        assert_eq!(e.code, IngestErrorCode::MalformedJson);
+        let e = parse(r#"[{"event_type":"a","source":"s"}] x"#, BodyFormat::Json).unwrap_err();
+        assert_eq!(e.code, IngestErrorCode::MalformedJson);
+        // Invalid UTF-8 inside an element that is not an object is malformed JSON too.
+        let mut body = br#"[{"event_type":"a","source":"s"},["#.to_vec();
+        body.extend_from_slice(b"\"\xff\"]]");
+        let e = parse_body(&body, BodyFormat::Json, 100, now()).unwrap_err();
+        assert_eq!(e.code, IngestErrorCode::MalformedJson);
+        let e = parse("[1]\n", BodyFormat::Ndjson).unwrap_err();
+        assert_eq!(e.message, "event 0 is not a JSON object");
+    }
+
+    #[test]
+    fn fresh_ids_are_increasing_uuid_v7() {
+        let before = Utc::now().timestamp_millis() as u64;
+        let ids: Vec<Uuid> = (0..10_000).map(|_| fresh_id()).collect();
+        let after = Utc::now().timestamp_millis() as u64 + 1;
+        for w in ids.windows(2) {
+            assert!(w[0] < w[1], "{} !< {}", w[0], w[1]);
+        }
+        for id in [ids[0], ids[9_999]] {
+            assert_eq!(id.get_version_num(), 7);
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+            let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
+            assert!((before..=after).contains(&ms), "{before} {ms} {after}");
+        }
+        let e = parse(
+            "[{\"event_type\":\"a\",\"source\":\"s\"},{\"event_type\":\"a\",\"source\":\"s\"}]",
+            BodyFormat::Json,
+        )
+        .unwrap();
+        assert!(e[0].id < e[1].id);
+    }
+
+    #[test]
+    fn float_sizes_without_exponent_are_the_literal() {
+        let m = json!({"a": 0.5, "b": -12.25, "c": 1e-7});
+        assert_eq!(
+            jsonb_text_len(m.as_object().unwrap()),
+            r#"{"a": 0.5, "b": -12.25, "c": 0.0000001}"#.len()
+        );
     }
 
     #[test]
