@@ -15,12 +15,20 @@
 //! every check waiting, across commits and claims groups: a session whose check is not answered
 //! yet queues it and takes its turn; the turn's holder runs one call for everything queued, so
 //! checks that arrive while a call runs are all answered by the next one. However many
-//! subscribers, distinct users and commits there are, one call is in flight at a time. Answers are cached per (claims group, commit LSN), so every
-//! subscriber of a group reuses them. The check reads the row's *current* version, not the
-//! version in the WAL (see `docs/realtime.md`).
+//! subscribers, distinct users and commits there are, one call is in flight at a time.
+//! Answers are cached per (claims group, commit LSN), so every subscriber of a group reuses
+//! them. The check reads the row's *current* version, not the version in the WAL (see
+//! `docs/realtime.md`).
+//!
+//! # Private channels
+//!
+//! [`RlsGate::private_channel_access`] and [`RlsGate::private_channel_write`] decide who may
+//! read and write a private Broadcast/Presence channel by asking the policies of Supabase's
+//! `realtime.messages` table with probe rows in transactions that are always rolled back
+//! (see `docs/realtime.md`). A database without that table has no such policies.
 //!
 //! It never logs tokens or row values, never lets database error text reach a client, and
-//! holds no lock across an await except the per-key query lock that serialises one key.
+//! holds no lock across an await (waiters for a call park on a notification, not a lock).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -404,6 +412,10 @@ pub struct RlsGate {
     queue: CheckQueue,
     /// Role checks: when, and what the role may read.
     roles: Mutex<HashMap<Arc<ClaimsGroup>, (Instant, RoleAccess)>>,
+    /// Private channel read checks: when, and what the role may read on the topic.
+    channel_reads: Mutex<HashMap<ReadKey, (Instant, ChannelAccess)>>,
+    /// Private channel write checks: when, and whether the role may write.
+    channel_writes: Mutex<HashMap<WriteKey, (Instant, bool)>>,
     /// Where calls, checks, durations and failures are counted (`walcast_realtime_rls_*`).
     metrics: Option<Arc<Metrics>>,
 }
@@ -426,6 +438,8 @@ impl RlsGate {
             answers: Mutex::new(AnswerCache::default()),
             queue: CheckQueue::default(),
             roles: Mutex::new(HashMap::new()),
+            channel_reads: Mutex::new(HashMap::new()),
+            channel_writes: Mutex::new(HashMap::new()),
             metrics: None,
         }
     }
@@ -807,6 +821,345 @@ impl RlsGate {
             }
         }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private channels (Broadcast and Presence authorization)
+// ---------------------------------------------------------------------------------------------
+
+/// What a token may read on a private channel topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelAccess {
+    /// The database has no `realtime.messages` table, so there are no policies to ask: private
+    /// channels are open to `service_role` only.
+    NoPolicies,
+    /// What the `realtime.messages` policies let the role read on the topic.
+    Read {
+        /// Broadcast messages (extension `broadcast`).
+        broadcast: bool,
+        /// Presence (extension `presence`); only asked when the join enables presence.
+        presence: bool,
+    },
+}
+
+impl ChannelAccess {
+    /// Whether the channel may be joined: the role may read broadcast or presence.
+    pub fn may_join(self) -> bool {
+        matches!(self, ChannelAccess::Read { broadcast, presence } if broadcast || presence)
+    }
+}
+
+/// The part of a private channel a write goes to (the `extension` of `realtime.messages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelExtension {
+    /// A broadcast message.
+    Broadcast,
+    /// A presence track.
+    Presence,
+}
+
+impl ChannelExtension {
+    /// The `extension` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelExtension::Broadcast => "broadcast",
+            ChannelExtension::Presence => "presence",
+        }
+    }
+}
+
+/// A cached read check: who, which topic, whether presence was asked.
+type ReadKey = (Arc<ClaimsGroup>, String, bool);
+
+/// A cached write check: who, which topic, which extension.
+type WriteKey = (Arc<ClaimsGroup>, String, ChannelExtension);
+
+/// Whether `realtime.messages` exists, whether it has a `private` column, and the columns an
+/// insert must fill besides `topic` and `extension` (NOT NULL, no default, not identity or
+/// generated): quoted name, type category, type name and full type.
+const MESSAGES_FACTS_SQL: &str = "\
+with r as (select to_regclass('realtime.messages') as rel),
+     req as (select a.attnum, quote_ident(a.attname) as name, t.typcategory::text as cat,
+                    t.typname::text as typname, format_type(a.atttypid, a.atttypmod) as ty
+             from r join pg_attribute a on a.attrelid = r.rel
+             join pg_type t on t.oid = a.atttypid
+             where a.attnum > 0 and not a.attisdropped and a.attnotnull and not a.atthasdef
+               and a.attidentity = '' and a.attgenerated = ''
+               and a.attname not in ('topic', 'extension', 'private'))
+select r.rel is not null,
+       exists (select 1 from pg_attribute a
+               where a.attrelid = r.rel and a.attname = 'private' and not a.attisdropped),
+       array(select name from req order by attnum),
+       array(select cat from req order by attnum),
+       array(select typname from req order by attnum),
+       array(select ty from req order by attnum)
+from r";
+
+/// Sets role, claims (also the older `request.jwt.claim.sub`/`.role` settings) and the topic
+/// that `realtime.topic()` returns, for the rest of the transaction.
+const SET_CHANNEL_CLAIMS_SQL: &str = "select set_config('role', $1, true), \
+     set_config('request.jwt.claims', $2, true), \
+     set_config('request.jwt.claim.sub', coalesce($2::jsonb ->> 'sub', ''), true), \
+     set_config('request.jwt.claim.role', $1, true), \
+     set_config('realtime.topic', $3, true)";
+
+/// Reads back probe rows (`$1` ids) under the current role's policies.
+const PROBE_READ_SQL: &str = "select extension::text from realtime.messages where id = any($1)";
+
+/// What the catalog says about `realtime.messages`.
+struct MessagesTable {
+    /// It has a `private` column (set to true in probes: they stand for private messages).
+    private: bool,
+    /// Extra columns and the values that fill them.
+    fills: Vec<(String, String)>,
+}
+
+impl MessagesTable {
+    /// `insert ... returning id` of one probe row per extension in `$2` (text array), topic
+    /// `$1`.
+    fn insert_sql(&self) -> String {
+        let mut cols = String::from("topic, extension");
+        let mut vals = String::from("$1::text, e");
+        if self.private {
+            cols.push_str(", private");
+            vals.push_str(", true");
+        }
+        for (name, value) in &self.fills {
+            cols.push_str(", ");
+            cols.push_str(name);
+            vals.push_str(", ");
+            vals.push_str(value);
+        }
+        format!(
+            "insert into realtime.messages ({cols}) select {vals} \
+             from unnest($2::text[]) as e returning id"
+        )
+    }
+}
+
+/// A neutral value for a required column of `realtime.messages` that walcast does not know
+/// (Supabase's table has none): empty text, zero, false, now, an empty JSON object or array.
+fn fill_value(category: &str, typname: &str, ty: &str) -> String {
+    let literal = match (category, typname) {
+        (_, "uuid") => return "gen_random_uuid()".to_owned(),
+        ("S", _) => "",
+        ("N", _) => "0",
+        ("B", _) => "false",
+        ("D", _) => "now",
+        _ => "{}",
+    };
+    format!("'{literal}'::{ty}")
+}
+
+/// Whether a database error is the role being refused (privileges, policies, an unknown role)
+/// rather than the database failing (connection, resources, timeouts, internal errors).
+fn is_refusal(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        let class = &db.code().code()[..2];
+        !matches!(class, "08" | "40" | "53" | "57" | "58" | "XX")
+    })
+}
+
+impl RlsGate {
+    /// What the group may read on private channel `sub_topic` (the topic without
+    /// `realtime:`), asked of the `realtime.messages` policies the way Supabase Realtime asks
+    /// them; `presence` also asks about presence. Results are reused for [`ROLE_CHECK_TTL`].
+    ///
+    /// In a transaction that is always rolled back, walcast inserts one probe row per
+    /// extension (as its own database user, so the role needs no INSERT policy to read), then
+    /// sets `role`, `request.jwt.claims` and `realtime.topic` and selects the probes back as the
+    /// role: a probe it can see is an extension it may read.
+    pub async fn private_channel_access(
+        &self,
+        group: &Arc<ClaimsGroup>,
+        sub_topic: &str,
+        presence: bool,
+    ) -> Result<ChannelAccess, GateError> {
+        let key = (Arc::clone(group), sub_topic.to_owned(), presence);
+        let cached = lock(&self.channel_reads)
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() < ROLE_CHECK_TTL)
+            .map(|(_, access)| *access);
+        if let Some(access) = cached {
+            return Ok(access);
+        }
+        let access = tokio::time::timeout(
+            GATE_TIMEOUT + Duration::from_secs(1),
+            self.run_channel_read(group, sub_topic, presence),
+        )
+        .await
+        .map_err(|_| GateError::Timeout)??;
+        let mut reads = lock(&self.channel_reads);
+        if reads.len() >= MAX_CACHED_ROLE_CHECKS {
+            reads.clear();
+        }
+        reads.insert(key, (Instant::now(), access));
+        Ok(access)
+    }
+
+    /// Whether the group may write `extension` messages on private channel `sub_topic`: an
+    /// INSERT into `realtime.messages` as the role, under a savepoint of a transaction that is
+    /// always rolled back. A refusal (privileges, policies) is `false`; so is a database
+    /// without `realtime.messages`. Results are reused for [`ROLE_CHECK_TTL`].
+    pub async fn private_channel_write(
+        &self,
+        group: &Arc<ClaimsGroup>,
+        sub_topic: &str,
+        extension: ChannelExtension,
+    ) -> Result<bool, GateError> {
+        let key = (Arc::clone(group), sub_topic.to_owned(), extension);
+        let cached = lock(&self.channel_writes)
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() < ROLE_CHECK_TTL)
+            .map(|(_, may)| *may);
+        if let Some(may) = cached {
+            return Ok(may);
+        }
+        let may = tokio::time::timeout(
+            GATE_TIMEOUT + Duration::from_secs(1),
+            self.run_channel_write(group, sub_topic, extension),
+        )
+        .await
+        .map_err(|_| GateError::Timeout)??;
+        let mut writes = lock(&self.channel_writes);
+        if writes.len() >= MAX_CACHED_ROLE_CHECKS {
+            writes.clear();
+        }
+        writes.insert(key, (Instant::now(), may));
+        Ok(may)
+    }
+
+    /// Reads what the catalog says about `realtime.messages` (inside `tx`, which also gets the
+    /// statement timeout); `None` when the table does not exist.
+    async fn messages_table(
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<Option<MessagesTable>, tokio_postgres::Error> {
+        let timeout = format!("{}ms", GATE_TIMEOUT.as_millis());
+        tx.query(
+            "select set_config('statement_timeout', $1, true)",
+            &[&timeout],
+        )
+        .await?;
+        let row = tx.query_one(MESSAGES_FACTS_SQL, &[]).await?;
+        if !row.get::<_, bool>(0) {
+            return Ok(None);
+        }
+        let names: Vec<String> = row.get(2);
+        let cats: Vec<String> = row.get(3);
+        let typnames: Vec<String> = row.get(4);
+        let types: Vec<String> = row.get(5);
+        let fills = names
+            .into_iter()
+            .zip(cats)
+            .zip(typnames.into_iter().zip(types))
+            .map(|((name, cat), (typname, ty))| {
+                let value = fill_value(&cat, &typname, &ty);
+                (name, value)
+            })
+            .collect();
+        Ok(Some(MessagesTable {
+            private: row.get(1),
+            fills,
+        }))
+    }
+
+    /// Runs one read check (see [`RlsGate::private_channel_access`]).
+    async fn run_channel_read(
+        &self,
+        group: &ClaimsGroup,
+        sub_topic: &str,
+        presence: bool,
+    ) -> Result<ChannelAccess, GateError> {
+        let mut client = self.pool.get().await.map_err(GateError::Pool)?;
+        let tx = client.transaction().await.map_err(GateError::Db)?;
+        let Some(table) = Self::messages_table(&tx).await.map_err(GateError::Db)? else {
+            tx.rollback().await.map_err(GateError::Db)?;
+            return Ok(ChannelAccess::NoPolicies);
+        };
+        let mut extensions = vec![ChannelExtension::Broadcast.as_str()];
+        if presence {
+            extensions.push(ChannelExtension::Presence.as_str());
+        }
+        // The probes are written as walcast's own user: reading needs no INSERT policy.
+        let ids: Vec<Uuid> = tx
+            .query(&table.insert_sql(), &[&sub_topic, &extensions])
+            .await
+            .map_err(GateError::Db)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let seen = async {
+            tx.query(
+                SET_CHANNEL_CLAIMS_SQL,
+                &[&group.role, &group.claims_json, &sub_topic],
+            )
+            .await?;
+            tx.query(PROBE_READ_SQL, &[&ids]).await
+        }
+        .await;
+        let access = match seen {
+            Ok(rows) => {
+                let seen: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+                ChannelAccess::Read {
+                    broadcast: seen.contains(ChannelExtension::Broadcast.as_str()),
+                    presence: seen.contains(ChannelExtension::Presence.as_str()),
+                }
+            }
+            Err(e) if is_refusal(&e) => ChannelAccess::Read {
+                broadcast: false,
+                presence: false,
+            },
+            Err(e) => return Err(GateError::Db(e)),
+        };
+        tx.rollback().await.map_err(GateError::Db)?;
+        Ok(access)
+    }
+
+    /// Runs one write check (see [`RlsGate::private_channel_write`]).
+    async fn run_channel_write(
+        &self,
+        group: &ClaimsGroup,
+        sub_topic: &str,
+        extension: ChannelExtension,
+    ) -> Result<bool, GateError> {
+        let mut client = self.pool.get().await.map_err(GateError::Pool)?;
+        let mut tx = client.transaction().await.map_err(GateError::Db)?;
+        let Some(table) = Self::messages_table(&tx).await.map_err(GateError::Db)? else {
+            tx.rollback().await.map_err(GateError::Db)?;
+            return Ok(false);
+        };
+        match tx
+            .query(
+                SET_CHANNEL_CLAIMS_SQL,
+                &[&group.role, &group.claims_json, &sub_topic],
+            )
+            .await
+        {
+            Ok(_) => {}
+            // An unknown role, for instance.
+            Err(e) if is_refusal(&e) => return Ok(false),
+            Err(e) => return Err(GateError::Db(e)),
+        }
+        let may = {
+            let probe = tx
+                .savepoint("walcast_write_probe")
+                .await
+                .map_err(GateError::Db)?;
+            let extensions = vec![extension.as_str()];
+            let inserted = probe
+                .query(&table.insert_sql(), &[&sub_topic, &extensions])
+                .await;
+            let may = match inserted {
+                Ok(rows) => !rows.is_empty(),
+                Err(e) if is_refusal(&e) => false,
+                Err(e) => return Err(GateError::Db(e)),
+            };
+            probe.rollback().await.map_err(GateError::Db)?;
+            may
+        };
+        tx.rollback().await.map_err(GateError::Db)?;
+        Ok(may)
     }
 }
 

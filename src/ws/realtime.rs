@@ -48,8 +48,8 @@ use crate::protocol::realtime::{
     IDLE_TIMEOUT, MAX_CHANNELS, PHOENIX_TOPIC, PRESENCE_CALLS_PER_WINDOW, PRESENCE_WINDOW,
 };
 use crate::realtime_auth::{
-    Ask, ClaimsGroup, GateError, REALTIME_SCHEMA, REALTIME_TABLE, RlsGate, TokenClaims,
-    verify_token,
+    Ask, ChannelExtension, ClaimsGroup, GateError, REALTIME_SCHEMA, REALTIME_TABLE, RlsGate,
+    TokenClaims, verify_token,
 };
 
 /// Close code after the client fell behind (same as `/ws`).
@@ -188,6 +188,15 @@ struct Channel {
     columns: Option<Arc<[String]>>,
     /// Times of recent presence calls, for the rate limit.
     presence_calls: VecDeque<Instant>,
+    /// `presence.enabled`.
+    presence: bool,
+    /// A private channel joined under the `realtime.messages` policies (not as
+    /// `service_role`): broadcasts and tracks are checked for write permission.
+    policed: bool,
+    /// Whether the policies let its token broadcast, once asked.
+    may_broadcast: Option<bool>,
+    /// Whether the policies let its token track presence, once asked.
+    may_track: Option<bool>,
 }
 
 impl Channel {
@@ -516,12 +525,27 @@ impl Session {
             Err(p) => return self.send(refuse(p.join_error().reason())).await,
         };
         let config = req.config;
-        if config.private && !claims.is_service_role() {
-            let reason = JoinError::Unauthorized {
-                sub_topic: sub.clone(),
+        let policed = config.private && !claims.is_service_role();
+        if policed {
+            let access = self
+                .rt
+                .gate
+                .private_channel_access(&claims.group, &sub, config.presence_enabled)
+                .await;
+            let refused = match access {
+                Ok(a) if a.may_join() => None,
+                // Denied by the policies, or no `realtime.messages`: service_role only.
+                Ok(_) => Some(JoinError::Unauthorized {
+                    sub_topic: sub.clone(),
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = e.kind(), "realtime: private channel check failed");
+                    Some(JoinError::DatabaseUnavailable)
+                }
+            };
+            if let Some(error) = refused {
+                return self.send(refuse(error.reason())).await;
             }
-            .reason();
-            return self.send(refuse(reason)).await;
         }
         let subscription = if config.postgres_changes.is_empty() {
             None
@@ -575,6 +599,10 @@ impl Session {
             bindings: subscribed.bindings,
             columns: subscribed.columns,
             presence_calls: VecDeque::new(),
+            presence: config.presence_enabled,
+            policed,
+            may_broadcast: None,
+            may_track: None,
         });
         let i = self.channels.len() - 1;
         self.client.subscribe(self.channels[i].registry_info());
@@ -665,13 +693,32 @@ impl Session {
             Err(p) => return self.fail_channel(i, &p.live_message()).await,
         };
         let ch = &self.channels[i];
-        if ch.key.private && !claims.is_service_role() {
-            let message = format!(
-                "You no longer have permission to read from this Channel topic: {}",
-                ch.sub_topic
-            );
-            return self.fail_channel(i, &message).await;
+        let policed = ch.key.private && !claims.is_service_role();
+        if policed && ch.claims.group != claims.group {
+            let access = self
+                .rt
+                .gate
+                .private_channel_access(&claims.group, &ch.sub_topic, ch.presence)
+                .await;
+            match access {
+                Ok(a) if a.may_join() => {}
+                Ok(_) => {
+                    let message = text::read_revoked(&ch.sub_topic);
+                    return self.fail_channel(i, &message).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = e.kind(), "realtime: private channel check failed");
+                    return self.fail_channel(i, text::DATABASE_UNAVAILABLE).await;
+                }
+            }
         }
+        let ch = &mut self.channels[i];
+        if ch.claims.group != claims.group {
+            // Write permission is asked again with the new claims.
+            ch.may_broadcast = None;
+            ch.may_track = None;
+        }
+        ch.policed = policed;
         let regroup = ch.claims.group != claims.group && !ch.requests.is_empty();
         let requests = ch.requests.clone();
         self.channels[i].token = token.to_owned();
@@ -691,13 +738,54 @@ impl Session {
         Ok(())
     }
 
-    /// A text `broadcast` push on channel `i`.
-    async fn on_text_broadcast(&mut self, i: usize, m: ClientMessage) -> Result<(), End> {
+    /// Whether channel `i`'s token may write `extension` messages: always on public channels
+    /// and for `service_role`; on other private channels the `realtime.messages` policies
+    /// decide, asked once per channel and token. A failed check refuses this write only.
+    async fn may_write(&mut self, i: usize, extension: ChannelExtension) -> bool {
         let ch = &self.channels[i];
+        if !ch.policed {
+            return true;
+        }
+        let known = match extension {
+            ChannelExtension::Broadcast => ch.may_broadcast,
+            ChannelExtension::Presence => ch.may_track,
+        };
+        if let Some(may) = known {
+            return may;
+        }
+        let group = Arc::clone(&ch.claims.group);
+        let asked = self
+            .rt
+            .gate
+            .private_channel_write(&group, &ch.sub_topic, extension)
+            .await;
+        match asked {
+            Ok(may) => {
+                let ch = &mut self.channels[i];
+                match extension {
+                    ChannelExtension::Broadcast => ch.may_broadcast = Some(may),
+                    ChannelExtension::Presence => ch.may_track = Some(may),
+                }
+                may
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, kind = e.kind(), "realtime: private channel write check failed");
+                false
+            }
+        }
+    }
+
+    /// A text `broadcast` push on channel `i`. On a private channel whose policies refuse the
+    /// write it is dropped without a reply, as Supabase Realtime does.
+    async fn on_text_broadcast(&mut self, i: usize, m: ClientMessage) -> Result<(), End> {
         if parse_broadcast(&m.payload).is_err() {
             tracing::debug!("realtime: dropped a broadcast without an event");
             return Ok(());
         }
+        if !self.may_write(i, ChannelExtension::Broadcast).await {
+            return Ok(());
+        }
+        let ch = &self.channels[i];
         let body = BroadcastBody::Json(m.payload.to_string());
         self.rt.bus.broadcast(&ch.key, ch.member, body);
         if ch.ack {
@@ -726,6 +814,9 @@ impl Session {
             );
             return self.send(reply).await;
         };
+        if !self.may_write(i, ChannelExtension::Broadcast).await {
+            return Ok(());
+        }
         let ch = &self.channels[i];
         let body = BroadcastBody::Binary {
             event: b.event,
@@ -762,8 +853,15 @@ impl Session {
             return self.fail_channel(i, text::PRESENCE_RATE_LIMIT).await;
         }
         calls.push_back(now);
+        let request = parse_presence(&m.payload);
+        // A track the private channel's policies refuse is dropped without a reply.
+        if matches!(request, Ok(PresenceRequest::Track(_)))
+            && !self.may_write(i, ChannelExtension::Presence).await
+        {
+            return Ok(());
+        }
         let ch = &self.channels[i];
-        let reply = match parse_presence(&m.payload) {
+        let reply = match request {
             Ok(PresenceRequest::Track(payload)) => {
                 self.rt.bus.track(&ch.key, ch.member, payload);
                 Ok(())

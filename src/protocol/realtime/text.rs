@@ -69,6 +69,8 @@ pub enum JoinError {
     },
     /// The socket already has [`super::MAX_CHANNELS`] channels.
     TooManyChannels,
+    /// The database could not be asked (a private channel's policies).
+    DatabaseUnavailable,
     /// Something unexpected.
     Unknown,
 }
@@ -101,6 +103,9 @@ impl JoinError {
                  {sub_topic}"
             ),
             JoinError::TooManyChannels => "ChannelRateLimitReached: Too many channels".to_owned(),
+            JoinError::DatabaseUnavailable => {
+                format!("UnableToConnectToProject: {DATABASE_UNAVAILABLE}")
+            }
             JoinError::Unknown => "Unknown Error on Channel".to_owned(),
         }
     }
@@ -111,6 +116,12 @@ pub const SUBSCRIBED_TO_POSTGRES: &str = "Subscribed to PostgreSQL";
 
 /// The `system` message when walcast cannot check row visibility in Postgres.
 pub const DATABASE_UNAVAILABLE: &str = "Realtime was unable to connect to the project database";
+
+/// The `system` message that closes a private channel whose refreshed token may no longer read
+/// it.
+pub fn read_revoked(sub_topic: &str) -> String {
+    format!("You no longer have permission to read from this Channel topic: {sub_topic}")
+}
 
 /// The `system` message before the server closes the socket on shutdown.
 pub const SERVER_DISCONNECT: &str = "Server requested disconnect";
