@@ -1039,3 +1039,99 @@ async fn realtime_js_reconnect_and_rejoin() {
         );
     }
 }
+
+/// A Supabase-shaped `realtime.messages` with a `realtime.topic()` helper (as in
+/// `tests/realtime_private.rs`). `authenticated` may read the topic named by its `sub` claim and
+/// `lobby`, and write broadcasts only to its own topic; `anon` has no privileges at all.
+const MESSAGES_SQL: &str = "
+create schema realtime;
+create table realtime.messages (
+    id uuid not null default gen_random_uuid(),
+    topic text not null,
+    extension text not null,
+    payload jsonb,
+    event text,
+    private boolean default true,
+    updated_at timestamp not null default now(),
+    inserted_at timestamp not null default now(),
+    primary key (id, inserted_at)
+);
+alter table realtime.messages enable row level security;
+create function realtime.topic() returns text language sql stable
+    as $$ select current_setting('realtime.topic', true) $$;
+grant usage on schema realtime to authenticated;
+grant select, insert on realtime.messages to authenticated;
+grant execute on function realtime.topic() to authenticated;
+create policy read_own on realtime.messages for select to authenticated
+    using (realtime.topic() in (current_setting('request.jwt.claims', true)::jsonb ->> 'sub', 'lobby'));
+create policy write_own on realtime.messages for insert to authenticated
+    with check (realtime.topic() = current_setting('request.jwt.claims', true)::jsonb ->> 'sub'
+                and extension = 'broadcast');
+";
+
+/// Private channels decided by `realtime.messages` policies, in both serializers: user-1 joins
+/// its own topic, is refused user-2's with the server's reason, and a second user-1 client
+/// receives a broadcast the first sent (acked) on the private `user-1` channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_private_channels() {
+    let db = support::fresh_db().await;
+    db.client()
+        .await
+        .batch_execute(MESSAGES_SQL)
+        .await
+        .expect("realtime.messages");
+    let w = walcast(&db).await;
+    let tok = token("authenticated", Some("user-1"), 600);
+    let vsns = ["1.0.0", "2.0.0"];
+    let runs: Vec<Script> = vsns
+        .iter()
+        .enumerate()
+        .map(|(i, vsn)| {
+            let tag = i.to_string();
+            Script::start(
+                "private",
+                &w,
+                &[("TOKEN", &tok), ("VSN", vsn), ("TAG", &tag)],
+            )
+        })
+        .collect();
+    for (i, (vsn, s)) in vsns.iter().zip(runs).enumerate() {
+        let lines = s.finish().await;
+        for label in ["sender", "receiver"] {
+            assert_eq!(
+                statuses(&lines, label),
+                ["SUBSCRIBED", "CLOSED"],
+                "{vsn} {label}: {lines:#?}"
+            );
+        }
+        // Refused: CHANNEL_ERROR with the server's reason, never SUBSCRIBED (then CLOSED by
+        // removeChannel).
+        let other = statuses(&lines, "other");
+        assert_eq!(
+            other.first().map(String::as_str),
+            Some("CHANNEL_ERROR"),
+            "{vsn}"
+        );
+        assert!(
+            !other.contains(&"SUBSCRIBED".to_owned()),
+            "{vsn}: {other:?}"
+        );
+        assert_eq!(
+            labelled(&lines, "other", "status")[0]["error"],
+            "Unauthorized: You do not have permissions to read from this Channel topic: user-2",
+            "{vsn}"
+        );
+        assert_eq!(one(&lines, "other", "removed")["removed"], "ok", "{vsn}");
+        assert_eq!(one(&lines, "sender", "sent")["result"], "ok", "{vsn}");
+        let got: Vec<&Value> = labelled(&lines, "receiver", "received")
+            .iter()
+            .map(|v| &v["received"])
+            .collect();
+        assert_eq!(
+            got,
+            [&json!({"type": "broadcast", "event": "note",
+                     "payload": {"n": 1, "tag": i.to_string()}})],
+            "{vsn}"
+        );
+    }
+}
