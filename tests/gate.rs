@@ -23,15 +23,6 @@ fn group(sub: &str, exp: i64) -> Arc<ClaimsGroup> {
         .group
 }
 
-/// Waits until `cond` holds (checked every 5 ms), at most 10 s.
-async fn until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// The session leading a call goes away while the call waits for its transaction to become
 /// visible: its checks go back to the queue, the next asker's call answers them and its own,
 /// and nobody is left waiting or answered wrongly.
@@ -61,7 +52,8 @@ async fn a_call_whose_asker_goes_away_is_taken_over() {
         let (gate, g) = (Arc::clone(&gate), Arc::clone(&leader_group));
         tokio::spawn(async move { gate.visible(&g, lsn, xid, &[id]).await })
     };
-    until("the leader's call starts", || gate.queries() == 1).await;
+    let started = support::wait_until(Duration::from_secs(10), || async { gate.queries() == 1 });
+    assert!(started.await, "the leader's call did not start");
     let waiter = {
         let (gate, g) = (Arc::clone(&gate), Arc::clone(&waiter_group));
         tokio::spawn(async move { gate.visible(&g, lsn, xid, &[id]).await })

@@ -28,9 +28,6 @@ mod realtime;
 /// The real @supabase/realtime-js client (node) against walcast: changes, filters, RLS, tokens,
 /// broadcast, presence, reconnect.
 mod realtime_js;
-/// Private Realtime channels authorized by `realtime.messages` policies: joins, token refresh,
-/// broadcast writes, and the service_role-only fallback without the table.
-mod realtime_private;
 /// Nothing acknowledged is lost: Postgres crash, kill -9 with Postgres down, SIGTERM.
 mod resilience;
 /// WAL → /ws: filters, operations, resume, lag, faults, cursor expiry.

@@ -931,16 +931,8 @@ async fn gate_asks_once_per_commit_and_claims_group() {
 #[tokio::test]
 async fn gate_checks_many_groups_in_few_calls() {
     let db = support::fresh_db().await;
+    support::use_own_rows_policy(&db).await;
     let c = db.client().await;
-    c.batch_execute(
-        "create function public.auth_sub() returns text language sql stable as $$ \
-           select nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub' $$; \
-         drop policy monitoring_events_authenticated_read on public.monitoring_events; \
-         create policy monitoring_events_own_source on public.monitoring_events \
-           for select to authenticated using (source = public.auth_sub());",
-    )
-    .await
-    .unwrap();
     const USERS: usize = 40;
     let rows = c
         .query(
@@ -1282,4 +1274,176 @@ async fn same_change_on_ws_and_realtime() {
         f.payload["data"]["record"]["source"]
     );
     assert_eq!(events[0]["op"], f.payload["data"]["type"]);
+}
+
+/// A token for `role` with subject `sub`, valid for ten minutes.
+fn user_token(role: &str, sub: &str) -> String {
+    sign(json!({"role": role, "sub": sub, "exp": now() + 600, "iat": now()}))
+}
+
+/// A private join payload (broadcast with ack, presence as asked).
+fn private_join(presence: bool) -> Value {
+    json!({"config": {
+        "broadcast": {"ack": true, "self": false},
+        "presence": {"key": "", "enabled": presence},
+        "postgres_changes": [],
+        "private": true
+    }})
+}
+
+/// The reason of an error reply for `sub_topic`.
+fn unauthorized(sub_topic: &str) -> Value {
+    json!({"status": "error", "response": {"reason": format!(
+        "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
+    )}})
+}
+
+/// Broadcasts `n` on `topic` (event `note`); returns the push's ref.
+async fn note(rt: &mut Rt, join_ref: &str, topic: &str, n: i64) -> String {
+    rt.push(
+        Some(join_ref),
+        topic,
+        "broadcast",
+        json!({"type": "broadcast", "event": "note", "payload": {"n": n}}),
+    )
+    .await
+}
+
+/// Whether `f` is the broadcast carrying `n` on `topic`.
+fn is_note(f: &Frame, topic: &str, n: i64) -> bool {
+    f.event == "broadcast" && f.topic == topic && f.payload["payload"]["n"] == n
+}
+
+/// Read policies decide joins (own topic yes, another user's no, anon no, service_role always);
+/// write policies decide broadcasts (refused ones are dropped without a reply); a refreshed
+/// token that may no longer read closes the channel.
+#[tokio::test]
+async fn policies_decide_private_channels() {
+    let db = support::fresh_db().await;
+    support::create_realtime_messages(&db).await;
+    let w = walcast(&db).await;
+
+    let mut service = Rt::connect(&w, &user_token("service_role", "svc"), true).await;
+    for topic in ["realtime:user-1", "realtime:user-2", "realtime:lobby"] {
+        let reply = service.join(topic, private_join(false)).await.1.payload;
+        assert_eq!(reply["status"], "ok", "service_role joins {topic}: {reply}");
+    }
+
+    let mut user = Rt::connect(&w, &user_token("authenticated", "user-1"), true).await;
+    let (own, reply) = user.join("realtime:user-1", private_join(true)).await;
+    let reply = reply.payload;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let reply = user
+        .join("realtime:user-2", private_join(false))
+        .await
+        .1
+        .payload;
+    assert_eq!(reply, unauthorized("user-2"));
+    let (lobby, reply) = user.join("realtime:lobby", private_join(false)).await;
+    let reply = reply.payload;
+    assert_eq!(reply["status"], "ok", "{reply}");
+
+    let mut anon = Rt::connect(&w, &user_token("anon", "user-1"), true).await;
+    let reply = anon
+        .join("realtime:user-1", private_join(false))
+        .await
+        .1
+        .payload;
+    assert_eq!(reply, unauthorized("user-1"));
+
+    // Writing to its own topic is allowed: acked and delivered.
+    let r = note(&mut user, &own, "realtime:user-1", 1).await;
+    let ack = user
+        .wait_for("ack", |f| f.r#ref.as_deref() == Some(&r))
+        .await;
+    assert_eq!(ack.payload, json!({"status": "ok", "response": {}}));
+    service
+        .wait_for("own-topic broadcast", |f| is_note(f, "realtime:user-1", 1))
+        .await;
+
+    // Readable but not writable: dropped, no reply.
+    let r = note(&mut user, &lobby, "realtime:lobby", 2).await;
+    service
+        .expect_none("refused broadcast", |f| is_note(f, "realtime:lobby", 2))
+        .await;
+    user.expect_none("reply to a refused broadcast", |f| {
+        f.r#ref.as_deref() == Some(&r)
+    })
+    .await;
+
+    // Presence is readable on its own topic but the policies allow writing broadcasts only:
+    // the track is dropped, no reply and no presence_diff.
+    let r = user
+        .push(
+            Some(&own),
+            "realtime:user-1",
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": {"online": true}}),
+        )
+        .await;
+    user.expect_none("reply or diff of a refused track", |f| {
+        f.r#ref.as_deref() == Some(&r) || f.event == "presence_diff"
+    })
+    .await;
+
+    // A public channel of the same name is another channel, open to everyone.
+    let reply = anon
+        .join("realtime:user-1", json!({"config": {"private": false}}))
+        .await
+        .1
+        .payload;
+    assert_eq!(reply["status"], "ok", "{reply}");
+
+    // A refreshed token for another user may no longer read user-1's topic.
+    user.push(
+        Some(&own),
+        "realtime:user-1",
+        "access_token",
+        json!({"access_token": user_token("authenticated", "user-2")}),
+    )
+    .await;
+    let f = user
+        .wait_for("revocation", |f| {
+            f.topic == "realtime:user-1" && f.event == "system"
+        })
+        .await;
+    assert_eq!(f.payload["status"], "error");
+    assert_eq!(
+        f.payload["message"],
+        "You no longer have permission to read from this Channel topic: user-1"
+    );
+    user.wait_for("phx_close", |f| {
+        f.topic == "realtime:user-1" && f.event == "phx_close"
+    })
+    .await;
+    // Every probe was rolled back.
+    let left: i64 = db
+        .client()
+        .await
+        .query_one("select count(*) from realtime.messages", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0);
+}
+
+/// Without `realtime.messages` private channels stay `service_role` only.
+#[tokio::test]
+async fn without_messages_table_private_is_service_role_only() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let mut user = Rt::connect(&w, &user_token("authenticated", "user-1"), true).await;
+    let reply = user
+        .join("realtime:user-1", private_join(false))
+        .await
+        .1
+        .payload;
+    assert_eq!(reply, unauthorized("user-1"));
+    let mut service = Rt::connect(&w, &user_token("service_role", "svc"), true).await;
+    let reply = service
+        .join("realtime:user-1", private_join(false))
+        .await
+        .1
+        .payload;
+    assert_eq!(reply["status"], "ok", "{reply}");
 }

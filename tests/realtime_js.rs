@@ -582,22 +582,6 @@ async fn realtime_js_invalid_filter() {
     }
 }
 
-/// Replaces the default `authenticated` read policy with one that shows a user only the rows
-/// whose `source` is their `sub` claim (read from `request.jwt.claims`, as `auth.uid()` does).
-async fn own_rows_policy(db: &TestDb) {
-    db.client()
-        .await
-        .batch_execute(
-            "create function public.auth_sub() returns text language sql stable as $$ \
-               select nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub' $$; \
-             drop policy monitoring_events_authenticated_read on public.monitoring_events; \
-             create policy monitoring_events_own_source on public.monitoring_events \
-               for select to authenticated using (source = public.auth_sub());",
-        )
-        .await
-        .expect("own-rows policy");
-}
-
 /// Inserts one row and returns its id.
 async fn insert_one(db: &TestDb, source: &str) -> String {
     db.client()
@@ -629,7 +613,7 @@ fn seen_changes(lines: &[Value], label: &str) -> Vec<(String, Option<String>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_rls() {
     let db = support::fresh_db().await;
-    own_rows_policy(&db).await;
+    support::use_own_rows_policy(&db).await;
     let w = walcast(&db).await;
     let sentinels = [
         insert_one(&db, "sentinel").await,
@@ -747,7 +731,7 @@ async fn delete_row(db: &TestDb, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_token_refresh_and_expiry() {
     let db = support::fresh_db().await;
-    own_rows_policy(&db).await;
+    support::use_own_rows_policy(&db).await;
     let w = walcast(&db).await;
     let vsns = ["1.0.0", "2.0.0"];
     let mut runs = Vec::new();
@@ -1040,46 +1024,13 @@ async fn realtime_js_reconnect_and_rejoin() {
     }
 }
 
-/// A Supabase-shaped `realtime.messages` with a `realtime.topic()` helper (as in
-/// `tests/realtime_private.rs`). `authenticated` may read the topic named by its `sub` claim and
-/// `lobby`, and write broadcasts only to its own topic; `anon` has no privileges at all.
-const MESSAGES_SQL: &str = "
-create schema realtime;
-create table realtime.messages (
-    id uuid not null default gen_random_uuid(),
-    topic text not null,
-    extension text not null,
-    payload jsonb,
-    event text,
-    private boolean default true,
-    updated_at timestamp not null default now(),
-    inserted_at timestamp not null default now(),
-    primary key (id, inserted_at)
-);
-alter table realtime.messages enable row level security;
-create function realtime.topic() returns text language sql stable
-    as $$ select current_setting('realtime.topic', true) $$;
-grant usage on schema realtime to authenticated;
-grant select, insert on realtime.messages to authenticated;
-grant execute on function realtime.topic() to authenticated;
-create policy read_own on realtime.messages for select to authenticated
-    using (realtime.topic() in (current_setting('request.jwt.claims', true)::jsonb ->> 'sub', 'lobby'));
-create policy write_own on realtime.messages for insert to authenticated
-    with check (realtime.topic() = current_setting('request.jwt.claims', true)::jsonb ->> 'sub'
-                and extension = 'broadcast');
-";
-
 /// Private channels decided by `realtime.messages` policies, in both serializers: user-1 joins
 /// its own topic, is refused user-2's with the server's reason, and a second user-1 client
 /// receives a broadcast the first sent (acked) on the private `user-1` channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_private_channels() {
     let db = support::fresh_db().await;
-    db.client()
-        .await
-        .batch_execute(MESSAGES_SQL)
-        .await
-        .expect("realtime.messages");
+    support::create_realtime_messages(&db).await;
     let w = walcast(&db).await;
     let tok = token("authenticated", Some("user-1"), 600);
     let vsns = ["1.0.0", "2.0.0"];

@@ -371,6 +371,60 @@ fn proc_status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Replaces the default `authenticated` read policy on `public.monitoring_events` with one that
+/// shows a user only the rows whose `source` is their `sub` claim (read from
+/// `request.jwt.claims`, as `auth.uid()` does).
+pub async fn use_own_rows_policy(db: &TestDb) {
+    db.client()
+        .await
+        .batch_execute(
+            "create function public.auth_sub() returns text language sql stable as $$ \
+               select nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub' $$; \
+             drop policy monitoring_events_authenticated_read on public.monitoring_events; \
+             create policy monitoring_events_own_source on public.monitoring_events \
+               for select to authenticated using (source = public.auth_sub());",
+        )
+        .await
+        .expect("own-rows policy");
+}
+
+/// Creates a Supabase-shaped `realtime.messages` with a `realtime.topic()` helper, for private
+/// channels. `authenticated` may read the topic named by its `sub` claim and `lobby`, and write
+/// broadcasts only to its own topic; `anon` has no privileges at all.
+pub async fn create_realtime_messages(db: &TestDb) {
+    db.client()
+        .await
+        .batch_execute(
+            "create schema realtime;
+             create table realtime.messages (
+                 id uuid not null default gen_random_uuid(),
+                 topic text not null,
+                 extension text not null,
+                 payload jsonb,
+                 event text,
+                 private boolean default true,
+                 updated_at timestamp not null default now(),
+                 inserted_at timestamp not null default now(),
+                 primary key (id, inserted_at)
+             );
+             alter table realtime.messages enable row level security;
+             create function realtime.topic() returns text language sql stable
+                 as $$ select current_setting('realtime.topic', true) $$;
+             grant usage on schema realtime to authenticated;
+             grant select, insert on realtime.messages to authenticated;
+             grant execute on function realtime.topic() to authenticated;
+             create policy read_own on realtime.messages for select to authenticated
+                 using (realtime.topic() in
+                        (current_setting('request.jwt.claims', true)::jsonb ->> 'sub', 'lobby'));
+             create policy write_own on realtime.messages for insert to authenticated
+                 with check (realtime.topic() =
+                               current_setting('request.jwt.claims', true)::jsonb ->> 'sub'
+                             and extension = 'broadcast');",
+        )
+        .await
+        .expect("realtime.messages");
+}
+
 /// Polls `check` every 20 ms until it returns true or `timeout` passes.
 pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
