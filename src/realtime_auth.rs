@@ -410,14 +410,45 @@ pub struct RlsGate {
     answers: Mutex<AnswerCache>,
     /// Checks waiting for a call.
     queue: CheckQueue,
-    /// Role checks: when, and what the role may read.
-    roles: Mutex<HashMap<Arc<ClaimsGroup>, (Instant, RoleAccess)>>,
-    /// Private channel read checks: when, and what the role may read on the topic.
-    channel_reads: Mutex<HashMap<ReadKey, (Instant, ChannelAccess)>>,
-    /// Private channel write checks: when, and whether the role may write.
-    channel_writes: Mutex<HashMap<WriteKey, (Instant, bool)>>,
+    /// Role checks: what the role may read.
+    roles: TtlCache<Arc<ClaimsGroup>, RoleAccess>,
+    /// Private channel read checks: what the role may read on the topic.
+    channel_reads: TtlCache<ReadKey, ChannelAccess>,
     /// Where calls, checks, durations and failures are counted (`walcast_realtime_rls_*`).
     metrics: Option<Arc<Metrics>>,
+}
+
+/// Answers reused for [`ROLE_CHECK_TTL`]; cleared when [`MAX_CACHED_ROLE_CHECKS`] are held.
+#[derive(Debug)]
+struct TtlCache<K, V> {
+    /// Answers and when they were asked.
+    entries: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
+    /// An empty cache.
+    fn new() -> Self {
+        TtlCache {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The answer for `key` if it is recent enough.
+    fn get(&self, key: &K) -> Option<V> {
+        lock(&self.entries)
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < ROLE_CHECK_TTL)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Keeps `value` for `key`.
+    fn put(&self, key: K, value: V) {
+        let mut entries = lock(&self.entries);
+        if entries.len() >= MAX_CACHED_ROLE_CHECKS {
+            entries.clear();
+        }
+        entries.insert(key, (Instant::now(), value));
+    }
 }
 
 /// Locks a std mutex; a poisoned lock still holds consistent data here (every critical section
@@ -437,9 +468,8 @@ impl RlsGate {
             facts_load: tokio::sync::Mutex::new(()),
             answers: Mutex::new(AnswerCache::default()),
             queue: CheckQueue::default(),
-            roles: Mutex::new(HashMap::new()),
-            channel_reads: Mutex::new(HashMap::new()),
-            channel_writes: Mutex::new(HashMap::new()),
+            roles: TtlCache::new(),
+            channel_reads: TtlCache::new(),
             metrics: None,
         }
     }
@@ -521,19 +551,11 @@ impl RlsGate {
         &self,
         group: &Arc<ClaimsGroup>,
     ) -> Result<Option<Arc<[String]>>, GateError> {
-        let cached = lock(&self.roles)
-            .get(group)
-            .filter(|(at, _)| at.elapsed() < ROLE_CHECK_TTL)
-            .map(|(_, access)| access.clone());
-        let access = match cached {
+        let access = match self.roles.get(group) {
             Some(access) => access,
             None => {
                 let access = self.run_role_check(group).await?;
-                let mut roles = lock(&self.roles);
-                if roles.len() >= MAX_CACHED_ROLE_CHECKS {
-                    roles.clear();
-                }
-                roles.insert(Arc::clone(group), (Instant::now(), access.clone()));
+                self.roles.put(Arc::clone(group), access.clone());
                 access
             }
         };
@@ -872,29 +894,14 @@ impl ChannelExtension {
 /// A cached read check: who, which topic, whether presence was asked.
 type ReadKey = (Arc<ClaimsGroup>, String, bool);
 
-/// A cached write check: who, which topic, which extension.
-type WriteKey = (Arc<ClaimsGroup>, String, ChannelExtension);
+/// Sets the statement timeout for the transaction; whether `realtime.messages` exists.
+const MESSAGES_EXISTS_SQL: &str = "select set_config('statement_timeout', $1, true), \
+     to_regclass('realtime.messages') is not null";
 
-/// Whether `realtime.messages` exists, whether it has a `private` column, and the columns an
-/// insert must fill besides `topic` and `extension` (NOT NULL, no default, not identity or
-/// generated): quoted name, type category, type name and full type.
-const MESSAGES_FACTS_SQL: &str = "\
-with r as (select to_regclass('realtime.messages') as rel),
-     req as (select a.attnum, quote_ident(a.attname) as name, t.typcategory::text as cat,
-                    t.typname::text as typname, format_type(a.atttypid, a.atttypmod) as ty
-             from r join pg_attribute a on a.attrelid = r.rel
-             join pg_type t on t.oid = a.atttypid
-             where a.attnum > 0 and not a.attisdropped and a.attnotnull and not a.atthasdef
-               and a.attidentity = '' and a.attgenerated = ''
-               and a.attname not in ('topic', 'extension', 'private'))
-select r.rel is not null,
-       exists (select 1 from pg_attribute a
-               where a.attrelid = r.rel and a.attname = 'private' and not a.attisdropped),
-       array(select name from req order by attnum),
-       array(select cat from req order by attnum),
-       array(select typname from req order by attnum),
-       array(select ty from req order by attnum)
-from r";
+/// One probe row per extension in `$2` (text array) on topic `$1`, standing for private
+/// messages, in Supabase's `realtime.messages` (its other columns have defaults).
+const PROBE_INSERT_SQL: &str = "insert into realtime.messages (topic, extension, private) \
+     select $1::text, e, true from unnest($2::text[]) as e returning id";
 
 /// Sets role, claims (also the older `request.jwt.claim.sub`/`.role` settings) and the topic
 /// that `realtime.topic()` returns, for the rest of the transaction.
@@ -906,51 +913,6 @@ const SET_CHANNEL_CLAIMS_SQL: &str = "select set_config('role', $1, true), \
 
 /// Reads back probe rows (`$1` ids) under the current role's policies.
 const PROBE_READ_SQL: &str = "select extension::text from realtime.messages where id = any($1)";
-
-/// What the catalog says about `realtime.messages`.
-struct MessagesTable {
-    /// It has a `private` column (set to true in probes: they stand for private messages).
-    private: bool,
-    /// Extra columns and the values that fill them.
-    fills: Vec<(String, String)>,
-}
-
-impl MessagesTable {
-    /// `insert ... returning id` of one probe row per extension in `$2` (text array), topic
-    /// `$1`.
-    fn insert_sql(&self) -> String {
-        let mut cols = String::from("topic, extension");
-        let mut vals = String::from("$1::text, e");
-        if self.private {
-            cols.push_str(", private");
-            vals.push_str(", true");
-        }
-        for (name, value) in &self.fills {
-            cols.push_str(", ");
-            cols.push_str(name);
-            vals.push_str(", ");
-            vals.push_str(value);
-        }
-        format!(
-            "insert into realtime.messages ({cols}) select {vals} \
-             from unnest($2::text[]) as e returning id"
-        )
-    }
-}
-
-/// A neutral value for a required column of `realtime.messages` that walcast does not know
-/// (Supabase's table has none): empty text, zero, false, now, an empty JSON object or array.
-fn fill_value(category: &str, typname: &str, ty: &str) -> String {
-    let literal = match (category, typname) {
-        (_, "uuid") => return "gen_random_uuid()".to_owned(),
-        ("S", _) => "",
-        ("N", _) => "0",
-        ("B", _) => "false",
-        ("D", _) => "now",
-        _ => "{}",
-    };
-    format!("'{literal}'::{ty}")
-}
 
 /// Whether a database error is the role being refused (privileges, policies, an unknown role)
 /// rather than the database failing (connection, resources, timeouts, internal errors).
@@ -977,11 +939,7 @@ impl RlsGate {
         presence: bool,
     ) -> Result<ChannelAccess, GateError> {
         let key = (Arc::clone(group), sub_topic.to_owned(), presence);
-        let cached = lock(&self.channel_reads)
-            .get(&key)
-            .filter(|(at, _)| at.elapsed() < ROLE_CHECK_TTL)
-            .map(|(_, access)| *access);
-        if let Some(access) = cached {
+        if let Some(access) = self.channel_reads.get(&key) {
             return Ok(access);
         }
         let access = tokio::time::timeout(
@@ -990,78 +948,36 @@ impl RlsGate {
         )
         .await
         .map_err(|_| GateError::Timeout)??;
-        let mut reads = lock(&self.channel_reads);
-        if reads.len() >= MAX_CACHED_ROLE_CHECKS {
-            reads.clear();
-        }
-        reads.insert(key, (Instant::now(), access));
+        self.channel_reads.put(key, access);
         Ok(access)
     }
 
     /// Whether the group may write `extension` messages on private channel `sub_topic`: an
     /// INSERT into `realtime.messages` as the role, under a savepoint of a transaction that is
     /// always rolled back. A refusal (privileges, policies) is `false`; so is a database
-    /// without `realtime.messages`. Results are reused for [`ROLE_CHECK_TTL`].
+    /// without `realtime.messages`. The channel keeps the answer until its claims change.
     pub async fn private_channel_write(
         &self,
         group: &Arc<ClaimsGroup>,
         sub_topic: &str,
         extension: ChannelExtension,
     ) -> Result<bool, GateError> {
-        let key = (Arc::clone(group), sub_topic.to_owned(), extension);
-        let cached = lock(&self.channel_writes)
-            .get(&key)
-            .filter(|(at, _)| at.elapsed() < ROLE_CHECK_TTL)
-            .map(|(_, may)| *may);
-        if let Some(may) = cached {
-            return Ok(may);
-        }
-        let may = tokio::time::timeout(
+        tokio::time::timeout(
             GATE_TIMEOUT + Duration::from_secs(1),
             self.run_channel_write(group, sub_topic, extension),
         )
         .await
-        .map_err(|_| GateError::Timeout)??;
-        let mut writes = lock(&self.channel_writes);
-        if writes.len() >= MAX_CACHED_ROLE_CHECKS {
-            writes.clear();
-        }
-        writes.insert(key, (Instant::now(), may));
-        Ok(may)
+        .map_err(|_| GateError::Timeout)?
     }
 
-    /// Reads what the catalog says about `realtime.messages` (inside `tx`, which also gets the
-    /// statement timeout); `None` when the table does not exist.
-    async fn messages_table(
+    /// Whether `realtime.messages` exists (inside `tx`, which also gets the statement
+    /// timeout).
+    async fn has_messages_table(
         tx: &deadpool_postgres::Transaction<'_>,
-    ) -> Result<Option<MessagesTable>, tokio_postgres::Error> {
+    ) -> Result<bool, tokio_postgres::Error> {
         let timeout = format!("{}ms", GATE_TIMEOUT.as_millis());
-        tx.query(
-            "select set_config('statement_timeout', $1, true)",
-            &[&timeout],
-        )
-        .await?;
-        let row = tx.query_one(MESSAGES_FACTS_SQL, &[]).await?;
-        if !row.get::<_, bool>(0) {
-            return Ok(None);
-        }
-        let names: Vec<String> = row.get(2);
-        let cats: Vec<String> = row.get(3);
-        let typnames: Vec<String> = row.get(4);
-        let types: Vec<String> = row.get(5);
-        let fills = names
-            .into_iter()
-            .zip(cats)
-            .zip(typnames.into_iter().zip(types))
-            .map(|((name, cat), (typname, ty))| {
-                let value = fill_value(&cat, &typname, &ty);
-                (name, value)
-            })
-            .collect();
-        Ok(Some(MessagesTable {
-            private: row.get(1),
-            fills,
-        }))
+        let row = tx.query_one(MESSAGES_EXISTS_SQL, &[&timeout]).await?;
+        Ok(row.get(1))
     }
 
     /// Runs one read check (see [`RlsGate::private_channel_access`]).
@@ -1073,17 +989,17 @@ impl RlsGate {
     ) -> Result<ChannelAccess, GateError> {
         let mut client = self.pool.get().await.map_err(GateError::Pool)?;
         let tx = client.transaction().await.map_err(GateError::Db)?;
-        let Some(table) = Self::messages_table(&tx).await.map_err(GateError::Db)? else {
+        if !Self::has_messages_table(&tx).await.map_err(GateError::Db)? {
             tx.rollback().await.map_err(GateError::Db)?;
             return Ok(ChannelAccess::NoPolicies);
-        };
+        }
         let mut extensions = vec![ChannelExtension::Broadcast.as_str()];
         if presence {
             extensions.push(ChannelExtension::Presence.as_str());
         }
         // The probes are written as walcast's own user: reading needs no INSERT policy.
         let ids: Vec<Uuid> = tx
-            .query(&table.insert_sql(), &[&sub_topic, &extensions])
+            .query(PROBE_INSERT_SQL, &[&sub_topic, &extensions])
             .await
             .map_err(GateError::Db)?
             .iter()
@@ -1125,10 +1041,10 @@ impl RlsGate {
     ) -> Result<bool, GateError> {
         let mut client = self.pool.get().await.map_err(GateError::Pool)?;
         let mut tx = client.transaction().await.map_err(GateError::Db)?;
-        let Some(table) = Self::messages_table(&tx).await.map_err(GateError::Db)? else {
+        if !Self::has_messages_table(&tx).await.map_err(GateError::Db)? {
             tx.rollback().await.map_err(GateError::Db)?;
             return Ok(false);
-        };
+        }
         match tx
             .query(
                 SET_CHANNEL_CLAIMS_SQL,
@@ -1148,7 +1064,7 @@ impl RlsGate {
                 .map_err(GateError::Db)?;
             let extensions = vec![extension.as_str()];
             let inserted = probe
-                .query(&table.insert_sql(), &[&sub_topic, &extensions])
+                .query(PROBE_INSERT_SQL, &[&sub_topic, &extensions])
                 .await;
             let may = match inserted {
                 Ok(rows) => !rows.is_empty(),

@@ -190,9 +190,6 @@ struct Channel {
     presence_calls: VecDeque<Instant>,
     /// `presence.enabled`.
     presence: bool,
-    /// A private channel joined under the `realtime.messages` policies (not as
-    /// `service_role`): broadcasts and tracks are checked for write permission.
-    policed: bool,
     /// Whether the policies let its token broadcast, once asked.
     may_broadcast: Option<bool>,
     /// Whether the policies let its token track presence, once asked.
@@ -200,6 +197,12 @@ struct Channel {
 }
 
 impl Channel {
+    /// A private channel joined under the `realtime.messages` policies (not as
+    /// `service_role`): broadcasts and tracks are checked for write permission.
+    fn policed(&self) -> bool {
+        self.key.private && !self.claims.is_service_role()
+    }
+
     /// How the client registry shows this channel: its bindings and role, and whether it
     /// receives every change of the events table with every column.
     fn registry_info(&self) -> SubscriptionInfo {
@@ -525,8 +528,7 @@ impl Session {
             Err(p) => return self.send(refuse(p.join_error().reason())).await,
         };
         let config = req.config;
-        let policed = config.private && !claims.is_service_role();
-        if policed {
+        if config.private && !claims.is_service_role() {
             let access = self
                 .rt
                 .gate
@@ -600,7 +602,6 @@ impl Session {
             columns: subscribed.columns,
             presence_calls: VecDeque::new(),
             presence: config.presence_enabled,
-            policed,
             may_broadcast: None,
             may_track: None,
         });
@@ -693,8 +694,7 @@ impl Session {
             Err(p) => return self.fail_channel(i, &p.live_message()).await,
         };
         let ch = &self.channels[i];
-        let policed = ch.key.private && !claims.is_service_role();
-        if policed && ch.claims.group != claims.group {
+        if ch.key.private && !claims.is_service_role() && ch.claims.group != claims.group {
             let access = self
                 .rt
                 .gate
@@ -718,7 +718,6 @@ impl Session {
             ch.may_broadcast = None;
             ch.may_track = None;
         }
-        ch.policed = policed;
         let regroup = ch.claims.group != claims.group && !ch.requests.is_empty();
         let requests = ch.requests.clone();
         self.channels[i].token = token.to_owned();
@@ -743,7 +742,7 @@ impl Session {
     /// decide, asked once per channel and token. A failed check refuses this write only.
     async fn may_write(&mut self, i: usize, extension: ChannelExtension) -> bool {
         let ch = &self.channels[i];
-        if !ch.policed {
+        if !ch.policed() {
             return true;
         }
         let known = match extension {
