@@ -1447,3 +1447,79 @@ async fn without_messages_table_private_is_service_role_only() {
         .payload;
     assert_eq!(reply["status"], "ok", "{reply}");
 }
+
+/// When the row check itself fails (here: the check function is gone), every channel that
+/// needed it gets the `system` error and closes, so it never silently misses a change; a
+/// `service_role` channel, which needs no check, still receives the row.
+#[tokio::test]
+async fn a_failing_row_check_closes_the_channels_that_needed_it() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let mut service = Rt::connect(&w, &token("service_role", 600), true).await;
+    let mut users = Vec::new();
+    for sub in ["user-1", "user-2"] {
+        users.push(Rt::connect(&w, &user_token("authenticated", sub), true).await);
+    }
+    for rt in users.iter_mut().chain([&mut service]) {
+        rt.join("realtime:fail", pg_join(all_changes())).await;
+        let sys = subscribed(rt, "realtime:fail").await;
+        assert_eq!(sys.payload["status"], "ok", "{sys:?}");
+    }
+    db.client()
+        .await
+        .batch_execute(
+            "alter function walcast.realtime_visible_ids(bigint[], uuid[], text[], text[], integer) \
+             rename to realtime_visible_ids_gone",
+        )
+        .await
+        .unwrap();
+    let id = insert(&db, "h").await;
+    change_for(&mut service, &id).await;
+    for rt in &mut users {
+        let f = rt
+            .wait_for("system error", |f| {
+                f.topic == "realtime:fail" && f.event == "system"
+            })
+            .await;
+        assert_eq!(f.payload["status"], "error", "{f:?}");
+        assert_eq!(
+            f.payload["message"],
+            "Realtime was unable to connect to the project database"
+        );
+        rt.wait_for("phx_close", |f| {
+            f.topic == "realtime:fail" && f.event == "phx_close"
+        })
+        .await;
+    }
+}
+
+/// When the private-channel policies cannot be asked (the database fails, not the policy
+/// refusing), the join is refused with `UnableToConnectToProject` and nothing is left behind.
+#[tokio::test]
+async fn a_failing_private_channel_check_refuses_the_join() {
+    let db = support::fresh_db().await;
+    support::create_realtime_messages(&db).await;
+    // A failure of the database's own kind (class 58, system error) on every probe.
+    db.client()
+        .await
+        .batch_execute(
+            "create function realtime.broken() returns trigger language plpgsql as $$ \
+               begin raise exception 'disk trouble' using errcode = '58030'; end $$; \
+             create trigger broken before insert on realtime.messages \
+               for each row execute function realtime.broken();",
+        )
+        .await
+        .unwrap();
+    let w = walcast(&db).await;
+    let mut user = Rt::connect(&w, &user_token("authenticated", "user-1"), true).await;
+    let reply = user
+        .join("realtime:user-1", private_join(false))
+        .await
+        .1
+        .payload;
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason":
+            "UnableToConnectToProject: Realtime was unable to connect to the project database"}})
+    );
+}
