@@ -73,8 +73,10 @@ pub const MAX_CACHED_ROLE_CHECKS: usize = 4096;
 /// gate round trip.
 pub const GATE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Opens the check's transaction with a time limit (sent pipelined with the check itself).
-const CHECK_BEGIN_SQL: &str = "begin; select set_config('statement_timeout', '%TIMEOUT%', true)";
+/// `statement_timeout` of every gate transaction: [`GATE_TIMEOUT`].
+fn statement_timeout() -> String {
+    format!("{}ms", GATE_TIMEOUT.as_millis())
+}
 
 /// The batched visibility check: `$1` xids, `$2` ids, `$3` roles, `$4` claims, `$5` wait (ms).
 const VISIBLE_IDS_SQL: &str =
@@ -766,8 +768,11 @@ impl RlsGate {
                 .prepare_cached(VISIBLE_IDS_SQL)
                 .await
                 .map_err(GateError::Db)?;
-            let begin =
-                CHECK_BEGIN_SQL.replace("%TIMEOUT%", &format!("{}ms", GATE_TIMEOUT.as_millis()));
+            // Opens the transaction with the time limit.
+            let begin = format!(
+                "begin; select set_config('statement_timeout', '{}', true)",
+                statement_timeout()
+            );
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
                 [&xids, &ids, &roles, &claims, &wait_ms];
             // Polled in order on first poll, so the three are sent together: one round trip.
@@ -975,8 +980,9 @@ impl RlsGate {
     async fn has_messages_table(
         tx: &deadpool_postgres::Transaction<'_>,
     ) -> Result<bool, tokio_postgres::Error> {
-        let timeout = format!("{}ms", GATE_TIMEOUT.as_millis());
-        let row = tx.query_one(MESSAGES_EXISTS_SQL, &[&timeout]).await?;
+        let row = tx
+            .query_one(MESSAGES_EXISTS_SQL, &[&statement_timeout()])
+            .await?;
         Ok(row.get(1))
     }
 
@@ -1084,10 +1090,12 @@ async fn set_claims(
     tx: &deadpool_postgres::Transaction<'_>,
     group: &ClaimsGroup,
 ) -> Result<(), tokio_postgres::Error> {
-    let timeout = format!("{}ms", GATE_TIMEOUT.as_millis());
-    tx.query(SET_CLAIMS_SQL, &[&group.role, &group.claims_json, &timeout])
-        .await
-        .map(|_| ())
+    tx.query(
+        SET_CLAIMS_SQL,
+        &[&group.role, &group.claims_json, &statement_timeout()],
+    )
+    .await
+    .map(|_| ())
 }
 
 #[cfg(test)]
