@@ -745,7 +745,7 @@ pub struct DlqStatsArgs {
 
 /// A duration argument (`7d`, `12h`, `0s`), checked and kept as written.
 fn duration_text(value: &str) -> Result<String, String> {
-    crate::config::parse_duration(value).map(|_| value.to_owned())
+    crate::units::parse_duration(value).map(|_| value.to_owned())
 }
 
 /// `walcast flags ...`.

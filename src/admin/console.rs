@@ -249,11 +249,11 @@ fn statement_error(e: tables::StatementError) -> PgWireError {
 
 /// An `AdminError` as a Postgres error (the chain, without row data).
 fn admin_error(e: AdminError) -> PgWireError {
-    tracing::warn!(error = %crate::replication::reader::error_chain(&e), kind = e.kind(), "admin console: a command failed");
+    tracing::warn!(error = %crate::error::error_chain(&e), kind = e.kind(), "admin console: a command failed");
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "ERROR".to_owned(),
         "58000".to_owned(),
-        crate::replication::reader::error_chain(&e),
+        crate::error::error_chain(&e),
     )))
 }
 

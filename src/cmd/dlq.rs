@@ -11,8 +11,9 @@ use deadpool_postgres::{ClientWrapper, Object};
 use crate::cli::{
     DatabaseArgs, DlqCommand, DlqListArgs, DlqPurgeArgs, DlqRetryArgs, DlqShowArgs, DlqStatsArgs,
 };
-use crate::config::{parse_duration, validate_database_url};
+use crate::config::validate_database_url;
 use crate::dlq::{self, DeadLetterRow, ListFilter, RetryWorkerConfig, Stats, Status};
+use crate::units::parse_duration;
 
 /// Runs a dlq subcommand.
 pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {

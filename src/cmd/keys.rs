@@ -2,7 +2,8 @@
 
 use crate::auth;
 use crate::cli::KeysArgs;
-use crate::config::{parse_duration, validate_jwt_secret};
+use crate::config::validate_jwt_secret;
+use crate::units::parse_duration;
 
 /// Prints the two keys.
 pub fn run(args: KeysArgs) -> anyhow::Result<()> {

@@ -39,9 +39,9 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     } else {
         anyhow::bail!("--url must start with http:// or https://, got {base:?}");
     };
-    let duration = crate::config::parse_duration(&args.duration)
+    let duration = crate::units::parse_duration(&args.duration)
         .map_err(|r| anyhow::anyhow!("invalid --duration: {r}"))?;
-    let drain = crate::config::parse_duration(&args.drain)
+    let drain = crate::units::parse_duration(&args.drain)
         .map_err(|r| anyhow::anyhow!("invalid --drain: {r}"))?;
     let apikey = match (&args.apikey, &args.jwt_secret) {
         (Some(k), _) => k.clone(),

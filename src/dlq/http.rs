@@ -369,7 +369,7 @@ async fn purge(
     let result: Result<serde_json::Value, DlqApiError> = async {
         check_auth(&state.config, &headers)?;
         let Query(q) = query.map_err(bad_query)?;
-        let older_than = crate::config::parse_duration(q.older_than.as_deref().unwrap_or("7d"))
+        let older_than = crate::units::parse_duration(q.older_than.as_deref().unwrap_or("7d"))
             .map_err(|e| {
                 DlqApiError::new(DlqApiErrorCode::InvalidRequest, format!("older_than: {e}"))
             })?;

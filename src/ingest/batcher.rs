@@ -16,7 +16,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{IngestError, IngestErrorCode};
-use super::writer::{Durability, Writer};
+use super::request::{Durability, Request};
+use super::writer::Writer;
 use crate::config::BatchConfig;
 use crate::events::EventRecord;
 
@@ -79,17 +80,6 @@ fn pattern_matches(pattern: &str, event_type: &str) -> bool {
         Some(prefix) => event_type.starts_with(prefix),
         None => pattern == event_type,
     }
-}
-
-/// One producer request waiting for its write.
-#[derive(Debug)]
-pub struct Request {
-    /// The validated events.
-    pub events: Vec<EventRecord>,
-    /// Answered once the events are durable (or failed).
-    pub reply: oneshot::Sender<Result<Durability, IngestError>>,
-    /// When it was queued.
-    pub queued_at: Instant,
 }
 
 /// Handle producers use to submit requests.

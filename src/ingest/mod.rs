@@ -8,6 +8,7 @@ pub mod batcher;
 pub mod breaker;
 pub mod error;
 pub mod parse;
+pub mod request;
 pub mod spool;
 pub mod writer;
 
@@ -15,5 +16,6 @@ pub use batcher::{Batcher, Tier};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use error::{IngestError, IngestErrorCode};
 pub use parse::{BodyFormat, parse_body};
+pub use request::Durability;
 pub use spool::Spool;
-pub use writer::{DeadLetterSink, Durability, Writer, WriterConfig};
+pub use writer::{DeadLetterSink, Writer, WriterConfig};

@@ -11,34 +11,12 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use super::batcher::Request;
 use super::breaker::{Breaker, BreakerState};
 use super::error::{IngestError, IngestErrorCode};
+use super::request::{Durability, Request};
 use super::spool::{Spool, SpoolError};
 use crate::events::{self, EventRecord};
 use crate::metrics::Metrics;
-
-/// Where accepted events are durable when the producer is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Committed to `monitoring_events`.
-    Database,
-    /// Fsynced to the local spool; replayed into the table when Postgres is back.
-    Spool,
-    /// Postgres rejects these events; they wait in the dead-letter queue for an operator.
-    DeadLetter,
-}
-
-impl Durability {
-    /// As sent in responses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Durability::Database => "database",
-            Durability::Spool => "spool",
-            Durability::DeadLetter => "dead_letter",
-        }
-    }
-}
 
 /// How a database write failed.
 #[derive(Debug)]
@@ -307,7 +285,7 @@ impl Writer {
         let client = tokio::time::timeout(Duration::from_secs(5), self.pool.get())
             .await
             .map_err(|_| WriteFailure::Transient("timed out waiting for a connection".into()))?
-            .map_err(|e| WriteFailure::Transient(crate::replication::reader::error_chain(&e)))?;
+            .map_err(|e| WriteFailure::Transient(crate::error::error_chain(&e)))?;
         match events::insert_batch(&client, rows).await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -330,9 +308,7 @@ impl Writer {
                             .unwrap_or_else(|| e.to_string()),
                     })
                 } else {
-                    Err(WriteFailure::Transient(
-                        crate::replication::reader::error_chain(&e),
-                    ))
+                    Err(WriteFailure::Transient(crate::error::error_chain(&e)))
                 }
             }
         }

@@ -74,20 +74,9 @@ impl ReaderStatus {
     }
     /// Records an error.
     fn set_error(&self, e: &ReplicationError) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error_chain(e));
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(crate::error::error_chain(e));
     }
-}
-
-/// An error with its sources, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 /// The reader's configuration.
@@ -161,7 +150,7 @@ impl Reader {
                     }
                     let jitter = rand::random_range(0.5..1.5);
                     let delay = backoff.mul_f64(jitter);
-                    tracing::warn!(error = %error_chain(&e), delay_ms = delay.as_millis() as u64, "replication stream lost; reconnecting");
+                    tracing::warn!(error = %crate::error::error_chain(&e), delay_ms = delay.as_millis() as u64, "replication stream lost; reconnecting");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(delay) => {}

@@ -308,7 +308,7 @@ impl Session {
                             .await;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %crate::replication::reader::error_chain(&e), "replay failed");
+                        tracing::warn!(error = %crate::error::error_chain(&e), "replay failed");
                         self.flush(queued).await?;
                         let _ = self
                             .send_error(ProtocolError {
