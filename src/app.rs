@@ -208,36 +208,74 @@ pub async fn serve(
         config.database_url.clone(),
         flags_token.clone(),
     );
-    let state = AppState {
+    let auth = crate::auth::Auth::new(config.jwt_secret.as_deref());
+    let clients = Arc::new(crate::admin::ClientRegistry::default());
+    let gate = Arc::new(
+        crate::access::RlsGate::new(pool.clone(), &config.publication)
+            .with_metrics(Arc::clone(&metrics)),
+    );
+    let node = Arc::new(crate::admin::NodeView {
         config: Arc::clone(&config),
         pool: pool.clone(),
-        batcher,
         writer: Arc::clone(&writer),
         metrics: Arc::clone(&metrics),
-        hub,
+        hub: hub.clone(),
         reader: Arc::clone(&status),
-        replication: settings,
-        shutdown: sessions_token.clone(),
-        flags,
-        realtime: Arc::new(crate::ws::realtime::RealtimeState::new(
-            pool.clone(),
-            &config.publication,
-            Arc::clone(&metrics),
-        )),
-        clients: Arc::new(crate::admin::ClientRegistry::default()),
+        flags: flags.clone(),
+        clients: Arc::clone(&clients),
         consistency: Arc::new(crate::validate::Consistency::new(config.validate_interval)),
         status: Arc::new(crate::admin::status::StatusState::default()),
+    });
+    let state = AppState {
+        auth: auth.clone(),
+        node: Arc::clone(&node),
+        ingest: crate::ingest::http::IngestState {
+            batcher,
+            metrics: Arc::clone(&metrics),
+            max_body: config.max_body,
+            max_events: config.max_events,
+        },
+        dlq: crate::dlq::http::DlqState {
+            pool: pool.clone(),
+            metrics: Arc::clone(&metrics),
+            node: config.node.clone(),
+        },
+        flags: crate::flags::http::FlagsState {
+            pool: pool.clone(),
+            flags: flags.clone(),
+        },
+        ws: crate::ws::WsState {
+            hub: hub.clone(),
+            metrics: Arc::clone(&metrics),
+            reader: Arc::clone(&status),
+            replays: crate::replication::Replays::new(settings, config.slot.clone()),
+            flags: flags.clone(),
+            clients: Arc::clone(&clients),
+            heartbeat: config.heartbeat,
+            shutdown: sessions_token.clone(),
+        },
+        realtime: crate::realtime::RealtimeState {
+            gate: Arc::clone(&gate),
+            private: Arc::new(crate::realtime::private::PrivateChannels::new(pool.clone())),
+            bus: Arc::new(crate::realtime::bus::Bus::default()),
+            hub: hub.clone(),
+            metrics: Arc::clone(&metrics),
+            flags,
+            clients: Arc::clone(&clients),
+            auth,
+            shutdown: sessions_token.clone(),
+        },
     };
     // Operations: the continuous consistency check and the admin console, on their own tasks.
     let ops_token = CancellationToken::new();
     let consistency_task = config.validate_interval.map(|interval| {
         crate::validate::spawn_consistency_task(
             crate::validate::ConsistencyTask {
-                hub: state.hub.clone(),
-                metrics: Arc::clone(&state.metrics),
-                clients: Arc::clone(&state.clients),
-                realtime: Arc::clone(&state.realtime),
-                consistency: Arc::clone(&state.consistency),
+                hub: hub.clone(),
+                metrics: Arc::clone(&metrics),
+                clients: Arc::clone(&clients),
+                gate,
+                consistency: Arc::clone(&node.consistency),
                 interval,
             },
             ops_token.clone(),
@@ -245,7 +283,7 @@ pub async fn serve(
     });
     let console_task = match &config.admin {
         Some(admin) => Some(
-            crate::admin::console::spawn_console(state.clone(), admin, ops_token.clone())
+            crate::admin::console::spawn_console(Arc::clone(&node), admin, ops_token.clone())
                 .await?
                 .1,
         ),

@@ -33,9 +33,11 @@
 //! protocol and only its reader confirms LSNs; each table has one owning module; every channel
 //! is bounded; a slow client never slows the reader or other clients.
 
+pub mod access;
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod catalog;
 pub mod cli;
 pub mod cluster;
 pub mod cmd;
@@ -43,15 +45,16 @@ pub mod config;
 pub mod db;
 pub mod decode;
 pub mod dlq;
+pub mod endpoint;
 pub mod error;
 pub mod events;
+pub mod filter;
 pub mod flags;
 pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;
-pub mod protocol;
-pub mod realtime_auth;
+pub mod realtime;
 pub mod replication;
 pub mod units;
 pub mod validate;

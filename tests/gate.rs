@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use walcast::access::{ClaimsGroup, RlsGate};
+use walcast::auth::Verifier;
 use walcast::decode::Lsn;
-use walcast::realtime_auth::{ClaimsGroup, RlsGate, verify_token};
+use walcast::realtime::verify_token;
 
 use crate::support;
 
@@ -18,9 +20,13 @@ fn group(sub: &str, exp: i64) -> Arc<ClaimsGroup> {
         &jsonwebtoken::EncodingKey::from_secret(support::SECRET.as_bytes()),
     )
     .expect("sign");
-    verify_token(support::SECRET, &token, chrono::Utc::now().timestamp())
-        .expect("valid token")
-        .group
+    verify_token(
+        &Verifier::new(support::SECRET),
+        &token,
+        chrono::Utc::now().timestamp(),
+    )
+    .expect("valid token")
+    .group
 }
 
 /// The session leading a call goes away while the call waits for its transaction to become

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use walcast::protocol::realtime::frame::{
+use walcast::realtime::protocol::frame::{
     PayloadEncoding, UserBroadcast, encode_user_broadcast_push, parse_server_binary,
 };
 
@@ -811,7 +811,7 @@ async fn row_level_security_per_role() {
 async fn gate_asks_once_per_commit_and_claims_group() {
     let db = support::fresh_db().await;
     let pool = walcast::db::pool(&db.url, 4, "test").unwrap();
-    let gate = std::sync::Arc::new(walcast::realtime_auth::RlsGate::new(pool, "walcast_events"));
+    let gate = std::sync::Arc::new(walcast::access::RlsGate::new(pool, "walcast_events"));
     let facts = gate.table_facts().await.unwrap();
     assert!(facts.published && facts.rls_enabled);
     assert_eq!(facts.primary_key, vec!["id".to_string()]);
@@ -826,9 +826,13 @@ async fn gate_asks_once_per_commit_and_claims_group() {
     let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
     let xid = u32::try_from(rows[0].get::<_, i64>(1)).unwrap();
     let claims = |role: &str| {
-        walcast::realtime_auth::verify_token(support::SECRET, &token(role, 600), now())
-            .unwrap()
-            .group
+        walcast::realtime::verify_token(
+            &walcast::auth::Verifier::new(support::SECRET),
+            &token(role, 600),
+            now(),
+        )
+        .unwrap()
+        .group
     };
     let authenticated = claims("authenticated");
     let lsn = walcast::decode::Lsn(0xABC);
@@ -870,7 +874,7 @@ async fn gate_asks_once_per_commit_and_claims_group() {
             .is_empty()
     );
     assert!(
-        started.elapsed() < walcast::realtime_auth::COMMIT_VISIBLE_WAIT,
+        started.elapsed() < walcast::access::COMMIT_VISIBLE_WAIT,
         "a committed transaction is seen as committed at once"
     );
     assert_eq!(gate.queries(), 2);
@@ -948,12 +952,12 @@ async fn gate_checks_many_groups_in_few_calls() {
         rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let xid = u32::try_from(rows[0].get::<_, i64>(2)).unwrap();
     let pool = walcast::db::pool(&db.url, 4, "test").unwrap();
-    let gate = std::sync::Arc::new(walcast::realtime_auth::RlsGate::new(pool, "walcast_events"));
+    let gate = std::sync::Arc::new(walcast::access::RlsGate::new(pool, "walcast_events"));
     // One expiry for all tokens: equal claims make equal groups.
     let exp = now() + 600;
     let group = |role: &str, sub: &str| {
         let t = sign(json!({"role": role, "exp": exp, "sub": sub}));
-        walcast::realtime_auth::verify_token(support::SECRET, &t, now())
+        walcast::realtime::verify_token(&walcast::auth::Verifier::new(support::SECRET), &t, now())
             .unwrap()
             .group
     };

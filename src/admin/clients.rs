@@ -19,26 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::decode::Cursor;
-
-/// The WebSocket protocol a session speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    /// The plain JSON protocol on `/ws`.
-    Ws,
-    /// The Supabase Realtime protocol on `/realtime/v1/websocket`.
-    Realtime,
-}
-
-impl Protocol {
-    /// The name used in JSON, tables and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Ws => "ws",
-            Protocol::Realtime => "realtime",
-        }
-    }
-}
+use crate::endpoint::Endpoint;
 
 /// One subscription (`/ws`) or joined channel (Realtime) of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,8 +59,8 @@ fn serialize_cursor<S: serde::Serializer>(c: &Option<Cursor>, s: S) -> Result<S:
 pub struct ClientEntry {
     /// Registry id, unique for the process's life.
     pub id: u64,
-    /// Protocol.
-    pub protocol: Protocol,
+    /// The endpoint the session is connected to.
+    pub protocol: Endpoint,
     /// Peer address, when the server knows it.
     pub peer: Option<SocketAddr>,
     /// When the session started.
@@ -97,8 +78,8 @@ pub struct ClientEntry {
 pub struct ClientSnapshot {
     /// Registry id.
     pub id: u64,
-    /// Protocol.
-    pub protocol: Protocol,
+    /// The endpoint the session is connected to.
+    pub protocol: Endpoint,
     /// Peer address.
     pub peer: Option<String>,
     /// When the session started.
@@ -139,7 +120,7 @@ impl ClientRegistry {
     /// Registers a session; the entry lives as long as the returned handle.
     pub fn register(
         self: &Arc<Self>,
-        protocol: Protocol,
+        protocol: Endpoint,
         peer: Option<SocketAddr>,
     ) -> ClientHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
@@ -160,8 +141,8 @@ impl ClientRegistry {
     }
 
     /// Number of sessions per protocol.
-    pub fn counts(&self) -> BTreeMap<Protocol, usize> {
-        let mut out = BTreeMap::from([(Protocol::Ws, 0), (Protocol::Realtime, 0)]);
+    pub fn counts(&self) -> BTreeMap<Endpoint, usize> {
+        let mut out = BTreeMap::from([(Endpoint::Ws, 0), (Endpoint::Realtime, 0)]);
         for e in lock(&self.entries).values() {
             *out.entry(e.protocol).or_default() += 1;
         }
@@ -265,7 +246,7 @@ impl Drop for ClientHandle {
 
 /// A `/ws` subscription filter as operators read it: `*` for everything, else its parts, e.g.
 /// `event_type in (cpu, mem) and source in (host-1) and ops (INSERT) and data=neq.{}`.
-pub fn describe_filter(filter: &crate::hub::filter::Filter) -> String {
+pub fn describe_filter(filter: &crate::filter::Filter) -> String {
     let mut parts: Vec<String> = Vec::new();
     if !filter.event_types.is_empty() {
         parts.push(format!("event_type in ({})", filter.event_types.join(", ")));
@@ -286,7 +267,7 @@ pub fn describe_filter(filter: &crate::hub::filter::Filter) -> String {
 }
 
 /// Whether a `/ws` filter lets every row change (INSERT, UPDATE, DELETE) through.
-pub fn filter_is_everything(filter: &crate::hub::filter::Filter) -> bool {
+pub fn filter_is_everything(filter: &crate::filter::Filter) -> bool {
     use crate::decode::Operation;
     filter.ignores_rows()
         && (filter.ops.is_empty()
@@ -302,11 +283,11 @@ mod tests {
     #[test]
     fn entries_live_as_long_as_their_handle() {
         let reg = Arc::new(ClientRegistry::default());
-        let a = reg.register(Protocol::Ws, Some("127.0.0.1:5000".parse().unwrap()));
-        let b = reg.register(Protocol::Realtime, None);
+        let a = reg.register(Endpoint::Ws, Some("127.0.0.1:5000".parse().unwrap()));
+        let b = reg.register(Endpoint::Realtime, None);
         assert_ne!(a.id(), b.id());
-        assert_eq!(reg.counts()[&Protocol::Ws], 1);
-        assert_eq!(reg.counts()[&Protocol::Realtime], 1);
+        assert_eq!(reg.counts()[&Endpoint::Ws], 1);
+        assert_eq!(reg.counts()[&Endpoint::Realtime], 1);
         a.subscribe(SubscriptionInfo {
             id: "s1".into(),
             filter: "*".into(),

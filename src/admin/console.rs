@@ -37,10 +37,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::NodeView;
 use super::error::AdminError;
 use super::tables::{self, Resource, Table};
 use crate::config::AdminConfig;
-use crate::http::AppState;
 
 /// Most console connections at once; more wait for a free slot.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -48,7 +48,7 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// Binds the console's address and starts its accept loop; the loop ends when `token` is
 /// cancelled. Returns the bound address and the task.
 pub async fn spawn_console(
-    state: AppState,
+    state: std::sync::Arc<NodeView>,
     config: &AdminConfig,
     token: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), AdminError> {
@@ -125,7 +125,7 @@ struct Handlers {
 
 impl Handlers {
     /// Handlers answering from `state`, accepting `password`.
-    fn new(state: AppState, password: String) -> Self {
+    fn new(state: std::sync::Arc<NodeView>, password: String) -> Self {
         let source = Arc::new(PasswordSource { password });
         Handlers {
             startup: Arc::new(Startup {
@@ -304,7 +304,7 @@ impl QueryParser for Parser {
 /// Answers queries from the server state.
 struct Queries {
     /// The server state.
-    state: AppState,
+    state: std::sync::Arc<NodeView>,
     /// The statement parser.
     parser: Arc<Parser>,
 }

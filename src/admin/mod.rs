@@ -20,5 +20,33 @@ mod error;
 pub mod status;
 pub mod tables;
 
-pub use clients::{ClientHandle, ClientRegistry, Protocol, SubscriptionInfo};
+pub use clients::{ClientHandle, ClientRegistry, SubscriptionInfo};
 pub use error::AdminError;
+
+use std::sync::Arc;
+
+/// The node as the operator surface sees it: configuration facts and every part's status, read
+/// by `/v1/status`, the console, and the health endpoints.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// Validated configuration.
+    pub config: Arc<crate::config::ServerConfig>,
+    /// Database pool.
+    pub pool: deadpool_postgres::Pool,
+    /// The resilient write path (breaker, spool).
+    pub writer: Arc<crate::ingest::Writer>,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Fan-out hub.
+    pub hub: crate::hub::Hub,
+    /// Replication reader status.
+    pub reader: Arc<crate::replication::ReaderStatus>,
+    /// Feature flags.
+    pub flags: crate::flags::Flags,
+    /// Every connected WebSocket session.
+    pub clients: Arc<ClientRegistry>,
+    /// What the continuous consistency check found.
+    pub consistency: Arc<crate::validate::Consistency>,
+    /// Start time and cached summaries behind `/v1/status`.
+    pub status: Arc<status::StatusState>,
+}

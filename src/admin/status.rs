@@ -13,8 +13,9 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::clients::{ClientSnapshot, Protocol};
-use crate::http::AppState;
+use super::NodeView;
+use super::clients::ClientSnapshot;
+use crate::endpoint::Endpoint;
 use crate::validate::ConsistencySnapshot;
 
 /// Longest time a cached dead-letter summary is served.
@@ -209,7 +210,7 @@ pub struct StatusDoc {
 }
 
 /// Builds the document.
-pub async fn status(state: &AppState) -> StatusDoc {
+pub async fn status(state: &NodeView) -> StatusDoc {
     let m = &state.metrics;
     let counts = state.clients.counts();
     let total = state.clients.len();
@@ -227,8 +228,8 @@ pub async fn status(state: &AppState) -> StatusDoc {
         },
         clients: ClientsDoc {
             total,
-            ws: counts.get(&Protocol::Ws).copied().unwrap_or(0),
-            realtime: counts.get(&Protocol::Realtime).copied().unwrap_or(0),
+            ws: counts.get(&Endpoint::Ws).copied().unwrap_or(0),
+            realtime: counts.get(&Endpoint::Realtime).copied().unwrap_or(0),
             truncated: sessions.len() < total,
             sessions,
         },
@@ -265,12 +266,16 @@ pub async fn status(state: &AppState) -> StatusDoc {
 }
 
 /// The `/v1/status` route.
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    std::sync::Arc<NodeView>: axum::extract::FromRef<S>,
+{
     Router::new().route("/v1/status", get(status_handler))
 }
 
 /// `GET /v1/status`.
-async fn status_handler(State(state): State<AppState>) -> Response {
+async fn status_handler(State(state): State<std::sync::Arc<NodeView>>) -> Response {
     let doc = status(&state).await;
     (
         [(axum::http::header::CACHE_CONTROL, "no-store")],

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::NodeView;
 use super::error::AdminError;
 use super::status;
-use crate::http::AppState;
 
 /// How long a console query may wait for the database.
 const DB_TIMEOUT: Duration = Duration::from_secs(5);
@@ -250,7 +250,7 @@ fn ts(v: &chrono::DateTime<chrono::Utc>) -> Option<String> {
 }
 
 /// Reads a resource.
-pub async fn build(resource: Resource, state: &AppState) -> Result<Table, AdminError> {
+pub async fn build(resource: Resource, state: &NodeView) -> Result<Table, AdminError> {
     let columns = resource.columns();
     let rows = match resource {
         Resource::Clients => {
@@ -314,7 +314,7 @@ pub async fn build(resource: Resource, state: &AppState) -> Result<Table, AdminE
 }
 
 /// `SHOW STATS`: the `/v1/status` document, flattened.
-async fn stats_rows(state: &AppState) -> Vec<Vec<Option<String>>> {
+async fn stats_rows(state: &NodeView) -> Vec<Vec<Option<String>>> {
     let doc = status::status(state).await;
     let mut rows = vec![
         kv("node", &doc.node),
@@ -375,7 +375,7 @@ async fn stats_rows(state: &AppState) -> Vec<Vec<Option<String>>> {
 }
 
 /// `SHOW CONSISTENCY`.
-fn consistency_rows(state: &AppState) -> Vec<Vec<Option<String>>> {
+fn consistency_rows(state: &NodeView) -> Vec<Vec<Option<String>>> {
     let c = state.consistency.snapshot();
     let mut rows = vec![
         kv("enabled", c.enabled),
@@ -421,7 +421,7 @@ fn value_text(v: &Value) -> String {
 }
 
 /// `SHOW SLOT`: Postgres' view of the slot and the reader's.
-async fn slot_row(state: &AppState) -> Result<Vec<Option<String>>, AdminError> {
+async fn slot_row(state: &NodeView) -> Result<Vec<Option<String>>, AdminError> {
     let slot = &state.config.slot;
     let st = tokio::time::timeout(DB_TIMEOUT, async {
         let client = state.pool.get().await.map_err(AdminError::Pool)?;
@@ -456,7 +456,7 @@ async fn slot_row(state: &AppState) -> Result<Vec<Option<String>>, AdminError> {
 }
 
 /// `SHOW FLAGS`: stored flags and flags forced by the environment.
-fn flag_rows(state: &AppState) -> Vec<Vec<Option<String>>> {
+fn flag_rows(state: &NodeView) -> Vec<Vec<Option<String>>> {
     let node = state.flags.node().to_owned();
     let evaluated = state.flags.evaluate_all::<&str>(&node, &[]);
     let snapshot = state.flags.snapshot();
@@ -487,7 +487,7 @@ fn flag_rows(state: &AppState) -> Vec<Vec<Option<String>>> {
 }
 
 /// `SHOW DLQ`: the newest dead letters, without their payload.
-async fn dlq_rows(state: &AppState) -> Result<Vec<Vec<Option<String>>>, AdminError> {
+async fn dlq_rows(state: &NodeView) -> Result<Vec<Vec<Option<String>>>, AdminError> {
     let letters = tokio::time::timeout(DB_TIMEOUT, async {
         let client = state.pool.get().await.map_err(AdminError::Pool)?;
         let filter = crate::dlq::ListFilter {

@@ -15,21 +15,39 @@
 //! `internal_error` (500). Database error text never reaches the client, except the messages of
 //! the `walcast.dlq_*` functions, which are walcast's own.
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{DlqError, DlqErrorKind, ListFilter, Status, store};
-use crate::auth;
-use crate::config::ServerConfig;
-use crate::http::{AppState, bearer_token};
+use crate::auth::{Auth, AuthRejection, ServiceRole};
+use crate::http::error::ApiError;
+use crate::metrics::Metrics;
 
-/// The routes, to merge into the server's router.
-pub fn routes() -> Router<AppState> {
+/// What the `/v1/dlq` endpoints need.
+#[derive(Debug, Clone)]
+pub struct DlqState {
+    /// Database pool.
+    pub pool: deadpool_postgres::Pool,
+    /// Request counters.
+    pub metrics: Arc<Metrics>,
+    /// This node's name (the worker name of `retry?now=true`).
+    pub node: String,
+}
+
+/// The routes, for a state that provides [`DlqState`] and [`Auth`].
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    DlqState: FromRef<S>,
+    Auth: FromRef<S>,
+{
     Router::new()
         .route("/v1/dlq", get(list).delete(purge))
         .route("/v1/dlq/stats", get(stats))
@@ -128,46 +146,31 @@ impl From<DlqError> for DlqApiError {
     }
 }
 
-impl IntoResponse for DlqApiError {
-    fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
-        let mut resp = (self.code.status(), axum::Json(body)).into_response();
-        if self.code == DlqApiErrorCode::DatabaseUnavailable {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        }
-        resp
+impl From<DlqApiError> for ApiError {
+    fn from(e: DlqApiError) -> Self {
+        ApiError::new(e.code.status(), e.code.as_str(), e.message)
     }
 }
 
-/// With a JWT secret configured, the endpoints require a `service_role` token.
-fn check_auth(config: &ServerConfig, headers: &HeaderMap) -> Result<(), DlqApiError> {
-    let Some(secret) = &config.jwt_secret else {
-        return Ok(());
-    };
-    let token = bearer_token(headers).ok_or_else(|| {
-        DlqApiError::new(
-            DlqApiErrorCode::Unauthorized,
-            auth::AuthError::Missing.to_string(),
-        )
-    })?;
-    let claims = auth::verify(secret, token)
-        .map_err(|e| DlqApiError::new(DlqApiErrorCode::Unauthorized, e.to_string()))?;
-    if claims.role != "service_role" {
-        return Err(DlqApiError::new(
-            DlqApiErrorCode::Forbidden,
-            format!(
-                "role {:?} may not use the dead-letter queue: use a service_role key (`walcast keys`)",
-                claims.role
-            ),
-        ));
+impl IntoResponse for DlqApiError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
     }
-    Ok(())
+}
+
+impl From<AuthRejection> for DlqApiError {
+    fn from(r: AuthRejection) -> Self {
+        let code = match r {
+            AuthRejection::Unauthorized(_) => DlqApiErrorCode::Unauthorized,
+            AuthRejection::Forbidden { .. } => DlqApiErrorCode::Forbidden,
+        };
+        DlqApiError::new(code, r.message("use the dead-letter queue"))
+    }
 }
 
 /// Counts the request and turns the result into a response.
 fn respond(
-    state: &AppState,
+    state: &DlqState,
     route: &str,
     result: Result<serde_json::Value, DlqApiError>,
 ) -> Response {
@@ -183,7 +186,7 @@ fn respond(
 }
 
 /// A pooled connection.
-async fn connection(state: &AppState) -> Result<deadpool_postgres::Object, DlqApiError> {
+async fn connection(state: &DlqState) -> Result<deadpool_postgres::Object, DlqApiError> {
     state
         .pool
         .get()
@@ -225,12 +228,12 @@ fn bad_query(e: impl std::fmt::Display) -> DlqApiError {
 
 /// `GET /v1/dlq`.
 async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(state): State<DlqState>,
+    role: Result<ServiceRole, AuthRejection>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let result: Result<serde_json::Value, DlqApiError> = async {
-        check_auth(&state.config, &headers)?;
+        role?;
         let Query(q) = query.map_err(bad_query)?;
         let mut filter = ListFilter {
             status: q.status.as_deref().map(str::parse::<Status>).transpose()?,
@@ -262,9 +265,12 @@ async fn list(
 }
 
 /// `GET /v1/dlq/stats`.
-async fn stats(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn stats(
+    State(state): State<DlqState>,
+    role: Result<ServiceRole, AuthRejection>,
+) -> Response {
     let result: Result<serde_json::Value, DlqApiError> = async {
-        check_auth(&state.config, &headers)?;
+        role?;
         let client = connection(&state).await?;
         let s = store::stats(&client).await?;
         Ok(json!(s))
@@ -275,12 +281,12 @@ async fn stats(State(state): State<AppState>, headers: HeaderMap) -> Response {
 
 /// `GET /v1/dlq/{id}`.
 async fn show(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(state): State<DlqState>,
+    role: Result<ServiceRole, AuthRejection>,
     Path(id): Path<String>,
 ) -> Response {
     let result: Result<serde_json::Value, DlqApiError> = async {
-        check_auth(&state.config, &headers)?;
+        role?;
         let id = parse_id(&id)?;
         let client = connection(&state).await?;
         Ok(json!(store::show(&client, id).await?))
@@ -299,13 +305,13 @@ struct RetryQuery {
 
 /// `POST /v1/dlq/{id}/retry`.
 async fn retry(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(state): State<DlqState>,
+    role: Result<ServiceRole, AuthRejection>,
     Path(id): Path<String>,
     query: Result<Query<RetryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let result: Result<serde_json::Value, DlqApiError> = async {
-        check_auth(&state.config, &headers)?;
+        role?;
         let id = parse_id(&id)?;
         let Query(q) = query.map_err(bad_query)?;
         let now = match q.now.as_deref() {
@@ -323,7 +329,7 @@ async fn retry(
         if !now {
             return Ok(json!(row));
         }
-        let worker = format!("{}/http", state.config.node);
+        let worker = format!("{}/http", state.node);
         let lease = super::RetryWorkerConfig::new(&worker).lease;
         let report = super::run_pass(&client, &worker, 1, Some(id), lease).await?;
         match report.rows.into_iter().next() {
@@ -338,9 +344,12 @@ async fn retry(
 }
 
 /// `POST /v1/dlq/retry`.
-async fn retry_all(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn retry_all(
+    State(state): State<DlqState>,
+    role: Result<ServiceRole, AuthRejection>,
+) -> Response {
     let result: Result<serde_json::Value, DlqApiError> = async {
-        check_auth(&state.config, &headers)?;
+        role?;
         let client = connection(&state).await?;
         let rows = store::requeue_all(&client).await?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
@@ -362,12 +371,12 @@ struct PurgeQuery {
 
 /// `DELETE /v1/dlq`.
 async fn purge(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(state): State<DlqState>,
+    role: Result<ServiceRole, AuthRejection>,
     query: Result<Query<PurgeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let result: Result<serde_json::Value, DlqApiError> = async {
-        check_auth(&state.config, &headers)?;
+        role?;
         let Query(q) = query.map_err(bad_query)?;
         let older_than = crate::units::parse_duration(q.older_than.as_deref().unwrap_or("7d"))
             .map_err(|e| {

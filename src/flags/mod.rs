@@ -22,10 +22,10 @@
 //! says which endpoint a client should prefer while both are served
 //! (`GET /v1/flags/evaluate`, [`Flags::route`]).
 
-pub mod api;
 pub mod env;
 pub mod error;
 pub mod eval;
+pub mod http;
 pub mod refresh;
 pub mod store;
 
@@ -34,6 +34,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+
+use crate::endpoint::Endpoint;
 
 pub use env::{EnvError, EnvTier};
 pub use error::{FlagsError, RejectCode, Rejection};
@@ -70,10 +72,10 @@ impl Mode {
     }
 
     /// Does this mode serve `path`?
-    pub fn serves(self, path: Path) -> bool {
+    pub fn serves(self, path: Endpoint) -> bool {
         matches!(
             (self, path),
-            (Mode::Dual, _) | (Mode::Direct, Path::Direct) | (Mode::Realtime, Path::Realtime)
+            (Mode::Dual, _) | (Mode::Direct, Endpoint::Ws) | (Mode::Realtime, Endpoint::Realtime)
         )
     }
 }
@@ -96,34 +98,6 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// One of the two WebSocket endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Path {
-    /// `/ws`, the plain JSON protocol.
-    Direct,
-    /// `/realtime/v1/websocket`, the Supabase Realtime protocol.
-    Realtime,
-}
-
-impl Path {
-    /// The name used in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Path::Direct => "direct",
-            Path::Realtime => "realtime",
-        }
-    }
-
-    /// The HTTP path of the endpoint.
-    pub fn endpoint(self) -> &'static str {
-        match self {
-            Path::Direct => "/ws",
-            Path::Realtime => "/realtime/v1/websocket",
-        }
-    }
-}
-
 /// The node's mode and how it was decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModeState {
@@ -139,8 +113,10 @@ pub struct ModeState {
 pub struct Route {
     /// The node's mode.
     pub mode: Mode,
-    /// Endpoints this client may use, preferred first.
-    pub paths: Vec<Path>,
+    /// Endpoints this client may use, preferred first (by their mode names: `direct`,
+    /// `realtime`).
+    #[serde(serialize_with = "crate::endpoint::serialize_mode_names")]
+    pub paths: Vec<Endpoint>,
     /// `use_realtime` for the client.
     pub use_realtime: Evaluation,
 }
@@ -149,23 +125,20 @@ pub struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModeDisabled {
     /// The endpoint asked for.
-    pub path: Path,
+    pub path: Endpoint,
     /// The node's mode.
     pub mode: Mode,
 }
 
 impl std::fmt::Display for ModeDisabled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let other = match self.path {
-            Path::Direct => Path::Realtime,
-            Path::Realtime => Path::Direct,
-        };
+        let other = self.path.other();
         write!(
             f,
             "{} is not served while broadcaster_mode is {}: connect to {} instead (GET /v1/flags/evaluate tells clients where to connect)",
-            self.path.endpoint(),
+            self.path.path(),
             self.mode,
-            other.endpoint()
+            other.path()
         )
     }
 }
@@ -271,10 +244,10 @@ impl Flags {
         let mode = self.mode().mode;
         let use_realtime = self.evaluate(USE_REALTIME, subject, segments);
         let paths = match mode {
-            Mode::Direct => vec![Path::Direct],
-            Mode::Realtime => vec![Path::Realtime],
-            Mode::Dual if use_realtime.enabled => vec![Path::Realtime, Path::Direct],
-            Mode::Dual => vec![Path::Direct, Path::Realtime],
+            Mode::Direct => vec![Endpoint::Ws],
+            Mode::Realtime => vec![Endpoint::Realtime],
+            Mode::Dual if use_realtime.enabled => vec![Endpoint::Realtime, Endpoint::Ws],
+            Mode::Dual => vec![Endpoint::Ws, Endpoint::Realtime],
         };
         Route {
             mode,
@@ -284,7 +257,7 @@ impl Flags {
     }
 
     /// `Ok` when the node's mode serves `path`; call before a WebSocket upgrade.
-    pub fn check(&self, path: Path) -> Result<(), ModeDisabled> {
+    pub fn check(&self, path: Endpoint) -> Result<(), ModeDisabled> {
         let mode = self.mode().mode;
         if mode.serves(path) {
             Ok(())
@@ -342,12 +315,12 @@ mod tests {
     fn mode_guards_endpoints() {
         let f = Flags::new("node1", EnvTier::default(), set("realtime", 0.0));
         assert_eq!(f.mode().mode, Mode::Realtime);
-        let e = f.check(Path::Direct).unwrap_err();
+        let e = f.check(Endpoint::Ws).unwrap_err();
         assert!(e.to_string().contains("/realtime/v1/websocket"), "{e}");
-        assert!(f.check(Path::Realtime).is_ok());
+        assert!(f.check(Endpoint::Realtime).is_ok());
         f.replace(set("direct", 0.0));
-        assert!(f.check(Path::Direct).is_ok());
-        assert!(f.check(Path::Realtime).is_err());
+        assert!(f.check(Endpoint::Ws).is_ok());
+        assert!(f.check(Endpoint::Realtime).is_err());
         f.replace(FlagSet::default());
         assert_eq!(f.mode().mode, Mode::Dual, "missing flag: both endpoints");
     }
@@ -357,15 +330,15 @@ mod tests {
         let f = Flags::new("node1", EnvTier::default(), set("dual", 100.0));
         assert_eq!(
             f.route::<&str>("u", &[]).paths,
-            [Path::Realtime, Path::Direct]
+            [Endpoint::Realtime, Endpoint::Ws]
         );
         f.replace(set("dual", 0.0));
         assert_eq!(
             f.route::<&str>("u", &[]).paths,
-            [Path::Direct, Path::Realtime]
+            [Endpoint::Ws, Endpoint::Realtime]
         );
         f.replace(set("direct", 100.0));
-        assert_eq!(f.route::<&str>("u", &[]).paths, [Path::Direct]);
+        assert_eq!(f.route::<&str>("u", &[]).paths, [Endpoint::Ws]);
     }
 
     #[test]
@@ -382,6 +355,6 @@ mod tests {
         assert_eq!(all["use_realtime"].source, Source::Env);
         assert!(all["use_realtime"].enabled);
         assert!(all["extra"].enabled);
-        assert_eq!(f.route::<&str>("u", &[]).paths, [Path::Realtime]);
+        assert_eq!(f.route::<&str>("u", &[]).paths, [Endpoint::Realtime]);
     }
 }

@@ -2,13 +2,12 @@
 //!
 //! The reader calls [`Hub::publish`], which never blocks: changes go into one bounded broadcast
 //! ring ([`Hub::new`] `capacity`), shared by all sessions. Each session filters on its own task
-//! ([`filter`]) and pulls the encoded frame from the item, which is encoded at most once per
-//! wire format ([`HubItem::json_frame`]) and shared by reference among all clients. A session
-//! that falls more than `capacity` items behind sees `Lagged` and must close with an explicit
-//! `lagged` frame; the reader and other sessions are unaffected. The hub knows nothing about
-//! sockets or pgoutput.
-
-pub mod filter;
+//! ([`crate::filter`]) and pulls the encoded frame from the item, which is encoded at most once
+//! per wire format by the encoder the session passes in ([`HubItem::ws_frame`],
+//! [`HubItem::realtime_data`]) and shared by reference among all clients. A session that falls
+//! more than `capacity` items behind sees `Lagged` and must close with an explicit `lagged`
+//! frame; the reader and other sessions are unaffected. The hub knows no wire format, socket
+//! or pgoutput: a [`Frame`] is only shared UTF-8 text.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -17,7 +16,8 @@ use tokio::sync::broadcast;
 use crate::decode::{Change, Cursor};
 use crate::metrics::Metrics;
 
-/// An encoded text frame, shared by reference among all sessions that send it.
+/// An encoded text frame, shared by reference among all sessions that send it (UTF-8 bytes
+/// that a WebSocket text message takes without copying or re-checking).
 pub type Frame = axum::extract::ws::Utf8Bytes;
 
 /// One change in the ring, with its lazily encoded frames.
@@ -26,18 +26,18 @@ pub struct HubItem {
     /// The change.
     pub change: Change,
     /// The `/ws` event frame, encoded on first use.
-    json: OnceLock<Frame>,
+    ws: OnceLock<Frame>,
     /// The Realtime change `data` object, encoded on first use.
     realtime: OnceLock<Arc<str>>,
 }
 
 impl HubItem {
-    /// The plain `/ws` event frame (encoded once, then shared).
-    pub fn json_frame(&self, metrics: &Metrics) -> Frame {
-        self.json
+    /// The plain `/ws` event frame (encoded once by `encode`, then shared).
+    pub fn ws_frame(&self, metrics: &Metrics, encode: impl FnOnce(&Change) -> String) -> Frame {
+        self.ws
             .get_or_init(|| {
                 metrics.frames_encoded.inc();
-                Frame::from(crate::protocol::json::encode_event(&self.change))
+                Frame::from(encode(&self.change))
             })
             .clone()
     }
@@ -116,7 +116,7 @@ impl Hub {
         pos.last = Some(change.cursor);
         let _ = self.inner.tx.send(Arc::new(HubItem {
             change,
-            json: OnceLock::new(),
+            ws: OnceLock::new(),
             realtime: OnceLock::new(),
         }));
         true

@@ -7,6 +7,7 @@
 pub mod batcher;
 pub mod breaker;
 pub mod error;
+pub mod http;
 pub mod parse;
 pub mod request;
 pub mod spool;

@@ -20,5 +20,5 @@ pub mod slot;
 
 pub use error::ReplicationError;
 pub use reader::{Reader, ReaderConfig, ReaderStatus};
-pub use replay::spawn_replay;
+pub use replay::{Replays, spawn_replay};
 pub use settings::ReplicationSettings;

@@ -21,6 +21,34 @@ const REPLAY_BUFFER: usize = 1024;
 /// A replay that receives nothing for this long fails (it should always progress).
 const REPLAY_STALL: Duration = Duration::from_secs(30);
 
+/// Replays of the main slot's changes: what a resuming client needs.
+#[derive(Debug, Clone)]
+pub struct Replays {
+    /// Replication connection facts.
+    settings: ReplicationSettings,
+    /// The slot replays copy.
+    main_slot: String,
+}
+
+impl Replays {
+    /// Replays that copy `main_slot`.
+    pub fn new(settings: ReplicationSettings, main_slot: String) -> Self {
+        Replays {
+            settings,
+            main_slot,
+        }
+    }
+
+    /// Starts a replay of the changes in `(after, until]` (see [`spawn_replay`]).
+    pub fn replay(
+        &self,
+        after: Cursor,
+        until: Cursor,
+    ) -> mpsc::Receiver<Result<Change, ReplicationError>> {
+        spawn_replay(self.settings.clone(), self.main_slot.clone(), after, until)
+    }
+}
+
 /// Starts a replay of the changes in `(after, until]`; read them from the returned channel.
 /// The channel ends after `until`, or yields one error (e.g. `CursorExpired`).
 pub fn spawn_replay(

@@ -25,28 +25,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::decode::Cursor;
+pub use crate::endpoint::Endpoint;
 
 /// Most problem examples a report lists.
 pub const MAX_EXAMPLES: usize = 20;
-
-/// One of the two WebSocket paths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PathId {
-    /// `/ws`, the plain JSON protocol.
-    Ws,
-    /// `/realtime/v1/websocket`, the Supabase Realtime protocol.
-    Realtime,
-}
-
-impl PathId {
-    /// The name used in reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PathId::Ws => "ws",
-            PathId::Realtime => "realtime",
-        }
-    }
-}
 
 /// One change as a client received it.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,18 +93,18 @@ pub struct PerPath<T> {
 
 impl<T> PerPath<T> {
     /// The value of one path.
-    pub fn get(&self, p: PathId) -> &T {
+    pub fn get(&self, p: Endpoint) -> &T {
         match p {
-            PathId::Ws => &self.ws,
-            PathId::Realtime => &self.realtime,
+            Endpoint::Ws => &self.ws,
+            Endpoint::Realtime => &self.realtime,
         }
     }
 
     /// The value of one path, mutably.
-    pub fn get_mut(&mut self, p: PathId) -> &mut T {
+    pub fn get_mut(&mut self, p: Endpoint) -> &mut T {
         match p {
-            PathId::Ws => &mut self.ws,
-            PathId::Realtime => &mut self.realtime,
+            Endpoint::Ws => &mut self.ws,
+            Endpoint::Realtime => &mut self.realtime,
         }
     }
 }
@@ -593,7 +575,7 @@ pub fn compare(input: &CompareInput) -> Report {
                     "in the table, on neither path".into(),
                 );
             }
-            for (path, list) in [(PathId::Ws, &ws_unique), (PathId::Realtime, &rt_unique)] {
+            for (path, list) in [(Endpoint::Ws, &ws_unique), (Endpoint::Realtime, &rt_unique)] {
                 let last = list.iter().rev().find(|o| o.id.as_deref() == Some(&row.id));
                 let Some(last) = last else { continue };
                 if last.op == "DELETE" {

@@ -27,13 +27,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::compare::{parse_instant, values_equal};
-use crate::admin::clients::{ClientRegistry, ClientSnapshot, Progress, Protocol};
+use crate::access::RlsGate;
+use crate::admin::clients::{ClientRegistry, ClientSnapshot, Progress};
+use crate::catalog::TableFacts;
 use crate::decode::{Change, Operation};
+use crate::endpoint::Endpoint;
 use crate::hub::{Hub, HubItem};
 use crate::metrics::Metrics;
-use crate::protocol::json::{self, ServerFrame};
-use crate::protocol::realtime::changes::{TableFacts, encode_change_data};
-use crate::ws::realtime::RealtimeState;
+use crate::realtime::protocol::payload::encode_change_data;
+use crate::ws::protocol::{self as json, ServerFrame};
 
 /// Most changes one run checks.
 pub const SAMPLE_MAX: usize = 256;
@@ -391,7 +393,7 @@ pub fn check_change(change: &Change, facts: Option<&TableFacts>) -> Vec<Finding>
 /// Compares the delivery counters of clients that receive every change, between two
 /// registry snapshots (`before`: progress by client id, taken one interval earlier).
 pub fn check_delivery(
-    before: &HashMap<u64, (Protocol, Progress)>,
+    before: &HashMap<u64, (Endpoint, Progress)>,
     now: &[ClientSnapshot],
 ) -> DeliveryCheck {
     let eligible: Vec<(&ClientSnapshot, &Progress)> = now
@@ -404,8 +406,8 @@ pub fn check_delivery(
                 .map(|(_, p)| (c, p))
         })
         .collect();
-    let has = |proto: Protocol| eligible.iter().any(|(c, _)| c.protocol == proto);
-    if !has(Protocol::Ws) || !has(Protocol::Realtime) {
+    let has = |proto: Endpoint| eligible.iter().any(|(c, _)| c.protocol == proto);
+    if !has(Endpoint::Ws) || !has(Endpoint::Realtime) {
         return DeliveryCheck {
             state: DeliveryState::NotApplicable,
             clients: eligible.len() as u64,
@@ -425,7 +427,7 @@ pub fn check_delivery(
             detail: "clients were at different stream positions".into(),
         };
     }
-    let deltas: Vec<(Protocol, u64, u64)> = eligible
+    let deltas: Vec<(Endpoint, u64, u64)> = eligible
         .iter()
         .map(|(c, p)| {
             (
@@ -456,7 +458,7 @@ pub fn check_delivery(
 }
 
 /// Progress by client id, for the next delivery comparison.
-fn progress_map(now: &[ClientSnapshot]) -> HashMap<u64, (Protocol, Progress)> {
+fn progress_map(now: &[ClientSnapshot]) -> HashMap<u64, (Endpoint, Progress)> {
     now.iter()
         .map(|c| (c.id, (c.protocol, c.progress)))
         .collect()
@@ -471,8 +473,8 @@ pub struct ConsistencyTask {
     pub metrics: Arc<Metrics>,
     /// Connected clients.
     pub clients: Arc<ClientRegistry>,
-    /// Realtime state (its table facts, as the sessions encode with them).
-    pub realtime: Arc<RealtimeState>,
+    /// The row gate (its table facts, as the Realtime sessions encode with them).
+    pub gate: Arc<RlsGate>,
     /// The shared snapshot.
     pub consistency: Arc<Consistency>,
     /// Time between runs.
@@ -538,7 +540,7 @@ impl ConsistencyTask {
 
     /// Checks a sample and records the counters.
     fn check(&self, sample: &[Arc<HubItem>], delivery: DeliveryCheck) -> RunOutcome {
-        let facts = self.realtime.gate.cached_table_facts();
+        let facts = self.gate.cached_table_facts();
         let mut findings = Vec::new();
         let mut mismatched = 0;
         for item in sample {
@@ -683,7 +685,7 @@ mod tests {
     #[test]
     fn a_payload_cut_for_size_is_not_a_mismatch() {
         let mut c = change(Operation::Insert);
-        let big = "x".repeat(crate::protocol::realtime::MAX_RECORD_BYTES + 10);
+        let big = "x".repeat(crate::realtime::protocol::MAX_RECORD_BYTES + 10);
         c.record
             .as_mut()
             .unwrap()
@@ -692,7 +694,7 @@ mod tests {
         assert_eq!(check_change(&c, None), vec![]);
     }
 
-    fn snap(id: u64, protocol: Protocol, delivered: u64, pos: u64) -> ClientSnapshot {
+    fn snap(id: u64, protocol: Endpoint, delivered: u64, pos: u64) -> ClientSnapshot {
         ClientSnapshot {
             id,
             protocol,
@@ -719,34 +721,34 @@ mod tests {
     #[test]
     fn delivery_counts_are_compared_only_when_comparable() {
         let before = progress_map(&[
-            snap(1, Protocol::Ws, 10, 5),
-            snap(2, Protocol::Realtime, 4, 5),
+            snap(1, Endpoint::Ws, 10, 5),
+            snap(2, Endpoint::Realtime, 4, 5),
         ]);
         let ok = check_delivery(
             &before,
             &[
-                snap(1, Protocol::Ws, 13, 9),
-                snap(2, Protocol::Realtime, 7, 9),
+                snap(1, Endpoint::Ws, 13, 9),
+                snap(2, Endpoint::Realtime, 7, 9),
             ],
         );
         assert_eq!(ok.state, DeliveryState::Ok, "{ok:?}");
         let bad = check_delivery(
             &before,
             &[
-                snap(1, Protocol::Ws, 13, 9),
-                snap(2, Protocol::Realtime, 6, 9),
+                snap(1, Endpoint::Ws, 13, 9),
+                snap(2, Endpoint::Realtime, 6, 9),
             ],
         );
         assert_eq!(bad.state, DeliveryState::Mismatch);
         let moving = check_delivery(
             &before,
             &[
-                snap(1, Protocol::Ws, 13, 9),
-                snap(2, Protocol::Realtime, 6, 8),
+                snap(1, Endpoint::Ws, 13, 9),
+                snap(2, Endpoint::Realtime, 6, 8),
             ],
         );
         assert_eq!(moving.state, DeliveryState::Skipped);
-        let alone = check_delivery(&before, &[snap(1, Protocol::Ws, 13, 9)]);
+        let alone = check_delivery(&before, &[snap(1, Endpoint::Ws, 13, 9)]);
         assert_eq!(alone.state, DeliveryState::NotApplicable);
     }
 

@@ -22,6 +22,6 @@ pub mod observe;
 pub mod reference;
 pub mod report;
 
-pub use compare::{CompareInput, Observation, PathId, ReferenceRow, Report, Window, compare};
+pub use compare::{CompareInput, Endpoint, Observation, ReferenceRow, Report, Window, compare};
 pub use consistency::{Consistency, ConsistencySnapshot, ConsistencyTask, spawn_consistency_task};
 pub use error::ValidateError;

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::compare::{Observation, parse_instant};
 use super::error::ValidateError;
-use crate::hub::filter::Filter;
-use crate::protocol::json::{self, ClientFrame, ServerFrame};
+use crate::filter::Filter;
+use crate::ws::protocol::{self as json, ClientFrame, ServerFrame};
 
 /// How long to wait for a connection, a welcome, a subscription confirmation.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);

@@ -12,7 +12,7 @@ use tokio_postgres::{Client, NoTls};
 use super::compare::{ReferenceRow, Window};
 use super::error::ValidateError;
 use crate::decode::Row;
-use crate::hub::filter::Filter;
+use crate::filter::Filter;
 
 /// `sql/validate/reference_rows.sql`.
 const REFERENCE_ROWS_SQL: &str = include_str!("../../sql/validate/reference_rows.sql");

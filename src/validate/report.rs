@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::compare::{Latency, PathId, Report, Window};
+use super::compare::{Endpoint, Latency, Report, Window};
 
 /// A finished run: where, when, what was compared, and the report.
 #[derive(Debug, Clone, Serialize)]
@@ -70,12 +70,12 @@ pub fn render(run: &RunSummary) -> String {
         return out;
     }
     let _ = writeln!(out, "\n{:<18}{:>12}{:>12}", "", "ws", "realtime");
-    let row = |out: &mut String, name: &str, f: &dyn Fn(PathId) -> String| {
+    let row = |out: &mut String, name: &str, f: &dyn Fn(Endpoint) -> String| {
         let _ = writeln!(
             out,
             "{name:<18}{:>12}{:>12}",
-            f(PathId::Ws),
-            f(PathId::Realtime)
+            f(Endpoint::Ws),
+            f(Endpoint::Realtime)
         );
     };
     row(&mut out, "received", &|p| r.received.get(p).to_string());
@@ -84,7 +84,7 @@ pub fn render(run: &RunSummary) -> String {
     row(&mut out, "out of order", &|p| {
         r.out_of_order.get(p).to_string()
     });
-    let lat = |p: PathId| -> &Latency { r.latency_ms.get(p) };
+    let lat = |p: Endpoint| -> &Latency { r.latency_ms.get(p) };
     row(&mut out, "latency p50 ms", &|p| ms(lat(p).p50));
     row(&mut out, "latency p95 ms", &|p| ms(lat(p).p95));
     row(&mut out, "latency p99 ms", &|p| ms(lat(p).p99));

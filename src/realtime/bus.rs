@@ -19,8 +19,8 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::protocol::realtime::frame::{self, PayloadEncoding, Vsn};
-use crate::protocol::realtime::presence::{
+use crate::realtime::protocol::frame::{self, PayloadEncoding, Vsn};
+use crate::realtime::protocol::presence::{
     PresenceMeta, encode_broadcast_json, encode_presence_diff, encode_presence_state,
 };
 

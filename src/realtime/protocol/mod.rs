@@ -7,22 +7,26 @@
 //! (user documentation: `docs/realtime.md`).
 //!
 //! It never does I/O, never uses Tokio, keeps no connection state and never decides what to send
-//! when: the session in `crate::ws::realtime` does that and calls in here for the bytes. Parsers
+//! when: the session in `crate::realtime` does that and calls in here for the bytes. Parsers
 //! never panic on client input; they return typed errors.
 //!
 //! - [`frame`]: frame envelopes for both serializer versions, binary kinds 3 and 4.
 //! - [`join`]: topics and the `phx_join` payload (including the legacy topic form).
-//! - [`changes`]: `postgres_changes` bindings, filters, binding ids and the change `data` object.
+//! - [`binding`]: `postgres_changes` bindings, filters, binding ids and their error texts.
+//! - [`payload`]: the change `data` object and the per-channel change frames.
 //! - [`presence`]: presence `track`/`untrack` requests, `presence_state` and `presence_diff`.
 //! - [`text`]: error reasons, token problems and `system` message payloads.
 
-pub mod changes;
+pub mod binding;
+#[cfg(test)]
+mod fixtures;
 pub mod frame;
 pub mod join;
+pub mod payload;
 pub mod presence;
 pub mod text;
 
-pub use changes::{Binding, BindingError, BindingRequest, EventFilter, TableFacts};
+pub use binding::{Binding, BindingError, BindingRequest, EventFilter};
 pub use frame::{ClientMessage, FrameError, PayloadEncoding, UserBroadcast, Vsn};
 pub use join::{JoinConfig, JoinRequest, TopicError};
 pub use text::{JoinError, TokenProblem};

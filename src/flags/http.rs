@@ -8,8 +8,8 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{FromRef, Path as UrlPath, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde::Deserialize;
@@ -18,9 +18,18 @@ use serde_json::{Value, json};
 
 use super::error::{FlagsError, RejectCode};
 use super::store::{self, FlagChange, NewFlag, OverrideTarget};
-use super::{ModeDisabled, Path};
-use crate::auth;
-use crate::http::{AppState, bearer_token};
+use super::{Flags, ModeDisabled};
+use crate::auth::{Auth, AuthRejection, ServiceRole};
+use crate::http::error::ApiError;
+
+/// What the flag endpoints need.
+#[derive(Debug, Clone)]
+pub struct FlagsState {
+    /// Database pool (the `walcast.flag_*` functions).
+    pub pool: deadpool_postgres::Pool,
+    /// The node's flags.
+    pub flags: Flags,
+}
 
 /// Most segments in one evaluation.
 pub const MAX_SEGMENTS: usize = 32;
@@ -29,8 +38,13 @@ pub const MAX_KEY_LEN: usize = 256;
 /// Default and largest number of history entries per request.
 pub const HISTORY_LIMIT: (i64, i64) = (100, 1000);
 
-/// The flag routes (mounted by [`crate::http::router`]).
-pub fn routes() -> Router<AppState> {
+/// The flag routes, for a state that provides [`FlagsState`] and [`Auth`].
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    FlagsState: FromRef<S>,
+    Auth: FromRef<S>,
+{
     Router::new()
         .route("/v1/flags", get(list).post(create))
         .route("/v1/flags/evaluate", get(evaluate))
@@ -46,49 +60,9 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/flags/{name}/history", get(history))
 }
 
-/// A client-visible error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable code.
-    pub code: &'static str,
-    /// What went wrong.
-    pub message: String,
-    /// How to fix it.
-    pub hint: Option<String>,
-}
-
-impl ApiError {
-    /// An error without a hint.
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            hint: None,
-        }
-    }
-
-    /// `400 invalid_request`.
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(h) = self.hint {
-            error["hint"] = Value::String(h);
-        }
-        let mut resp = (self.status, axum::Json(json!({ "error": error }))).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        resp
-    }
+/// `400 invalid_request`.
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
 }
 
 /// The HTTP status of a refused change.
@@ -103,12 +77,13 @@ pub fn reject_status(code: RejectCode) -> StatusCode {
 impl From<FlagsError> for ApiError {
     fn from(e: FlagsError) -> Self {
         match e {
-            FlagsError::Rejected(r) => ApiError {
-                status: reject_status(r.code),
-                code: r.code.as_str(),
-                message: r.message,
-                hint: r.hint,
-            },
+            FlagsError::Rejected(r) => {
+                let e = ApiError::new(reject_status(r.code), r.code.as_str(), r.message);
+                match r.hint {
+                    Some(h) => e.with("hint", h),
+                    None => e,
+                }
+            }
             FlagsError::Decode(_) => {
                 tracing::error!(error = %e, "flag row does not decode");
                 ApiError::new(
@@ -131,53 +106,26 @@ impl From<FlagsError> for ApiError {
 
 impl IntoResponse for ModeDisabled {
     fn into_response(self) -> Response {
-        let other = match self.path {
-            Path::Direct => Path::Realtime,
-            Path::Realtime => Path::Direct,
-        };
-        (
-            StatusCode::CONFLICT,
-            axum::Json(json!({
-                "error": {
-                    "code": "mode_disabled",
-                    "message": self.to_string(),
-                    "mode": self.mode,
-                    "paths": [other],
-                    "endpoints": { other.as_str(): other.endpoint() },
-                }
-            })),
-        )
+        let other = self.path.other();
+        ApiError::new(StatusCode::CONFLICT, "mode_disabled", self.to_string())
+            .with("mode", json!(self.mode))
+            .with("paths", json!([other.mode_name()]))
+            .with("endpoints", json!({ other.mode_name(): other.path() }))
             .into_response()
     }
 }
 
-/// Checks the management token; returns who the change is recorded as.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let Some(secret) = &state.config.jwt_secret else {
-        return Ok("http".to_owned());
-    };
-    let unauthorized = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let token =
-        bearer_token(headers).ok_or_else(|| unauthorized(auth::AuthError::Missing.to_string()))?;
-    let claims = auth::verify(secret, token).map_err(|e| unauthorized(e.to_string()))?;
-    if claims.role != "service_role" {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "role {:?} may not manage flags: use a service_role key (`walcast keys`)",
-                claims.role
-            ),
-        ));
+/// Who a change is recorded as: `http`, or `http:<sub>` for a token (`http:service_role`
+/// without a subject).
+fn actor(role: &ServiceRole) -> String {
+    match &role.token {
+        None => "http".to_owned(),
+        Some(_) => format!("http:{}", role.subject().unwrap_or("service_role")),
     }
-    Ok(format!(
-        "http:{}",
-        claims.sub.as_deref().unwrap_or("service_role")
-    ))
 }
 
 /// A pooled connection.
-async fn client(state: &AppState) -> Result<deadpool_postgres::Object, ApiError> {
+async fn client(state: &FlagsState) -> Result<deadpool_postgres::Object, ApiError> {
     state
         .pool
         .get()
@@ -217,7 +165,7 @@ fn ok(v: impl serde::Serialize) -> Response {
 }
 
 /// `GET /v1/flags/evaluate?subject=...&segments=a,b`: where to connect and every flag's value.
-async fn evaluate(State(state): State<AppState>, RawQuery(q): RawQuery) -> Response {
+async fn evaluate(State(state): State<FlagsState>, RawQuery(q): RawQuery) -> Response {
     match evaluate_inner(&state, q.as_deref()) {
         Ok(v) => {
             let mut resp = ok(v);
@@ -230,7 +178,7 @@ async fn evaluate(State(state): State<AppState>, RawQuery(q): RawQuery) -> Respo
 }
 
 /// Validates the query and evaluates.
-fn evaluate_inner(state: &AppState, q: Option<&str>) -> Result<Value, ApiError> {
+fn evaluate_inner(state: &FlagsState, q: Option<&str>) -> Result<Value, ApiError> {
     let mut subject = None;
     let mut segments: Vec<String> = Vec::new();
     for (k, v) in query_pairs(q) {
@@ -243,31 +191,31 @@ fn evaluate_inner(state: &AppState, q: Option<&str>) -> Result<Value, ApiError> 
                     .map(str::to_owned),
             ),
             other => {
-                return Err(ApiError::bad_request(format!(
+                return Err(bad_request(format!(
                     "unknown parameter {other:?}: use subject and segments"
                 )));
             }
         }
     }
-    let subject = subject.filter(|s| !s.is_empty()).ok_or_else(|| ApiError {
-        hint: Some("e.g. GET /v1/flags/evaluate?subject=user-42&segments=beta,eu".into()),
-        ..ApiError::bad_request(
-            "subject is required: the user, client or dashboard id to evaluate for",
+    let subject = subject.filter(|s| !s.is_empty()).ok_or_else(|| {
+        bad_request("subject is required: the user, client or dashboard id to evaluate for").with(
+            "hint",
+            "e.g. GET /v1/flags/evaluate?subject=user-42&segments=beta,eu",
         )
     })?;
     if subject.chars().count() > MAX_KEY_LEN {
-        return Err(ApiError::bad_request(format!(
+        return Err(bad_request(format!(
             "subject is longer than {MAX_KEY_LEN} characters"
         )));
     }
     if segments.len() > MAX_SEGMENTS {
-        return Err(ApiError::bad_request(format!(
+        return Err(bad_request(format!(
             "at most {MAX_SEGMENTS} segments, got {}",
             segments.len()
         )));
     }
     if let Some(s) = segments.iter().find(|s| s.chars().count() > MAX_KEY_LEN) {
-        return Err(ApiError::bad_request(format!(
+        return Err(bad_request(format!(
             "segment {s:?} is longer than {MAX_KEY_LEN} characters"
         )));
     }
@@ -276,33 +224,32 @@ fn evaluate_inner(state: &AppState, q: Option<&str>) -> Result<Value, ApiError> 
     let endpoints: serde_json::Map<String, Value> = route
         .paths
         .iter()
-        .map(|p| {
-            (
-                p.as_str().to_owned(),
-                Value::String(p.endpoint().to_owned()),
-            )
-        })
+        .map(|p| (p.mode_name().to_owned(), Value::String(p.path().to_owned())))
         .collect();
     Ok(json!({
         "subject": subject,
         "segments": segments,
         "node": flags.node(),
         "mode": route.mode,
-        "paths": route.paths,
+        "paths": route.paths.iter().map(|p| p.mode_name()).collect::<Vec<_>>(),
         "endpoints": endpoints,
         "flags": flags.evaluate_all(&subject, &segments),
     }))
 }
 
 /// Runs a management handler body: authorization first, errors as JSON.
-async fn managed<F, Fut>(state: AppState, headers: HeaderMap, f: F) -> Response
+async fn managed<F, Fut>(
+    state: FlagsState,
+    role: Result<ServiceRole, AuthRejection>,
+    f: F,
+) -> Response
 where
-    F: FnOnce(AppState, String) -> Fut,
+    F: FnOnce(FlagsState, String) -> Fut,
     Fut: Future<Output = Result<Response, ApiError>>,
 {
-    let who = match authorize(&state, &headers) {
-        Ok(w) => w,
-        Err(e) => return e.into_response(),
+    let who = match role {
+        Ok(r) => actor(&r),
+        Err(r) => return r.api_error("manage flags").into_response(),
     };
     match f(state, who).await {
         Ok(r) => r,
@@ -311,8 +258,11 @@ where
 }
 
 /// `GET /v1/flags`: every flag with its overrides.
-async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    managed(state, headers, |state, _| async move {
+async fn list(
+    State(state): State<FlagsState>,
+    role: Result<ServiceRole, AuthRejection>,
+) -> Response {
+    managed(state, role, |state, _| async move {
         let c = client(&state).await?;
         let flags = store::list(&c).await?;
         Ok(ok(json!({ "flags": flags })))
@@ -350,18 +300,22 @@ struct CreateBody {
 fn percentage(v: &Value) -> Result<String, ApiError> {
     match v {
         Value::Number(n) => Ok(n.to_string()),
-        other => Err(ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: RejectCode::InvalidPercentage.as_str(),
-            message: format!("the percentage must be a JSON number from 0 to 100, got {other}"),
-            hint: Some("e.g. {\"percentage\": 25}".into()),
-        }),
+        other => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            RejectCode::InvalidPercentage.as_str(),
+            format!("the percentage must be a JSON number from 0 to 100, got {other}"),
+        )
+        .with("hint", "e.g. {\"percentage\": 25}")),
     }
 }
 
 /// `POST /v1/flags`: creates a flag; `201` with the flag.
-async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    managed(state, headers, |state, who| async move {
+async fn create(
+    State(state): State<FlagsState>,
+    role: Result<ServiceRole, AuthRejection>,
+    body: Bytes,
+) -> Response {
+    managed(state, role, |state, who| async move {
         let b: CreateBody = parse_body(&body)?;
         let new = NewFlag {
             name: b.name,
@@ -381,22 +335,20 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
 
 /// `GET /v1/flags/{name}`: one flag with its overrides.
 async fn get_one(
-    State(state): State<AppState>,
+    State(state): State<FlagsState>,
     UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
+    role: Result<ServiceRole, AuthRejection>,
 ) -> Response {
-    managed(state, headers, |state, _| async move {
+    managed(state, role, |state, _| async move {
         let c = client(&state).await?;
         match store::get(&c, &name).await? {
             Some(f) => Ok(ok(f)),
-            None => Err(ApiError {
-                hint: Some("GET /v1/flags lists the flags".into()),
-                ..ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    RejectCode::UnknownFlag.as_str(),
-                    format!("unknown flag '{name}'"),
-                )
-            }),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                RejectCode::UnknownFlag.as_str(),
+                format!("unknown flag '{name}'"),
+            )
+            .with("hint", "GET /v1/flags lists the flags")),
         }
     })
     .await
@@ -425,12 +377,12 @@ struct PatchBody {
 
 /// `PATCH /v1/flags/{name}`: changes fields that are present.
 async fn update(
-    State(state): State<AppState>,
+    State(state): State<FlagsState>,
     UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
+    role: Result<ServiceRole, AuthRejection>,
     body: Bytes,
 ) -> Response {
-    managed(state, headers, |state, who| async move {
+    managed(state, role, |state, who| async move {
         let b: PatchBody = parse_body(&body)?;
         let change = FlagChange {
             enabled: b.enabled,
@@ -447,11 +399,11 @@ async fn update(
 
 /// `DELETE /v1/flags/{name}`: deletes a flag and its overrides.
 async fn remove(
-    State(state): State<AppState>,
+    State(state): State<FlagsState>,
     UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
+    role: Result<ServiceRole, AuthRejection>,
 ) -> Response {
-    managed(state, headers, |state, who| async move {
+    managed(state, role, |state, who| async move {
         let c = client(&state).await?;
         store::delete(&c, &name, Some(&who)).await?;
         Ok(ok(json!({ "deleted": name })))
@@ -472,12 +424,12 @@ struct RolloutBody {
 
 /// `PUT /v1/flags/{name}/rollout`: sets the rollout percentage.
 async fn set_rollout(
-    State(state): State<AppState>,
+    State(state): State<FlagsState>,
     UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
+    role: Result<ServiceRole, AuthRejection>,
     body: Bytes,
 ) -> Response {
-    managed(state, headers, |state, who| async move {
+    managed(state, role, |state, who| async move {
         let b: RolloutBody = parse_body(&body)?;
         let p = percentage(&b.percentage)?;
         let c = client(&state).await?;
@@ -510,12 +462,12 @@ struct OverrideBody {
 
 /// `PUT /v1/flags/{name}/overrides`: sets the override of a subject or segment.
 async fn put_override(
-    State(state): State<AppState>,
+    State(state): State<FlagsState>,
     UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
+    role: Result<ServiceRole, AuthRejection>,
     body: Bytes,
 ) -> Response {
-    managed(state, headers, |state, who| async move {
+    managed(state, role, |state, who| async move {
         let b: OverrideBody = parse_body(&body)?;
         let target = OverrideTarget {
             subject: b.subject,
@@ -539,19 +491,19 @@ async fn put_override(
 
 /// `DELETE /v1/flags/{name}/overrides?subject=...` (or `segment=`): removes an override.
 async fn delete_override(
-    State(state): State<AppState>,
+    State(state): State<FlagsState>,
     UrlPath(name): UrlPath<String>,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    role: Result<ServiceRole, AuthRejection>,
 ) -> Response {
-    managed(state, headers, |state, who| async move {
+    managed(state, role, |state, who| async move {
         let mut target = OverrideTarget::default();
         for (k, v) in query_pairs(q.as_deref()) {
             match k.as_str() {
                 "subject" => target.subject = Some(v),
                 "segment" => target.segment = Some(v),
                 other => {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(bad_request(format!(
                         "unknown parameter {other:?}: use subject or segment"
                     )));
                 }
@@ -566,24 +518,24 @@ async fn delete_override(
 
 /// `GET /v1/flags/{name}/history?limit=N`: the newest changes first.
 async fn history(
-    State(state): State<AppState>,
+    State(state): State<FlagsState>,
     UrlPath(name): UrlPath<String>,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    role: Result<ServiceRole, AuthRejection>,
 ) -> Response {
-    managed(state, headers, |state, _| async move {
+    managed(state, role, |state, _| async move {
         let mut limit = HISTORY_LIMIT.0;
         for (k, v) in query_pairs(q.as_deref()) {
             match (k.as_str(), v.parse::<i64>()) {
                 ("limit", Ok(n)) if (1..=HISTORY_LIMIT.1).contains(&n) => limit = n,
                 ("limit", _) => {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(bad_request(format!(
                         "limit must be a whole number from 1 to {}, got {v:?}",
                         HISTORY_LIMIT.1
                     )));
                 }
                 (other, _) => {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(bad_request(format!(
                         "unknown parameter {other:?}: use limit"
                     )));
                 }

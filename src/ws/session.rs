@@ -8,69 +8,88 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
-use futures::stream::SplitSink;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, WRITE_BATCH, WRITE_TIMEOUT};
-use crate::admin::clients::{self, ClientHandle, Protocol, SubscriptionInfo};
+use super::protocol::{self as json, ClientFrame, ErrorCode, ProtocolError};
+use super::socket::{
+    self, CLOSE_GOING_AWAY, CLOSE_LAGGED, ClientSink, ClientStream, End, MAX_CLIENT_MESSAGE,
+    MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, READ_BUFFER, WRITE_BATCH,
+};
+use crate::admin::clients::{self, ClientHandle, SubscriptionInfo};
 use crate::decode::Cursor;
-use crate::http::AppState;
-use crate::hub::filter::Filter;
+use crate::endpoint::Endpoint;
+use crate::filter::Filter;
 use crate::hub::{HubItem, Subscription};
-use crate::protocol::json::{self, ClientFrame, ErrorCode, ProtocolError};
-use crate::replication::{ReplicationError, spawn_replay};
+use crate::replication::{ReaderStatus, Replays, ReplicationError};
 
-/// Close code sent after a `lagged` frame.
-pub const CLOSE_LAGGED: u16 = 4008;
-/// Close code on server shutdown (going away).
-pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// What `/ws` sessions need.
+#[derive(Debug, Clone)]
+pub struct WsState {
+    /// Live changes.
+    pub hub: crate::hub::Hub,
+    /// Delivery counters.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The reader's status (is it streaming, where the resume window starts).
+    pub reader: Arc<ReaderStatus>,
+    /// Replays of changes before a connection's live stream (`resume`, `since`).
+    pub replays: Replays,
+    /// Feature flags (the broadcaster mode decides whether `/ws` serves).
+    pub flags: crate::flags::Flags,
+    /// Every connected session.
+    pub clients: Arc<crate::admin::ClientRegistry>,
+    /// Heartbeat interval.
+    pub heartbeat: std::time::Duration,
+    /// Cancelled when the server shuts down.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// The route, for a state that provides [`WsState`].
+pub fn routes<St>() -> axum::Router<St>
+where
+    St: Clone + Send + Sync + 'static,
+    WsState: axum::extract::FromRef<St>,
+{
+    axum::Router::new().route("/ws", axum::routing::get(ws_handler))
+}
 
 /// `GET /ws`: upgrades to the plain JSON protocol.
 pub async fn ws_handler(
     ws: WebSocketUpgrade,
-    State(state): State<AppState>,
+    State(state): State<WsState>,
     peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
 ) -> Response {
     // Outside the node's broadcaster mode: refuse before upgrading (open sessions stay).
-    if let Err(refused) = state.flags.check(crate::flags::Path::Direct) {
+    if let Err(refused) = state.flags.check(Endpoint::Ws) {
         return axum::response::IntoResponse::into_response(refused);
     }
     ws.max_message_size(MAX_CLIENT_MESSAGE)
-        .read_buffer_size(super::READ_BUFFER)
+        .read_buffer_size(READ_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             state.metrics.clients.add("ws", 1);
             state.metrics.ws_clients.add(1);
             let client = state
                 .clients
-                .register(Protocol::Ws, peer.map(|Extension(ConnectInfo(a))| a));
-            let mut session = Session::new(socket, state.clone(), client);
+                .register(Endpoint::Ws, peer.map(|Extension(ConnectInfo(a))| a));
+            let (sink, stream) = socket.split();
+            let mut session = Session::new(sink, stream, state.clone(), client);
             session.run().await;
             state.metrics.ws_clients.add(-1);
         })
 }
 
-/// Why a session ended.
-#[derive(Debug)]
-enum End {
-    /// The peer went away or a write failed.
-    Gone,
-    /// The session decided to close (lag, shutdown, fatal error).
-    Closed,
-}
-
-/// One connected `/ws` client.
-struct Session {
+/// One connected `/ws` client, over any socket halves.
+struct Session<S, R> {
     /// Outgoing half.
-    sink: SplitSink<WebSocket, Message>,
+    sink: S,
     /// Incoming half.
-    stream: futures::stream::SplitStream<WebSocket>,
+    stream: R,
     /// Server state.
-    state: AppState,
+    state: WsState,
     /// Live changes.
     sub: Subscription,
     /// Newest examined cursor (see module docs).
@@ -84,10 +103,9 @@ struct Session {
     client: ClientHandle,
 }
 
-impl Session {
-    /// A session over an upgraded socket.
-    fn new(socket: WebSocket, state: AppState, client: ClientHandle) -> Self {
-        let (sink, stream) = socket.split();
+impl<S: ClientSink, R: ClientStream> Session<S, R> {
+    /// A session over a socket's halves.
+    fn new(sink: S, stream: R, state: WsState, client: ClientHandle) -> Self {
         let sub = state.hub.subscribe();
         let position = sub.live_from;
         client.delivered(0, position);
@@ -105,7 +123,7 @@ impl Session {
 
     /// The session loop.
     async fn run(&mut self) {
-        let hb = self.state.config.heartbeat;
+        let hb = self.state.heartbeat;
         let welcome = json::encode_welcome(env!("CARGO_PKG_VERSION"), hb.as_millis() as u64);
         if self.send(welcome).await.is_err() {
             return;
@@ -157,7 +175,7 @@ impl Session {
                 self.position = Some(item.change.cursor);
                 self.live_first.get_or_insert(item.change.cursor);
                 if self.filters.iter().any(|(_, f)| f.matches(&item.change)) {
-                    let frame = item.json_frame(&self.state.metrics);
+                    let frame = item.ws_frame(&self.state.metrics, json::encode_event);
                     self.feed(Message::Text(frame)).await?;
                     queued += 1;
                     rows += usize::from(item.change.op != crate::decode::Operation::Truncate);
@@ -276,13 +294,7 @@ impl Session {
         let until = self.sub.last;
         let mut replayed = 0u64;
         if let Some(until) = until.filter(|u| after < *u) {
-            let cfg = &self.state.config;
-            let mut rx = spawn_replay(
-                self.state.replication.clone(),
-                cfg.slot.clone(),
-                after,
-                until,
-            );
+            let mut rx = self.state.replays.replay(after, until);
             let mut queued = 0usize;
             while let Some(next) = rx.recv().await {
                 match next {
@@ -373,9 +385,7 @@ impl Session {
 
     /// Queues a frame without flushing.
     async fn feed(&mut self, msg: Message) -> Result<(), End> {
-        super::feed(&mut self.sink, msg)
-            .await
-            .map_err(|_| End::Gone)
+        socket::feed(&mut self.sink, msg).await
     }
 
     /// Flushes queued frames, counting `n` deliveries.
@@ -385,15 +395,13 @@ impl Session {
         }
         self.state.metrics.deliveries.add(n as u64);
         self.client.sent(n);
-        super::flush(&mut self.sink).await.map_err(|_| End::Gone)
+        socket::flush(&mut self.sink).await
     }
 
     /// Sends one control frame now.
     async fn send(&mut self, text: String) -> Result<(), End> {
         self.client.sent(1);
-        super::send_text(&mut self.sink, text)
-            .await
-            .map_err(|_| End::Gone)
+        socket::send_text(&mut self.sink, text).await
     }
 
     /// Sends an error frame; the connection stays open.
@@ -403,14 +411,6 @@ impl Session {
 
     /// Sends a close frame.
     async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(Message::Close(Some(frame)))).await
-        {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
-        }
+        socket::close(&mut self.sink, code, reason).await
     }
 }

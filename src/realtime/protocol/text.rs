@@ -6,25 +6,12 @@
 
 use serde_json::json;
 
-/// What is wrong with a JWT. The same problem is worded differently at connect time (HTTP
-/// body), at join time (`phx_reply` reason) and on a live channel (`system` message).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenProblem {
-    /// No token was sent.
-    Missing,
-    /// The token expired `seconds_ago` seconds ago (0 when it expires this second).
-    Expired {
-        /// Seconds since `exp`.
-        seconds_ago: u64,
-    },
-    /// `role` or `exp` is missing (or `exp`/`iat` is not a number).
-    MissingClaims,
-    /// Not a JWT at all.
-    Malformed,
-    /// The signature does not verify with the server's secret, or the algorithm is not HS*.
-    BadSignature,
-}
+pub use crate::auth::TokenProblem;
 
+/// How a refused token is worded for Realtime clients: the same problem is worded differently
+/// at connect time (HTTP body), at join time (`phx_reply` reason) and on a live channel
+/// (`system` message). The problems themselves are the one token policy's
+/// ([`crate::auth::TokenProblem`]).
 impl TokenProblem {
     /// The `error` text of the HTTP 401 body that refuses the WebSocket upgrade.
     pub fn connect_message(&self) -> &'static str {

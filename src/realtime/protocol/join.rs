@@ -12,7 +12,7 @@
 use serde_json::{Map, Value};
 
 use super::TOPIC_PREFIX;
-use super::changes::BindingRequest;
+use super::binding::BindingRequest;
 
 /// Why a topic cannot be joined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

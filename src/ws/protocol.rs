@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::decode::{Change, Cursor, Operation, Row};
-use crate::hub::filter::{Condition, Filter, FilterError};
+use crate::filter::{Condition, Filter, FilterError};
 
 /// Version of this protocol, sent in the `welcome` frame.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -1035,7 +1035,7 @@ mod tests {
 
     use super::*;
     use crate::decode::{Lsn, Relation};
-    use crate::hub::filter::FilterOp;
+    use crate::filter::FilterOp;
 
     fn cursor(lsn: u64, index: u32) -> Cursor {
         Cursor {

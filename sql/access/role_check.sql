@@ -1,0 +1,1 @@
+select id from public.monitoring_events limit 0

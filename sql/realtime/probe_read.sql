@@ -1,0 +1,1 @@
+select extension::text from realtime.messages where id = any($1)

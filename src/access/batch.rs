@@ -1,0 +1,417 @@
+//! The batched single-flight visibility call: checks queue, one call answers everything
+//! queued, answers are cached per (commit, claims group). See the [module docs](super).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::{ClaimsGroup, GATE_TIMEOUT, GateError, RlsGate, lock, statement_timeout};
+use crate::decode::Lsn;
+
+/// The batched visibility check: `$1` xids, `$2` ids, `$3` roles, `$4` claims, `$5` wait (ms).
+const VISIBLE_IDS_SQL: &str = include_str!("../../sql/access/visible_ids.sql");
+
+/// How long the gate waits for a committed transaction to become visible to new snapshots.
+/// Postgres may stream a commit a moment before the committing backend has published it to
+/// other sessions; without the wait such rows would look invisible.
+pub const COMMIT_VISIBLE_WAIT: Duration = Duration::from_secs(2);
+
+/// Most (commit LSN, claims group) answers kept. A transaction's answers are needed only while
+/// sessions read that transaction from the hub, so a few thousand cover every session that is
+/// not about to be closed for lagging anyway.
+pub const MAX_CACHED_ANSWERS: usize = 4096;
+
+/// The cached answer for one (commit LSN, claims group).
+#[derive(Debug, Default)]
+struct Answer {
+    /// Ids checked so far and whether each is visible.
+    known: Mutex<HashMap<Uuid, bool>>,
+    /// Set when the check that covered this key failed.
+    failed: Mutex<Option<&'static str>>,
+}
+
+impl Answer {
+    /// The visible ids among `ids`, or `None` when some are not known yet.
+    fn lookup(&self, ids: &[Uuid]) -> Option<HashSet<Uuid>> {
+        let known = lock(&self.known);
+        let mut visible = HashSet::new();
+        for id in ids {
+            match known.get(id) {
+                Some(true) => {
+                    visible.insert(*id);
+                }
+                Some(false) => {}
+                None => return None,
+            }
+        }
+        Some(visible)
+    }
+
+    /// The ids among `ids` not known yet (each once).
+    fn missing(&self, ids: &[Uuid]) -> Vec<Uuid> {
+        let known = lock(&self.known);
+        let mut seen = HashSet::new();
+        ids.iter()
+            .filter(|id| !known.contains_key(id) && seen.insert(**id))
+            .copied()
+            .collect()
+    }
+
+    /// Records a query's result.
+    fn record(&self, asked: &[Uuid], visible: &HashSet<Uuid>) {
+        let mut known = lock(&self.known);
+        for id in asked {
+            known.insert(*id, visible.contains(id));
+        }
+    }
+
+    /// Records that the check covering this key failed.
+    fn fail(&self, kind: &'static str) {
+        *lock(&self.failed) = Some(kind);
+    }
+}
+
+/// One check asked of [`RlsGate::visible_all`]: may `group` see rows `ids` of transaction
+/// `xid`, committed at `lsn`?
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// Who asks.
+    pub group: &'a Arc<ClaimsGroup>,
+    /// The commit.
+    pub lsn: Lsn,
+    /// The transaction that wrote the rows.
+    pub xid: u32,
+    /// The rows.
+    pub ids: &'a [Uuid],
+}
+
+/// A check waiting for the next call.
+#[derive(Debug)]
+struct Pending {
+    /// Who asks.
+    group: Arc<ClaimsGroup>,
+    /// Where the answer goes (one per commit and group).
+    answer: Arc<Answer>,
+    /// The transaction that wrote the rows.
+    xid: u32,
+    /// The ids not known yet.
+    ids: Vec<Uuid>,
+}
+
+/// The checks waiting, and whether a call is running.
+#[derive(Debug, Default)]
+pub(super) struct QueueState {
+    /// Checks not yet taken by a call.
+    pending: Vec<Pending>,
+    /// A call is running; the next one starts when it ends.
+    in_flight: bool,
+}
+
+/// The gate's queue of checks (see the module docs).
+#[derive(Debug, Default)]
+pub(super) struct CheckQueue {
+    /// Pending checks and the running flag.
+    state: Mutex<QueueState>,
+    /// Woken whenever a call ends: waiters look for their answers, one leads the next call.
+    done: tokio::sync::Notify,
+}
+
+/// A running call. Ending it, normally or because the asker went away mid-call, clears the
+/// running flag and wakes every waiter; checks of a call that did not finish go back to the
+/// queue, so no waiter is left without an answer.
+struct InFlight<'a> {
+    /// The queue.
+    queue: &'a CheckQueue,
+    /// The call's checks while it has not finished.
+    batch: Option<Vec<Pending>>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        {
+            let mut state = lock(&self.queue.state);
+            if let Some(batch) = self.batch.take() {
+                state.pending.extend(batch);
+            }
+            state.in_flight = false;
+        }
+        self.queue.done.notify_waiters();
+    }
+}
+
+/// Answers by key, oldest first for eviction.
+#[derive(Debug, Default)]
+pub(super) struct AnswerCache {
+    /// The answers.
+    entries: HashMap<(Lsn, Arc<ClaimsGroup>), Arc<Answer>>,
+    /// Insertion order.
+    order: VecDeque<(Lsn, Arc<ClaimsGroup>)>,
+}
+
+impl RlsGate {
+    /// The ids among `ids` (rows of transaction `xid`, committed at `lsn`) that the group may
+    /// see. Ids already answered for this key come from the cache; the rest wait for the next
+    /// batched call (see the module docs).
+    pub async fn visible(
+        &self,
+        group: &Arc<ClaimsGroup>,
+        lsn: Lsn,
+        xid: u32,
+        ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, GateError> {
+        let ask = Ask {
+            group,
+            lsn,
+            xid,
+            ids,
+        };
+        let mut out = self.visible_all(std::slice::from_ref(&ask)).await;
+        out.pop().unwrap_or_else(|| Ok(HashSet::new()))
+    }
+
+    /// [`RlsGate::visible`] for several checks at once (a session's commits and groups): all are
+    /// queued together, so one call answers them all. One result per ask, in order.
+    pub async fn visible_all(&self, asks: &[Ask<'_>]) -> Vec<Result<HashSet<Uuid>, GateError>> {
+        let answers: Vec<Arc<Answer>> = asks.iter().map(|a| self.answer(a.group, a.lsn)).collect();
+        let mut out: Vec<Option<Result<HashSet<Uuid>, GateError>>> =
+            asks.iter().map(|_| None).collect();
+        let queue = &self.queue;
+        {
+            let mut state = lock(&queue.state);
+            for (i, (ask, answer)) in asks.iter().zip(&answers).enumerate() {
+                match answer.lookup(ask.ids) {
+                    Some(v) => out[i] = Some(Ok(v)),
+                    None => state.pending.push(Pending {
+                        group: Arc::clone(ask.group),
+                        answer: Arc::clone(answer),
+                        xid: ask.xid,
+                        ids: answer.missing(ask.ids),
+                    }),
+                }
+            }
+        }
+        loop {
+            // Registered before looking, so a call ending in between still wakes us.
+            let done = queue.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            let batch = {
+                let mut state = lock(&queue.state);
+                let mut open = false;
+                for (i, (ask, answer)) in asks.iter().zip(&answers).enumerate() {
+                    if out[i].is_some() {
+                        continue;
+                    }
+                    if let Some(v) = answer.lookup(ask.ids) {
+                        out[i] = Some(Ok(v));
+                    } else if let Some(kind) = *lock(&answer.failed) {
+                        out[i] = Some(Err(GateError::Shared { kind }));
+                    } else {
+                        open = true;
+                    }
+                }
+                if !open {
+                    break;
+                }
+                if state.in_flight {
+                    None
+                } else {
+                    // Some check is still pending: run one call for everything pending.
+                    state.in_flight = true;
+                    Some(
+                        std::mem::take(&mut state.pending)
+                            .into_iter()
+                            .filter(|p| !p.answer.missing(&p.ids).is_empty())
+                            .collect::<Vec<_>>(),
+                    )
+                }
+            };
+            let Some(batch) = batch else {
+                done.await;
+                continue;
+            };
+            let mut call = InFlight {
+                queue,
+                batch: Some(batch),
+            };
+            let batch = call.batch.as_deref().unwrap_or_default();
+            if let Err(e) = self.check_batch(batch).await {
+                tracing::warn!(error = %e, kind = e.kind(), checks = batch.len(), "realtime: row level security check failed");
+                for p in batch {
+                    p.answer.fail(e.kind());
+                }
+            }
+            call.batch = None;
+            drop(call);
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Ok(HashSet::new())))
+            .collect()
+    }
+
+    /// The answer slot of a key, created (and the oldest evicted) when new.
+    fn answer(&self, group: &Arc<ClaimsGroup>, lsn: Lsn) -> Arc<Answer> {
+        let mut cache = lock(&self.answers);
+        let key = (lsn, Arc::clone(group));
+        if let Some(a) = cache.entries.get(&key) {
+            return Arc::clone(a);
+        }
+        while cache.order.len() >= MAX_CACHED_ANSWERS {
+            if let Some(old) = cache.order.pop_front() {
+                cache.entries.remove(&old);
+            }
+        }
+        let a = Arc::new(Answer::default());
+        cache.entries.insert(key.clone(), Arc::clone(&a));
+        cache.order.push_back(key);
+        a
+    }
+
+    /// One call of `walcast.realtime_visible_ids` for every check in `batch`, recording each
+    /// (commit, group) answer for all the ids asked; a group whose check failed in Postgres is
+    /// marked failed ("denied") without failing the others.
+    async fn check_batch(&self, batch: &[Pending]) -> Result<(), GateError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Distinct groups, each with its distinct answers (one per commit) and the ids asked of
+        // each; all ids and xids.
+        type Asked<'b> = (&'b Arc<Answer>, Vec<Uuid>);
+        let mut index: HashMap<&ClaimsGroup, usize> = HashMap::new();
+        let mut groups: Vec<(&ClaimsGroup, Vec<Asked<'_>>)> = Vec::new();
+        let mut slot: HashMap<usize, usize> = HashMap::new();
+        let (mut ids, mut seen): (Vec<Uuid>, _) = (Vec::new(), HashSet::new());
+        let (mut xids, mut seen_xids): (Vec<i64>, _) = (Vec::new(), HashSet::new());
+        for p in batch {
+            let i = *index.entry(&*p.group).or_insert_with(|| {
+                groups.push((&*p.group, Vec::new()));
+                groups.len() - 1
+            });
+            let answers = &mut groups[i].1;
+            let j = *slot
+                .entry(Arc::as_ptr(&p.answer) as usize)
+                .or_insert_with(|| {
+                    answers.push((&p.answer, Vec::new()));
+                    answers.len() - 1
+                });
+            answers[j].1.extend_from_slice(&p.ids);
+            ids.extend(p.ids.iter().filter(|id| seen.insert(**id)));
+            if seen_xids.insert(p.xid) {
+                xids.push(i64::from(p.xid));
+            }
+        }
+        let roles: Vec<&str> = groups.iter().map(|(g, _)| g.role.as_str()).collect();
+        let claims: Vec<&str> = groups.iter().map(|(g, _)| g.claims_json.as_str()).collect();
+        let wait_ms = COMMIT_VISIBLE_WAIT.as_millis() as i32;
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.realtime_rls_calls.inc();
+        }
+        let started = Instant::now();
+        let run = async {
+            let client = self.pool.get().await.map_err(GateError::Pool)?;
+            let stmt = client
+                .prepare_cached(VISIBLE_IDS_SQL)
+                .await
+                .map_err(GateError::Db)?;
+            // Opens the transaction with the time limit.
+            let begin = format!(
+                "begin; select set_config('statement_timeout', '{}', true)",
+                statement_timeout()
+            );
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&xids, &ids, &roles, &claims, &wait_ms];
+            // Polled in order on first poll, so the three are sent together: one round trip.
+            let (began, rows, ended) = futures::future::join3(
+                client.batch_execute(&begin),
+                client.query(&stmt, &params),
+                client.batch_execute("commit"),
+            )
+            .await;
+            began
+                .and(rows)
+                .and_then(|r| ended.map(|()| r))
+                .map_err(GateError::Db)
+        };
+        let result = tokio::time::timeout(
+            GATE_TIMEOUT + COMMIT_VISIBLE_WAIT + Duration::from_secs(1),
+            run,
+        )
+        .await
+        .map_err(|_| GateError::Timeout)
+        .and_then(|r| r);
+        if let Some(m) = &self.metrics {
+            m.realtime_rls_call_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match &result {
+                // One check per (commit, claims group) key of the call.
+                Ok(_) => m
+                    .realtime_rls_checks
+                    .add(groups.iter().map(|(_, a)| a.len() as u64).sum()),
+                Err(_) => m.realtime_rls_errors.inc(),
+            }
+        }
+        let rows = result?;
+        tracing::debug!(
+            checks = batch.len(),
+            groups = groups.len(),
+            ids = ids.len(),
+            xids = xids.len(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "realtime gate: call"
+        );
+        let mut visible: Vec<HashSet<Uuid>> = vec![HashSet::new(); groups.len()];
+        let mut problems: Vec<bool> = vec![false; groups.len()];
+        for row in rows {
+            let Some(i) = usize::try_from(row.get::<_, i32>(0))
+                .ok()
+                .and_then(|i| i.checked_sub(1))
+                .filter(|i| *i < groups.len())
+            else {
+                continue;
+            };
+            match (
+                row.get::<_, Option<Uuid>>(1),
+                row.get::<_, Option<String>>(2),
+            ) {
+                (Some(id), None) => {
+                    visible[i].insert(id);
+                }
+                (_, Some(sqlstate)) => {
+                    tracing::debug!(role = %groups[i].0.role, sqlstate, "realtime gate: a group's check failed");
+                    problems[i] = true;
+                }
+                (None, None) => {}
+            }
+        }
+        for (i, (_, answers)) in groups.iter().enumerate() {
+            for (answer, asked) in answers {
+                if problems[i] {
+                    answer.fail("denied");
+                } else {
+                    answer.record(asked, &visible[i]);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_track_known_ids() {
+        let a = Answer::default();
+        let (x, y) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(a.lookup(&[x]), None);
+        assert_eq!(a.missing(&[x, x, y]), vec![x, y]);
+        a.record(&[x, y], &HashSet::from([x]));
+        assert_eq!(a.lookup(&[x, y]), Some(HashSet::from([x])));
+        assert!(a.missing(&[x, y]).is_empty());
+    }
+}

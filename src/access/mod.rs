@@ -1,0 +1,189 @@
+//! Row visibility: which changed rows a role may see, asked of Postgres with that role's own
+//! row level security policies and column privileges.
+//!
+//! `service_role` sees everything and never reaches the gate. For any other role, INSERT and
+//! UPDATE rows are checked in Postgres by `walcast.realtime_visible_ids` (a migration), which
+//! for each claims group sets `role` and `request.jwt.claims` transaction-locally and selects
+//! the asked ids from `public.monitoring_events` under that role's policies. One call covers
+//! every check waiting, across commits and claims groups ([`batch`]): a session whose check is
+//! not answered yet queues it and takes its turn; the turn's holder runs one call for
+//! everything queued, so checks that arrive while a call runs are all answered by the next
+//! one. However many subscribers, distinct users and commits there are, one call is in flight
+//! at a time. Answers are cached per (claims group, commit LSN), so every subscriber of a group
+//! reuses them. The check reads the row's *current* version, not the version in the WAL (see
+//! `docs/realtime.md`).
+//!
+//! [`facts`] reads what the gate and the encoders need to know about the table (columns,
+//! types, primary key, RLS, publication membership) and whether a role may read it at all,
+//! with which columns. The statements live in `sql/access/`.
+//!
+//! It never logs tokens or row values, never lets database error text reach a client, and
+//! holds no lock across an await (waiters for a call park on a notification, not a lock).
+
+mod batch;
+pub(crate) mod cache;
+mod facts;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use crate::auth::Token;
+use crate::metrics::Metrics;
+use cache::TtlCache;
+
+pub use batch::{Ask, COMMIT_VISIBLE_WAIT, MAX_CACHED_ANSWERS};
+
+/// How long table facts (columns, primary key, RLS flag, publication membership) are reused
+/// before they are read again.
+pub const TABLE_FACTS_TTL: Duration = Duration::from_secs(30);
+
+/// How long a role check (may this role read the table at all) is reused.
+pub const ROLE_CHECK_TTL: Duration = Duration::from_secs(60);
+
+/// Most role check results kept (the cache is cleared when full).
+pub const MAX_CACHED_ROLE_CHECKS: usize = 4096;
+
+/// Time limit of one gate statement (set as `statement_timeout`) and, with a margin, of one
+/// gate round trip.
+pub const GATE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `statement_timeout` of every gate transaction: [`GATE_TIMEOUT`].
+pub(crate) fn statement_timeout() -> String {
+    format!("{}ms", GATE_TIMEOUT.as_millis())
+}
+
+/// Who a subscriber is, for row level security: the role and the full claims. Subscribers with
+/// equal groups see the same rows, so they share the gate's answers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClaimsGroup {
+    /// The `role` claim (a Postgres role).
+    pub role: String,
+    /// All claims as compact JSON (keys sorted), passed as `request.jwt.claims`.
+    pub claims_json: String,
+}
+
+impl ClaimsGroup {
+    /// The group of a verified token: its role and every claim (compact JSON, keys sorted).
+    pub fn of(token: &Token) -> Arc<ClaimsGroup> {
+        Arc::new(ClaimsGroup {
+            role: token.role.clone(),
+            claims_json: serde_json::Value::Object(token.claims.clone()).to_string(),
+        })
+    }
+}
+
+/// Why the gate could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// No pool connection.
+    #[error("no database connection for the row level security check")]
+    Pool(#[source] deadpool_postgres::PoolError),
+    /// The statement failed.
+    #[error("the row level security check failed")]
+    Db(#[source] tokio_postgres::Error),
+    /// The round trip took longer than [`GATE_TIMEOUT`].
+    #[error("the row level security check timed out")]
+    Timeout,
+    /// The role may not read the table (or does not exist).
+    #[error("role {role:?} may not read public.monitoring_events")]
+    Denied {
+        /// The role.
+        role: String,
+    },
+    /// The shared check that covered this commit and group failed (its cause was logged by
+    /// the session that ran it).
+    #[error("the shared row level security check for this commit failed ({kind})")]
+    Shared {
+        /// The failed check's [`GateError::kind`].
+        kind: &'static str,
+    },
+}
+
+impl GateError {
+    /// A low-cardinality label for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GateError::Pool(_) => "pool",
+            GateError::Db(_) => "db",
+            GateError::Timeout => "timeout",
+            GateError::Denied { .. } => "denied",
+            GateError::Shared { kind } => kind,
+        }
+    }
+}
+
+/// The shared row level security gate (see the module docs).
+#[derive(Debug)]
+pub struct RlsGate {
+    /// Connections for the checks.
+    pool: Pool,
+    /// walcast's publication.
+    publication: String,
+    /// Visibility queries run.
+    queries: AtomicU64,
+    /// Table facts.
+    facts: Mutex<Option<facts::CachedFacts>>,
+    /// Serialises facts reloads.
+    facts_load: tokio::sync::Mutex<()>,
+    /// Visibility answers.
+    answers: Mutex<batch::AnswerCache>,
+    /// Checks waiting for a call.
+    queue: batch::CheckQueue,
+    /// Role checks: what the role may read.
+    roles: TtlCache<Arc<ClaimsGroup>, facts::RoleAccess>,
+    /// Where calls, checks, durations and failures are counted (`walcast_realtime_rls_*`).
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Locks a std mutex; a poisoned lock still holds consistent data here (every critical section
+/// is a plain map update).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RlsGate {
+    /// A gate using `pool`, for walcast's `publication`.
+    pub fn new(pool: Pool, publication: &str) -> Self {
+        RlsGate {
+            pool,
+            publication: publication.to_owned(),
+            queries: AtomicU64::new(0),
+            facts: Mutex::new(None),
+            facts_load: tokio::sync::Mutex::new(()),
+            answers: Mutex::new(batch::AnswerCache::default()),
+            queue: batch::CheckQueue::default(),
+            roles: TtlCache::new(ROLE_CHECK_TTL, MAX_CACHED_ROLE_CHECKS),
+            metrics: None,
+        }
+    }
+
+    /// The gate counting its calls in `metrics` (`walcast_realtime_rls_*` on `GET /metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Visibility calls run so far.
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+}
+
+/// Sets role and claims for the rest of the transaction.
+const SET_CLAIMS_SQL: &str = include_str!("../../sql/access/set_claims.sql");
+
+/// Sets role, claims and the statement timeout for the rest of the transaction.
+pub(crate) async fn set_claims(
+    tx: &deadpool_postgres::Transaction<'_>,
+    group: &ClaimsGroup,
+) -> Result<(), tokio_postgres::Error> {
+    tx.query(
+        SET_CLAIMS_SQL,
+        &[&group.role, &group.claims_json, &statement_timeout()],
+    )
+    .await
+    .map(|_| ())
+}

@@ -1,0 +1,122 @@
+//! The node's own small endpoints: the dashboard page (`/`), liveness (`/healthz`), readiness
+//! (`/readyz`: database, migrations, replication) and Prometheus metrics (`/metrics`).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRef, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::admin::NodeView;
+use crate::metrics::PoolStats;
+
+/// The routes, for a state that provides the [`NodeView`].
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<NodeView>: FromRef<S>,
+{
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// The live dashboard page, embedded in the binary.
+const DASHBOARD_HTML: &str = include_str!("../dashboard/index.html");
+
+/// `GET /`: the dashboard.
+async fn dashboard() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DASHBOARD_HTML,
+    )
+}
+
+/// `GET /healthz`: the process is alive.
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the database answers, migrations are current, the reader streams.
+async fn readyz(State(state): State<Arc<NodeView>>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ready = true;
+    match state.pool.get().await {
+        Ok(client) => {
+            checks.insert("database".into(), json!("ok"));
+            let latest = crate::db::latest_version();
+            match crate::db::applied_version(&client).await {
+                Ok(Some(v)) if v >= latest => {
+                    checks.insert("migrations".into(), json!("ok"));
+                }
+                Ok(v) => {
+                    ready = false;
+                    checks.insert(
+                        "migrations".into(),
+                        json!(format!(
+                            "behind: applied {:?}, expected {latest}; run `walcast migrate`",
+                            v
+                        )),
+                    );
+                }
+                Err(_) => {
+                    ready = false;
+                    checks.insert("migrations".into(), json!("unknown"));
+                }
+            }
+        }
+        Err(_) => {
+            ready = false;
+            checks.insert("database".into(), json!("unreachable"));
+        }
+    }
+    let breaker = state.writer.breaker_state();
+    checks.insert("breaker".into(), json!(breaker.as_str()));
+    checks.insert("spool_bytes".into(), json!(state.writer.spool.len()));
+    let streaming = state.reader.is_streaming();
+    checks.insert(
+        "replication".into(),
+        json!(if streaming { "ok" } else { "connecting" }),
+    );
+    ready &= streaming;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(
+            json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks }),
+        ),
+    )
+        .into_response()
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(state): State<Arc<NodeView>>) -> Response {
+    let s = state.pool.status();
+    state
+        .metrics
+        .breaker_state
+        .set(state.writer.breaker_state().gauge());
+    let text = state.metrics.render(PoolStats {
+        size: s.size,
+        available: s.available,
+        waiting: s.waiting,
+        max_size: s.max_size,
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

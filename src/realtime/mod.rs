@@ -1,0 +1,184 @@
+//! The Supabase Realtime endpoint: `GET /realtime/v1/websocket` (also `/socket/websocket`).
+//!
+//! One home for the feature:
+//! - [`protocol`]: every byte of the protocol (Phoenix frames v1/v2, `phx_join`, bindings,
+//!   change payloads, presence, error texts); pure, no I/O.
+//! - `session`: one task per socket: its loop, its channels (join, token refresh), the
+//!   delivery of changes through the row gate ([`crate::access`]), and broadcast and presence.
+//! - [`bus`]: broadcast and presence between sockets of this node.
+//! - [`private`]: who may read and write private channels (`realtime.messages` policies).
+//!
+//! The upgrade handler checks the `apikey` JWT *before* upgrading and refuses with an HTTP error
+//! body the way Realtime does. A session serves Phoenix channels over one socket: heartbeats,
+//! `phx_join`/`phx_leave`, `postgres_changes` from the hub (the same hub, and so the same
+//! changes, as `/ws`), `access_token` refresh and expiry, broadcast and presence. It never
+//! touches pgoutput. Writes are batched like `/ws`; a client that falls behind the hub's ring or
+//! overflows its bus inbox is told so on every channel and disconnected.
+
+pub mod bus;
+pub mod private;
+pub mod protocol;
+mod session;
+
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, FromRef, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use futures::StreamExt;
+use serde_json::json;
+
+use self::bus::Bus;
+use self::private::PrivateChannels;
+use self::protocol::{TokenProblem, Vsn};
+use crate::access::{ClaimsGroup, RlsGate};
+use crate::auth::{Auth, Verifier};
+use crate::endpoint::Endpoint;
+use crate::ws::socket::{MAX_CLIENT_MESSAGE, MAX_WRITE_BUFFER, READ_BUFFER};
+
+/// The error body when walcast runs without a JWT secret.
+pub const NO_SECRET_MESSAGE: &str = "The Realtime endpoint needs a JWT secret: start walcast with \
+     --jwt-secret (or WALCAST_JWT_SECRET) set to the project's JWT secret";
+
+/// What Realtime sessions need: the row gate, private-channel checks, the bus, and the node's
+/// hub, flags, registry, auth and shutdown signal.
+#[derive(Debug, Clone)]
+pub struct RealtimeState {
+    /// Row visibility for roles other than `service_role`.
+    pub gate: Arc<RlsGate>,
+    /// Private channel read and write checks.
+    pub private: Arc<PrivateChannels>,
+    /// Broadcast and presence between sockets of this node.
+    pub bus: Arc<Bus>,
+    /// Live changes.
+    pub hub: crate::hub::Hub,
+    /// Counters.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Feature flags (the broadcaster mode decides whether this endpoint serves).
+    pub flags: crate::flags::Flags,
+    /// Every connected session.
+    pub clients: Arc<crate::admin::ClientRegistry>,
+    /// Token checks.
+    pub auth: Auth,
+    /// Cancelled when the server shuts down.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// An accepted token, as a channel holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaims {
+    /// The `role` claim.
+    pub role: String,
+    /// The `exp` claim, seconds since the Unix epoch.
+    pub exp: i64,
+    /// Role and claims, shared by every subscriber holding equal claims.
+    pub group: Arc<ClaimsGroup>,
+}
+
+impl TokenClaims {
+    /// Whether the role sees every change without the gate.
+    pub fn is_service_role(&self) -> bool {
+        self.role == crate::auth::SERVICE_ROLE
+    }
+}
+
+/// Checks a token at `now` (seconds since the Unix epoch) with the server's one policy.
+pub fn verify_token(
+    verifier: &Verifier,
+    token: &str,
+    now: i64,
+) -> Result<TokenClaims, TokenProblem> {
+    let token = verifier.verify(token, now)?;
+    Ok(TokenClaims {
+        group: ClaimsGroup::of(&token),
+        role: token.role,
+        exp: token.exp,
+    })
+}
+
+/// The routes, for a state that provides [`RealtimeState`].
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    RealtimeState: FromRef<S>,
+{
+    Router::new()
+        .route("/realtime/v1/websocket", get(realtime_handler))
+        .route("/socket/websocket", get(realtime_handler))
+}
+
+/// An HTTP refusal with a Realtime-style `{"error": ...}` body.
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// `GET /realtime/v1/websocket?apikey=<JWT>&vsn=1.0.0|2.0.0`: checks the token, then upgrades.
+pub async fn realtime_handler(
+    State(state): State<RealtimeState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // Outside the node's broadcaster mode: refuse before upgrading (open sessions stay).
+    if let Err(refused) = state.flags.check(Endpoint::Realtime) {
+        return axum::response::IntoResponse::into_response(refused);
+    }
+    let mut apikey = None;
+    let mut vsn = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match &*k {
+            "apikey" => apikey = Some(v.into_owned()),
+            "vsn" => vsn = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let vsn = match Vsn::from_query(vsn.as_deref()) {
+        Ok(v) => v,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let Some(verifier) = state.auth.verifier().cloned() else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, NO_SECRET_MESSAGE);
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let token = header("x-api-key")
+        .or(apikey)
+        .or_else(|| header("apikey"))
+        .unwrap_or_default();
+    if let Err(p) = verify_token(&verifier, &token, crate::auth::unix_now()) {
+        return refuse(StatusCode::UNAUTHORIZED, p.connect_message());
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .on_upgrade(move |socket| async move {
+            state.metrics.clients.add("realtime", 1);
+            let client = state
+                .clients
+                .register(Endpoint::Realtime, peer.map(|Extension(ConnectInfo(a))| a));
+            let (sink, stream) = socket.split();
+            let mut session = session::Session::new(
+                sink,
+                stream,
+                state,
+                vsn,
+                verifier,
+                token.trim().into(),
+                client,
+            );
+            session.run().await;
+        })
+}

@@ -1,0 +1,370 @@
+//! Joined channels: `phx_join` (topic, token, private-channel policies, bindings, presence
+//! state), the `postgres_changes` subscription against the table facts and the role's
+//! privileges, and `access_token` refresh.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::Session;
+use crate::access::GateError;
+use crate::admin::clients::SubscriptionInfo;
+use crate::catalog::{REALTIME_SCHEMA, REALTIME_TABLE};
+use crate::decode::Change;
+use crate::realtime::TokenClaims;
+use crate::realtime::bus::{MemberId, TopicKey};
+use crate::realtime::protocol::MAX_CHANNELS;
+use crate::realtime::protocol::binding::{self, Binding, BindingError, BindingRequest};
+use crate::realtime::protocol::frame::{self, ClientMessage};
+use crate::realtime::protocol::join::{TopicError, parse_join, sub_topic};
+use crate::realtime::protocol::text::{self, JoinError};
+use crate::ws::socket::{ClientSink, ClientStream, End};
+
+/// One joined channel.
+#[derive(Debug)]
+pub(super) struct Channel {
+    /// `realtime:<name>`.
+    pub(super) topic: String,
+    /// `<name>`.
+    pub(super) sub_topic: String,
+    /// The ref of its `phx_join`.
+    pub(super) join_ref: Option<String>,
+    /// Its bus topic.
+    pub(super) key: TopicKey,
+    /// Its bus membership.
+    pub(super) member: MemberId,
+    /// `broadcast.ack`.
+    pub(super) ack: bool,
+    /// Joined without `config`: legacy change events.
+    pub(super) legacy: bool,
+    /// The token in effect.
+    pub(super) token: String,
+    /// Its claims.
+    pub(super) claims: TokenClaims,
+    /// The bindings as requested.
+    pub(super) requests: Vec<BindingRequest>,
+    /// The subscribed bindings (empty when the subscription failed).
+    pub(super) bindings: Vec<Binding>,
+    /// The columns its role may read; `None`: all (the shared payload is sent).
+    pub(super) columns: Option<Arc<[String]>>,
+    /// Times of recent presence calls, for the rate limit.
+    pub(super) presence_calls: VecDeque<Instant>,
+    /// `presence.enabled`.
+    pub(super) presence: bool,
+    /// Whether the policies let its token broadcast, once asked.
+    pub(super) may_broadcast: Option<bool>,
+    /// Whether the policies let its token track presence, once asked.
+    pub(super) may_track: Option<bool>,
+}
+
+impl Channel {
+    /// A private channel joined under the `realtime.messages` policies (not as
+    /// `service_role`): broadcasts and tracks are checked for write permission.
+    pub(super) fn policed(&self) -> bool {
+        self.key.private && !self.claims.is_service_role()
+    }
+
+    /// How the client registry shows this channel: its bindings and role, and whether it
+    /// receives every change of the events table with every column.
+    pub(super) fn registry_info(&self) -> SubscriptionInfo {
+        let bindings: Vec<String> = self.requests.iter().map(|r| r.describe()).collect();
+        let filter = if bindings.is_empty() {
+            format!("role={} (broadcast/presence only)", self.claims.role)
+        } else {
+            format!("role={} {}", self.claims.role, bindings.join("; "))
+        };
+        let everything = !self.legacy
+            && self.claims.is_service_role()
+            && self.columns.is_none()
+            && self.bindings.iter().any(|b| {
+                b.event == binding::EventFilter::All
+                    && b.conditions.is_empty()
+                    && b.schema.as_deref().is_none_or(|s| s == REALTIME_SCHEMA)
+                    && b.table.as_deref().is_none_or(|t| t == REALTIME_TABLE)
+            });
+        SubscriptionInfo {
+            id: self.topic.clone(),
+            filter,
+            everything,
+        }
+    }
+
+    /// Ids of the bindings matching a change, each once, in binding order.
+    pub(super) fn matching_ids(&self, change: &Change) -> Vec<u32> {
+        let mut ids: Vec<u32> = Vec::new();
+        for b in &self.bindings {
+            if !ids.contains(&b.id) && b.matches(change) {
+                ids.push(b.id);
+            }
+        }
+        ids
+    }
+}
+
+/// A successful `postgres_changes` subscription.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Subscribed {
+    /// The bindings.
+    bindings: Vec<Binding>,
+    /// The columns the role may read; `None`: all.
+    columns: Option<Arc<[String]>>,
+}
+
+impl<S: ClientSink, R: ClientStream> Session<S, R> {
+    /// `phx_join`.
+    pub(super) async fn on_join(&mut self, m: ClientMessage) -> Result<(), End> {
+        let join_ref = m.join_ref.clone().or_else(|| m.r#ref.clone());
+        let vsn = self.vsn;
+        let refuse = |reason: String| {
+            frame::encode_error_reply(
+                vsn,
+                join_ref.as_deref(),
+                m.r#ref.as_deref(),
+                &m.topic,
+                &reason,
+            )
+        };
+        let sub = match sub_topic(&m.topic) {
+            Ok(s) => s.to_owned(),
+            Err(TopicError::Unmatched) => {
+                return self.send(refuse(JoinError::UnmatchedTopic.reason())).await;
+            }
+            Err(TopicError::NameRequired) => {
+                return self
+                    .send(refuse(JoinError::TopicNameRequired.reason()))
+                    .await;
+            }
+        };
+        // A second join of the same topic replaces the first.
+        if let Some(i) = self.channel_index(&m.topic) {
+            self.close_channel(i).await?;
+        }
+        if self.channels.len() >= MAX_CHANNELS {
+            return self.send(refuse(JoinError::TooManyChannels.reason())).await;
+        }
+        let req = parse_join(&sub, &m.payload);
+        if !req.problems.is_empty() {
+            tracing::debug!(problems = ?req.problems, "realtime: join payload values ignored");
+        }
+        let token = req
+            .access_token
+            .clone()
+            .unwrap_or_else(|| self.connect_token.clone());
+        // The connect token was checked at upgrade, but it may have expired since.
+        let claims = match self.verify(&token) {
+            Ok(c) => c,
+            Err(p) => return self.send(refuse(p.join_error().reason())).await,
+        };
+        let config = req.config;
+        if config.private && !claims.is_service_role() {
+            let access = self
+                .state
+                .private
+                .access(&claims.group, &sub, config.presence_enabled)
+                .await;
+            let refused = match access {
+                Ok(a) if a.may_join() => None,
+                // Denied by the policies, or no `realtime.messages`: service_role only.
+                Ok(_) => Some(JoinError::Unauthorized {
+                    sub_topic: sub.clone(),
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = e.kind(), "realtime: private channel check failed");
+                    Some(JoinError::DatabaseUnavailable)
+                }
+            };
+            if let Some(error) = refused {
+                return self.send(refuse(error.reason())).await;
+            }
+        }
+        let subscription = if config.postgres_changes.is_empty() {
+            None
+        } else {
+            Some(self.subscribe(&config.postgres_changes, &claims).await)
+        };
+        let response = if config.legacy {
+            "{}".to_owned()
+        } else {
+            binding::encode_join_response(&config.postgres_changes)
+        };
+        let reply = frame::encode_reply(
+            self.vsn,
+            join_ref.as_deref(),
+            m.r#ref.as_deref(),
+            &m.topic,
+            true,
+            &response,
+        );
+        self.send(reply).await?;
+        let key = TopicKey {
+            private: config.private,
+            topic: m.topic.clone(),
+        };
+        let presence_key = config
+            .presence_key
+            .clone()
+            .unwrap_or_else(|| Uuid::new_v4().to_string());
+        let joined = self.state.bus.join(
+            &key,
+            self.inbox.clone(),
+            config.broadcast_self,
+            config.presence_enabled,
+            presence_key,
+        );
+        let subscribed = match &subscription {
+            Some(Ok(s)) => s.clone(),
+            _ => Subscribed::default(),
+        };
+        self.channels.push(Channel {
+            topic: m.topic.clone(),
+            sub_topic: sub,
+            join_ref,
+            key,
+            member: joined.member,
+            ack: config.broadcast_ack,
+            legacy: config.legacy,
+            token,
+            claims,
+            requests: config.postgres_changes,
+            bindings: subscribed.bindings,
+            columns: subscribed.columns,
+            presence_calls: VecDeque::new(),
+            presence: config.presence_enabled,
+            may_broadcast: None,
+            may_track: None,
+        });
+        let i = self.channels.len() - 1;
+        self.client.subscribe(self.channels[i].registry_info());
+        if let Some(state) = joined.presence_state {
+            let push = frame::encode_push(
+                self.vsn,
+                self.channels[i].join_ref.as_deref(),
+                &m.topic,
+                "presence_state",
+                &state,
+            );
+            self.send(push).await?;
+        }
+        if let Some(result) = subscription {
+            self.announce_subscription(i, result.map(|_| ())).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks bindings against the published table and the role; the error is the client text.
+    pub(super) async fn subscribe(
+        &self,
+        requests: &[BindingRequest],
+        claims: &TokenClaims,
+    ) -> Result<Subscribed, String> {
+        let facts = match self.state.gate.table_facts().await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, kind = e.kind(), "realtime: cannot read table facts");
+                return Err(text::DATABASE_UNAVAILABLE.to_owned());
+            }
+        };
+        let mut bindings = Vec::with_capacity(requests.len());
+        for r in requests {
+            let b = binding::bind(r, std::slice::from_ref(&*facts)).map_err(|e| e.to_string())?;
+            bindings.push(b);
+        }
+        let mut columns = None;
+        if !claims.is_service_role() {
+            match self.state.gate.check_role(&claims.group).await {
+                Ok(c) => columns = c,
+                Err(e @ GateError::Denied { .. }) => {
+                    let params = requests.first().map(|r| r.describe()).unwrap_or_default();
+                    return Err(BindingError::Exception {
+                        params,
+                        cause: e.to_string(),
+                    }
+                    .to_string());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = e.kind(), "realtime: role check failed");
+                    return Err(text::DATABASE_UNAVAILABLE.to_owned());
+                }
+            }
+        }
+        Ok(Subscribed { bindings, columns })
+    }
+
+    /// Sends the `postgres_changes` system message for channel `i`.
+    pub(super) async fn announce_subscription(
+        &mut self,
+        i: usize,
+        result: Result<(), String>,
+    ) -> Result<(), End> {
+        match result {
+            Ok(()) => {
+                self.system(i, "postgres_changes", true, text::SUBSCRIBED_TO_POSTGRES)
+                    .await
+            }
+            Err(message) => self.system(i, "postgres_changes", false, &message).await,
+        }
+    }
+
+    /// `access_token` on channel `i`: no reply on success; a bad token closes the channel.
+    pub(super) async fn on_access_token(&mut self, i: usize, payload: &Value) -> Result<(), End> {
+        let Some(token) = payload
+            .get("access_token")
+            .and_then(Value::as_str)
+            .map(str::trim)
+        else {
+            return Ok(());
+        };
+        if token.is_empty() || token.starts_with("sb_") || token == self.channels[i].token {
+            return Ok(());
+        }
+        let claims = match self.verify(token) {
+            Ok(c) => c,
+            Err(p) => return self.fail_channel(i, &p.live_message()).await,
+        };
+        let ch = &self.channels[i];
+        if ch.key.private && !claims.is_service_role() && ch.claims.group != claims.group {
+            let access = self
+                .state
+                .private
+                .access(&claims.group, &ch.sub_topic, ch.presence)
+                .await;
+            match access {
+                Ok(a) if a.may_join() => {}
+                Ok(_) => {
+                    let message = text::read_revoked(&ch.sub_topic);
+                    return self.fail_channel(i, &message).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = e.kind(), "realtime: private channel check failed");
+                    return self.fail_channel(i, text::DATABASE_UNAVAILABLE).await;
+                }
+            }
+        }
+        let ch = &mut self.channels[i];
+        if ch.claims.group != claims.group {
+            // Write permission is asked again with the new claims.
+            ch.may_broadcast = None;
+            ch.may_track = None;
+        }
+        let regroup = ch.claims.group != claims.group && !ch.requests.is_empty();
+        let requests = ch.requests.clone();
+        self.channels[i].token = token.to_owned();
+        if regroup {
+            let result = self.subscribe(&requests, &claims).await;
+            let subscribed = result.clone().unwrap_or_default();
+            let ch = &mut self.channels[i];
+            ch.claims = claims;
+            ch.bindings = subscribed.bindings;
+            ch.columns = subscribed.columns;
+            self.client.subscribe(self.channels[i].registry_info());
+            self.announce_subscription(i, result.map(|_| ())).await?;
+        } else {
+            self.channels[i].claims = claims;
+            self.client.subscribe(self.channels[i].registry_info());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,205 @@
+//! Live changes: from the hub, matched against every channel's bindings, through the row
+//! gate (one ask per commit and claims group), encoded once per change and wrapped per channel.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use uuid::Uuid;
+
+use super::Session;
+use crate::access::{Ask, ClaimsGroup};
+use crate::catalog::{REALTIME_SCHEMA, REALTIME_TABLE};
+use crate::decode::{Change, Lsn, Operation};
+use crate::hub::HubItem;
+use crate::realtime::protocol::payload::{self, encode_change_data, encode_change_data_for};
+use crate::realtime::protocol::text;
+use crate::ws::socket::{ClientSink, ClientStream, End, WRITE_BATCH};
+
+/// A change matched by a channel, waiting for the gate.
+pub(super) struct Hit {
+    /// Index into the batch.
+    item: usize,
+    /// Index into the channels.
+    channel: usize,
+    /// Matching binding ids.
+    ids: Vec<u32>,
+    /// The gate question, when the role is not `service_role` and the row is not a DELETE.
+    check: Option<(Lsn, Arc<ClaimsGroup>, Uuid)>,
+}
+
+/// The primary key of a change's new row (the gate's question).
+fn row_id(change: &Change) -> Option<Uuid> {
+    change
+        .record
+        .as_ref()?
+        .values
+        .get("id")?
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+impl<S: ClientSink, R: ClientStream> Session<S, R> {
+    /// Delivers live changes: the first item and whatever else is ready.
+    pub(super) async fn on_live(
+        &mut self,
+        first: Result<Arc<HubItem>, RecvError>,
+    ) -> Result<(), End> {
+        let mut items = match first {
+            Ok(i) => vec![i],
+            Err(RecvError::Lagged(_)) => return self.lagged().await,
+            Err(RecvError::Closed) => return Err(End::Closed),
+        };
+        let mut lagged = false;
+        while items.len() < WRITE_BATCH {
+            match self.hub.rx.try_recv() {
+                Ok(i) => items.push(i),
+                Err(TryRecvError::Lagged(_)) => {
+                    lagged = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let delivered = self.deliver_changes(&items).await?;
+        self.client.delivered(delivered, self.position);
+        if lagged {
+            return self.lagged().await;
+        }
+        Ok(())
+    }
+
+    /// Matches a batch of changes against every channel, asks the gate once per (commit,
+    /// claims group), and sends one frame per matching channel and change; returns how many.
+    pub(super) async fn deliver_changes(&mut self, items: &[Arc<HubItem>]) -> Result<usize, End> {
+        // 0. Skip what was already examined.
+        let mut fresh = Vec::with_capacity(items.len());
+        for item in items {
+            if self.position.is_none_or(|p| item.change.cursor > p) {
+                self.position = Some(item.change.cursor);
+                fresh.push(Arc::clone(item));
+            }
+        }
+        let items = fresh.as_slice();
+        if self.channels.iter().all(|c| c.bindings.is_empty()) {
+            return Ok(0);
+        }
+        // 1. Match.
+        let mut hits: Vec<Hit> = Vec::new();
+        let mut asks: HashMap<(Lsn, Arc<ClaimsGroup>), (u32, Vec<Uuid>)> = HashMap::new();
+        for (ii, item) in items.iter().enumerate() {
+            let change = &item.change;
+            if &*change.relation.schema != REALTIME_SCHEMA
+                || &*change.relation.table != REALTIME_TABLE
+            {
+                continue;
+            }
+            for (ci, ch) in self.channels.iter().enumerate() {
+                let ids = ch.matching_ids(change);
+                if ids.is_empty() {
+                    continue;
+                }
+                let check = if ch.claims.is_service_role() || change.op == Operation::Delete {
+                    None
+                } else {
+                    // A row without a readable id cannot be checked, so it is not sent.
+                    let Some(id) = row_id(change) else { continue };
+                    let key = (change.cursor.commit_lsn, Arc::clone(&ch.claims.group));
+                    asks.entry(key.clone())
+                        .or_insert_with(|| (change.xid, Vec::new()))
+                        .1
+                        .push(id);
+                    Some((key.0, key.1, id))
+                };
+                hits.push(Hit {
+                    item: ii,
+                    channel: ci,
+                    ids,
+                    check,
+                });
+            }
+        }
+        if hits.is_empty() {
+            return Ok(0);
+        }
+        // 2. Ask the gate.
+        let mut visible: HashMap<(Lsn, Arc<ClaimsGroup>), HashSet<Uuid>> = HashMap::new();
+        let mut failed: HashSet<Arc<ClaimsGroup>> = HashSet::new();
+        let asks: Vec<_> = asks.into_iter().collect();
+        let questions: Vec<Ask<'_>> = asks
+            .iter()
+            .map(|((lsn, group), (xid, ids))| Ask {
+                group,
+                lsn: *lsn,
+                xid: *xid,
+                ids,
+            })
+            .collect();
+        let answers = self.state.gate.visible_all(&questions).await;
+        for (((lsn, group), _), answer) in asks.iter().zip(answers) {
+            match answer {
+                Ok(v) => {
+                    visible.insert((*lsn, Arc::clone(group)), v);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, kind = e.kind(), lsn = %lsn, "realtime: row level security check failed");
+                    failed.insert(Arc::clone(group));
+                }
+            }
+        }
+        // 3. Encode and send.
+        let facts = self.state.gate.cached_table_facts();
+        let mut frames = Vec::with_capacity(hits.len());
+        for hit in hits {
+            if let Some((lsn, group, id)) = hit.check {
+                let seen = visible
+                    .get(&(lsn, group))
+                    .is_some_and(|set| set.contains(&id));
+                if !seen {
+                    continue;
+                }
+            }
+            let item = &items[hit.item];
+            let ch = &self.channels[hit.channel];
+            let table_facts = |c: &Change| {
+                facts
+                    .as_deref()
+                    .filter(|f| f.schema == *c.relation.schema && f.table == *c.relation.table)
+            };
+            let data: Arc<str> = match &ch.columns {
+                // Column privileges differ from the shared payload: encode for this channel.
+                Some(cols) => Arc::from(encode_change_data_for(
+                    &item.change,
+                    table_facts(&item.change),
+                    Some(cols),
+                )),
+                None => item.realtime_data(&self.state.metrics, |c| {
+                    encode_change_data(c, table_facts(c))
+                }),
+            };
+            frames.push(if ch.legacy {
+                payload::encode_legacy_change_frame(self.vsn, &ch.topic, item.change.op, &data)
+            } else {
+                payload::encode_change_frame(self.vsn, &ch.topic, &hit.ids, &data)
+            });
+        }
+        let n = frames.len();
+        for f in frames {
+            self.feed(Message::Text(Utf8Bytes::from(f))).await?;
+        }
+        self.flush(n).await?;
+        // 4. Channels whose rows could not be checked are closed: they would miss changes.
+        if !failed.is_empty() {
+            while let Some(i) = self
+                .channels
+                .iter()
+                .position(|c| failed.contains(&c.claims.group) && !c.claims.is_service_role())
+            {
+                self.fail_channel(i, text::DATABASE_UNAVAILABLE).await?;
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,347 @@
+//! One Realtime socket: the loop, dispatch of client messages, and the socket-level replies
+//! (heartbeats, lag, shutdown, channel closes). Generic over the socket's halves so that the
+//! timers (idle timeout, token expiry) and lag can be tested with channels and paused time.
+//!
+//! - [`channel`]: joined channels: `phx_join`, bindings, `access_token`.
+//! - [`relay`]: broadcast and presence: client pushes to the bus, bus deliveries to the client.
+//! - [`deliver`]: live changes from the hub, through the row gate, to channels.
+
+mod channel;
+mod deliver;
+mod relay;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use self::channel::Channel;
+use super::RealtimeState;
+use super::bus::{Delivery, Inbox};
+use super::protocol::frame::{self, ClientMessage, Vsn};
+use super::protocol::text::{self, JoinError, TokenProblem, system_payload};
+use super::protocol::{IDLE_TIMEOUT, PHOENIX_TOPIC};
+use super::{TokenClaims, verify_token};
+use crate::admin::clients::ClientHandle;
+use crate::auth::Verifier;
+use crate::decode::Cursor;
+use crate::hub::Subscription;
+use crate::ws::socket::{
+    self, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_LAGGED, ClientSink, ClientStream, End,
+};
+
+/// One connected Realtime client.
+pub(super) struct Session<S, R> {
+    /// Outgoing half.
+    sink: S,
+    /// Incoming half.
+    stream: R,
+    /// Shared state.
+    state: RealtimeState,
+    /// The client's serializer.
+    vsn: Vsn,
+    /// The server's token policy.
+    verifier: Arc<Verifier>,
+    /// The connect-time token (used by joins without `access_token`).
+    connect_token: String,
+    /// Live changes.
+    hub: Subscription,
+    /// The newest change examined; older ones (re-streamed after a reader reconnect, or
+    /// committed before walcast started) are skipped.
+    position: Option<Cursor>,
+    /// This session's bus inbox (sending half, cloned into each membership).
+    inbox: Inbox,
+    /// Bus deliveries.
+    inbox_rx: mpsc::Receiver<Delivery>,
+    /// Joined channels.
+    channels: Vec<Channel>,
+    /// When the client last sent anything.
+    last_seen: Instant,
+    /// This session in the client registry (unregistered when the session ends).
+    client: ClientHandle,
+}
+
+impl<S, R> Drop for Session<S, R> {
+    fn drop(&mut self) {
+        for ch in &self.channels {
+            self.state.bus.leave(&ch.key, ch.member);
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    crate::auth::unix_now()
+}
+
+impl<S: ClientSink, R: ClientStream> Session<S, R> {
+    /// A session over a socket's halves.
+    pub(super) fn new(
+        sink: S,
+        stream: R,
+        state: RealtimeState,
+        vsn: Vsn,
+        verifier: Arc<Verifier>,
+        connect_token: String,
+        client: ClientHandle,
+    ) -> Self {
+        let hub = state.hub.subscribe();
+        let position = hub.live_from;
+        client.delivered(0, position);
+        let (inbox, inbox_rx) = Inbox::new();
+        Session {
+            sink,
+            stream,
+            state,
+            vsn,
+            verifier,
+            connect_token,
+            hub,
+            position,
+            inbox,
+            inbox_rx,
+            channels: Vec::new(),
+            last_seen: Instant::now(),
+            client,
+        }
+    }
+
+    /// The session loop.
+    pub(super) async fn run(&mut self) {
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            let idle_at = self.last_seen + IDLE_TIMEOUT;
+            let expiry = self.next_expiry();
+            let step = tokio::select! {
+                biased;
+                // PRIORITY 1: shutdown.
+                _ = shutdown.cancelled() => {
+                    self.shutdown().await;
+                    return;
+                }
+                // PRIORITY 2: the client.
+                msg = self.stream.next() => self.on_client(msg).await,
+                // PRIORITY 3: broadcast and presence from other sockets.
+                Some(d) = self.inbox_rx.recv() => self.on_deliveries(d).await,
+                // PRIORITY 4: live changes.
+                item = self.hub.rx.recv() => self.on_live(item).await,
+                // PRIORITY 5: token expiry.
+                _ = tokio::time::sleep_until(expiry.unwrap_or(idle_at)), if expiry.is_some() => {
+                    self.on_expiry().await
+                }
+                // PRIORITY 6: idle timeout.
+                _ = tokio::time::sleep_until(idle_at) => {
+                    let _ = self.close(CLOSE_IDLE, "idle timeout: no message from the client for 60 s").await;
+                    Err(End::Closed)
+                }
+            };
+            if step.is_err() {
+                return;
+            }
+            if self.inbox.overflowed() {
+                let _ = self.lagged().await;
+                return;
+            }
+        }
+    }
+
+    /// Checks a token now, with the server's policy.
+    fn verify(&self, token: &str) -> Result<TokenClaims, TokenProblem> {
+        verify_token(&self.verifier, token, unix_now())
+    }
+
+    /// When the earliest channel token expires.
+    fn next_expiry(&self) -> Option<Instant> {
+        let exp = self.channels.iter().map(|c| c.claims.exp).min()?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let delay = exp.saturating_mul(1000).saturating_sub(now_ms).max(0);
+        Some(Instant::now() + Duration::from_millis(u64::try_from(delay).unwrap_or(0)))
+    }
+
+    /// Handles one frame from the client.
+    async fn on_client(&mut self, msg: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+        let msg = match msg {
+            Some(Ok(m)) => m,
+            None | Some(Err(_)) => return Err(End::Gone),
+        };
+        self.last_seen = Instant::now();
+        match msg {
+            Message::Text(t) => match frame::parse_text(self.vsn, &t) {
+                Ok(m) => self.on_message(m).await,
+                Err(e) => {
+                    tracing::debug!(error = %e, "realtime: dropped an unreadable frame");
+                    Ok(())
+                }
+            },
+            Message::Binary(b) => match frame::parse_binary(&b) {
+                Ok(ub) => self.on_binary_broadcast(ub).await,
+                Err(e) => {
+                    tracing::debug!(error = %e, "realtime: dropped an unreadable binary frame");
+                    Ok(())
+                }
+            },
+            Message::Close(_) => Err(End::Gone),
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+        }
+    }
+
+    /// Dispatches one client message.
+    async fn on_message(&mut self, m: ClientMessage) -> Result<(), End> {
+        if m.topic == PHOENIX_TOPIC {
+            if m.event == "heartbeat" {
+                let reply = frame::encode_reply(
+                    self.vsn,
+                    m.join_ref.as_deref(),
+                    m.r#ref.as_deref(),
+                    PHOENIX_TOPIC,
+                    true,
+                    "{}",
+                );
+                return self.send(reply).await;
+            }
+            return Ok(());
+        }
+        if m.event == "phx_join" {
+            return self.on_join(m).await;
+        }
+        let Some(i) = self.channel_index(&m.topic) else {
+            let reply = frame::encode_error_reply(
+                self.vsn,
+                m.join_ref.as_deref(),
+                m.r#ref.as_deref(),
+                &m.topic,
+                &JoinError::UnmatchedTopic.reason(),
+            );
+            return self.send(reply).await;
+        };
+        match m.event.as_str() {
+            "phx_leave" => {
+                let reply = frame::encode_reply(
+                    self.vsn,
+                    m.join_ref.as_deref(),
+                    m.r#ref.as_deref(),
+                    &m.topic,
+                    true,
+                    "{}",
+                );
+                self.send(reply).await?;
+                self.close_channel(i).await
+            }
+            "access_token" => self.on_access_token(i, &m.payload).await,
+            "broadcast" => self.on_text_broadcast(i, m).await,
+            "presence" => self.on_presence(i, m).await,
+            other => {
+                tracing::debug!(event = other, "realtime: ignored a channel event");
+                Ok(())
+            }
+        }
+    }
+
+    /// The index of the channel joined on `topic`.
+    fn channel_index(&self, topic: &str) -> Option<usize> {
+        self.channels.iter().position(|c| c.topic == topic)
+    }
+
+    /// Closes every channel whose token has expired.
+    async fn on_expiry(&mut self) -> Result<(), End> {
+        let now = unix_now();
+        while let Some(i) = self.channels.iter().position(|c| c.claims.exp <= now) {
+            let seconds_ago = u64::try_from(now - self.channels[i].claims.exp).unwrap_or(0);
+            let message = TokenProblem::Expired { seconds_ago }.live_message();
+            self.fail_channel(i, &message).await?;
+        }
+        Ok(())
+    }
+
+    /// The client fell behind: says so on every channel and closes the socket.
+    async fn lagged(&mut self) -> Result<(), End> {
+        self.state.metrics.clients_lagged.inc();
+        for i in 0..self.channels.len() {
+            let _ = self.system(i, "system", false, text::CLIENT_LAGGED).await;
+        }
+        let _ = self
+            .close(CLOSE_LAGGED, "lagged: reconnect and refetch")
+            .await;
+        Err(End::Closed)
+    }
+
+    /// Server shutdown: a `system` message and `phx_close` on every joined channel, then a
+    /// going-away close of the socket.
+    async fn shutdown(&mut self) {
+        for i in 0..self.channels.len() {
+            let _ = self
+                .system(i, "system", true, text::SERVER_DISCONNECT)
+                .await;
+        }
+        while !self.channels.is_empty() {
+            if self.close_channel(0).await.is_err() {
+                break;
+            }
+        }
+        let _ = self.close(CLOSE_GOING_AWAY, "server shutting down").await;
+    }
+
+    /// A channel-level failure: `system` error, then `phx_close`.
+    async fn fail_channel(&mut self, i: usize, message: &str) -> Result<(), End> {
+        self.system(i, "system", false, message).await?;
+        self.close_channel(i).await
+    }
+
+    /// Sends `phx_close` for channel `i` and forgets it.
+    async fn close_channel(&mut self, i: usize) -> Result<(), End> {
+        let ch = self.channels.remove(i);
+        self.client.unsubscribe(&ch.topic);
+        self.state.bus.leave(&ch.key, ch.member);
+        let close = frame::encode_channel_end(self.vsn, ch.join_ref.as_deref(), &ch.topic, true);
+        self.send(close).await
+    }
+
+    /// Sends a `system` message on channel `i`.
+    async fn system(
+        &mut self,
+        i: usize,
+        extension: &str,
+        ok: bool,
+        message: &str,
+    ) -> Result<(), End> {
+        let ch = &self.channels[i];
+        let payload = system_payload(extension, ok, message, &ch.sub_topic);
+        let push = frame::encode_push(
+            self.vsn,
+            ch.join_ref.as_deref(),
+            &ch.topic,
+            "system",
+            &payload,
+        );
+        self.send(push).await
+    }
+
+    /// Queues a frame without flushing.
+    async fn feed(&mut self, msg: Message) -> Result<(), End> {
+        socket::feed(&mut self.sink, msg).await
+    }
+
+    /// Flushes queued frames, counting `n` deliveries.
+    async fn flush(&mut self, n: usize) -> Result<(), End> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.state.metrics.deliveries.add(n as u64);
+        self.client.sent(n);
+        socket::flush(&mut self.sink).await
+    }
+
+    /// Sends one text frame now.
+    async fn send(&mut self, text: String) -> Result<(), End> {
+        self.client.sent(1);
+        socket::send_text(&mut self.sink, text).await
+    }
+
+    /// Sends a close frame.
+    async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
+        socket::close(&mut self.sink, code, reason).await
+    }
+}

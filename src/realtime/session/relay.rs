@@ -1,0 +1,200 @@
+//! Broadcast and presence: client pushes go to the bus (after the private channel's write
+//! check), bus deliveries go to the client.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use tokio::time::Instant;
+
+use super::Session;
+use crate::realtime::bus::{BroadcastBody, BusEvent, Delivery};
+use crate::realtime::private::ChannelExtension;
+use crate::realtime::protocol::frame::{self, ClientMessage, UserBroadcast};
+use crate::realtime::protocol::presence::{PresenceRequest, parse_broadcast, parse_presence};
+use crate::realtime::protocol::text::{self, JoinError};
+use crate::realtime::protocol::{PRESENCE_CALLS_PER_WINDOW, PRESENCE_WINDOW};
+use crate::ws::socket::{ClientSink, ClientStream, End, WRITE_BATCH};
+
+impl<S: ClientSink, R: ClientStream> Session<S, R> {
+    /// Whether channel `i`'s token may write `extension` messages: always on public channels
+    /// and for `service_role`; on other private channels the `realtime.messages` policies
+    /// decide, asked once per channel and token. A failed check refuses this write only.
+    pub(super) async fn may_write(&mut self, i: usize, extension: ChannelExtension) -> bool {
+        let ch = &self.channels[i];
+        if !ch.policed() {
+            return true;
+        }
+        let known = match extension {
+            ChannelExtension::Broadcast => ch.may_broadcast,
+            ChannelExtension::Presence => ch.may_track,
+        };
+        if let Some(may) = known {
+            return may;
+        }
+        let group = Arc::clone(&ch.claims.group);
+        let asked = self
+            .state
+            .private
+            .write(&group, &ch.sub_topic, extension)
+            .await;
+        match asked {
+            Ok(may) => {
+                let ch = &mut self.channels[i];
+                match extension {
+                    ChannelExtension::Broadcast => ch.may_broadcast = Some(may),
+                    ChannelExtension::Presence => ch.may_track = Some(may),
+                }
+                may
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, kind = e.kind(), "realtime: private channel write check failed");
+                false
+            }
+        }
+    }
+
+    /// A text `broadcast` push on channel `i`. On a private channel whose policies refuse the
+    /// write it is dropped without a reply, as Supabase Realtime does.
+    pub(super) async fn on_text_broadcast(
+        &mut self,
+        i: usize,
+        m: ClientMessage,
+    ) -> Result<(), End> {
+        if parse_broadcast(&m.payload).is_err() {
+            tracing::debug!("realtime: dropped a broadcast without an event");
+            return Ok(());
+        }
+        if !self.may_write(i, ChannelExtension::Broadcast).await {
+            return Ok(());
+        }
+        let ch = &self.channels[i];
+        let body = BroadcastBody::Json(m.payload.to_string());
+        self.state.bus.broadcast(&ch.key, ch.member, body);
+        if ch.ack {
+            let reply = frame::encode_reply(
+                self.vsn,
+                m.join_ref.as_deref(),
+                m.r#ref.as_deref(),
+                &m.topic,
+                true,
+                "{}",
+            );
+            return self.send(reply).await;
+        }
+        Ok(())
+    }
+
+    /// A binary (kind 3) broadcast push.
+    pub(super) async fn on_binary_broadcast(&mut self, b: UserBroadcast) -> Result<(), End> {
+        let Some(i) = self.channel_index(&b.topic) else {
+            let reply = frame::encode_error_reply(
+                self.vsn,
+                b.join_ref.as_deref(),
+                b.r#ref.as_deref(),
+                &b.topic,
+                &JoinError::UnmatchedTopic.reason(),
+            );
+            return self.send(reply).await;
+        };
+        if !self.may_write(i, ChannelExtension::Broadcast).await {
+            return Ok(());
+        }
+        let ch = &self.channels[i];
+        let body = BroadcastBody::Binary {
+            event: b.event,
+            metadata: b.metadata,
+            encoding: b.encoding,
+            payload: b.payload,
+        };
+        self.state.bus.broadcast(&ch.key, ch.member, body);
+        if ch.ack {
+            let reply = frame::encode_reply(
+                self.vsn,
+                b.join_ref.as_deref(),
+                b.r#ref.as_deref(),
+                &b.topic,
+                true,
+                "{}",
+            );
+            return self.send(reply).await;
+        }
+        Ok(())
+    }
+
+    /// A `presence` push on channel `i`.
+    pub(super) async fn on_presence(&mut self, i: usize, m: ClientMessage) -> Result<(), End> {
+        let now = Instant::now();
+        let calls = &mut self.channels[i].presence_calls;
+        while calls
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= PRESENCE_WINDOW)
+        {
+            calls.pop_front();
+        }
+        if calls.len() >= PRESENCE_CALLS_PER_WINDOW {
+            return self.fail_channel(i, text::PRESENCE_RATE_LIMIT).await;
+        }
+        calls.push_back(now);
+        let request = parse_presence(&m.payload);
+        // A track the private channel's policies refuse is dropped without a reply.
+        if matches!(request, Ok(PresenceRequest::Track(_)))
+            && !self.may_write(i, ChannelExtension::Presence).await
+        {
+            return Ok(());
+        }
+        let ch = &self.channels[i];
+        let reply = match request {
+            Ok(PresenceRequest::Track(payload)) => {
+                self.state.bus.track(&ch.key, ch.member, payload);
+                Ok(())
+            }
+            Ok(PresenceRequest::Untrack) => {
+                self.state.bus.untrack(&ch.key, ch.member);
+                Ok(())
+            }
+            Err(e) => Err(e.reason()),
+        };
+        let text = match reply {
+            Ok(()) => frame::encode_reply(
+                self.vsn,
+                m.join_ref.as_deref(),
+                m.r#ref.as_deref(),
+                &m.topic,
+                true,
+                "{}",
+            ),
+            Err(reason) => frame::encode_error_reply(
+                self.vsn,
+                m.join_ref.as_deref(),
+                m.r#ref.as_deref(),
+                &m.topic,
+                &reason,
+            ),
+        };
+        self.send(text).await
+    }
+
+    /// Delivers bus messages: the first and whatever else is queued, then flushes once.
+    pub(super) async fn on_deliveries(&mut self, first: Delivery) -> Result<(), End> {
+        let mut next = Some(first);
+        let mut queued = 0usize;
+        while let Some(d) = next.take() {
+            if let Some(ch) = self.channels.iter().find(|c| c.member == d.member) {
+                let msg = match d.event {
+                    BusEvent::Broadcast(b) => b.frame(self.vsn),
+                    BusEvent::PresenceDiff(payload) => Some(Message::Text(Utf8Bytes::from(
+                        frame::encode_fastlane(self.vsn, &ch.topic, "presence_diff", &payload),
+                    ))),
+                };
+                if let Some(msg) = msg {
+                    self.feed(msg).await?;
+                    queued += 1;
+                }
+            }
+            if queued < WRITE_BATCH {
+                next = self.inbox_rx.try_recv().ok();
+            }
+        }
+        self.flush(queued).await
+    }
+}

@@ -1,0 +1,82 @@
+//! What both WebSocket endpoints share about their sockets: limits, close codes, how a session
+//! step ends, and timed writes.
+//!
+//! Sessions are generic over the socket's halves ([`ClientSink`], [`ClientStream`]): in the
+//! server they are axum's split `WebSocket`; in unit tests, channels. A leaf: imports nothing of
+//! walcast.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures::{Sink, SinkExt, Stream};
+
+/// Frames written per flush.
+pub const WRITE_BATCH: usize = 256;
+/// A write that cannot complete in this time closes the connection (the peer stopped reading).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer per connection: clients send only small control frames, and the default
+/// (128 KiB) would dominate the memory of idle connections.
+pub const READ_BUFFER: usize = 4 << 10;
+/// Largest message a client may send.
+pub const MAX_CLIENT_MESSAGE: usize = 64 << 10;
+/// Bytes tungstenite may buffer for a slow socket before writes fail.
+pub const MAX_WRITE_BUFFER: usize = 16 << 20;
+/// Most subscriptions on one `/ws` connection.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
+
+/// Close code after a `lagged` frame or message: the client fell behind and must reconnect.
+pub const CLOSE_LAGGED: u16 = 4008;
+/// Close code on server shutdown (going away).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code after an idle timeout (a normal close).
+pub const CLOSE_IDLE: u16 = 1000;
+
+/// Why a session step stopped the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The peer went away or a write failed.
+    Gone,
+    /// The session closed the socket (lag, shutdown, idle, fatal error).
+    Closed,
+}
+
+/// The write half of a client socket.
+pub trait ClientSink: Sink<Message, Error = axum::Error> + Unpin + Send {}
+impl<T: Sink<Message, Error = axum::Error> + Unpin + Send> ClientSink for T {}
+
+/// The read half of a client socket.
+pub trait ClientStream: Stream<Item = Result<Message, axum::Error>> + Unpin + Send {}
+impl<T: Stream<Item = Result<Message, axum::Error>> + Unpin + Send> ClientStream for T {}
+
+/// Maps a timed write's outcome: anything but success means the peer is gone.
+fn timed<E>(r: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Result<(), End> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(End::Gone),
+    }
+}
+
+/// Queues a frame without flushing, within [`WRITE_TIMEOUT`].
+pub async fn feed(sink: &mut impl ClientSink, msg: Message) -> Result<(), End> {
+    timed(tokio::time::timeout(WRITE_TIMEOUT, sink.feed(msg)).await)
+}
+
+/// Flushes queued frames, within [`WRITE_TIMEOUT`].
+pub async fn flush(sink: &mut impl ClientSink) -> Result<(), End> {
+    timed(tokio::time::timeout(WRITE_TIMEOUT, sink.flush()).await)
+}
+
+/// Sends one text frame now, within [`WRITE_TIMEOUT`].
+pub async fn send_text(sink: &mut impl ClientSink, text: String) -> Result<(), End> {
+    let msg = Message::Text(Utf8Bytes::from(text));
+    timed(tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await)
+}
+
+/// Sends a close frame with `code` and `reason`, within [`WRITE_TIMEOUT`].
+pub async fn close(sink: &mut impl ClientSink, code: u16, reason: &'static str) -> Result<(), End> {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    timed(tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await)
+}
