@@ -53,6 +53,7 @@ pub mod flags;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod json;
 pub mod metrics;
 pub mod realtime;
 pub mod replication;

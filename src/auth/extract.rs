@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{Token, TokenProblem, Verifier, unix_now};
-use crate::http::error::ApiError;
+use crate::error::ApiError;
 
 /// How requests are authenticated: the server's token verifier, if a secret is configured.
 #[derive(Debug, Clone, Default)]

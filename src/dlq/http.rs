@@ -27,7 +27,7 @@ use serde_json::json;
 
 use super::{DlqError, DlqErrorKind, ListFilter, Status, store};
 use crate::auth::{Auth, AuthRejection, ServiceRole};
-use crate::http::error::ApiError;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// What the `/v1/dlq` endpoints need.

@@ -20,7 +20,7 @@ use super::error::{FlagsError, RejectCode};
 use super::store::{self, FlagChange, NewFlag, OverrideTarget};
 use super::{Flags, ModeDisabled};
 use crate::auth::{Auth, AuthRejection, ServiceRole};
-use crate::http::error::ApiError;
+use crate::error::ApiError;
 
 /// What the flag endpoints need.
 #[derive(Debug, Clone)]

@@ -3,10 +3,9 @@
 //! Each feature owns its routes and handlers and takes only the state it needs through axum's
 //! `FromRef` ([`state`]): ingest (`/v1/events`), the dead-letter and flag APIs, `/v1/status`,
 //! both WebSocket endpoints, and the small node endpoints of [`health`] (`/`, `/healthz`,
-//! `/readyz`, `/metrics`). Every HTTP API answers errors in one envelope ([`error`]); database
+//! `/readyz`, `/metrics`). Every HTTP API answers errors in one envelope ([`crate::error::ApiError`]); database
 //! text never reaches a client.
 
-pub mod error;
 pub mod health;
 pub mod state;
 

@@ -2,7 +2,7 @@
 //!
 //! Authentication comes before anything else about the request: with a JWT secret configured,
 //! only a `service_role` token may write. Errors use ingest's stable codes ([`IngestErrorCode`])
-//! in the shared envelope ([`crate::http::error::ApiError`]).
+//! in the shared envelope ([`crate::error::ApiError`]).
 
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::{Batcher, BodyFormat, Durability, IngestError, IngestErrorCode, parse_body};
 use crate::auth::{Auth, AuthRejection, ServiceRole};
-use crate::http::error::ApiError;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// What the ingest endpoint needs.

@@ -11,10 +11,10 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
-use super::frame::push_json_str;
 use crate::catalog::TableFacts;
 use crate::decode::{Change, Operation};
 use crate::filter::{Condition, FilterError};
+use crate::json::push_str as push_json_str;
 
 /// One entry of `config.postgres_changes`, as the client sent it.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,6 +10,7 @@
 //!
 //! Parsing is total: malformed input gives a [`FrameError`], never a panic.
 
+use crate::json::{push_opt_str, push_str as push_json_str};
 use serde_json::Value;
 
 /// Most bytes a length-prefixed field of a binary frame can hold.
@@ -556,22 +557,6 @@ pub fn encode_fastlane(vsn: Vsn, topic: &str, event: &str, payload_json: &str) -
         },
         payload_json,
     )
-}
-
-/// Appends a JSON string literal.
-pub(crate) fn push_json_str(out: &mut String, s: &str) {
-    // Writing a `str` as JSON cannot fail.
-    if let Ok(text) = serde_json::to_string(s) {
-        out.push_str(&text);
-    }
-}
-
-/// Appends a JSON string or `null`.
-fn push_opt_str(out: &mut String, s: Option<&str>) {
-    match s {
-        Some(s) => push_json_str(out, s),
-        None => out.push_str("null"),
-    }
 }
 
 #[cfg(test)]

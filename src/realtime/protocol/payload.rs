@@ -8,11 +8,12 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::frame::{Vsn, encode_fastlane, push_json_str};
+use super::frame::{Vsn, encode_fastlane};
 use super::{MAX_RECORD_BYTES, MAX_TRUNCATED_FIELD_BYTES};
 use crate::catalog::TableFacts;
 use crate::decode::value::oid;
 use crate::decode::{Change, Column, Operation, Row};
+use crate::json::push_str as push_json_str;
 
 /// The type name (`pg_type.typname`) of a built-in type.
 pub fn builtin_type_name(type_oid: u32) -> Option<&'static str> {

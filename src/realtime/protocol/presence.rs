@@ -12,8 +12,8 @@
 
 use serde_json::{Map, Value};
 
-use super::frame::push_json_str;
 use super::text::PRESENCE_NOT_A_MAP;
+use crate::json::push_str as push_json_str;
 
 /// A presence request from a client.
 #[derive(Debug, Clone, PartialEq)]
