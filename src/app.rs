@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::replication::{
     Reader, ReaderConfig, ReaderStatus, ReplicationError, ReplicationSettings,
 };
+use crate::supervise::Supervisor;
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,38 @@ pub enum AppError {
     /// The admin console could not start.
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    /// A task that must run until shutdown stopped.
+    #[error("the {name} stopped ({why}); walcast shut down so that it can be restarted whole")]
+    TaskStopped {
+        /// The task's name.
+        name: &'static str,
+        /// Why it stopped.
+        why: String,
+    },
+}
+
+/// The names of the tasks the server watches (in logs, `/readyz` and exit errors).
+pub mod task {
+    /// The replication reader.
+    pub const READER: &str = "replication reader";
+    /// The store of undecodable WAL messages in the dead-letter queue.
+    pub const DEAD_LETTER_SINK: &str = "dead-letter sink";
+    /// The ingest batcher.
+    pub const BATCHER: &str = "ingest batcher";
+    /// The writer of `walcast.metrics` events.
+    pub const METRICS_PERSISTER: &str = "metrics persister";
+    /// The replay of spooled events into the table.
+    pub const SPOOL_REPLAYER: &str = "spool replayer";
+    /// The dead-letter retry worker.
+    pub const DLQ_WORKER: &str = "dead-letter retry worker";
+    /// The feature flags refresher.
+    pub const FLAGS_REFRESHER: &str = "flags refresher";
+    /// The continuous consistency check.
+    pub const CONSISTENCY: &str = "consistency check";
+    /// The admin console.
+    pub const ADMIN_CONSOLE: &str = "admin console";
+    /// The HTTP server.
+    pub const HTTP_SERVER: &str = "HTTP server";
 }
 
 /// Cancels `token` on the first SIGINT/SIGTERM; exits the process on the second.
@@ -107,6 +140,8 @@ pub async fn serve(
             return Err(AppError::NotMigrated { applied, needed });
         }
     }
+    // Every long-running task is watched: one that stops early shuts the server down.
+    let mut sup = Supervisor::default();
     let metrics = Arc::new(Metrics::default());
     let hub = Hub::new(config.client_queue);
     let status = Arc::new(ReaderStatus::default());
@@ -118,6 +153,9 @@ pub async fn serve(
 
     // The reader: fatal errors stop the whole server.
     let reader_token = CancellationToken::new();
+    let (dead_letters, sink_task) = crate::dlq::sink::spawn_deliver_sink(pool.clone());
+    // The sink ends when the reader, its only sender, has ended.
+    let sink_task = sup.watch(task::DEAD_LETTER_SINK, &reader_token, sink_task);
     let reader = Reader::new(
         ReaderConfig {
             database_url: config.database_url.clone(),
@@ -126,13 +164,17 @@ pub async fn serve(
             retention: config.retention,
             retention_bytes: config.retention_bytes,
             node: config.node.clone(),
-            dead_letters: Some(crate::dlq::sink::spawn_deliver_sink(pool.clone())),
+            dead_letters: Some(dead_letters),
         },
         hub.clone(),
         Arc::clone(&metrics),
         Arc::clone(&status),
     );
-    let reader_task = tokio::spawn(reader.run(reader_token.clone()));
+    let mut reader_task = sup.watch(
+        task::READER,
+        &reader_token,
+        tokio::spawn(reader.run(reader_token.clone())),
+    );
 
     // The write path: database, retry, breaker, spool, dead letters.
     let spool = Arc::new(Spool::open(&config.spool_dir, config.spool_max)?);
@@ -159,27 +201,37 @@ pub async fn serve(
         config.batch.clone(),
         batch_token.clone(),
     );
+    let batcher_task = sup.watch(task::BATCHER, &batch_token, batcher_task);
     let persister_token = CancellationToken::new();
     let persister_task = config.metrics_interval.map(|interval| {
-        tokio::spawn(crate::metrics::persister::run(
+        let run = tokio::spawn(crate::metrics::persister::run(
             Arc::clone(&metrics),
             batcher.clone(),
             Arc::clone(&writer),
             config.node.clone(),
             interval,
             persister_token.clone(),
-        ))
+        ));
+        sup.watch(task::METRICS_PERSISTER, &persister_token, run)
     });
     let replay_token = CancellationToken::new();
-    let replayer_task = tokio::spawn(Arc::clone(&writer).run_replayer(replay_token.clone()));
+    let replayer_task = sup.watch(
+        task::SPOOL_REPLAYER,
+        &replay_token,
+        tokio::spawn(Arc::clone(&writer).run_replayer(replay_token.clone())),
+    );
 
     // The dead-letter retry worker: runs here only while this node holds its advisory lock.
     let dlq_token = CancellationToken::new();
-    let dlq_task = dlq::spawn_retry_worker(
-        pool.clone(),
-        dlq::RetryWorkerConfig::new(&config.node),
-        Arc::new(dlq::RetryWorkerStatus::default()),
-        dlq_token.clone(),
+    let dlq_task = sup.watch(
+        task::DLQ_WORKER,
+        &dlq_token,
+        dlq::spawn_retry_worker(
+            pool.clone(),
+            dlq::RetryWorkerConfig::new(&config.node),
+            Arc::new(dlq::RetryWorkerStatus::default()),
+            dlq_token.clone(),
+        ),
     );
 
     let listener = TcpListener::bind(config.listen)
@@ -203,10 +255,14 @@ pub async fn serve(
     let flags = crate::flags::Flags::new(config.node.clone(), flags_env, flags_snapshot);
     tracing::info!(mode = flags.mode().mode.as_str(), "broadcaster mode");
     let flags_token = CancellationToken::new();
-    let flags_task = crate::flags::spawn_refresh_task(
-        flags.clone(),
-        config.database_url.clone(),
-        flags_token.clone(),
+    let flags_task = sup.watch(
+        task::FLAGS_REFRESHER,
+        &flags_token,
+        crate::flags::spawn_refresh_task(
+            flags.clone(),
+            config.database_url.clone(),
+            flags_token.clone(),
+        ),
     );
     let auth = crate::auth::Auth::new(config.jwt_secret.as_deref());
     let clients = Arc::new(crate::admin::ClientRegistry::default());
@@ -225,6 +281,7 @@ pub async fn serve(
         clients: Arc::clone(&clients),
         consistency: Arc::new(crate::validate::Consistency::new(config.validate_interval)),
         status: Arc::new(crate::admin::status::StatusState::default()),
+        tasks: sup.states(),
     });
     let state = AppState {
         auth: auth.clone(),
@@ -269,7 +326,7 @@ pub async fn serve(
     // Operations: the continuous consistency check and the admin console, on their own tasks.
     let ops_token = CancellationToken::new();
     let consistency_task = config.validate_interval.map(|interval| {
-        crate::validate::spawn_consistency_task(
+        let run = crate::validate::spawn_consistency_task(
             crate::validate::ConsistencyTask {
                 hub: hub.clone(),
                 metrics: Arc::clone(&metrics),
@@ -279,14 +336,16 @@ pub async fn serve(
                 interval,
             },
             ops_token.clone(),
-        )
+        );
+        sup.watch(task::CONSISTENCY, &ops_token, run)
     });
     let console_task = match &config.admin {
-        Some(admin) => Some(
-            crate::admin::console::spawn_console(Arc::clone(&node), admin, ops_token.clone())
-                .await?
-                .1,
-        ),
+        Some(admin) => {
+            let (_, run) =
+                crate::admin::console::spawn_console(Arc::clone(&node), admin, ops_token.clone())
+                    .await?;
+            Some(sup.watch(task::ADMIN_CONSOLE, &ops_token, run))
+        }
         None => None,
     };
     let app = http::router(state);
@@ -302,27 +361,35 @@ pub async fn serve(
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(http_token.clone().cancelled_owned());
-    let mut server_task = tokio::spawn(async move { server.await });
-    let mut reader_task = reader_task;
+    let mut server_task = sup.watch(
+        task::HTTP_SERVER,
+        &http_token,
+        tokio::spawn(async move { server.await }),
+    );
 
     let mut fatal: Option<AppError> = None;
     let mut reader_done = false;
     let mut server_done = false;
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        r = &mut reader_task => {
-            reader_done = true;
-            match r {
-                Ok(Err(e)) => fatal = Some(AppError::Replication(e)),
-                Ok(Ok(())) => {}
-                Err(e) => tracing::error!(error = %e, "replication reader panicked"),
-            }
-        }
-        r = &mut server_task => {
-            server_done = true;
-            if let Ok(Err(e)) = r {
-                fatal = Some(AppError::Serve(e));
-            }
+        stop = sup.next_stop() => {
+            fatal = Some(match stop.name {
+                task::READER => {
+                    reader_done = true;
+                    match (&mut reader_task).await {
+                        Ok(Some(Err(e))) => AppError::Replication(e),
+                        _ => AppError::TaskStopped { name: stop.name, why: stop.why },
+                    }
+                }
+                task::HTTP_SERVER => {
+                    server_done = true;
+                    match (&mut server_task).await {
+                        Ok(Some(Err(e))) => AppError::Serve(e),
+                        _ => AppError::TaskStopped { name: stop.name, why: stop.why },
+                    }
+                }
+                name => AppError::TaskStopped { name, why: stop.why },
+            });
         }
     }
 
@@ -358,6 +425,7 @@ pub async fn serve(
         if !reader_done {
             let _ = (&mut reader_task).await;
         }
+        let _ = sink_task.await;
     };
     if tokio::time::timeout(budget, ordered).await.is_err() {
         tracing::warn!(

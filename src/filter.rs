@@ -626,6 +626,24 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// A filter from its parts; `conditions` are `column=op.value` texts, parsed here.
+    pub fn from_parts<S: AsRef<str>>(
+        event_types: Vec<String>,
+        sources: Vec<String>,
+        ops: Vec<Operation>,
+        conditions: &[S],
+    ) -> Result<Filter, FilterError> {
+        Ok(Filter {
+            event_types,
+            sources,
+            ops,
+            conditions: conditions
+                .iter()
+                .map(|c| Condition::parse(c.as_ref()))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
     /// Whether this filter puts no requirement on the row (only, possibly, on the operation).
     pub fn ignores_rows(&self) -> bool {
         self.event_types.is_empty() && self.sources.is_empty() && self.conditions.is_empty()

@@ -57,6 +57,7 @@ pub mod json;
 pub mod metrics;
 pub mod realtime;
 pub mod replication;
+pub mod supervise;
 pub mod units;
 pub mod validate;
 pub mod ws;

@@ -49,4 +49,6 @@ pub struct NodeView {
     pub consistency: Arc<crate::validate::Consistency>,
     /// Start time and cached summaries behind `/v1/status`.
     pub status: Arc<status::StatusState>,
+    /// Whether every long-running task runs.
+    pub tasks: Arc<crate::supervise::TaskStates>,
 }

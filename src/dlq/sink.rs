@@ -6,6 +6,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::{DeadLetter, push};
 use crate::events::EventRecord;
@@ -38,11 +39,12 @@ impl DeadLetterSink for IngestSink {
 pub const DELIVER_QUEUE: usize = 256;
 
 /// Starts the task that stores `deliver` dead letters handed over by the replication reader
-/// (which must never wait on the database). Returns the sender half.
-pub fn spawn_deliver_sink(pool: Pool) -> mpsc::Sender<DeadLetter> {
+/// (which must never wait on the database). Returns the sender half and the task, which ends
+/// when every sender is gone.
+pub fn spawn_deliver_sink(pool: Pool) -> (mpsc::Sender<DeadLetter>, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<DeadLetter>(DELIVER_QUEUE);
     let pool = Arc::new(pool);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(letter) = rx.recv().await {
             let mut delay = std::time::Duration::from_millis(200);
             for _ in 0..10 {
@@ -67,5 +69,5 @@ pub fn spawn_deliver_sink(pool: Pool) -> mpsc::Sender<DeadLetter> {
             }
         }
     });
-    tx
+    (tx, task)
 }

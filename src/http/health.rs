@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::admin::NodeView;
 use crate::metrics::PoolStats;
+use crate::supervise::TaskState;
 
 /// The routes, for a state that provides the [`NodeView`].
 pub fn routes<S>() -> Router<S>
@@ -84,6 +85,20 @@ async fn readyz(State(state): State<Arc<NodeView>>) -> Response {
         json!(if streaming { "ok" } else { "connecting" }),
     );
     ready &= streaming;
+    let tasks: serde_json::Map<String, serde_json::Value> = state
+        .tasks
+        .snapshot()
+        .into_iter()
+        .map(|(name, s)| {
+            let v = match s {
+                TaskState::Running => json!("ok"),
+                TaskState::Stopped(why) => json!(format!("stopped: {why}")),
+            };
+            (name.to_owned(), v)
+        })
+        .collect();
+    ready &= state.tasks.all_running();
+    checks.insert("tasks".into(), serde_json::Value::Object(tasks));
     let status = if ready {
         StatusCode::OK
     } else {

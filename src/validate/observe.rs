@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::compare::{Observation, parse_instant};
 use super::error::ValidateError;
+use crate::decode::Operation;
 use crate::filter::Filter;
-use crate::ws::protocol::{self as json, ClientFrame, ServerFrame};
+use crate::ws::protocol::{self as json, ServerFrame};
 
 /// How long to wait for a connection, a welcome, a subscription confirmation.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -63,11 +64,13 @@ impl SubscribeSpec {
 
     /// The filter as walcast applies it (also to the table's rows); checks the options.
     pub fn hub_filter(&self) -> Result<Filter, ValidateError> {
-        match json::parse_client_frame(&self.ws_frame().to_string()) {
-            Ok(ClientFrame::Subscribe(req)) => Ok(req.filter),
-            Ok(_) => Err(ValidateError::Filter("not a subscription".into())),
-            Err(e) => Err(ValidateError::Filter(e.message)),
-        }
+        Filter::from_parts(
+            self.event_types.clone(),
+            self.sources.clone(),
+            vec![Operation::Insert, Operation::Update, Operation::Delete],
+            &self.filters,
+        )
+        .map_err(|e| ValidateError::Filter(e.to_string()))
     }
 
     /// The Realtime binding's `filter`: the same conditions joined with `,`.

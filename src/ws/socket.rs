@@ -31,6 +31,38 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code after an idle timeout (a normal close).
 pub const CLOSE_IDLE: u16 = 1000;
 
+/// Wall-clock time as a session reads it: the Unix time at the session's start plus the
+/// runtime's monotonic time since, so that token expiry follows the same clock as the
+/// session's timers (and paused time in tests moves both).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Unix time in milliseconds at `start`.
+    start_ms: i64,
+    /// When the clock was started.
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock starting now.
+    pub fn start() -> Self {
+        Clock {
+            start_ms: chrono::Utc::now().timestamp_millis(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn unix_ms(&self) -> i64 {
+        let elapsed = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.start_ms.saturating_add(elapsed)
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn unix_secs(&self) -> i64 {
+        self.unix_ms().div_euclid(1000)
+    }
+}
+
 /// Why a session step stopped the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {

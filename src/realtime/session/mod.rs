@@ -30,7 +30,7 @@ use crate::auth::Verifier;
 use crate::decode::Cursor;
 use crate::hub::Subscription;
 use crate::ws::socket::{
-    self, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_LAGGED, ClientSink, ClientStream, End,
+    self, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_LAGGED, ClientSink, ClientStream, Clock, End,
 };
 
 /// One connected Realtime client.
@@ -45,6 +45,8 @@ pub(super) struct Session<S, R> {
     vsn: Vsn,
     /// The server's token policy.
     verifier: Arc<Verifier>,
+    /// The session's wall clock (token expiry).
+    clock: Clock,
     /// The connect-time token (used by joins without `access_token`).
     connect_token: String,
     /// Live changes.
@@ -72,11 +74,6 @@ impl<S, R> Drop for Session<S, R> {
     }
 }
 
-/// Seconds since the Unix epoch.
-fn unix_now() -> i64 {
-    crate::auth::unix_now()
-}
-
 impl<S: ClientSink, R: ClientStream> Session<S, R> {
     /// A session over a socket's halves.
     pub(super) fn new(
@@ -98,6 +95,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             state,
             vsn,
             verifier,
+            clock: Clock::start(),
             connect_token,
             hub,
             position,
@@ -150,13 +148,13 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
 
     /// Checks a token now, with the server's policy.
     fn verify(&self, token: &str) -> Result<TokenClaims, TokenProblem> {
-        verify_token(&self.verifier, token, unix_now())
+        verify_token(&self.verifier, token, self.clock.unix_secs())
     }
 
     /// When the earliest channel token expires.
     fn next_expiry(&self) -> Option<Instant> {
         let exp = self.channels.iter().map(|c| c.claims.exp).min()?;
-        let now_ms = chrono::Utc::now().timestamp_millis();
+        let now_ms = self.clock.unix_ms();
         let delay = exp.saturating_mul(1000).saturating_sub(now_ms).max(0);
         Some(Instant::now() + Duration::from_millis(u64::try_from(delay).unwrap_or(0)))
     }
@@ -247,7 +245,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
 
     /// Closes every channel whose token has expired.
     async fn on_expiry(&mut self) -> Result<(), End> {
-        let now = unix_now();
+        let now = self.clock.unix_secs();
         while let Some(i) = self.channels.iter().position(|c| c.claims.exp <= now) {
             let seconds_ago = u64::try_from(now - self.channels[i].claims.exp).unwrap_or(0);
             let message = TokenProblem::Expired { seconds_ago }.live_message();

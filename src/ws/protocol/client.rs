@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::{CLIENT_TYPES, ErrorCode, MAX_FILTERS, MAX_ID_CHARS, MAX_LIST_ITEMS, ProtocolError};
 use crate::decode::{Cursor, Operation};
-use crate::filter::{Condition, Filter};
+use crate::filter::Filter;
 
 /// A frame sent by a client.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,10 +142,12 @@ fn parse_subscribe(mut f: Fields) -> Result<ClientFrame, ProtocolError> {
             ops.push(op);
         }
     }
-    let mut conditions = Vec::new();
-    for text in f.string_list("filters", MAX_FILTERS)? {
-        conditions.push(Condition::parse(&text)?);
-    }
+    let filter = Filter::from_parts(
+        event_types,
+        sources,
+        ops,
+        &f.string_list("filters", MAX_FILTERS)?,
+    )?;
     let since = f
         .optional_cursor("since")
         .map_err(|e| e.with_ref(Some(id.clone())))?;
@@ -153,12 +155,7 @@ fn parse_subscribe(mut f: Fields) -> Result<ClientFrame, ProtocolError> {
     Ok(ClientFrame::Subscribe(SubscribeRequest {
         id,
         since,
-        filter: Filter {
-            event_types,
-            sources,
-            ops,
-            conditions,
-        },
+        filter,
     }))
 }
 
