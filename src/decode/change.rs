@@ -166,6 +166,54 @@ pub struct Change {
     pub old_record: Option<Row>,
 }
 
+impl Change {
+    /// A `monitoring_events` INSERT committed at `lsn` (for unit tests of the layers above).
+    #[cfg(test)]
+    pub(crate) fn sample(lsn: u64) -> Change {
+        use super::value::oid;
+        let col = |name: &str, type_oid: u32, is_key: bool| Column {
+            name: Arc::from(name),
+            type_oid,
+            type_modifier: -1,
+            is_key,
+        };
+        let relation = Arc::new(Relation {
+            oid: 1,
+            schema: "public".into(),
+            table: "monitoring_events".into(),
+            replica_identity: b'd',
+            columns: vec![
+                col("id", oid::UUID, true),
+                col("event_type", oid::TEXT, false),
+                col("source", oid::TEXT, false),
+            ]
+            .into(),
+        });
+        let mut values = Map::new();
+        values.insert(
+            "id".into(),
+            Value::String(uuid::Uuid::from_u128(u128::from(lsn)).to_string()),
+        );
+        values.insert("event_type".into(), Value::String("cpu".into()));
+        values.insert("source".into(), Value::String("host-1".into()));
+        Change {
+            cursor: Cursor {
+                commit_lsn: Lsn(lsn),
+                index: 0,
+            },
+            xid: 1,
+            commit_ts: chrono::Utc::now(),
+            relation,
+            op: Operation::Insert,
+            record: Some(Row {
+                values,
+                unchanged_toast: Vec::new(),
+            }),
+            old_record: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,3 +112,67 @@ pub async fn close(sink: &mut impl ClientSink, code: u16, reason: &'static str) 
     };
     timed(tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await)
 }
+
+/// A socket made of channels, for unit tests of the sessions.
+#[cfg(test)]
+pub(crate) mod testing {
+    use axum::extract::ws::Message;
+    use futures::channel::mpsc;
+    use futures::{SinkExt, StreamExt};
+
+    use super::{ClientSink, ClientStream};
+
+    /// The client's end of a test socket.
+    pub(crate) struct Peer {
+        /// Frames to the session.
+        pub(crate) tx: mpsc::Sender<Result<Message, axum::Error>>,
+        /// Frames from the session.
+        pub(crate) rx: mpsc::Receiver<Message>,
+    }
+
+    impl Peer {
+        /// Sends a text frame to the session.
+        pub(crate) async fn send(&mut self, text: &str) {
+            self.tx
+                .send(Ok(Message::Text(text.into())))
+                .await
+                .expect("session gone");
+        }
+
+        /// The next frame from the session (`None` when it dropped its sink).
+        pub(crate) async fn next(&mut self) -> Option<Message> {
+            self.rx.next().await
+        }
+
+        /// The next text frame, as JSON (panics on anything else).
+        pub(crate) async fn next_json(&mut self) -> serde_json::Value {
+            match self.next().await {
+                Some(Message::Text(t)) => serde_json::from_str(&t).expect("JSON frame"),
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+
+        /// The next frame, which must be a close frame; its code.
+        pub(crate) async fn next_close(&mut self) -> u16 {
+            match self.next().await {
+                Some(Message::Close(Some(f))) => f.code,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// A session's socket halves and the client's end.
+    pub(crate) fn socket() -> (impl ClientSink, impl ClientStream, Peer) {
+        let (to_session, from_client) = mpsc::channel(64);
+        let (to_client, from_session) = mpsc::channel(1024);
+        let sink = to_client.sink_map_err(axum::Error::new);
+        (
+            sink,
+            from_client,
+            Peer {
+                tx: to_session,
+                rx: from_session,
+            },
+        )
+    }
+}

@@ -9,6 +9,8 @@
 mod channel;
 mod deliver;
 mod relay;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

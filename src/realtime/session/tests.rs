@@ -1,0 +1,172 @@
+//! The Realtime session's timers and lag, over a channel socket with paused time: no database,
+//! no network.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Session;
+use crate::access::RlsGate;
+use crate::auth::{Auth, Claims, Verifier, mint_claims};
+use crate::decode::Change;
+use crate::flags::{EnvTier, FlagSet, Flags};
+use crate::hub::Hub;
+use crate::realtime::RealtimeState;
+use crate::realtime::private::PrivateChannels;
+use crate::realtime::protocol::frame::Vsn;
+use crate::realtime::protocol::text;
+use crate::ws::socket::testing::{Peer, socket};
+use crate::ws::socket::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_LAGGED};
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+/// Shared state on a database that is never reached, with a hub of `capacity` changes.
+fn state(capacity: usize) -> RealtimeState {
+    let pool = crate::db::pool("postgres://nobody@127.0.0.1:1/none", 1, "test").unwrap();
+    RealtimeState {
+        gate: Arc::new(RlsGate::new(pool.clone(), "walcast_events")),
+        private: Arc::new(PrivateChannels::new(pool)),
+        bus: Arc::default(),
+        hub: Hub::new(capacity),
+        metrics: Arc::default(),
+        flags: Flags::new("test", EnvTier::default(), FlagSet::default()),
+        clients: Arc::default(),
+        auth: Auth::new(Some(SECRET)),
+        shutdown: CancellationToken::new(),
+    }
+}
+
+/// A token for `role` that expires `secs` seconds from now.
+fn token(role: &str, secs: i64) -> String {
+    let claims = Claims {
+        role: role.into(),
+        exp: chrono::Utc::now().timestamp() + secs,
+        iat: None,
+        iss: None,
+        sub: None,
+        extra: Default::default(),
+    };
+    mint_claims(SECRET, &claims).unwrap()
+}
+
+/// A session (not yet running) and the client's end.
+fn session(
+    state: &RealtimeState,
+) -> (
+    Session<impl super::ClientSink + use<>, impl super::ClientStream + use<>>,
+    Peer,
+) {
+    let (sink, stream, peer) = socket();
+    let client = state
+        .clients
+        .register(crate::endpoint::Endpoint::Realtime, None);
+    let session = Session::new(
+        sink,
+        stream,
+        state.clone(),
+        Vsn::V1,
+        Arc::new(Verifier::new(SECRET)),
+        token("anon", 3600),
+        client,
+    );
+    (session, peer)
+}
+
+/// Joins `realtime:room` for broadcast only (no database needed) with `access_token`.
+async fn join(peer: &mut Peer, access_token: &str) -> Value {
+    let frame = json!({
+        "topic": "realtime:room", "event": "phx_join", "ref": "1", "join_ref": "1",
+        "payload": {"config": {"broadcast": {"self": false}, "presence": {"enabled": false}},
+                    "access_token": access_token},
+    });
+    peer.send(&frame.to_string()).await;
+    peer.next_json().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_socket_is_closed_after_the_idle_timeout() {
+    let state = state(16);
+    let (mut s, mut peer) = session(&state);
+    let started = Instant::now();
+    let run = tokio::spawn(async move { s.run().await });
+    assert_eq!(peer.next_close().await, CLOSE_IDLE);
+    assert!(started.elapsed() >= crate::realtime::protocol::IDLE_TIMEOUT);
+    run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_keep_a_socket_open() {
+    let state = state(16);
+    let (mut s, mut peer) = session(&state);
+    tokio::spawn(async move { s.run().await });
+    for r in 0..5 {
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let hb =
+            json!({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": r.to_string()});
+        peer.send(&hb.to_string()).await;
+        let reply = peer.next_json().await;
+        assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_token_closes_its_channel_but_not_the_socket() {
+    let state = state(16);
+    let (mut s, mut peer) = session(&state);
+    tokio::spawn(async move { s.run().await });
+    let reply = join(&mut peer, &token("anon", 30)).await;
+    assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+    let joined = Instant::now();
+    let system = peer.next_json().await;
+    assert_eq!(system["event"], "system", "{system}");
+    assert_eq!(system["payload"]["status"], "error", "{system}");
+    let message = system["payload"]["message"].as_str().unwrap();
+    assert!(message.starts_with("Token has expired"), "{message}");
+    let waited = joined.elapsed();
+    assert!(
+        waited >= Duration::from_secs(29) && waited <= Duration::from_secs(31),
+        "expired after {waited:?}"
+    );
+    let close = peer.next_json().await;
+    assert_eq!(close["event"], "phx_close", "{close}");
+    // The socket stays open: a heartbeat is answered.
+    peer.send(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"9"}"#)
+        .await;
+    assert_eq!(peer.next_json().await["payload"]["status"], "ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_behind_the_ring_is_told_and_closed_with_4008() {
+    let state = state(4);
+    let (mut s, mut peer) = session(&state);
+    let hub = state.hub.clone();
+    let lagged_before = state.metrics.clients_lagged.get();
+    tokio::spawn(async move { s.run().await });
+    let reply = join(&mut peer, &token("anon", 3600)).await;
+    assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+    // More changes than the ring holds, before the session reads any.
+    for lsn in 1..=10 {
+        hub.publish(Change::sample(lsn));
+    }
+    let system = peer.next_json().await;
+    assert_eq!(system["event"], "system", "{system}");
+    assert_eq!(system["payload"]["message"], text::CLIENT_LAGGED);
+    assert_eq!(peer.next_close().await, CLOSE_LAGGED);
+    assert_eq!(state.metrics.clients_lagged.get(), lagged_before + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_says_so_on_every_channel_then_goes_away() {
+    let state = state(16);
+    let (mut s, mut peer) = session(&state);
+    tokio::spawn(async move { s.run().await });
+    join(&mut peer, &token("anon", 3600)).await;
+    state.shutdown.cancel();
+    let system = peer.next_json().await;
+    assert_eq!(system["payload"]["message"], text::SERVER_DISCONNECT);
+    assert_eq!(peer.next_json().await["event"], "phx_close");
+    assert_eq!(peer.next_close().await, CLOSE_GOING_AWAY);
+}
