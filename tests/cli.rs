@@ -16,10 +16,23 @@ fn scratch_dir() -> &'static PathBuf {
     DIR.get_or_init(|| support::temp_dir("cli"))
 }
 
+/// The benchmark binary built beside walcast.
+const WALCAST_BENCH: &str = env!("CARGO_BIN_EXE_walcast-bench");
+
 /// Runs walcast with `args`, only the given environment of walcast's own (every inherited
 /// `WALCAST_*` and `DATABASE_URL` removed), optional stdin; returns (code, stdout, stderr).
 fn walcast(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (i32, String, String) {
-    let mut cmd = Command::new(support::WALCAST);
+    run(support::WALCAST, args, env, stdin)
+}
+
+/// Runs the program `bin` the way [`walcast`] runs walcast.
+fn run(
+    bin: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> (i32, String, String) {
+    let mut cmd = Command::new(bin);
     cmd.args(args).current_dir(scratch_dir());
     for (k, _) in std::env::vars() {
         if k.starts_with("WALCAST_") || k == "DATABASE_URL" {
@@ -34,12 +47,14 @@ fn walcast(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (i32, St
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn walcast");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin");
         pipe.write_all(input.as_bytes()).expect("write stdin");
     }
-    let out = child.wait_with_output().expect("wait walcast");
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait {bin}: {e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -176,13 +191,30 @@ fn help_texts_have_examples_and_env_names() {
             &["slot", "drop"],
             &["DATABASE_URL", "WALCAST_NODE", "WALCAST_SLOT"],
         ),
-        (&["bench", "ingest"], &["WALCAST_BENCH_DATABASE_URL"]),
     ];
-    for (cmd, envs) in cases {
+    let bench_cases: &[(&[&str], &[&str])] = &[
+        (&[], &["WALCAST_LOG"]),
+        (&["ingest"], &["WALCAST_BENCH_DATABASE_URL"]),
+        (&["drain"], &[]),
+        (&["latency"], &[]),
+        (&["fanout"], &[]),
+        (&["spool"], &[]),
+        (&["memory"], &[]),
+        (&["realtime"], &[]),
+    ];
+    let runs = cases
+        .iter()
+        .map(|case| (support::WALCAST, "walcast", case))
+        .chain(
+            bench_cases
+                .iter()
+                .map(|case| (WALCAST_BENCH, "walcast-bench", case)),
+        );
+    for (bin, bin_name, (cmd, envs)) in runs {
         let mut args = cmd.to_vec();
         args.push("--help");
-        let (code, out, err) = walcast(&args, &[], None);
-        let name = format!("walcast {}", args.join(" "));
+        let (code, out, err) = run(bin, &args, &[], None);
+        let name = format!("{bin_name} {}", args.join(" "));
         assert_eq!(code, 0, "{name} exited {code}\nstderr:\n{err}");
         assert!(out.contains("Example"), "{name} shows no example:\n{out}");
         let text = flat(&out);
