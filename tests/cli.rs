@@ -1,5 +1,5 @@
 //! Tests: the command line — help texts, configuration errors, `keys`, `emit` (also with auth
-//! and against nothing), and `slot status` / `slot drop`.
+//! and against nothing), `slot status` / `slot drop`, and the separate `walcast-bench` binary.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -244,6 +244,48 @@ fn help_texts_have_examples_and_env_names() {
         flat(&out).contains("[env: WALCAST_LISTEN=127.0.0.1:4999]"),
         "{out}"
     );
+}
+
+/// The first word of each line of a help section: the names it lists.
+fn listed(help: &str, heading: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim_end() != heading)
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn benchmarks_are_a_separate_binary() {
+    let (code, out, err) = walcast(&["--help"], &[], None);
+    assert_eq!(code, 0, "walcast --help exited {code}\nstderr:\n{err}");
+    let commands = listed(&out, "Commands:");
+    assert!(commands.contains(&"serve".to_owned()), "{out}");
+    assert!(
+        !commands.iter().any(|c| c.contains("bench")),
+        "walcast --help lists a bench command:\n{out}"
+    );
+    let (code, _, err) = walcast(&["bench", "ingest"], &[], None);
+    assert_eq!(code, 2, "walcast bench is still a command:\n{err}");
+
+    let (code, out, err) = run(WALCAST_BENCH, &["--help"], &[], None);
+    assert_eq!(
+        code, 0,
+        "walcast-bench --help exited {code}\nstderr:\n{err}"
+    );
+    let scenarios = listed(&out, "Scenarios:");
+    let every = [
+        "ingest", "drain", "latency", "fanout", "spool", "memory", "realtime",
+    ];
+    for scenario in every {
+        assert!(
+            scenarios.iter().any(|s| s == scenario),
+            "walcast-bench --help does not list {scenario}:\n{out}"
+        );
+    }
+    let (code, _, err) = run(WALCAST_BENCH, &["serve"], &[], None);
+    assert_eq!(code, 2, "walcast-bench accepts serve:\n{err}");
 }
 
 /// Arguments after `serve`, environment, expected text of the one stderr line.
