@@ -2,7 +2,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked
+RUN cargo build --release --locked --bin walcast
 
 FROM debian:bookworm-slim
 COPY --from=build /src/target/release/walcast /usr/local/bin/walcast

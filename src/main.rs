@@ -71,7 +71,6 @@ fn main() -> ExitCode {
             },
             Command::Slot(c) => walcast::cmd::slot::run(c).await.map(|_| ExitCode::SUCCESS),
             Command::Dlq(c) => walcast::cmd::dlq::run(c).await,
-            Command::Bench(c) => walcast::cmd::bench::run(c).await.map(|_| ExitCode::SUCCESS),
             Command::Flags(c) => walcast::cmd::flags::run(c).await.map(|_| ExitCode::SUCCESS),
             Command::Validate(a) => walcast::cmd::validate::run(a).await,
         }

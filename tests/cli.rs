@@ -1,5 +1,5 @@
 //! Tests: the command line — help texts, configuration errors, `keys`, `emit` (also with auth
-//! and against nothing), and `slot status` / `slot drop`.
+//! and against nothing), `slot status` / `slot drop`, and the separate `walcast-bench` binary.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,10 +16,23 @@ fn scratch_dir() -> &'static PathBuf {
     DIR.get_or_init(|| support::temp_dir("cli"))
 }
 
+/// The benchmark binary built beside walcast.
+const WALCAST_BENCH: &str = env!("CARGO_BIN_EXE_walcast-bench");
+
 /// Runs walcast with `args`, only the given environment of walcast's own (every inherited
 /// `WALCAST_*` and `DATABASE_URL` removed), optional stdin; returns (code, stdout, stderr).
 fn walcast(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (i32, String, String) {
-    let mut cmd = Command::new(support::WALCAST);
+    run(support::WALCAST, args, env, stdin)
+}
+
+/// Runs the program `bin` the way [`walcast`] runs walcast.
+fn run(
+    bin: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> (i32, String, String) {
+    let mut cmd = Command::new(bin);
     cmd.args(args).current_dir(scratch_dir());
     for (k, _) in std::env::vars() {
         if k.starts_with("WALCAST_") || k == "DATABASE_URL" {
@@ -34,12 +47,14 @@ fn walcast(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (i32, St
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn walcast");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin");
         pipe.write_all(input.as_bytes()).expect("write stdin");
     }
-    let out = child.wait_with_output().expect("wait walcast");
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait {bin}: {e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -176,13 +191,30 @@ fn help_texts_have_examples_and_env_names() {
             &["slot", "drop"],
             &["DATABASE_URL", "WALCAST_NODE", "WALCAST_SLOT"],
         ),
-        (&["bench", "ingest"], &["WALCAST_BENCH_DATABASE_URL"]),
     ];
-    for (cmd, envs) in cases {
+    let bench_cases: &[(&[&str], &[&str])] = &[
+        (&[], &["WALCAST_LOG"]),
+        (&["ingest"], &["WALCAST_BENCH_DATABASE_URL"]),
+        (&["drain"], &[]),
+        (&["latency"], &[]),
+        (&["fanout"], &[]),
+        (&["spool"], &[]),
+        (&["memory"], &[]),
+        (&["realtime"], &[]),
+    ];
+    let runs = cases
+        .iter()
+        .map(|case| (support::WALCAST, "walcast", case))
+        .chain(
+            bench_cases
+                .iter()
+                .map(|case| (WALCAST_BENCH, "walcast-bench", case)),
+        );
+    for (bin, bin_name, (cmd, envs)) in runs {
         let mut args = cmd.to_vec();
         args.push("--help");
-        let (code, out, err) = walcast(&args, &[], None);
-        let name = format!("walcast {}", args.join(" "));
+        let (code, out, err) = run(bin, &args, &[], None);
+        let name = format!("{bin_name} {}", args.join(" "));
         assert_eq!(code, 0, "{name} exited {code}\nstderr:\n{err}");
         assert!(out.contains("Example"), "{name} shows no example:\n{out}");
         let text = flat(&out);
@@ -212,6 +244,48 @@ fn help_texts_have_examples_and_env_names() {
         flat(&out).contains("[env: WALCAST_LISTEN=127.0.0.1:4999]"),
         "{out}"
     );
+}
+
+/// The first word of each line of a help section: the names it lists.
+fn listed(help: &str, heading: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim_end() != heading)
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn benchmarks_are_a_separate_binary() {
+    let (code, out, err) = walcast(&["--help"], &[], None);
+    assert_eq!(code, 0, "walcast --help exited {code}\nstderr:\n{err}");
+    let commands = listed(&out, "Commands:");
+    assert!(commands.contains(&"serve".to_owned()), "{out}");
+    assert!(
+        !commands.iter().any(|c| c.contains("bench")),
+        "walcast --help lists a bench command:\n{out}"
+    );
+    let (code, _, err) = walcast(&["bench", "ingest"], &[], None);
+    assert_eq!(code, 2, "walcast bench is still a command:\n{err}");
+
+    let (code, out, err) = run(WALCAST_BENCH, &["--help"], &[], None);
+    assert_eq!(
+        code, 0,
+        "walcast-bench --help exited {code}\nstderr:\n{err}"
+    );
+    let scenarios = listed(&out, "Scenarios:");
+    let every = [
+        "ingest", "drain", "latency", "fanout", "spool", "memory", "realtime",
+    ];
+    for scenario in every {
+        assert!(
+            scenarios.iter().any(|s| s == scenario),
+            "walcast-bench --help does not list {scenario}:\n{out}"
+        );
+    }
+    let (code, _, err) = run(WALCAST_BENCH, &["serve"], &[], None);
+    assert_eq!(code, 2, "walcast-bench accepts serve:\n{err}");
 }
 
 /// Arguments after `serve`, environment, expected text of the one stderr line.

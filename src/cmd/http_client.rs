@@ -1,4 +1,5 @@
-//! A minimal HTTP/1.1 client for the CLI (`emit`, `bench`): JSON POSTs to a walcast server.
+//! A minimal HTTP/1.1 client for the CLI (`emit`) and `walcast-bench`: JSON POSTs to a walcast
+//! server.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

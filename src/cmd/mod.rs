@@ -1,10 +1,6 @@
 //! Subcommand implementations. Each returns `anyhow::Result` (the binary edge) and prints for
 //! people on stdout, logs on stderr.
 
-pub mod bench;
-pub mod bench_realtime;
-pub mod bench_spool;
-pub mod bench_stream;
 pub mod dev;
 pub mod dlq;
 pub mod emit;

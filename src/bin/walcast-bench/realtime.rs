@@ -1,4 +1,4 @@
-//! `walcast bench realtime`: N Supabase-Realtime clients fed from the WAL, RLS off and on.
+//! `walcast-bench realtime`: N Supabase-Realtime clients fed from the WAL, RLS off and on.
 //!
 //! A private Postgres cluster and an in-process walcast with a JWT secret. N clients connect to
 //! `/realtime/v1/websocket` (serializer 2.0.0), join `realtime:bench` with one `postgres_changes`
@@ -21,25 +21,23 @@
 //! burst's start to the last client holding every row).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+use walcast::config::ServerConfig;
 
-use super::bench::{bench_db, bench_server_args, percentile, start_server};
-use crate::cli::BenchRealtimeArgs;
-use crate::config::ServerConfig;
-
-/// A client WebSocket.
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use crate::support::{
+    BURST_SQL, SETUP_TIMEOUT, Ws, bench_db, bench_server_args, connect_pg, emit, percentile,
+    remove_spool, round3, server_version, start_server, stop_server, wait_slot_active,
+};
 
 /// The secret the in-process server verifies tokens with (bench only).
 const SECRET: &str = "walcast-bench-realtime-secret-0123456789abcdef";
@@ -47,8 +45,6 @@ const SECRET: &str = "walcast-bench-realtime-secret-0123456789abcdef";
 const TOPIC: &str = "realtime:bench";
 /// Every how many change frames a client reads the commit timestamp.
 const SAMPLE_EVERY: u64 = 100;
-/// Connecting, joining, starting and stopping.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest one phase's delivery may take.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(240);
 /// Client heartbeat period (the server closes clients silent for 60 s).
@@ -65,14 +61,45 @@ const BASELINE_TIME: Duration = Duration::from_secs(3);
 /// The two phases: name and the role every client's token carries.
 const PHASES: [(&str, &str); 2] = [("RLS off", "service_role"), ("RLS on", "authenticated")];
 
-/// A burst transaction: rows `$1..=$2`.
-const BURST_SQL: &str = "insert into public.monitoring_events (id, event_type, source, data) \
-     select gen_random_uuid(), 'metrics.cpu', 'bench', \
-            jsonb_build_object('seq', g, 'host', 'bench', 'value', 0.5) \
-     from generate_series($1::bigint, $2::bigint) g";
+/// `walcast-bench realtime`.
+#[derive(Debug, clap::Args)]
+pub struct RealtimeArgs {
+    /// Realtime WebSocket clients, each joined to one channel with a postgres_changes binding.
+    #[arg(long, default_value_t = 500)]
+    pub subscribers: usize,
+    /// Delivered messages/s to try, in order (rows/s written = rate / subscribers).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "50000,100000,200000,300000,400000,500000,600000,800000,1000000,1200000,1500000"
+    )]
+    pub rates: Vec<u64>,
+    /// Seconds of steady writing per rate.
+    #[arg(long, default_value_t = 5)]
+    pub step_secs: u64,
+    /// The latency bound a rate must hold: commit-to-receipt p99, in ms.
+    #[arg(long, default_value_t = 100.0)]
+    pub p99_ms: f64,
+    /// Distinct users (JWT `sub`) the RLS-on clients are spread over: each is its own claims
+    /// group, so the row check runs once per commit per user.
+    #[arg(long, default_value_t = 1)]
+    pub users: usize,
+    /// Instead of the rate search: one burst of --rows rows in --txns transactions.
+    #[arg(long)]
+    pub burst: bool,
+    /// Rows in the burst (all transactions together; --burst only).
+    #[arg(long, default_value_t = 20000)]
+    pub rows: usize,
+    /// Transactions the burst is split into (--burst only).
+    #[arg(long, default_value_t = 20)]
+    pub txns: usize,
+    /// Write the result as JSON to this file too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
 
-/// `walcast bench realtime`.
-pub async fn realtime(args: BenchRealtimeArgs) -> anyhow::Result<()> {
+/// Runs the scenario.
+pub async fn run(args: RealtimeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.subscribers > 0, "--subscribers must be at least 1");
     if args.burst {
         anyhow::ensure!(
@@ -86,13 +113,8 @@ pub async fn realtime(args: BenchRealtimeArgs) -> anyhow::Result<()> {
         );
     }
     let db = bench_db(None).await?;
-    let (pg, conn) = tokio::time::timeout(SETUP_TIMEOUT, tokio_postgres::connect(&db.url, NoTls))
-        .await
-        .context("connecting to Postgres timed out")??;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let version: String = pg.query_one("select version()", &[]).await?.get(0);
+    let pg = connect_pg(&db.url).await?;
+    let version = server_version(&pg).await?;
 
     let mut server_args = bench_server_args();
     server_args.jwt_secret = Some(SECRET.to_owned());
@@ -108,25 +130,15 @@ pub async fn realtime(args: BenchRealtimeArgs) -> anyhow::Result<()> {
         }
     }
     .await;
-    token.cancel();
-    tokio::time::timeout(Duration::from_secs(60), handle)
-        .await
-        .context("walcast did not stop within 60 s")??;
-    if config.spool_dir.starts_with(std::env::temp_dir()) {
-        let _ = std::fs::remove_dir_all(&config.spool_dir);
-    }
+    stop_server(token, handle).await?;
+    remove_spool(&config);
     let mut report = result?;
     report["subscribers"] = json!(args.subscribers);
     report["client_queue"] = json!(server_args.client_queue);
     report["sample_every"] = json!(SAMPLE_EVERY);
     report["postgres"] = json!(version);
     report["date"] = json!(chrono::Utc::now().to_rfc3339());
-    println!("{report}");
-    if let Some(p) = args.json {
-        std::fs::write(&p, format!("{report}\n"))
-            .with_context(|| format!("cannot write {}", p.display()))?;
-    }
-    Ok(())
+    emit(&report, args.json)
 }
 
 /// The target of a phase, by role.
@@ -139,7 +151,7 @@ fn target(role: &str) -> f64 {
 }
 
 /// The rate search: both phases, each climbing `--rates` until a rate does not hold.
-async fn paced(addr: SocketAddr, pg: &Client, args: &BenchRealtimeArgs) -> anyhow::Result<Value> {
+async fn paced(addr: SocketAddr, pg: &Client, args: &RealtimeArgs) -> anyhow::Result<Value> {
     let n = args.subscribers as u64;
     let stmt = pg.prepare(BURST_SQL).await?;
     let mut seq = 0i64;
@@ -308,7 +320,7 @@ async fn per_subscriber_baseline(
 /// One token per user for `role`: `sub` is `bench-user-<i>` (one user: no `sub`).
 fn tokens(role: &str, users: usize) -> anyhow::Result<Vec<String>> {
     if users <= 1 {
-        return Ok(vec![crate::auth::mint(
+        return Ok(vec![walcast::auth::mint(
             SECRET,
             role,
             Duration::from_secs(3600),
@@ -317,7 +329,7 @@ fn tokens(role: &str, users: usize) -> anyhow::Result<Vec<String>> {
     let now = chrono::Utc::now().timestamp();
     (0..users)
         .map(|i| {
-            let claims = crate::auth::Claims {
+            let claims = walcast::auth::Claims {
                 role: role.to_owned(),
                 exp: now + 3600,
                 iat: Some(now),
@@ -325,7 +337,7 @@ fn tokens(role: &str, users: usize) -> anyhow::Result<Vec<String>> {
                 sub: Some(format!("bench-user-{i}")),
                 extra: Default::default(),
             };
-            Ok(crate::auth::mint_claims(SECRET, &claims)?)
+            Ok(walcast::auth::mint_claims(SECRET, &claims)?)
         })
         .collect()
 }
@@ -499,7 +511,7 @@ async fn listen(mut ws: Ws, tally: Arc<Tally>, offset: u64, stop: CancellationTo
 }
 
 /// One burst per phase, each to freshly joined clients.
-async fn burst(addr: SocketAddr, pg: &Client, args: &BenchRealtimeArgs) -> anyhow::Result<Value> {
+async fn burst(addr: SocketAddr, pg: &Client, args: &RealtimeArgs) -> anyhow::Result<Value> {
     let total = args.rows as u64;
     let n = args.subscribers as u64;
     let mut seq = 0i64;
@@ -509,7 +521,7 @@ async fn burst(addr: SocketAddr, pg: &Client, args: &BenchRealtimeArgs) -> anyho
             "realtime {name}: {} subscribers ({role}), {} rows in {} txns",
             args.subscribers, args.rows, args.txns
         );
-        let jwt = crate::auth::mint(SECRET, role, Duration::from_secs(3600))?;
+        let jwt = walcast::auth::mint(SECRET, role, Duration::from_secs(3600))?;
         let p = phase(addr, &jwt, pg, args, &mut seq).await?;
         eprintln!(
             "realtime {name}: {:.0} msgs/s, {}/{} clients complete, p50 {:.0} ms, p99 {:.0} ms",
@@ -614,7 +626,7 @@ async fn phase(
     addr: SocketAddr,
     jwt: &str,
     pg: &Client,
-    args: &BenchRealtimeArgs,
+    args: &RealtimeArgs,
     seq: &mut i64,
 ) -> anyhow::Result<Phase> {
     let total = args.rows as u64;
@@ -785,30 +797,4 @@ async fn joined(addr: SocketAddr, jwt: &str) -> anyhow::Result<Ws> {
         }
     }
     Ok(ws)
-}
-
-/// Waits until walcast's slot is held by a streaming session.
-async fn wait_slot_active(pg: &Client, slot: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + SETUP_TIMEOUT;
-    loop {
-        let row = pg
-            .query_opt(
-                "select active from pg_replication_slots where slot_name = $1",
-                &[&slot],
-            )
-            .await?;
-        if row.is_some_and(|r| r.get::<_, bool>(0)) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "walcast did not start streaming from slot {slot} within {SETUP_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Three decimals.
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }

@@ -1,18 +1,35 @@
-//! `walcast bench spool`: ingest while Postgres is down (everything goes to the fsynced spool),
+//! `walcast-bench spool`: ingest while Postgres is down (everything goes to the fsynced spool),
 //! then the replay when it comes back; the baseline is the same load with Postgres up.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use walcast::cluster::{Cluster, ClusterOptions, StopMode};
+use walcast::cmd::http_client::HttpClient;
 
-use super::bench::{TempDir, bench_server_args, start_server};
-use super::http_client::HttpClient;
-use crate::cli::BenchSpoolArgs;
-use crate::cluster::{Cluster, ClusterOptions, StopMode};
+use crate::support::{TempDir, bench_server_args, start_server};
+
+/// `walcast-bench spool`.
+#[derive(Debug, clap::Args)]
+pub struct SpoolArgs {
+    /// Events per phase (database up, database down).
+    #[arg(long, default_value_t = 50_000)]
+    pub events: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 4)]
+    pub producers: usize,
+    /// Write the result as JSON to this file too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
 
 /// Runs the scenario.
-pub async fn spool(args: BenchSpoolArgs) -> anyhow::Result<()> {
+pub async fn run(args: SpoolArgs) -> anyhow::Result<()> {
     let dir = TempDir(
         std::env::temp_dir().join(format!("walcast-bench-spool-{:x}", rand::random::<u32>())),
     );
@@ -21,7 +38,7 @@ pub async fn spool(args: BenchSpoolArgs) -> anyhow::Result<()> {
     let cluster = Cluster::start(ClusterOptions::new(dir.0.join("pg"))).await?;
     cluster.create_database("bench").await?;
     let url = cluster.url("bench");
-    crate::db::migrate(&crate::db::pool(&url, 2, "walcast_bench")?).await?;
+    walcast::db::migrate(&walcast::db::pool(&url, 2, "walcast_bench")?).await?;
     let mut server_args = bench_server_args();
     server_args.breaker_threshold = 1;
     server_args.breaker_cooldown = "200ms".into();
@@ -101,7 +118,7 @@ pub async fn spool(args: BenchSpoolArgs) -> anyhow::Result<()> {
 async fn load(
     client: &HttpClient,
     url: &str,
-    args: &BenchSpoolArgs,
+    args: &SpoolArgs,
     phase: usize,
 ) -> anyhow::Result<(f64, String)> {
     let requests = args.events.div_ceil(args.batch);

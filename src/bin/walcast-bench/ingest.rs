@@ -1,135 +1,44 @@
-//! `walcast bench`: measurements for BENCHMARKS.md, each with its baseline in the same run.
+//! `walcast-bench ingest`: events/s committed through `POST /v1/events` by concurrent
+//! producers, vs one INSERT per event on one connection (the baseline, same database, same run).
 //!
-//! Every scenario starts its own private Postgres cluster (unless given a database) and, where
-//! it needs one, its own walcast server in-process on 127.0.0.1, so the numbers describe this
-//! machine with nothing else configured.
+//! Uses its own private Postgres cluster (or the migrated database given with
+//! `--database-url`) and an in-process walcast server.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
+use walcast::cmd::http_client::HttpClient;
 
-use super::http_client::HttpClient;
-use crate::cli::{BenchCommand, BenchIngestArgs, ServerArgs};
-use crate::cluster::{Cluster, ClusterOptions};
-use crate::config::ServerConfig;
+use crate::support::{bench_db, bench_server_args, percentile, start_server};
 
-/// Runs a benchmark.
-pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {
-        BenchCommand::Ingest(a) => ingest(a).await,
-        BenchCommand::Drain(a) => super::bench_stream::drain(a).await,
-        BenchCommand::Latency(a) => super::bench_stream::latency(a).await,
-        BenchCommand::Fanout(a) => super::bench_stream::fanout(a).await,
-        BenchCommand::Memory(a) => super::bench_stream::memory(a).await,
-        BenchCommand::Spool(a) => super::bench_spool::spool(a).await,
-        BenchCommand::Realtime(a) => super::bench_realtime::realtime(a).await,
-    }
+/// `walcast-bench ingest`.
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Use this (migrated) database instead of a private cluster.
+    #[arg(long, env = "WALCAST_BENCH_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Events to send through HTTP.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 8)]
+    pub producers: usize,
+    /// Events for the one-INSERT-per-event baseline.
+    #[arg(long, default_value_t = 20_000)]
+    pub baseline_events: usize,
+    /// Write the result as JSON to this file too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
-/// A database for a benchmark: the given URL or a fresh private cluster.
-pub struct BenchDb {
-    /// Connection URL.
-    pub url: String,
-    /// The private cluster, if one was started.
-    _cluster: Option<Cluster>,
-    /// Its directory, removed at the end.
-    _dir: Option<TempDir>,
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Starts (or connects to) the benchmark database and migrates it.
-pub async fn bench_db(url: Option<String>) -> anyhow::Result<BenchDb> {
-    let db = match url {
-        Some(url) => BenchDb {
-            url,
-            _cluster: None,
-            _dir: None,
-        },
-        None => {
-            let dir =
-                std::env::temp_dir().join(format!("walcast-bench-{:x}", rand::random::<u32>()));
-            std::fs::create_dir_all(&dir)?;
-            let dir = TempDir(dir);
-            eprintln!("starting a private Postgres cluster in {}", dir.0.display());
-            let cluster = Cluster::start(ClusterOptions::new(dir.0.join("pg"))).await?;
-            cluster.create_database("bench").await?;
-            BenchDb {
-                url: cluster.url("bench"),
-                _cluster: Some(cluster),
-                _dir: Some(dir),
-            }
-        }
-    };
-    let pool = crate::db::pool(&db.url, 2, "walcast_bench")?;
-    crate::db::migrate(&pool).await?;
-    Ok(db)
-}
-
-/// Server options with defaults, listening on a free port.
-pub fn bench_server_args() -> ServerArgs {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        server: ServerArgs,
-    }
-    let mut w = Wrapper::parse_from(["bench"]);
-    w.server.listen = "127.0.0.1:0".into();
-    w.server.jwt_secret = None;
-    w.server.node = format!("bench{:x}", rand::random::<u16>());
-    w.server.spool_dir =
-        Some(std::env::temp_dir().join(format!("walcast-bench-spool-{}", w.server.node)));
-    w.server
-}
-
-/// Starts walcast in-process; returns its address and the token that stops it.
-pub async fn start_server(
-    url: &str,
-    args: &ServerArgs,
-) -> anyhow::Result<(
-    std::net::SocketAddr,
-    CancellationToken,
-    tokio::task::JoinHandle<()>,
-)> {
-    let config = ServerConfig::from_args(url, args)?;
-    let token = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let t = token.clone();
-    let handle = tokio::spawn(async move {
-        let r = crate::app::serve(config, t, move |addr| {
-            let _ = tx.send(addr);
-        })
-        .await;
-        if let Err(e) = r {
-            eprintln!("bench server failed: {e}");
-        }
-    });
-    let addr = tokio::time::timeout(Duration::from_secs(30), rx).await??;
-    Ok((addr, token, handle))
-}
-
-/// Percentile of sorted samples.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-/// `walcast bench ingest`.
-async fn ingest(args: BenchIngestArgs) -> anyhow::Result<()> {
+/// Runs the scenario.
+pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let db = bench_db(args.database_url.clone()).await?;
     let server_args = bench_server_args();
     let (addr, token, handle) = start_server(&db.url, &server_args).await?;

@@ -1,0 +1,367 @@
+//! What the scenarios share: the benchmark database, an in-process walcast server, `/ws`
+//! clients, slots, the SQL that writes benchmark rows, and the statistics and report helpers.
+//!
+//! Nothing here measures anything: each scenario module owns its procedure and its baseline.
+//! This module imports only the `walcast` library, never a scenario.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use walcast::cli::ServerArgs;
+use walcast::cluster::{Cluster, ClusterOptions};
+use walcast::config::ServerConfig;
+
+/// A client WebSocket.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connecting, subscribing, joining, starting and stopping.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a drain, a burst's delivery or a load may take.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+/// Publication walcast (and the baselines) stream from.
+pub const PUBLICATION: &str = "walcast_events";
+/// How every `/ws` `event` frame starts (the encoder's field order is fixed).
+pub const EVENT_PREFIX: &str = r#"{"type":"event""#;
+/// How a `/ws` `lagged` frame starts.
+pub const LAGGED_PREFIX: &str = r#"{"type":"lagged""#;
+
+/// A burst transaction: rows `$1..=$2`, each with a `data` object like
+/// `{"seq":n,"host":"bench","value":0.5}`.
+pub const BURST_SQL: &str = "insert into public.monitoring_events (id, event_type, source, data) \
+     select gen_random_uuid(), 'metrics.cpu', 'bench', \
+            jsonb_build_object('seq', g, 'host', 'bench', 'value', 0.5) \
+     from generate_series($1::bigint, $2::bigint) g";
+
+/// One row, autocommit.
+pub const SINGLE_SQL: &str = "insert into public.monitoring_events (id, event_type, source, data) \
+     values (gen_random_uuid(), 'metrics.cpu', 'bench', \
+             jsonb_build_object('seq', $1::bigint, 'host', 'bench', 'value', 0.5))";
+
+// ---------------------------------------------------------------------------------------------
+// database and server
+// ---------------------------------------------------------------------------------------------
+
+/// A database for a benchmark: the given URL or a fresh private cluster.
+pub struct BenchDb {
+    /// Connection URL.
+    pub url: String,
+    /// The private cluster, if one was started (dropped, so stopped, before its directory).
+    _cluster: Option<Cluster>,
+    /// Its directory, removed at the end.
+    _dir: Option<TempDir>,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts (or connects to) the benchmark database and migrates it.
+pub async fn bench_db(url: Option<String>) -> anyhow::Result<BenchDb> {
+    let db = match url {
+        Some(url) => BenchDb {
+            url,
+            _cluster: None,
+            _dir: None,
+        },
+        None => {
+            let dir =
+                std::env::temp_dir().join(format!("walcast-bench-{:x}", rand::random::<u32>()));
+            std::fs::create_dir_all(&dir)?;
+            let dir = TempDir(dir);
+            eprintln!("starting a private Postgres cluster in {}", dir.0.display());
+            let cluster = Cluster::start(ClusterOptions::new(dir.0.join("pg"))).await?;
+            cluster.create_database("bench").await?;
+            BenchDb {
+                url: cluster.url("bench"),
+                _cluster: Some(cluster),
+                _dir: Some(dir),
+            }
+        }
+    };
+    let pool = walcast::db::pool(&db.url, 2, "walcast_bench")?;
+    walcast::db::migrate(&pool).await?;
+    Ok(db)
+}
+
+/// Server options with their defaults (and `WALCAST_*` environment), listening on a free port,
+/// without a JWT secret, on a fresh node with a temporary spool directory.
+pub fn bench_server_args() -> ServerArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+    let mut w = Wrapper::parse_from(["bench"]);
+    w.server.listen = "127.0.0.1:0".into();
+    w.server.jwt_secret = None;
+    w.server.node = format!("bench{:x}", rand::random::<u16>());
+    w.server.spool_dir =
+        Some(std::env::temp_dir().join(format!("walcast-bench-spool-{}", w.server.node)));
+    w.server
+}
+
+/// Starts walcast in-process; returns its address, the token that stops it and its task.
+pub async fn start_server(
+    url: &str,
+    args: &ServerArgs,
+) -> anyhow::Result<(SocketAddr, CancellationToken, tokio::task::JoinHandle<()>)> {
+    let config = ServerConfig::from_args(url, args)?;
+    let token = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let t = token.clone();
+    let handle = tokio::spawn(async move {
+        let r = walcast::app::serve(config, t, move |addr| {
+            let _ = tx.send(addr);
+        })
+        .await;
+        if let Err(e) = r {
+            eprintln!("bench server failed: {e}");
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(30), rx).await??;
+    Ok((addr, token, handle))
+}
+
+/// Stops an in-process walcast and waits for it.
+pub async fn stop_server(
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<()> {
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(60), handle)
+        .await
+        .context("walcast did not stop within 60 s")??;
+    Ok(())
+}
+
+/// Removes the temporary per-node spool directory ([`bench_server_args`]) of a stopped walcast.
+pub fn remove_spool(config: &ServerConfig) {
+    let dir = &config.spool_dir;
+    let temporary = dir.starts_with(std::env::temp_dir())
+        && dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("walcast-bench-spool-"));
+    if temporary {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQL
+// ---------------------------------------------------------------------------------------------
+
+/// A SQL connection driven on its own task.
+pub async fn connect_pg(url: &str) -> anyhow::Result<Client> {
+    let (client, conn) = tokio::time::timeout(SETUP_TIMEOUT, tokio_postgres::connect(url, NoTls))
+        .await
+        .context("connecting to Postgres timed out")??;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// `select version()`.
+pub async fn server_version(pg: &Client) -> anyhow::Result<String> {
+    Ok(pg.query_one("select version()", &[]).await?.get(0))
+}
+
+/// Commits `txns` transactions of `rows` rows each on one connection; returns the time taken.
+pub async fn burst(
+    pg: &Client,
+    txns: usize,
+    rows: usize,
+    seq: &mut i64,
+) -> anyhow::Result<Duration> {
+    let stmt = pg.prepare(BURST_SQL).await?;
+    let started = Instant::now();
+    for _ in 0..txns {
+        let last = *seq + rows as i64 - 1;
+        let n = pg.execute(&stmt, &[&*seq, &last]).await?;
+        anyhow::ensure!(
+            n == rows as u64,
+            "a burst insert wrote {n} rows, not {rows}"
+        );
+        *seq = last + 1;
+    }
+    Ok(started.elapsed())
+}
+
+/// Waits until walcast's slot is held by a streaming session (its startup floor is set then).
+pub async fn wait_slot_active(pg: &Client, slot: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    loop {
+        let row = pg
+            .query_opt(
+                "select active from pg_replication_slots where slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        if row.is_some_and(|r| r.get::<_, bool>(0)) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "walcast did not start streaming from slot {slot} within {SETUP_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Drops a slot once no session holds it.
+pub async fn drop_slot(pg: &Client, slot: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    loop {
+        match pg
+            .execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
+                &[&slot],
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e).with_context(|| format!("cannot drop slot {slot}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /ws clients
+// ---------------------------------------------------------------------------------------------
+
+/// Connects to `/ws`, reads `welcome`, subscribes to everything, reads `subscribed`.
+pub async fn ws_subscribed(addr: SocketAddr) -> anyhow::Result<Ws> {
+    let (mut ws, _) = tokio::time::timeout(
+        SETUP_TIMEOUT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+    )
+    .await
+    .context("connecting to /ws timed out")??;
+    next_frame(&mut ws, "welcome").await?;
+    ws.send(Message::text(r#"{"type":"subscribe","id":"b"}"#))
+        .await?;
+    next_frame(&mut ws, "subscribed").await?;
+    Ok(ws)
+}
+
+/// The next frame of type `kind` (heartbeats are skipped; anything else is an error).
+pub async fn next_frame(ws: &mut Ws, kind: &str) -> anyhow::Result<String> {
+    let prefix = format!(r#"{{"type":"{kind}""#);
+    let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .with_context(|| format!("no {kind} frame within {SETUP_TIMEOUT:?}"))?;
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let s = t.as_str();
+                if s.starts_with(&prefix) {
+                    return Ok(s.to_owned());
+                }
+                anyhow::ensure!(
+                    s.starts_with(r#"{"type":"heartbeat""#),
+                    "expected a {kind} frame, got {s}"
+                );
+            }
+            Some(Ok(Message::Close(f))) => anyhow::bail!("walcast closed the connection: {f:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("connection closed before a {kind} frame"),
+        }
+    }
+}
+
+/// What one receiver (a `/ws` client or a LISTENing connection) saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// Rows received.
+    pub rows: u64,
+    /// When it had all of them.
+    pub done: Option<Instant>,
+    /// It got a `lagged` frame.
+    pub lagged: bool,
+}
+
+/// Counts event frames (by prefix, no JSON parsing) until `expect` or the deadline.
+pub async fn count_ws_events(mut ws: Ws, expect: u64, deadline: tokio::time::Instant) -> Outcome {
+    let mut out = Outcome {
+        rows: 0,
+        done: None,
+        lagged: false,
+    };
+    while out.rows < expect {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if t.as_str().starts_with(EVENT_PREFIX) {
+                    out.rows += 1;
+                } else if t.as_str().starts_with(LAGGED_PREFIX) {
+                    out.lagged = true;
+                    break;
+                }
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    if out.rows >= expect {
+        out.done = Some(Instant::now());
+    }
+    drop(ws);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// statistics and reports
+// ---------------------------------------------------------------------------------------------
+
+/// Percentile of sorted samples (nearest rank; 0 when there are none).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Median (sorts in place).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(v, 0.5)
+}
+
+/// Three decimals.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// "met" / "not met".
+pub fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "not met" }
+}
+
+/// Prints the JSON line and writes it to `--json` when given.
+pub fn emit(report: &Value, path: Option<PathBuf>) -> anyhow::Result<()> {
+    println!("{report}");
+    if let Some(p) = path {
+        std::fs::write(&p, format!("{report}\n"))
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(())
+}
