@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 // walcast paths in one place, so a module move is fixed here (and in `fixture`).
-use walcast::protocol::json::encode_event;
-use walcast::protocol::realtime::Vsn;
-use walcast::protocol::realtime::changes::{TableFacts, encode_change_data, encode_change_frame};
+use walcast::catalog::TableFacts;
+use walcast::realtime::protocol::Vsn;
+use walcast::realtime::protocol::payload::{encode_change_data, encode_change_frame};
+use walcast::ws::protocol::encode_event;
 
 mod fixture;
 

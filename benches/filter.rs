@@ -12,7 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 // walcast paths in one place, so a module move is fixed here (and in `fixture`).
 use walcast::decode::Change;
-use walcast::hub::filter::{Condition, Filter};
+use walcast::filter::{Condition, Filter};
 
 mod fixture;
 

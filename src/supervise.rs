@@ -187,7 +187,7 @@ mod tests {
             }),
         );
         let fails = sup.watch("failer", &token, tokio::spawn(async { Err::<(), _>(Boom) }));
-        let mut stops = vec![
+        let mut stops = [
             tokio::time::timeout(Duration::from_secs(5), sup.next_stop())
                 .await
                 .unwrap(),

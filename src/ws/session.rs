@@ -414,3 +414,97 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         socket::close(&mut self.sink, code, reason).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The `/ws` session's heartbeats, lag and shutdown, over a channel socket with paused
+    //! time: no database, no network.
+
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::decode::Change;
+    use crate::flags::{EnvTier, FlagSet, Flags};
+    use crate::hub::Hub;
+    use crate::replication::ReplicationSettings;
+    use crate::ws::socket::testing::{Peer, socket};
+
+    /// State on a database that is never reached, with a hub of `capacity` changes.
+    fn state(capacity: usize) -> WsState {
+        let url = "postgres://nobody@127.0.0.1:1/none";
+        WsState {
+            hub: Hub::new(capacity),
+            metrics: Arc::default(),
+            reader: Arc::default(),
+            replays: Replays::new(
+                ReplicationSettings::from_url(url, "walcast_events", "test").unwrap(),
+                "walcast_test".into(),
+            ),
+            flags: Flags::new("test", EnvTier::default(), FlagSet::default()),
+            clients: Arc::default(),
+            heartbeat: Duration::from_secs(15),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// A running session and the client's end, past the welcome frame.
+    async fn start(state: &WsState) -> Peer {
+        let (sink, stream, mut peer) = socket();
+        let client = state.clients.register(Endpoint::Ws, None);
+        let mut session = Session::new(sink, stream, state.clone(), client);
+        tokio::spawn(async move { session.run().await });
+        assert_eq!(peer.next_json().await["type"], "welcome");
+        peer
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_come_at_the_configured_interval() {
+        let state = state(16);
+        let mut peer = start(&state).await;
+        let started = Instant::now();
+        for n in 1..=3u32 {
+            let hb = peer.next_json().await;
+            assert_eq!(hb["type"], "heartbeat", "{hb}");
+            assert_eq!(started.elapsed(), state.heartbeat * n);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_behind_the_ring_gets_lagged_with_its_cursor_then_4008() {
+        let state = state(4);
+        let mut peer = start(&state).await;
+        peer.send(r#"{"type":"subscribe","id":"all"}"#).await;
+        assert_eq!(peer.next_json().await["type"], "subscribed");
+        for lsn in 1..=10 {
+            state.hub.publish(Change::sample(lsn));
+        }
+        let lagged = peer.next_json().await;
+        assert_eq!(lagged["type"], "lagged", "{lagged}");
+        assert_eq!(peer.next_close().await, CLOSE_LAGGED);
+        assert_eq!(state.metrics.clients_lagged.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_arrive_in_order_and_shutdown_goes_away() {
+        let state = state(16);
+        let mut peer = start(&state).await;
+        peer.send(r#"{"type":"subscribe","id":"all"}"#).await;
+        assert_eq!(peer.next_json().await["type"], "subscribed");
+        for lsn in 1..=3 {
+            state.hub.publish(Change::sample(lsn));
+        }
+        let mut cursors = Vec::new();
+        for _ in 0..3 {
+            let event = peer.next_json().await;
+            assert_eq!(event["type"], "event", "{event}");
+            cursors.push(event["cursor"].as_str().unwrap().to_owned());
+        }
+        let mut sorted = cursors.clone();
+        sorted.sort();
+        assert_eq!(cursors, sorted);
+        state.shutdown.cancel();
+        assert_eq!(peer.next_close().await, CLOSE_GOING_AWAY);
+    }
+}
