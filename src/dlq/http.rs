@@ -171,17 +171,14 @@ impl From<AuthRejection> for DlqApiError {
 /// Counts the request and turns the result into a response.
 fn respond(
     state: &DlqState,
-    route: &str,
+    route: &'static str,
     result: Result<serde_json::Value, DlqApiError>,
 ) -> Response {
     let resp = match result {
         Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
         Err(e) => e.into_response(),
     };
-    state
-        .metrics
-        .http_requests
-        .add(&format!("{route} {}", resp.status().as_u16()), 1);
+    state.metrics.http_request(route, resp.status().as_u16());
     resp
 }
 

@@ -126,12 +126,5 @@ async fn metrics(State(state): State<Arc<NodeView>>) -> Response {
         waiting: s.waiting,
         max_size: s.max_size,
     });
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }

@@ -83,10 +83,7 @@ async fn post_events(
         Ok(_) => StatusCode::CREATED,
         Err(e) => e.code.status(),
     };
-    state
-        .metrics
-        .http_requests
-        .add(&format!("/v1/events {}", status.as_u16()), 1);
+    state.metrics.http_request("/v1/events", status.as_u16());
     match result {
         Ok((ids, durable)) => (
             status,

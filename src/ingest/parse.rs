@@ -558,54 +558,15 @@ fn object_field(
     }
 }
 
-/// Bits of the per-millisecond counter of [`fresh_id`]: the 12 `rand_a` bits and the top 30
-/// bits of `rand_b` (RFC 9562, section 6.2, method 1). The other 32 bits are random.
-const ID_COUNTER_BITS: u32 = 42;
-
-/// The id clock shared by every request of the process: the millisecond of the last fresh id
-/// and the counter within it.
-static ID_CLOCK: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
-
-/// A new time-ordered UUIDv7 for an event sent without an id.
+/// A new time-ordered UUIDv7 for an event sent without an id: [`Uuid::now_v7`].
 ///
-/// Ids from one process are strictly increasing: within a millisecond a counter (seeded at
-/// random at each new millisecond, with headroom) counts up, and a counter that runs out moves
-/// on to the next millisecond. The last 32 bits are random, from the thread's
-/// cryptographically secure generator, so ids from different nodes do not collide. Unlike
-/// [`Uuid::now_v7`] this asks the kernel for no randomness per id.
+/// Ids from one process are strictly increasing: uuid's shared v7 context keeps a 42-bit
+/// counter per millisecond (seeded at random at each new millisecond, with headroom; RFC 9562,
+/// section 6.2, method 1) and moves on to the next millisecond if it runs out. The other bits
+/// are random, from uuid's `fast-rng` source (a thread-local generator seeded from the kernel,
+/// so no kernel call per id), so ids from different nodes do not collide.
 fn fresh_id() -> Uuid {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let max_counter = (1u64 << ID_COUNTER_BITS) - 1;
-    let (millis, counter) = {
-        let mut clock = ID_CLOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let (last_ms, last_counter) = *clock;
-        let next = if now_ms > last_ms {
-            (now_ms, seed_counter())
-        } else if last_counter < max_counter {
-            (last_ms, last_counter + 1)
-        } else {
-            (last_ms + 1, seed_counter())
-        };
-        *clock = next;
-        next
-    };
-    let random: u32 = rand::random();
-    let value = (u128::from(millis & 0xFFFF_FFFF_FFFF) << 80)
-        | (0x7 << 76)
-        | (u128::from(counter >> 30) << 64)
-        | (0b10 << 62)
-        | (u128::from(counter & 0x3FFF_FFFF) << 32)
-        | u128::from(random);
-    Uuid::from_u128(value)
-}
-
-/// A random starting counter for a new millisecond, with its top bit clear so that the
-/// millisecond has room for at least 2^41 ids.
-fn seed_counter() -> u64 {
-    rand::random::<u64>() & ((1u64 << (ID_COUNTER_BITS - 1)) - 1)
+    Uuid::now_v7()
 }
 
 /// The size of `m` as Postgres prints it (`jsonb::text`), which is what the table's

@@ -1,121 +1,258 @@
-//! Metrics: every counter walcast keeps, declared in one place and rendered as Prometheus text
-//! on `GET /metrics`.
+//! Metrics: every counter walcast keeps, declared once in `declare_metrics!` below and served as
+//! Prometheus text on `GET /metrics`.
 //!
-//! Metric names are constants on [`Metrics`]; labels stay low-cardinality (routes, status codes,
-//! error codes, protocol names; never client ids, topics or row values). Counters are plain
-//! atomics so hot paths (the replication reader, the hub) pay one relaxed add. `METRICS.md` at
-//! the repository root lists them all.
+//! Labels stay low-cardinality (routes, status codes, error codes, protocol names; never client
+//! ids, topics or row values) and are typed label sets ([`HttpLabels`], [`CodeLabel`], ...), so a
+//! request pays no `format!` and a label value cannot carry a second label by accident.
+//! `METRICS.md` at the repository root lists every series; a unit test checks it against
+//! [`Metrics::render`].
+//!
+//! The registry and the text format come from `prometheus-client` (the Prometheus project's Rust
+//! client). It was chosen over `metrics` + `metrics-exporter-prometheus` because walcast reads
+//! its own counters back (`GET /v1/status`, the admin console, the `walcast.metrics` snapshots)
+//! and keeps one registry per [`Metrics`] value (tests run several servers in one process):
+//! `prometheus-client` hands out metric handles with `get()` and needs no global recorder.
+//! Output uses its Prometheus text encoder (format 0.0.4, the content type `/metrics` always
+//! had), so `# TYPE` lines and series names are what they were before the switch.
+//!
+//! The thin wrappers here ([`Counter`], [`Gauge`], [`LabeledCounter`], [`Histogram`]) keep the
+//! call-site API (`inc`, `add`, `set`, `get`, `observe`) that the rest of the crate used before;
+//! each holds a `prometheus-client` handle that shares its value with the registry. Counters are
+//! atomics (one relaxed add on hot paths); a labeled counter takes a read lock on its family
+//! map; a histogram takes a short mutex.
 
 pub mod persister;
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::hash::Hash;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter as PromCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge as PromGauge;
+use prometheus_client::metrics::histogram::Histogram as PromHistogram;
+use prometheus_client::registry::Registry;
+
+/// `Content-Type` of [`Metrics::render`]'s output (the Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Suffix the text encoder appends to every counter's name.
+const COUNTER_SUFFIX: &str = "_total";
+
+/// A metric that registers a handle to itself under a name and a help text.
+trait Register {
+    /// Adds this metric to `registry`. `name` is the series name as scraped; `help` has no
+    /// trailing period (the registry adds one).
+    fn register(&self, registry: &mut Registry, name: &'static str, help: &'static str);
+}
+
+/// The name a counter is registered under: the scraped name without the `_total` the encoder
+/// appends. A counter declared without `_total` is a bug in the `declare_metrics!` list.
+fn counter_name(name: &'static str) -> &'static str {
+    name.strip_suffix(COUNTER_SUFFIX)
+        .unwrap_or_else(|| panic!("counter {name} must end with {COUNTER_SUFFIX}"))
+}
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+pub struct Counter(PromCounter);
 
 impl Counter {
     /// Adds `n`.
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.inc_by(n);
     }
     /// Adds one.
     pub fn inc(&self) {
-        self.add(1);
+        self.0.inc();
     }
     /// Current value.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
+    }
+}
+
+impl Register for Counter {
+    fn register(&self, registry: &mut Registry, name: &'static str, help: &'static str) {
+        registry.register(counter_name(name), help, self.0.clone());
     }
 }
 
 /// A value that goes up and down.
 #[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
+pub struct Gauge(PromGauge);
 
 impl Gauge {
     /// Sets the value.
     pub fn set(&self, v: i64) {
-        self.0.store(v, Ordering::Relaxed);
+        self.0.set(v);
     }
     /// Adds `d` (may be negative).
     pub fn add(&self, d: i64) {
-        self.0.fetch_add(d, Ordering::Relaxed);
+        self.0.inc_by(d);
     }
     /// Current value.
     pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
     }
 }
 
-/// A counter split by one low-cardinality label value.
-#[derive(Debug, Default)]
-pub struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
-
-impl LabeledCounter {
-    /// Adds `n` to the series with this label value.
-    pub fn add(&self, label: &str, n: u64) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get_mut(label) {
-            Some(v) => *v += n,
-            None => {
-                map.insert(label.to_owned(), n);
-            }
-        }
-    }
-    /// Value of one series (0 when never touched).
-    pub fn get(&self, label: &str) -> u64 {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(label).copied().unwrap_or(0)
-    }
-    /// Snapshot of all series.
-    fn snapshot(&self) -> Vec<(String, u64)> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+impl Register for Gauge {
+    fn register(&self, registry: &mut Registry, name: &'static str, help: &'static str) {
+        registry.register(name, help, self.0.clone());
     }
 }
 
-/// A histogram with fixed bucket bounds.
+/// A share between 0 and 1, set in millionths (integer arithmetic at the call site) and
+/// exported as a float gauge.
 #[derive(Debug)]
-pub struct Histogram {
-    /// Upper bounds of the buckets (exclusive of +Inf).
-    bounds: &'static [f64],
-    /// Per-bucket counts (not cumulative), plus one for +Inf.
-    buckets: Vec<AtomicU64>,
-    /// Sum of observations, in millionths.
-    sum_micro: AtomicU64,
-    /// Number of observations.
-    count: AtomicU64,
+pub struct RatioGauge {
+    /// The exported value.
+    ratio: PromGauge<f64, AtomicU64>,
+    /// The value as set, in millionths.
+    ppm: Gauge,
 }
+
+impl RatioGauge {
+    /// A ratio starting at `ppm` millionths.
+    fn with_ppm(ppm: i64) -> Self {
+        let g = RatioGauge {
+            ratio: PromGauge::default(),
+            ppm: Gauge::default(),
+        };
+        g.set(ppm);
+        g
+    }
+    /// Sets the value, in millionths.
+    pub fn set(&self, ppm: i64) {
+        self.ppm.set(ppm);
+        self.ratio.set(ppm as f64 / 1e6);
+    }
+    /// Current value, in millionths.
+    pub fn get(&self) -> i64 {
+        self.ppm.get()
+    }
+}
+
+impl Register for RatioGauge {
+    fn register(&self, registry: &mut Registry, name: &'static str, help: &'static str) {
+        registry.register(name, help, self.ratio.clone());
+    }
+}
+
+/// A counter split by a typed label set `L`.
+#[derive(Debug)]
+pub struct LabeledCounter<L>(Family<L, PromCounter>);
+
+impl<L: Clone + Hash + Eq> Default for LabeledCounter<L> {
+    fn default() -> Self {
+        LabeledCounter(Family::default())
+    }
+}
+
+impl<L: Clone + Hash + Eq> LabeledCounter<L> {
+    /// Adds `n` to the series with these labels (a single label's value converts into `L`).
+    pub fn add(&self, labels: impl Into<L>, n: u64) {
+        self.0.get_or_create(&labels.into()).inc_by(n);
+    }
+    /// Value of one series (0 when never touched; reading does not create it).
+    pub fn get(&self, labels: impl Into<L>) -> u64 {
+        self.0.get(&labels.into()).map_or(0, |c| c.get())
+    }
+}
+
+impl<L> Register for LabeledCounter<L>
+where
+    L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn register(&self, registry: &mut Registry, name: &'static str, help: &'static str) {
+        registry.register(counter_name(name), help, Listed(self.0.clone()));
+    }
+}
+
+/// A family whose `# HELP` and `# TYPE` lines are rendered even before its first series
+/// (`prometheus-client` leaves empty families out; walcast always listed them, and scrapers and
+/// tests look for them).
+#[derive(Debug)]
+struct Listed<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Listed<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+    // `is_empty` keeps its default, `false`.
+}
+
+/// A histogram with fixed bucket bounds (`+Inf` is implicit).
+#[derive(Debug)]
+pub struct Histogram(PromHistogram);
 
 impl Histogram {
-    /// A histogram over these bounds.
+    /// A histogram over these upper bounds.
     pub fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micro: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
+        Histogram(PromHistogram::new(bounds.iter().copied()))
     }
     /// Records one observation.
     pub fn observe(&self, v: f64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(self.bounds.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micro
-            .fetch_add((v.max(0.0) * 1e6) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.0.observe(v);
     }
-    /// Number of observations.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+}
+
+impl Register for Histogram {
+    fn register(&self, registry: &mut Registry, name: &'static str, help: &'static str) {
+        registry.register(name, help, self.0.clone());
+    }
+}
+
+/// Labels of `walcast_http_requests_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// Route pattern as registered with the router (`/v1/dlq/{id}`), never the concrete path.
+    pub route: &'static str,
+    /// HTTP status code.
+    pub status: u16,
+}
+
+/// A `code` label: a stable error code.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The code (`invalid_event`, `unauthorized`, ...).
+    pub code: &'static str,
+}
+
+impl From<&'static str> for CodeLabel {
+    fn from(code: &'static str) -> Self {
+        CodeLabel { code }
+    }
+}
+
+/// A `kind` label: an error or mismatch kind.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The kind.
+    pub kind: &'static str,
+}
+
+impl From<&'static str> for KindLabel {
+    fn from(kind: &'static str) -> Self {
+        KindLabel { kind }
+    }
+}
+
+/// A `protocol` label: the WebSocket protocol (`ws`, `realtime`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    /// The protocol.
+    pub protocol: &'static str,
+}
+
+impl From<&'static str> for ProtocolLabel {
+    fn from(protocol: &'static str) -> Self {
+        ProtocolLabel { protocol }
     }
 }
 
@@ -126,113 +263,161 @@ const SECONDS_BUCKETS: &[f64] = &[
 /// Event-count buckets for batch sizes.
 const SIZE_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0];
 
-/// All of walcast's metrics.
-#[derive(Debug)]
-pub struct Metrics {
-    /// HTTP requests by `route status`.
-    pub http_requests: LabeledCounter,
-    /// Events committed through ingest.
-    pub events_accepted: Counter,
-    /// Requests rejected, by error code.
-    pub events_rejected: LabeledCounter,
-    /// Events per database write.
-    pub ingest_batch_events: Histogram,
-    /// Seconds per database write (one transaction).
-    pub ingest_flush_seconds: Histogram,
-    /// Database writes that failed.
-    pub ingest_flush_errors: Counter,
-    /// Events fsynced to the spool (database unavailable).
-    pub events_spooled: Counter,
-    /// Events stored in the dead-letter queue.
-    pub events_dead_lettered: Counter,
-    /// Events replayed from the spool into the table.
-    pub spool_replayed: Counter,
-    /// Bytes waiting in the spool.
-    pub spool_bytes: Gauge,
-    /// Retries of database writes.
-    pub ingest_retries: Counter,
-    /// Circuit breaker state: 0 closed, 1 half-open, 2 open.
-    pub breaker_state: Gauge,
-    /// Changes decoded by the replication reader.
-    pub replication_changes: Counter,
-    /// Transactions decoded by the replication reader.
-    pub replication_transactions: Counter,
-    /// Reconnects of the replication reader.
-    pub replication_reconnects: Counter,
-    /// Last LSN received from the server.
-    pub replication_received_lsn: Gauge,
-    /// LSN confirmed to the server (slot's confirmed_flush_lsn as walcast set it).
-    pub replication_confirmed_lsn: Gauge,
-    /// Bytes of WAL between the server's current position and the confirmed LSN.
-    pub slot_lag_bytes: Gauge,
-    /// Decode errors by kind.
-    pub decode_errors: LabeledCounter,
-    /// Connected WebSocket clients by protocol.
-    pub clients: LabeledCounter,
-    /// Currently connected /ws clients.
-    pub ws_clients: Gauge,
-    /// Frames delivered to clients (all protocols).
-    pub deliveries: Counter,
-    /// Clients closed because they fell behind.
-    pub clients_lagged: Counter,
-    /// Changes replayed to resuming clients.
-    pub replayed_changes: Counter,
-    /// Change frames encoded (once per change and wire format).
-    pub frames_encoded: Counter,
-    /// Changes the consistency checker encoded through both wire formats and compared.
-    pub consistency_checked: Counter,
-    /// Consistency mismatches by kind (`json_decode`, `json_field`, `realtime_decode`,
-    /// `realtime_field`, `cross_path`, `delivery`).
-    pub consistency_mismatches: LabeledCounter,
-    /// Share of the last consistency sample without a mismatch, in millionths.
-    pub consistency_match_ratio_ppm: Gauge,
-    /// Calls of `walcast.realtime_visible_ids` by the Realtime row level security gate.
-    pub realtime_rls_calls: Counter,
-    /// (commit, claims group) checks answered by those calls.
-    pub realtime_rls_checks: Counter,
-    /// Seconds per gate call (failed calls included).
-    pub realtime_rls_call_seconds: Histogram,
-    /// Gate calls that failed (no connection, database error, timeout).
-    pub realtime_rls_errors: Counter,
+/// Declares [`Metrics`]: one line per metric with its field (doc, name, type, initial value when
+/// not `Default`), the series name as scraped and the help text. The registry renders metrics in
+/// this order.
+macro_rules! declare_metrics {
+    (@init) => { Default::default() };
+    (@init $init:expr) => { $init };
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident: $ty:ty $(= $init:expr)? => $name:literal, $help:literal;
+    )*) => {
+        /// All of walcast's metrics, and the registry that renders them.
+        #[derive(Debug)]
+        pub struct Metrics {
+            $(
+                $(#[doc = $doc])*
+                pub $field: $ty,
+            )*
+            /// Handles to every metric above, in declaration order.
+            registry: Registry,
+        }
+
+        impl Default for Metrics {
+            fn default() -> Self {
+                let mut registry = Registry::default();
+                $(
+                    let $field: $ty = declare_metrics!(@init $($init)?);
+                    $field.register(&mut registry, $name, $help);
+                )*
+                Metrics { $($field,)* registry }
+            }
+        }
+    };
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            http_requests: LabeledCounter::default(),
-            events_accepted: Counter::default(),
-            events_rejected: LabeledCounter::default(),
-            ingest_batch_events: Histogram::new(SIZE_BUCKETS),
-            ingest_flush_seconds: Histogram::new(SECONDS_BUCKETS),
-            ingest_flush_errors: Counter::default(),
-            events_spooled: Counter::default(),
-            events_dead_lettered: Counter::default(),
-            spool_replayed: Counter::default(),
-            spool_bytes: Gauge::default(),
-            ingest_retries: Counter::default(),
-            breaker_state: Gauge::default(),
-            replication_changes: Counter::default(),
-            replication_transactions: Counter::default(),
-            replication_reconnects: Counter::default(),
-            replication_received_lsn: Gauge::default(),
-            replication_confirmed_lsn: Gauge::default(),
-            slot_lag_bytes: Gauge::default(),
-            decode_errors: LabeledCounter::default(),
-            clients: LabeledCounter::default(),
-            ws_clients: Gauge::default(),
-            deliveries: Counter::default(),
-            clients_lagged: Counter::default(),
-            replayed_changes: Counter::default(),
-            frames_encoded: Counter::default(),
-            consistency_checked: Counter::default(),
-            consistency_mismatches: LabeledCounter::default(),
-            consistency_match_ratio_ppm: Gauge(AtomicI64::new(1_000_000)),
-            realtime_rls_calls: Counter::default(),
-            realtime_rls_checks: Counter::default(),
-            realtime_rls_call_seconds: Histogram::new(SECONDS_BUCKETS),
-            realtime_rls_errors: Counter::default(),
-        }
-    }
+declare_metrics! {
+    /// HTTP requests by route and status (count one with [`Metrics::http_request`]).
+    http_requests: LabeledCounter<HttpLabels>
+        => "walcast_http_requests_total", "HTTP requests by route and status";
+    /// Events committed through ingest.
+    events_accepted: Counter
+        => "walcast_events_accepted_total", "Events committed to monitoring_events through ingest";
+    /// Requests rejected, by error code.
+    events_rejected: LabeledCounter<CodeLabel>
+        => "walcast_events_rejected_total", "Requests rejected by ingest, by error code";
+    /// Events per database write.
+    ingest_batch_events: Histogram = Histogram::new(SIZE_BUCKETS)
+        => "walcast_ingest_batch_events", "Events per database write";
+    /// Seconds per database write (one transaction).
+    ingest_flush_seconds: Histogram = Histogram::new(SECONDS_BUCKETS)
+        => "walcast_ingest_flush_seconds", "Duration of one database write (one transaction)";
+    /// Database writes that failed.
+    ingest_flush_errors: Counter
+        => "walcast_ingest_flush_errors_total", "Database writes that failed";
+    /// Events fsynced to the spool (database unavailable).
+    events_spooled: Counter
+        => "walcast_events_spooled_total",
+           "Events fsynced to the local spool while the database was unavailable";
+    /// Events stored in the dead-letter queue.
+    events_dead_lettered: Counter
+        => "walcast_events_dead_lettered_total",
+           "Events stored in the dead-letter queue because Postgres rejects them";
+    /// Events replayed from the spool into the table.
+    spool_replayed: Counter
+        => "walcast_spool_replayed_total", "Events replayed from the spool into the table";
+    /// Bytes waiting in the spool.
+    spool_bytes: Gauge => "walcast_spool_bytes", "Bytes waiting in the spool";
+    /// Retries of database writes.
+    ingest_retries: Counter
+        => "walcast_ingest_retries_total", "Retries of database writes after transient errors";
+    /// Circuit breaker state: 0 closed, 1 half-open, 2 open (set at scrape time).
+    breaker_state: Gauge
+        => "walcast_breaker_state",
+           "Circuit breaker around database writes: 0 closed, 1 half-open, 2 open";
+    /// Database pool: connections open (sampled by [`Metrics::render`]).
+    pool_connections_size: Gauge
+        => "walcast_pool_connections_size", "Database pool: connections open";
+    /// Database pool: connections idle (sampled by [`Metrics::render`]).
+    pool_connections_available: Gauge
+        => "walcast_pool_connections_available", "Database pool: connections idle";
+    /// Database pool: tasks waiting for a connection (sampled by [`Metrics::render`]).
+    pool_connections_waiting: Gauge
+        => "walcast_pool_connections_waiting",
+           "Database pool: connections waiting for a connection";
+    /// Database pool: configured maximum (sampled by [`Metrics::render`]).
+    pool_connections_max: Gauge
+        => "walcast_pool_connections_max", "Database pool: connections maximum";
+    /// Changes decoded by the replication reader.
+    replication_changes: Counter
+        => "walcast_replication_changes_total", "Row changes decoded from the WAL";
+    /// Transactions decoded by the replication reader.
+    replication_transactions: Counter
+        => "walcast_replication_transactions_total", "Transactions decoded from the WAL";
+    /// Reconnects of the replication reader.
+    replication_reconnects: Counter
+        => "walcast_replication_reconnects_total", "Reconnects of the replication reader";
+    /// Last LSN received from the server.
+    replication_received_lsn: Gauge
+        => "walcast_replication_received_lsn", "Last WAL position received from Postgres";
+    /// LSN confirmed to the server (slot's confirmed_flush_lsn as walcast set it).
+    replication_confirmed_lsn: Gauge
+        => "walcast_replication_confirmed_lsn",
+           "WAL position confirmed to Postgres (the slot keeps WAL after it)";
+    /// Bytes of WAL between the server's current position and the confirmed LSN.
+    slot_lag_bytes: Gauge
+        => "walcast_slot_lag_bytes",
+           "WAL bytes the slot retains behind the server's current position";
+    /// Decode errors by kind.
+    decode_errors: LabeledCounter<KindLabel>
+        => "walcast_decode_errors_total", "pgoutput messages that failed to decode, by kind";
+    /// Currently connected /ws clients.
+    ws_clients: Gauge => "walcast_ws_clients", "Connected /ws clients";
+    /// WebSocket connections accepted, by protocol.
+    clients: LabeledCounter<ProtocolLabel>
+        => "walcast_client_connections_total", "WebSocket connections accepted, by protocol";
+    /// Frames delivered to clients (all protocols).
+    deliveries: Counter => "walcast_deliveries_total", "Change frames written to clients";
+    /// Clients closed because they fell behind.
+    clients_lagged: Counter
+        => "walcast_clients_lagged_total", "Clients closed with `lagged` because they fell behind";
+    /// Changes replayed to resuming clients.
+    replayed_changes: Counter
+        => "walcast_replayed_changes_total", "Changes replayed to resuming clients";
+    /// Change frames encoded (once per change and wire format).
+    frames_encoded: Counter
+        => "walcast_frames_encoded_total",
+           "Change frames encoded (once per change and wire format)";
+    /// Changes the consistency checker encoded through both wire formats and compared.
+    consistency_checked: Counter
+        => "walcast_consistency_checked_total",
+           "Changes the consistency checker encoded through both wire formats and compared";
+    /// Consistency mismatches by kind (`json_decode`, `json_field`, `realtime_decode`,
+    /// `realtime_field`, `cross_path`, `delivery`).
+    consistency_mismatches: LabeledCounter<KindLabel>
+        => "walcast_consistency_mismatches_total",
+           "Consistency mismatches found by the checker, by kind";
+    /// Share of the last consistency sample without a mismatch, set in millionths.
+    consistency_match_ratio_ppm: RatioGauge = RatioGauge::with_ppm(1_000_000)
+        => "walcast_consistency_match_ratio",
+           "Share of the last consistency sample without a mismatch (1 when empty)";
+    /// Calls of `walcast.realtime_visible_ids` by the Realtime row level security gate.
+    realtime_rls_calls: Counter
+        => "walcast_realtime_rls_calls_total",
+           "Calls of walcast.realtime_visible_ids by the Realtime row level security gate";
+    /// (commit, claims group) checks answered by those calls.
+    realtime_rls_checks: Counter
+        => "walcast_realtime_rls_checks_total",
+           "(commit, claims group) checks answered by the row level security gate's calls";
+    /// Seconds per gate call (failed calls included).
+    realtime_rls_call_seconds: Histogram = Histogram::new(SECONDS_BUCKETS)
+        => "walcast_realtime_rls_call_seconds",
+           "Duration of one row level security gate call (failed calls included)";
+    /// Gate calls that failed (no connection, database error, timeout).
+    realtime_rls_errors: Counter
+        => "walcast_realtime_rls_errors_total",
+           "Row level security gate calls that failed (no connection, database error, timeout)";
 }
 
 /// Pool figures sampled at render time.
@@ -249,289 +434,168 @@ pub struct PoolStats {
 }
 
 impl Metrics {
-    /// Renders every metric in the Prometheus text exposition format.
+    /// Counts one HTTP request; `route` is the router's pattern, not the concrete path.
+    pub fn http_request(&self, route: &'static str, status: u16) {
+        self.http_requests.add(HttpLabels { route, status }, 1);
+    }
+
+    /// Renders every metric in the Prometheus text exposition format ([`CONTENT_TYPE`]), with
+    /// the pool gauges set from `pool` first.
     pub fn render(&self, pool: PoolStats) -> String {
-        let mut out = String::with_capacity(4096);
-        labeled(
-            &mut out,
-            "walcast_http_requests_total",
-            "HTTP requests by route and status.",
-            &["route", "status"],
-            &self.http_requests,
-        );
-        counter(
-            &mut out,
-            "walcast_events_accepted_total",
-            "Events committed to monitoring_events through ingest.",
-            self.events_accepted.get(),
-        );
-        labeled(
-            &mut out,
-            "walcast_events_rejected_total",
-            "Requests rejected by ingest, by error code.",
-            &["code"],
-            &self.events_rejected,
-        );
-        histogram(
-            &mut out,
-            "walcast_ingest_batch_events",
-            "Events per database write.",
-            &self.ingest_batch_events,
-        );
-        histogram(
-            &mut out,
-            "walcast_ingest_flush_seconds",
-            "Duration of one database write (one transaction).",
-            &self.ingest_flush_seconds,
-        );
-        counter(
-            &mut out,
-            "walcast_ingest_flush_errors_total",
-            "Database writes that failed.",
-            self.ingest_flush_errors.get(),
-        );
-        counter(
-            &mut out,
-            "walcast_events_spooled_total",
-            "Events fsynced to the local spool while the database was unavailable.",
-            self.events_spooled.get(),
-        );
-        counter(
-            &mut out,
-            "walcast_events_dead_lettered_total",
-            "Events stored in the dead-letter queue because Postgres rejects them.",
-            self.events_dead_lettered.get(),
-        );
-        counter(
-            &mut out,
-            "walcast_spool_replayed_total",
-            "Events replayed from the spool into the table.",
-            self.spool_replayed.get(),
-        );
-        gauge(
-            &mut out,
-            "walcast_spool_bytes",
-            "Bytes waiting in the spool.",
-            self.spool_bytes.get(),
-        );
-        counter(
-            &mut out,
-            "walcast_ingest_retries_total",
-            "Retries of database writes after transient errors.",
-            self.ingest_retries.get(),
-        );
-        gauge(
-            &mut out,
-            "walcast_breaker_state",
-            "Circuit breaker around database writes: 0 closed, 1 half-open, 2 open.",
-            self.breaker_state.get(),
-        );
-        for (name, help, v) in [
-            ("size", "open", pool.size),
-            ("available", "idle", pool.available),
-            ("waiting", "waiting for a connection", pool.waiting),
-            ("max", "maximum", pool.max_size),
-        ] {
-            gauge(
-                &mut out,
-                &format!("walcast_pool_connections_{name}"),
-                &format!("Database pool: connections {help}."),
-                v as i64,
-            );
+        self.pool_connections_size.set(pool.size as i64);
+        self.pool_connections_available.set(pool.available as i64);
+        self.pool_connections_waiting.set(pool.waiting as i64);
+        self.pool_connections_max.set(pool.max_size as i64);
+        let mut out = String::with_capacity(8192);
+        // Writing into a String does not fail, and no metric here refuses the text format
+        // (only native-only histograms do).
+        if let Err(e) = prometheus_text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics could not be rendered");
         }
-        counter(
-            &mut out,
-            "walcast_replication_changes_total",
-            "Row changes decoded from the WAL.",
-            self.replication_changes.get(),
-        );
-        counter(
-            &mut out,
-            "walcast_replication_transactions_total",
-            "Transactions decoded from the WAL.",
-            self.replication_transactions.get(),
-        );
-        counter(
-            &mut out,
-            "walcast_replication_reconnects_total",
-            "Reconnects of the replication reader.",
-            self.replication_reconnects.get(),
-        );
-        gauge(
-            &mut out,
-            "walcast_replication_received_lsn",
-            "Last WAL position received from Postgres.",
-            self.replication_received_lsn.get(),
-        );
-        gauge(
-            &mut out,
-            "walcast_replication_confirmed_lsn",
-            "WAL position confirmed to Postgres (the slot keeps WAL after it).",
-            self.replication_confirmed_lsn.get(),
-        );
-        gauge(
-            &mut out,
-            "walcast_slot_lag_bytes",
-            "WAL bytes the slot retains behind the server's current position.",
-            self.slot_lag_bytes.get(),
-        );
-        labeled(
-            &mut out,
-            "walcast_decode_errors_total",
-            "pgoutput messages that failed to decode, by kind.",
-            &["kind"],
-            &self.decode_errors,
-        );
-        gauge(
-            &mut out,
-            "walcast_ws_clients",
-            "Connected /ws clients.",
-            self.ws_clients.get(),
-        );
-        labeled(
-            &mut out,
-            "walcast_client_connections_total",
-            "WebSocket connections accepted, by protocol.",
-            &["protocol"],
-            &self.clients,
-        );
-        counter(
-            &mut out,
-            "walcast_deliveries_total",
-            "Change frames written to clients.",
-            self.deliveries.get(),
-        );
-        counter(
-            &mut out,
-            "walcast_clients_lagged_total",
-            "Clients closed with `lagged` because they fell behind.",
-            self.clients_lagged.get(),
-        );
-        counter(
-            &mut out,
-            "walcast_replayed_changes_total",
-            "Changes replayed to resuming clients.",
-            self.replayed_changes.get(),
-        );
-        counter(
-            &mut out,
-            "walcast_frames_encoded_total",
-            "Change frames encoded (once per change and wire format).",
-            self.frames_encoded.get(),
-        );
-        counter(
-            &mut out,
-            "walcast_consistency_checked_total",
-            "Changes the consistency checker encoded through both wire formats and compared.",
-            self.consistency_checked.get(),
-        );
-        labeled(
-            &mut out,
-            "walcast_consistency_mismatches_total",
-            "Consistency mismatches found by the checker, by kind.",
-            &["kind"],
-            &self.consistency_mismatches,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP walcast_consistency_match_ratio Share of the last consistency sample without a mismatch (1 when empty).\n\
-             # TYPE walcast_consistency_match_ratio gauge\n\
-             walcast_consistency_match_ratio {}",
-            self.consistency_match_ratio_ppm.get() as f64 / 1e6
-        );
-        counter(
-            &mut out,
-            "walcast_realtime_rls_calls_total",
-            "Calls of walcast.realtime_visible_ids by the Realtime row level security gate.",
-            self.realtime_rls_calls.get(),
-        );
-        counter(
-            &mut out,
-            "walcast_realtime_rls_checks_total",
-            "(commit, claims group) checks answered by the row level security gate's calls.",
-            self.realtime_rls_checks.get(),
-        );
-        histogram(
-            &mut out,
-            "walcast_realtime_rls_call_seconds",
-            "Duration of one row level security gate call (failed calls included).",
-            &self.realtime_rls_call_seconds,
-        );
-        counter(
-            &mut out,
-            "walcast_realtime_rls_errors_total",
-            "Row level security gate calls that failed (no connection, database error, timeout).",
-            self.realtime_rls_errors.get(),
-        );
         out
     }
-}
-
-/// Writes one counter.
-fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-    );
-}
-
-/// Writes one gauge.
-fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-}
-
-/// Writes a labeled counter; a label value holding several labels separates them with a space.
-fn labeled(out: &mut String, name: &str, help: &str, keys: &[&str], c: &LabeledCounter) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-    for (label, v) in c.snapshot() {
-        let parts: Vec<&str> = label.splitn(keys.len(), ' ').collect();
-        let labels: Vec<String> = keys
-            .iter()
-            .zip(parts.iter().chain(std::iter::repeat(&"")))
-            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-            .collect();
-        let _ = writeln!(out, "{name}{{{}}} {v}", labels.join(","));
-    }
-}
-
-/// Writes a histogram with cumulative buckets.
-fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    let mut cumulative = 0;
-    for (i, b) in h.buckets.iter().enumerate() {
-        cumulative += b.load(Ordering::Relaxed);
-        match h.bounds.get(i) {
-            Some(le) => {
-                let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-            }
-            None => {
-                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-            }
-        }
-    }
-    let sum = h.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
-    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {}", h.count());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Family names in `METRICS.md`'s table (the `_available` / `_waiting` / `_max` shorthand
+    /// expanded).
+    fn documented_names() -> Vec<String> {
+        let mut names = Vec::new();
+        for line in include_str!("../../METRICS.md").lines() {
+            let Some(first) = line.strip_prefix("| `walcast_") else {
+                continue;
+            };
+            let cell = first.split(" |").next().unwrap_or_default();
+            let mut parts = cell.split(" / ");
+            let base = format!(
+                "walcast_{}",
+                parts.next().unwrap_or_default().trim_matches('`')
+            );
+            for suffix in parts {
+                let suffix = suffix.trim_matches('`');
+                let stem = base.rsplit_once('_').map_or(base.as_str(), |(s, _)| s);
+                names.push(format!("{stem}{suffix}"));
+            }
+            names.push(base);
+        }
+        names
+    }
+
+    /// Family names in the rendered text, from its `# TYPE` lines.
+    fn rendered_names(text: &str) -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn metrics_md_lists_exactly_the_rendered_metrics() {
+        let m = Metrics::default();
+        let mut rendered = rendered_names(&m.render(PoolStats::default()));
+        let mut documented = documented_names();
+        rendered.sort();
+        documented.sort();
+        assert!(
+            documented.len() > 30,
+            "METRICS.md table not parsed: {documented:?}"
+        );
+        assert_eq!(rendered, documented);
+    }
+
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::default();
         m.events_accepted.add(3);
         m.events_rejected.add("invalid_event", 2);
-        m.http_requests.add("/v1/events 201", 1);
+        m.http_request("/v1/events", 201);
         m.ingest_flush_seconds.observe(0.003);
-        let text = m.render(PoolStats::default());
-        assert!(text.contains("walcast_events_accepted_total 3"));
-        assert!(text.contains("walcast_events_rejected_total{code=\"invalid_event\"} 2"));
-        assert!(
-            text.contains("walcast_http_requests_total{route=\"/v1/events\",status=\"201\"} 1")
+        let text = m.render(PoolStats {
+            size: 3,
+            available: 2,
+            waiting: 0,
+            max_size: 16,
+        });
+        for line in [
+            "# HELP walcast_events_accepted_total Events committed to monitoring_events through ingest.",
+            "# TYPE walcast_events_accepted_total counter",
+            "walcast_events_accepted_total 3",
+            "walcast_events_rejected_total{code=\"invalid_event\"} 2",
+            "walcast_http_requests_total{route=\"/v1/events\",status=\"201\"} 1",
+            "walcast_ingest_flush_seconds_bucket{le=\"0.0025\"} 0",
+            "walcast_ingest_flush_seconds_bucket{le=\"0.005\"} 1",
+            "walcast_ingest_flush_seconds_count 1",
+            "walcast_ingest_batch_events_bucket{le=\"10000\"} 0",
+            "walcast_pool_connections_size 3",
+            "walcast_pool_connections_available 2",
+            "walcast_pool_connections_waiting 0",
+            "walcast_pool_connections_max 16",
+            "walcast_consistency_match_ratio 1.0",
+            "# TYPE walcast_consistency_mismatches_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert_eq!(m.events_rejected.get("invalid_event"), 2);
+        assert_eq!(m.events_rejected.get("unauthorized"), 0);
+        assert_eq!(
+            m.http_requests.get(HttpLabels {
+                route: "/v1/events",
+                status: 201
+            }),
+            1
         );
-        assert!(text.contains("walcast_ingest_flush_seconds_bucket{le=\"0.005\"} 1"));
-        assert!(text.contains("walcast_ingest_flush_seconds_count 1"));
+    }
+
+    #[test]
+    fn histogram_buckets_are_unchanged() {
+        let m = Metrics::default();
+        let text = m.render(PoolStats::default());
+        let bounds = |name: &str| -> Vec<String> {
+            let prefix = format!("{name}_bucket{{le=\"");
+            text.lines()
+                .filter_map(|l| l.strip_prefix(prefix.as_str()))
+                .filter_map(|l| l.split('"').next())
+                .map(str::to_owned)
+                .collect()
+        };
+        let seconds = [
+            "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
+            "1", "2.5", "5", "+Inf",
+        ];
+        assert_eq!(bounds("walcast_ingest_flush_seconds"), seconds);
+        assert_eq!(bounds("walcast_realtime_rls_call_seconds"), seconds);
+        assert_eq!(
+            bounds("walcast_ingest_batch_events"),
+            [
+                "1", "5", "10", "50", "100", "500", "1000", "5000", "10000", "+Inf"
+            ]
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::default();
+        m.decode_errors.add("a\nb \"c\" d\\e", 1);
+        let text = m.render(PoolStats::default());
+        let line = r#"walcast_decode_errors_total{kind="a\nb \"c\" d\\e"} 1"#;
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+
+    #[test]
+    fn ratio_gauge_exports_millionths_as_a_share() {
+        let m = Metrics::default();
+        assert_eq!(m.consistency_match_ratio_ppm.get(), 1_000_000);
+        m.consistency_match_ratio_ppm.set(250_000);
+        assert_eq!(m.consistency_match_ratio_ppm.get(), 250_000);
+        let text = m.render(PoolStats::default());
+        assert!(
+            text.lines()
+                .any(|l| l == "walcast_consistency_match_ratio 0.25")
+        );
     }
 
     #[test]
@@ -564,10 +628,15 @@ mod tests {
             "walcast_realtime_rls_call_seconds_bucket{le=\"0.005\"} 1",
             "walcast_realtime_rls_call_seconds_bucket{le=\"0.25\"} 2",
             "walcast_realtime_rls_call_seconds_bucket{le=\"+Inf\"} 2",
-            "walcast_realtime_rls_call_seconds_sum 0.204",
             "walcast_realtime_rls_call_seconds_count 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("walcast_realtime_rls_call_seconds_sum "))
+            .and_then(|v| v.parse().ok())
+            .expect("sum line");
+        assert!((sum - 0.204).abs() < 1e-9, "{sum}");
     }
 }
