@@ -204,7 +204,7 @@ pub async fn serve(
     let batcher_task = sup.watch(task::BATCHER, &batch_token, batcher_task);
     let persister_token = CancellationToken::new();
     let persister_task = config.metrics_interval.map(|interval| {
-        let run = tokio::spawn(crate::metrics::persister::run(
+        let run = tokio::spawn(crate::ingest::metrics_events::run(
             Arc::clone(&metrics),
             batcher.clone(),
             Arc::clone(&writer),

@@ -5,6 +5,9 @@
 //! changes it produced so far). It never does I/O, never filters tables or operations (every
 //! relation's changes come out) and never buffers a transaction: each change is yielded as soon
 //! as its message is decoded, so holding changes back until Commit is up to the caller.
+//!
+//! One cohesive job, the message-by-message state machine, in one file (about half of it tests
+//! of that state machine).
 
 use std::sync::Arc;
 

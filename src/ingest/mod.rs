@@ -8,6 +8,7 @@ pub mod batcher;
 pub mod breaker;
 pub mod error;
 pub mod http;
+pub mod metrics_events;
 pub mod parse;
 pub mod request;
 pub mod spool;

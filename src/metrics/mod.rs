@@ -21,8 +21,6 @@
 //! atomics (one relaxed add on hot paths); a labeled counter takes a read lock on its family
 //! map; a histogram takes a short mutex.
 
-pub mod persister;
-
 use std::hash::Hash;
 use std::sync::atomic::AtomicU64;
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::Metrics;
+use super::Batcher;
 use crate::events::EventRecord;
-use crate::ingest::Batcher;
+use crate::metrics::Metrics;
 
 /// Event type of the persisted snapshots.
 pub const METRICS_EVENT_TYPE: &str = "walcast.metrics";

@@ -1,0 +1,473 @@
+//! Filter grammar, matching and the comparison of values.
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+
+use super::*;
+use crate::decode::{Cursor, Lsn, Relation};
+
+fn row(value: Value) -> Row {
+    let Value::Object(values) = value else {
+        panic!("test rows are objects")
+    };
+    Row {
+        values,
+        unchanged_toast: Vec::new(),
+    }
+}
+
+fn event_row() -> Row {
+    row(json!({
+        "id": "0195c1de-0000-7000-8000-000000000001",
+        "event_type": "cpu",
+        "timestamp": "2026-11-23T18:01:59.123456Z",
+        "source": "host-1",
+        "data": {"cores": 8, "tags": ["a", "b"], "usage": 93.5},
+        "metadata": {"ok": true},
+        "created_at": "2026-11-23T18:02:00.000000Z",
+        "severity": 3,
+        "ratio": 0.25,
+        "big": 18446744073709551615u64,
+        "active": true,
+        "note": null,
+        "label": "Hello, world"
+    }))
+}
+
+fn cond(s: &str) -> Condition {
+    Condition::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn check(s: &str) -> bool {
+    cond(s).matches(&event_row())
+}
+
+fn change(op: Operation, record: Option<Row>, old_record: Option<Row>) -> Change {
+    Change {
+        cursor: Cursor {
+            commit_lsn: Lsn(0x10),
+            index: 0,
+        },
+        xid: 7,
+        commit_ts: Utc.with_ymd_and_hms(2026, 11, 23, 18, 2, 0).unwrap(),
+        relation: Arc::new(Relation {
+            oid: 16384,
+            schema: "public".into(),
+            table: "monitoring_events".into(),
+            replica_identity: b'f',
+            columns: Arc::from(Vec::new()),
+        }),
+        op,
+        record,
+        old_record,
+    }
+}
+
+#[test]
+fn parses_each_operator() {
+    for (text, op) in [
+        ("source=eq.host-1", FilterOp::Eq),
+        ("source=neq.host-1", FilterOp::Neq),
+        ("severity=lt.3", FilterOp::Lt),
+        ("severity=lte.3", FilterOp::Lte),
+        ("severity=gt.3", FilterOp::Gt),
+        ("severity=gte.3", FilterOp::Gte),
+    ] {
+        let c = cond(text);
+        assert_eq!(c.op, op);
+        assert!(matches!(c.value, FilterValue::Scalar(_)));
+        assert_eq!(c.to_string(), text);
+    }
+    let c = cond("event_type=in.(cpu,mem)");
+    assert_eq!(c.column, "event_type");
+    assert_eq!(c.op, FilterOp::In);
+    let FilterValue::List(items) = &c.value else {
+        panic!("in has a list")
+    };
+    let texts: Vec<_> = items.iter().map(FilterScalar::text).collect();
+    assert_eq!(texts, ["cpu", "mem"]);
+}
+
+#[test]
+fn value_is_everything_after_the_operator() {
+    let c = cond("label=eq.a.b=c");
+    let FilterValue::Scalar(v) = &c.value else {
+        panic!()
+    };
+    assert_eq!(v.text(), "a.b=c");
+    let c = cond("label=eq.");
+    let FilterValue::Scalar(v) = &c.value else {
+        panic!()
+    };
+    assert_eq!(v.text(), "");
+}
+
+#[test]
+fn string_comparisons() {
+    assert!(check("source=eq.host-1"));
+    assert!(!check("source=eq.host-2"));
+    assert!(!check("source=eq.HOST-1"));
+    assert!(check("source=neq.host-2"));
+    assert!(!check("source=neq.host-1"));
+    assert!(check("source=lt.host-2"));
+    assert!(check("source=lte.host-1"));
+    assert!(!check("source=lt.host-1"));
+    assert!(check("source=gt.host-0"));
+    assert!(check("source=gt.host-"));
+    assert!(check("source=gte.host-1"));
+    assert!(!check("source=gt.host-1"));
+    assert!(check("label=eq.Hello, world"));
+}
+
+#[test]
+fn numeric_comparisons() {
+    assert!(check("severity=eq.3"));
+    assert!(check("severity=eq.3.0"));
+    assert!(check("severity=neq.4"));
+    assert!(check("severity=lt.10"), "numeric, not lexicographic");
+    assert!(check("severity=gt.-1"));
+    assert!(check("severity=gte.3"));
+    assert!(check("severity=lte.3"));
+    assert!(!check("severity=gt.3"));
+    assert!(check("ratio=lt.0.5"));
+    assert!(!check("ratio=gt.2.5e-1"));
+    assert!(check("ratio=eq.2.5e-1"));
+    assert!(check("big=eq.18446744073709551615"), "u64 compared exactly");
+    assert!(check("big=gt.18446744073709551614"));
+    assert!(check("big=lt.1e20"));
+    // A non-numeric filter value against a number compares the JSON text.
+    assert!(check("severity=lt.abc"));
+    assert!(!check("severity=eq.three"));
+    // NaN and infinities are not numbers here.
+    assert!(check("severity=lt.inf"));
+}
+
+#[test]
+fn string_column_with_number_filter_compares_text() {
+    let r = row(json!({"code": "100"}));
+    assert!(cond("code=eq.100").matches(&r));
+    assert!(
+        cond("code=lt.42").matches(&r),
+        "text order: \"100\" < \"42\""
+    );
+}
+
+#[test]
+fn boolean_comparisons() {
+    assert!(check("active=eq.true"));
+    assert!(!check("active=eq.false"));
+    assert!(check("active=neq.false"));
+    assert!(check("active=gt.false"));
+    assert!(!check("active=lt.false"));
+    // Not a boolean literal: text comparison of `true`.
+    assert!(!check("active=eq.TRUE"));
+    assert!(check("active=gt.TRUE"));
+}
+
+#[test]
+fn timestamp_comparisons() {
+    assert!(check("timestamp=eq.2026-11-23T18:01:59.123456Z"));
+    assert!(check("timestamp=eq.2026-11-23T19:01:59.123456+01:00"));
+    assert!(check("timestamp=gt.2026-11-23T18:00:00Z"));
+    assert!(check("timestamp=lt.2026-11-23T18:02:00Z"));
+    assert!(check("timestamp=lte.2026-11-23T18:01:59.123456Z"));
+    assert!(!check("timestamp=gt.2026-11-23T18:01:59.123456Z"));
+    // Chronological, not textual: 17:30 UTC-01:00 is 18:30 UTC.
+    assert!(check("timestamp=lt.2026-11-23T17:30:00-01:00"));
+    assert!(check("created_at=gte.2026-11-23T18:02:00Z"));
+    // A filter that is not a full timestamp compares as text.
+    assert!(check("timestamp=gt.2026-11-23"));
+    assert!(check("timestamp=lt.2026-11-24"));
+}
+
+#[test]
+fn jsonb_comparisons_use_compact_json() {
+    assert!(check("metadata=eq.{\"ok\":true}"));
+    assert!(!check("metadata=eq.{\"ok\": true}"));
+    assert!(check("metadata=neq.{}"));
+    assert!(check(
+        "data=eq.{\"cores\":8,\"tags\":[\"a\",\"b\"],\"usage\":93.5}"
+    ));
+    assert!(check("data=gt.{\"cores\":7"));
+    assert!(check("data=lt.{\"cores\":9"));
+    assert!(
+        check("data=gt.{\"cores\":8"),
+        "longer text with equal prefix"
+    );
+    let r = row(json!({"tags": ["x", "y"]}));
+    assert!(cond("tags=eq.[\"x\",\"y\"]").matches(&r));
+    assert!(cond("tags=in.(\"[\\\"x\\\",\\\"y\\\"]\",z)").matches(&r));
+}
+
+#[test]
+fn missing_and_null_never_match() {
+    for op in ["eq", "neq", "lt", "lte", "gt", "gte"] {
+        assert!(!check(&format!("note={op}.x")), "null with {op}");
+        assert!(!check(&format!("nope={op}.x")), "missing with {op}");
+    }
+    assert!(!check("note=in.(null,x)"));
+    assert!(!check("nope=in.(x)"));
+}
+
+#[test]
+fn in_lists() {
+    assert!(check("event_type=in.(mem,cpu)"));
+    assert!(!check("event_type=in.(mem,disk)"));
+    assert!(check("severity=in.(1,3.0,5)"));
+    assert!(check("active=in.(false,true)"));
+    assert!(check("timestamp=in.(2026-11-23T19:01:59.123456+01:00)"));
+    assert!(check("label=in.(\"Hello, world\",x)"));
+    assert!(
+        check("source=in.( mem , host-1 )"),
+        "unquoted items are trimmed"
+    );
+    assert!(check("source=in.(x,\"host-1\")"));
+    assert!(
+        !check("source=in.(\" host-1\")"),
+        "quoted items keep spaces"
+    );
+}
+
+#[test]
+fn in_list_quoting() {
+    let c = cond(r#"source=in.("a,b",c,"say \"hi\"","back\\slash","",  "(x)" )"#);
+    let FilterValue::List(items) = &c.value else {
+        panic!()
+    };
+    let texts: Vec<_> = items.iter().map(FilterScalar::text).collect();
+    assert_eq!(texts, ["a,b", "c", "say \"hi\"", "back\\slash", "", "(x)"]);
+    let printed = c.to_string();
+    assert_eq!(
+        printed,
+        r#"source=in.("a,b",c,"say \"hi\"","back\\slash","","(x)")"#
+    );
+    assert_eq!(cond(&printed), c);
+    let r = row(json!({"source": "a,b"}));
+    assert!(c.matches(&r));
+}
+
+#[test]
+fn in_list_size_limit() {
+    let items: Vec<String> = (0..MAX_IN_ITEMS).map(|i| i.to_string()).collect();
+    let ok = format!("severity=in.({})", items.join(","));
+    assert!(cond(&ok).matches(&event_row()));
+    let too_many = format!("severity=in.({},100)", items.join(","));
+    assert_eq!(
+        Condition::parse(&too_many).unwrap_err(),
+        FilterError::TooManyInItems { filter: too_many }
+    );
+}
+
+#[test]
+fn column_names() {
+    assert!(Condition::parse("_a1=eq.x").is_ok());
+    assert!(Condition::parse("A_b=eq.x").is_ok());
+    let max = "c".repeat(MAX_COLUMN_LEN);
+    assert!(Condition::parse(&format!("{max}=eq.x")).is_ok());
+}
+
+fn err(s: &str) -> String {
+    let e = Condition::parse(s).unwrap_err();
+    assert_eq!(e.code(), "invalid_filter");
+    e.to_string()
+}
+
+#[test]
+fn parse_errors_say_what_is_wrong() {
+    assert_eq!(
+        err(""),
+        "empty filter: expected `column=op.value`, e.g. `source=eq.host-1`"
+    );
+    assert_eq!(
+        err("source"),
+        "filter `source` has no `=`: expected `column=op.value`, e.g. `source=eq.host-1`"
+    );
+    assert_eq!(
+        err("=eq.x"),
+        "filter `=eq.x` has no column name before `=`: expected `column=op.value`"
+    );
+    let long = format!("{}=eq.x", "c".repeat(64));
+    assert_eq!(
+        err(&long),
+        format!("column name in filter `{long}` is 64 bytes long: at most 63 bytes are allowed")
+    );
+    assert_eq!(
+        err("1source=eq.x"),
+        "invalid column name `1source` in filter `1source=eq.x`: use a letter or `_` \
+         followed by letters, digits or `_`"
+    );
+    assert_eq!(
+        err("data->>cpu=eq.x"),
+        "invalid column name `data->>cpu` in filter `data->>cpu=eq.x`: use a letter or `_` \
+         followed by letters, digits or `_`"
+    );
+    assert_eq!(
+        err("source=host-1"),
+        "filter `source=host-1` has no operator: expected `column=op.value` with op one of \
+         eq, neq, lt, lte, gt, gte or in"
+    );
+    assert_eq!(
+        err("source=.x"),
+        "filter `source=.x` has no operator: expected `column=op.value` with op one of \
+         eq, neq, lt, lte, gt, gte or in"
+    );
+    assert_eq!(
+        err("source=like.x"),
+        "unknown operator `like` in filter `source=like.x`: use eq, neq, lt, lte, gt, gte or in"
+    );
+    assert_eq!(
+        err("source=EQ.x"),
+        "unknown operator `EQ` in filter `source=EQ.x`: use eq, neq, lt, lte, gt, gte or in"
+    );
+    assert_eq!(
+        err("source=in.a,b"),
+        "`in` filter `source=in.a,b` needs a parenthesised list: expected `column=in.(a,b,c)`"
+    );
+    assert_eq!(
+        err("source=in.(a,b"),
+        "`in` filter `source=in.(a,b` needs a parenthesised list: expected `column=in.(a,b,c)`"
+    );
+    assert_eq!(
+        err("source=in.()"),
+        "the `in` list of filter `source=in.()` is empty: give between 1 and 100 items"
+    );
+    assert_eq!(
+        err("source=in.( )"),
+        "the `in` list of filter `source=in.( )` is empty: give between 1 and 100 items"
+    );
+    assert_eq!(
+        err("source=in.(a,,b)"),
+        "item 2 of the `in` list in filter `source=in.(a,,b)` is empty: write `\"\"` for an \
+         empty string"
+    );
+    assert_eq!(
+        err("source=in.(a,)"),
+        "item 2 of the `in` list in filter `source=in.(a,)` is empty: write `\"\"` for an \
+         empty string"
+    );
+    assert_eq!(
+        err("source=in.(a,\"b)"),
+        "item 2 of the `in` list in filter `source=in.(a,\"b)` opens a `\"` that is never \
+         closed: end the item with `\"`"
+    );
+    assert_eq!(
+        err("source=in.(\"a\"b)"),
+        "unexpected `b` after the closing quote of item 1 in filter `source=in.(\"a\"b)`: \
+         expected `,` or `)`"
+    );
+    assert_eq!(
+        err("source=in.(a\"b)"),
+        "item 1 of the `in` list in filter `source=in.(a\"b)` has a `\"` inside it: put the \
+         whole item in double quotes and write an inner quote as `\\\"`"
+    );
+    assert!(err(&format!("s=in.({})", "x,".repeat(100) + "x")).contains("more than 100"));
+}
+
+#[test]
+fn empty_filter_matches_everything() {
+    let f = Filter::default();
+    assert!(f.matches(&change(Operation::Insert, Some(event_row()), None)));
+    assert!(f.matches(&change(
+        Operation::Delete,
+        None,
+        Some(row(json!({"id": 1})))
+    )));
+    assert!(f.matches(&change(Operation::Truncate, None, None)));
+    assert!(f.matches(&change(Operation::Update, None, None)));
+}
+
+#[test]
+fn event_types_sources_and_ops() {
+    let f = Filter {
+        event_types: vec!["mem".into(), "cpu".into()],
+        sources: vec!["host-1".into()],
+        ops: vec![Operation::Insert, Operation::Update],
+        conditions: vec![cond("severity=gte.3")],
+    };
+    assert!(f.matches(&change(Operation::Insert, Some(event_row()), None)));
+    assert!(f.matches(&change(Operation::Update, Some(event_row()), None)));
+    assert!(!f.matches(&change(Operation::Delete, None, Some(event_row()))));
+    let mut other = event_row();
+    other.values.insert("source".into(), json!("host-2"));
+    assert!(!f.matches(&change(Operation::Insert, Some(other), None)));
+    let mut other = event_row();
+    other.values.insert("event_type".into(), json!("disk"));
+    assert!(!f.matches(&change(Operation::Insert, Some(other), None)));
+    let mut other = event_row();
+    other.values.insert("severity".into(), json!(2));
+    assert!(!f.matches(&change(Operation::Insert, Some(other), None)));
+    let mut other = event_row();
+    other.values.insert("event_type".into(), Value::Null);
+    assert!(!f.matches(&change(Operation::Insert, Some(other), None)));
+    assert!(!f.matches(&change(Operation::Insert, None, None)));
+}
+
+#[test]
+fn delete_checks_old_record() {
+    let f = Filter {
+        sources: vec!["host-1".into()],
+        ..Filter::default()
+    };
+    let other = row(json!({"source": "host-2"}));
+    assert!(f.matches(&change(Operation::Delete, None, Some(event_row()))));
+    assert!(!f.matches(&change(
+        Operation::Delete,
+        Some(event_row()),
+        Some(other.clone())
+    )));
+    // UPDATE checks the new image, not the old one.
+    assert!(f.matches(&change(
+        Operation::Update,
+        Some(event_row()),
+        Some(other.clone())
+    )));
+    assert!(!f.matches(&change(Operation::Update, Some(other), Some(event_row()))));
+    // Key-only old image (default replica identity): no source column, no match.
+    let key_only = row(json!({"id": "0195c1de-0000-7000-8000-000000000001"}));
+    assert!(!f.matches(&change(Operation::Delete, None, Some(key_only))));
+}
+
+#[test]
+fn truncate_ignores_row_requirements() {
+    let truncate = change(Operation::Truncate, None, None);
+    let f = Filter {
+        event_types: vec!["cpu".into()],
+        sources: vec!["host-1".into()],
+        conditions: vec![cond("severity=gt.100")],
+        ..Filter::default()
+    };
+    assert!(f.matches(&truncate));
+    let inserts_only = Filter {
+        ops: vec![Operation::Insert],
+        ..f.clone()
+    };
+    assert!(!inserts_only.matches(&truncate));
+    let with_truncate = Filter {
+        ops: vec![Operation::Truncate],
+        ..f
+    };
+    assert!(with_truncate.matches(&truncate));
+    assert!(!with_truncate.matches(&change(Operation::Insert, Some(event_row()), None)));
+}
+
+#[test]
+fn other_tables_follow_the_same_rules() {
+    let mut c = change(
+        Operation::Insert,
+        Some(row(json!({"source": "host-1"}))),
+        None,
+    );
+    c.relation = Arc::new(Relation {
+        schema: "audit".into(),
+        table: "other".into(),
+        ..(*c.relation).clone()
+    });
+    let f = Filter {
+        sources: vec!["host-1".into()],
+        ..Filter::default()
+    };
+    assert!(f.matches(&c));
+    assert!(Filter::default().matches(&c));
+}
