@@ -69,11 +69,6 @@ pub fn serialize_mode_names<S: Serializer>(
     s.collect_seq(endpoints.iter().map(|e| e.mode_name()))
 }
 
-/// Serializes one endpoint by its broadcaster-mode name.
-pub fn serialize_mode_name<S: Serializer>(endpoint: &Endpoint, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(endpoint.mode_name())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,7 @@
 //! is bounded; a slow client never slows the reader or other clients.
 
 pub mod access;
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
 pub mod auth;
 pub mod catalog;
@@ -45,19 +45,19 @@ pub mod config;
 pub mod db;
 pub mod decode;
 pub mod dlq;
-pub mod endpoint;
-pub mod error;
+pub(crate) mod endpoint;
+pub(crate) mod error;
 pub mod events;
 pub mod filter;
 pub mod flags;
-pub mod http;
-pub mod hub;
-pub mod ingest;
-pub mod json;
+pub(crate) mod http;
+pub(crate) mod hub;
+pub(crate) mod ingest;
+pub(crate) mod json;
 pub mod metrics;
 pub mod realtime;
 pub mod replication;
-pub mod supervise;
-pub mod units;
+pub(crate) mod supervise;
+pub(crate) mod units;
 pub mod validate;
 pub mod ws;

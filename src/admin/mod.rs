@@ -14,13 +14,13 @@
 //! console is read-only), or block other work (the console runs on its own tasks, with a cap on
 //! connections).
 
-pub mod clients;
-pub mod console;
+pub(crate) mod clients;
+pub(crate) mod console;
 mod error;
-pub mod status;
-pub mod tables;
+pub(crate) mod status;
+pub(crate) mod tables;
 
-pub use clients::{ClientHandle, ClientRegistry, SubscriptionInfo};
+pub use clients::ClientRegistry;
 pub use error::AdminError;
 
 use std::sync::Arc;

@@ -11,7 +11,7 @@
 //! HTTP side: reading the token from a request and the [`ServiceRole`] extractor. Tokens and
 //! secrets are never logged.
 
-pub mod extract;
+pub(crate) mod extract;
 
 use std::time::Duration;
 

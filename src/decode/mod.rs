@@ -5,12 +5,12 @@
 //! assigns each row change its [`Cursor`]. It is pure: it never does I/O, never talks to
 //! Postgres or clients, never filters tables and never panics on input.
 
-pub mod change;
-pub mod decoder;
-pub mod error;
+pub(crate) mod change;
+pub(crate) mod decoder;
+pub(crate) mod error;
 pub mod pgoutput;
-pub mod relation_cache;
-pub mod value;
+pub(crate) mod relation_cache;
+pub(crate) mod value;
 
 pub use change::*;
 pub use decoder::{Decoded, Decoder, pg_micros_to_utc};

@@ -22,8 +22,8 @@
 //! `walcast.dlq_*` functions themselves, which are walcast's own.
 
 mod error;
-pub mod http;
-pub mod sink;
+pub(crate) mod http;
+pub(crate) mod sink;
 mod store;
 mod worker;
 

@@ -22,11 +22,11 @@
 //! says which endpoint a client should prefer while both are served
 //! (`GET /v1/flags/evaluate`, [`Flags::route`]).
 
-pub mod env;
-pub mod error;
-pub mod eval;
-pub mod http;
-pub mod refresh;
+pub(crate) mod env;
+pub(crate) mod error;
+pub(crate) mod eval;
+pub(crate) mod http;
+pub(crate) mod refresh;
 pub mod store;
 
 use std::collections::BTreeMap;

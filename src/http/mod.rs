@@ -6,8 +6,8 @@
 //! `/readyz`, `/metrics`). Every HTTP API answers errors in one envelope ([`crate::error::ApiError`]); database
 //! text never reaches a client.
 
-pub mod health;
-pub mod state;
+pub(crate) mod health;
+pub(crate) mod state;
 
 use axum::Router;
 

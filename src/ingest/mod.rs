@@ -4,18 +4,18 @@
 //! the adaptive batcher ([`batcher`]). Writes go through [`crate::events`], the only module that
 //! touches `public.monitoring_events`.
 
-pub mod batcher;
-pub mod breaker;
-pub mod error;
-pub mod http;
-pub mod metrics_events;
-pub mod parse;
-pub mod request;
-pub mod spool;
-pub mod writer;
+pub(crate) mod batcher;
+pub(crate) mod breaker;
+pub(crate) mod error;
+pub(crate) mod http;
+pub(crate) mod metrics_events;
+pub(crate) mod parse;
+pub(crate) mod request;
+pub(crate) mod spool;
+pub(crate) mod writer;
 
-pub use batcher::{Batcher, Tier};
-pub use breaker::{Breaker, BreakerConfig, BreakerState};
+pub use batcher::Batcher;
+pub use breaker::{Breaker, BreakerConfig};
 pub use error::{IngestError, IngestErrorCode};
 pub use parse::{BodyFormat, parse_body};
 pub use request::Durability;

@@ -215,15 +215,6 @@ impl RawEvent {
         };
         *slot = Some(value);
     }
-
-    /// The slots of an already-parsed JSON object.
-    fn from_map(obj: Map<String, Value>) -> RawEvent {
-        let mut raw = RawEvent::default();
-        for (k, v) in obj {
-            raw.set(EventKey::from_name(&k), v);
-        }
-        raw
-    }
 }
 
 /// A member name of an event object.
@@ -369,19 +360,6 @@ impl<'de> serde::Deserialize<'de> for RawBody {
         }
         d.deserialize_any(BodyVisitor)
     }
-}
-
-/// Validates one event object of the unified event model.
-pub fn validate_event(
-    index: usize,
-    v: Value,
-    now: DateTime<Utc>,
-) -> Result<EventRecord, IngestError> {
-    let item = match v {
-        Value::Object(obj) => RawItem(Some(RawEvent::from_map(obj))),
-        _ => RawItem(None),
-    };
-    validate_item(index, item, now)
 }
 
 /// Validates one element of a body.

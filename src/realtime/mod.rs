@@ -15,8 +15,8 @@
 //! touches pgoutput. Writes are batched like `/ws`; a client that falls behind the hub's ring or
 //! overflows its bus inbox is told so on every channel and disconnected.
 
-pub mod bus;
-pub mod private;
+pub(crate) mod bus;
+pub(crate) mod private;
 pub mod protocol;
 mod session;
 

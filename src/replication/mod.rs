@@ -11,12 +11,12 @@
 //! transactions arrive, in commit order); decoding is walcast's own [`crate::decode`]. Nothing
 //! outside this module sees the transport's types.
 
-pub mod error;
-pub mod reader;
-pub mod replay;
-pub mod retention;
-pub mod settings;
-pub mod slot;
+pub(crate) mod error;
+pub(crate) mod reader;
+pub(crate) mod replay;
+pub(crate) mod retention;
+pub(crate) mod settings;
+pub(crate) mod slot;
 
 pub use error::ReplicationError;
 pub use reader::{Reader, ReaderConfig, ReaderStatus};

@@ -15,12 +15,12 @@
 //! `POST /v1/events`), slow the hub (the checker is an ordinary, bounded subscriber), or report
 //! row values from the server (findings name fields and cursors only).
 
-pub mod compare;
-pub mod consistency;
+pub(crate) mod compare;
+pub(crate) mod consistency;
 mod error;
 pub mod observe;
-pub mod reference;
-pub mod report;
+pub(crate) mod reference;
+pub(crate) mod report;
 
 pub use compare::{CompareInput, Endpoint, Observation, ReferenceRow, Report, Window, compare};
 pub use consistency::{Consistency, ConsistencySnapshot, ConsistencyTask, spawn_consistency_task};

@@ -8,7 +8,7 @@
 //! [`crate::realtime`] and uses [`socket`] too.
 
 pub mod protocol;
-pub mod session;
-pub mod socket;
+pub(crate) mod session;
+pub(crate) mod socket;
 
 pub use session::{WsState, ws_handler};

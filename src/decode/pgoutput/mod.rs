@@ -12,7 +12,7 @@ mod delete;
 mod insert;
 mod message;
 mod origin;
-pub mod reader;
+pub(crate) mod reader;
 mod relation;
 mod truncate;
 mod tuple;

@@ -17,14 +17,14 @@
 //! - [`presence`]: presence `track`/`untrack` requests, `presence_state` and `presence_diff`.
 //! - [`text`]: error reasons, token problems and `system` message payloads.
 
-pub mod binding;
+pub(crate) mod binding;
 #[cfg(test)]
 mod fixtures;
 pub mod frame;
-pub mod join;
+pub(crate) mod join;
 pub mod payload;
-pub mod presence;
-pub mod text;
+pub(crate) mod presence;
+pub(crate) mod text;
 
 pub use binding::{Binding, BindingError, BindingRequest, EventFilter};
 pub use frame::{ClientMessage, FrameError, PayloadEncoding, UserBroadcast, Vsn};
