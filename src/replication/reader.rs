@@ -95,7 +95,8 @@ pub struct ReaderConfig {
     /// Node name (source of dead letters).
     pub node: String,
     /// Where undecodable WAL messages go (a task stores them in the dead-letter queue), so a
-    /// bad message never stalls the slot.
+    /// bad message never stalls the slot. (An import from a side system on purpose: the
+    /// reader hands the letter over and never waits on the dead-letter table.)
     pub dead_letters: Option<tokio::sync::mpsc::Sender<crate::dlq::DeadLetter>>,
 }
 

@@ -19,6 +19,8 @@ use super::socket::{
     self, CLOSE_GOING_AWAY, CLOSE_LAGGED, ClientSink, ClientStream, End, MAX_CLIENT_MESSAGE,
     MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, READ_BUFFER, WRITE_BATCH,
 };
+// Sessions register in the operator surface's client registry (admin owns it; it imports no
+// session code).
 use crate::admin::clients::{self, ClientHandle, SubscriptionInfo};
 use crate::decode::Cursor;
 use crate::endpoint::Endpoint;
