@@ -83,35 +83,6 @@ async fn walcast_async(
     .expect("cli thread")
 }
 
-/// Kills walcast and drops its (now inactive) replication slot so tests don't pile up slots.
-async fn stop(mut w: Walcast, db: &support::TestDb) {
-    w.kill9();
-    let c = db.client().await;
-    let slot = format!("walcast_{}", db.node());
-    let inactive = support::wait_until(Duration::from_secs(10), || {
-        let (c, slot) = (&c, &slot);
-        async move {
-            c.query_opt(
-                "select 1 from pg_replication_slots where slot_name = $1 and active",
-                &[slot],
-            )
-            .await
-            .map(|r| r.is_none())
-            .unwrap_or(false)
-        }
-    })
-    .await;
-    if inactive {
-        let _ = c
-            .execute(
-                "select pg_drop_replication_slot(slot_name) from pg_replication_slots \
-                 where slot_name = $1 and not active",
-                &[&slot],
-            )
-            .await;
-    }
-}
-
 /// Whitespace collapsed to single spaces (help text wraps at the terminal width).
 fn flat(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -606,7 +577,7 @@ async fn emit_posts_events_that_psql_sees() {
         "stderr should say the URL cannot be reached: {err}"
     );
     assert!(out.is_empty(), "{out}");
-    stop(w, &db).await;
+    w.stop(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -658,7 +629,7 @@ async fn emit_with_auth_uses_service_role_keys() {
     assert_eq!(code, 1, "emit with the anon key: {err}");
     assert!(err.contains("403 forbidden"), "stderr: {err}");
     assert_eq!(db.count().await, 3);
-    stop(w, &db).await;
+    w.stop(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

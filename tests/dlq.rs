@@ -18,7 +18,7 @@ use walcast::dlq::{
     Status,
 };
 
-use crate::support::{self, TestDb, Walcast};
+use crate::support::{self, Walcast};
 
 /// The SQLSTATE of a failed statement.
 #[track_caller]
@@ -874,33 +874,6 @@ fn assert_error(what: &str, got: &(u16, Value), status: u16, code: &str) {
     );
 }
 
-/// Kills walcast and drops its replication slot.
-async fn stop_server(mut w: Walcast, db: &TestDb) {
-    w.kill9();
-    let c = db.client().await;
-    let slot = format!("walcast_{}", db.node());
-    support::wait_until(Duration::from_secs(10), || {
-        let (c, slot) = (&c, &slot);
-        async move {
-            c.query_opt(
-                "select 1 from pg_replication_slots where slot_name = $1 and active",
-                &[slot],
-            )
-            .await
-            .map(|r| r.is_none())
-            .unwrap_or(false)
-        }
-    })
-    .await;
-    let _ = c
-        .execute(
-            "select pg_drop_replication_slot(slot_name) from pg_replication_slots \
-             where slot_name = $1 and not active",
-            &[&slot],
-        )
-        .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_endpoints_need_a_service_role_token() {
     let db = support::fresh_db().await;
@@ -1093,14 +1066,14 @@ async fn http_endpoints_need_a_service_role_token() {
     ] {
         assert!(m.lines().any(|l| l == series), "no {series} in\n{m}");
     }
-    stop_server(w, &db).await;
+    w.stop(&db).await;
 
     // Without a JWT secret the endpoints are open, like POST /v1/events.
     let db = support::fresh_db().await;
     let w = Walcast::start(&db, &[]).await;
     let (s, b) = request("GET", &w.url("/v1/dlq/stats"), None).await;
     assert_eq!((s, b["total"].as_i64()), (200, Some(0)), "{b}");
-    stop_server(w, &db).await;
+    w.stop(&db).await;
 }
 
 #[test]

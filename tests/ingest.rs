@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{self, TestDb, Walcast};
+use crate::support::{self, Walcast};
 
 const JSON: &str = "application/json";
 const NDJSON: &str = "application/x-ndjson";
@@ -85,35 +85,6 @@ async fn metrics_text(w: &Walcast) -> String {
     let (s, t) = support::get(&w.url("/metrics")).await;
     assert_eq!(s, 200, "/metrics: {t}");
     t
-}
-
-/// Kills walcast and drops its (now inactive) replication slot so tests don't pile up slots.
-async fn stop(mut w: Walcast, db: &TestDb) {
-    w.kill9();
-    let c = db.client().await;
-    let slot = format!("walcast_{}", db.node());
-    let inactive = support::wait_until(Duration::from_secs(10), || {
-        let (c, slot) = (&c, &slot);
-        async move {
-            c.query_opt(
-                "select 1 from pg_replication_slots where slot_name = $1 and active",
-                &[slot],
-            )
-            .await
-            .map(|r| r.is_none())
-            .unwrap_or(false)
-        }
-    })
-    .await;
-    if inactive {
-        let _ = c
-            .execute(
-                "select pg_drop_replication_slot(slot_name) from pg_replication_slots \
-                 where slot_name = $1 and not active",
-                &[&slot],
-            )
-            .await;
-    }
 }
 
 /// A POST sent over a raw socket: lets a test omit Content-Type, send a chunked body (no
@@ -415,7 +386,7 @@ async fn formats_are_stored_with_their_values() {
         metric_or_fail(&m, "walcast_events_rejected_total{code=\"invalid_event\"}"),
         1.0
     );
-    stop(w, &db).await;
+    w.stop(&db).await;
 }
 
 /// POSTs a body with a content type and returns the ids of the 201 answer.
@@ -461,7 +432,7 @@ async fn producer_ids_make_retries_idempotent() {
         3,
         "a duplicated id inside one request is stored once"
     );
-    stop(w, &db).await;
+    w.stop(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -783,7 +754,7 @@ async fn every_error_has_its_code_status_and_position() {
     let (s, b) = post_json(&w, &Value::Array(batch)).await;
     ids_of(s, &b, 50);
     assert_eq!(db.count().await, 50);
-    stop(w, &db).await;
+    w.stop(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -871,7 +842,7 @@ async fn body_and_event_count_limits() {
         Some(2.0),
         "{m}"
     );
-    stop(w, &db).await;
+    w.stop(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -969,7 +940,7 @@ async fn auth_requires_a_service_role_token() {
         Some(2.0),
         "{m}"
     );
-    stop(w, &db).await;
+    w.stop(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1027,7 +998,7 @@ async fn concurrent_requests_share_writes() {
         writes < 40.0,
         "40 concurrent requests took {writes} writes: requests did not share transactions\n{m}"
     );
-    stop(w, &db).await;
+    w.stop(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1078,7 +1049,7 @@ async fn tiers_delay_writes_without_eager_flush() {
     let ((s, b), _) = timed(&eager, ev("health_check", "h")).await;
     ids_of(s, &b, 1);
     assert_eq!(db_eager.count().await, 1);
-    tokio::join!(stop(lazy, &db_lazy), stop(eager, &db_eager));
+    tokio::join!(lazy.stop(&db_lazy), eager.stop(&db_eager));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1221,7 +1192,7 @@ async fn postgres_rejections_fail_only_their_request() {
         Some(1.0),
         "{m}"
     );
-    stop(w, &db).await;
+    w.stop(&db).await;
 }
 
 /// The size Postgres measures in the table's size checks: `octet_length(x::jsonb::text)`.
@@ -1308,5 +1279,5 @@ async fn size_limits_match_the_database_checks() {
         None,
         "{m}"
     );
-    stop(w, &db).await;
+    w.stop(&db).await;
 }

@@ -292,6 +292,36 @@ impl Walcast {
         let _ = self.child.wait();
     }
 
+    /// Kills walcast and drops its (now inactive) replication slot so tests don't pile up
+    /// slots.
+    pub async fn stop(mut self, db: &TestDb) {
+        self.kill9();
+        let c = db.client().await;
+        let slot = format!("walcast_{}", db.node());
+        let inactive = wait_until(Duration::from_secs(10), || {
+            let (c, slot) = (&c, &slot);
+            async move {
+                c.query_opt(
+                    "select 1 from pg_replication_slots where slot_name = $1 and active",
+                    &[slot],
+                )
+                .await
+                .map(|r| r.is_none())
+                .unwrap_or(false)
+            }
+        })
+        .await;
+        if inactive {
+            let _ = c
+                .execute(
+                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots \
+                     where slot_name = $1 and not active",
+                    &[&slot],
+                )
+                .await;
+        }
+    }
+
     /// Sends SIGTERM and waits for exit (up to `timeout`); returns the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")
