@@ -16,8 +16,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::protocol::{self as json, ClientFrame, ErrorCode, ProtocolError};
 use super::socket::{
-    self, CLOSE_GOING_AWAY, CLOSE_LAGGED, ClientSink, ClientStream, End, MAX_CLIENT_MESSAGE,
-    MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, READ_BUFFER, WRITE_BATCH,
+    CLOSE_GOING_AWAY, CLOSE_LAGGED, ClientSink, ClientStream, End, MAX_CLIENT_MESSAGE,
+    MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, Outbox, READ_BUFFER, WRITE_BATCH,
 };
 // Sessions register in the operator surface's client registry (admin owns it; it imports no
 // session code).
@@ -86,8 +86,8 @@ pub async fn ws_handler(
 
 /// One connected `/ws` client, over any socket halves.
 struct Session<S, R> {
-    /// Outgoing half.
-    sink: S,
+    /// Outgoing half, counted.
+    out: Outbox<S>,
     /// Incoming half.
     stream: R,
     /// Server state.
@@ -101,8 +101,6 @@ struct Session<S, R> {
     live_first: Option<Cursor>,
     /// Subscriptions by id.
     filters: Vec<(String, Filter)>,
-    /// This session in the client registry (unregistered when the session ends).
-    client: ClientHandle,
 }
 
 impl<S: ClientSink, R: ClientStream> Session<S, R> {
@@ -112,8 +110,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let position = sub.live_from;
         client.delivered(0, position);
         Session {
-            client,
-            sink,
+            out: Outbox::new(sink, Arc::clone(&state.metrics), client),
             stream,
             state,
             sub,
@@ -190,14 +187,14 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 Ok(i) => i,
                 Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
                     self.flush(queued).await?;
-                    self.client.delivered(rows, self.position);
+                    self.out.client.delivered(rows, self.position);
                     return self.lagged().await;
                 }
                 Err(_) => break,
             };
         }
         let flushed = self.flush(queued).await;
-        self.client.delivered(rows, self.position);
+        self.out.client.delivered(rows, self.position);
         flushed
     }
 
@@ -240,7 +237,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                         .await;
                 }
                 let reply = json::encode_subscribed(&req.id);
-                self.client.subscribe(SubscriptionInfo {
+                self.out.client.subscribe(SubscriptionInfo {
                     id: req.id.clone(),
                     filter: clients::describe_filter(&req.filter),
                     everything: clients::filter_is_everything(&req.filter),
@@ -270,7 +267,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                         })
                         .await;
                 }
-                self.client.unsubscribe(&id);
+                self.out.client.unsubscribe(&id);
                 self.send(json::encode_unsubscribed(&id)).await
             }
             ClientFrame::Ping { r#ref } => self.send(json::encode_pong(r#ref.as_deref())).await,
@@ -290,7 +287,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 .await;
         }
         // Counts before and after a replay are not comparable (consistency check).
-        self.client.replayed();
+        self.out.client.replayed();
         // Subscribe afresh: everything after `until` arrives through the new receiver.
         self.sub = self.state.hub.subscribe();
         let until = self.sub.last;
@@ -339,7 +336,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             self.flush(queued).await?;
             self.state.metrics.replayed_changes.add(replayed);
             self.position = Some(until);
-            self.client.delivered(replayed as usize, self.position);
+            self.out.client.delivered(replayed as usize, self.position);
         } else {
             // Nothing published after the cursor yet: whatever follows it arrives live, as the
             // reader streams from the start of the window. Refuse cursors before that start.
@@ -368,7 +365,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 Some(u) => u.max(after),
                 None => after,
             });
-            self.client.delivered(0, self.position);
+            self.out.client.delivered(0, self.position);
         }
         self.send(json::encode_resumed(after, replayed)).await
     }
@@ -387,23 +384,17 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
 
     /// Queues a frame without flushing.
     async fn feed(&mut self, msg: Message) -> Result<(), End> {
-        socket::feed(&mut self.sink, msg).await
+        self.out.feed(msg).await
     }
 
     /// Flushes queued frames, counting `n` deliveries.
     async fn flush(&mut self, n: usize) -> Result<(), End> {
-        if n == 0 {
-            return Ok(());
-        }
-        self.state.metrics.deliveries.add(n as u64);
-        self.client.sent(n);
-        socket::flush(&mut self.sink).await
+        self.out.flush(n).await
     }
 
-    /// Sends one control frame now.
+    /// Sends one frame now.
     async fn send(&mut self, text: String) -> Result<(), End> {
-        self.client.sent(1);
-        socket::send_text(&mut self.sink, text).await
+        self.out.send(text).await
     }
 
     /// Sends an error frame; the connection stays open.
@@ -413,7 +404,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
 
     /// Sends a close frame.
     async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
-        socket::close(&mut self.sink, code, reason).await
+        self.out.close(code, reason).await
     }
 }
 

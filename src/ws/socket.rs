@@ -2,13 +2,18 @@
 //! step ends, and timed writes.
 //!
 //! Sessions are generic over the socket's halves ([`ClientSink`], [`ClientStream`]): in the
-//! server they are axum's split `WebSocket`; in unit tests, channels. A leaf: imports nothing of
-//! walcast.
+//! server they are axum's split `WebSocket`; in unit tests, channels. Both write through an
+//! [`Outbox`], which counts what they send.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream};
+
+use crate::admin::clients::ClientHandle;
+use crate::metrics::Metrics;
 
 /// Frames written per flush.
 pub const WRITE_BATCH: usize = 256;
@@ -111,6 +116,54 @@ pub async fn close(sink: &mut impl ClientSink, code: u16, reason: &'static str) 
         reason: Utf8Bytes::from_static(reason),
     };
     timed(tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await)
+}
+
+/// A session's write side: the socket's sink, with every frame counted in the client registry
+/// and every delivery in the metrics.
+pub struct Outbox<S> {
+    /// The socket's write half.
+    sink: S,
+    /// Delivery counters.
+    metrics: Arc<Metrics>,
+    /// The session in the client registry (unregistered when the outbox is dropped).
+    pub client: ClientHandle,
+}
+
+impl<S: ClientSink> Outbox<S> {
+    /// Writes to `sink`, counting in `metrics` and `client`.
+    pub fn new(sink: S, metrics: Arc<Metrics>, client: ClientHandle) -> Self {
+        Outbox {
+            sink,
+            metrics,
+            client,
+        }
+    }
+
+    /// Queues a frame without flushing (a delivery, counted at [`Outbox::flush`]).
+    pub async fn feed(&mut self, msg: Message) -> Result<(), End> {
+        feed(&mut self.sink, msg).await
+    }
+
+    /// Flushes queued frames, counting `n` deliveries.
+    pub async fn flush(&mut self, n: usize) -> Result<(), End> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.metrics.deliveries.add(n as u64);
+        self.client.sent(n);
+        flush(&mut self.sink).await
+    }
+
+    /// Sends one text frame now (a control frame, not a delivery).
+    pub async fn send(&mut self, text: String) -> Result<(), End> {
+        self.client.sent(1);
+        send_text(&mut self.sink, text).await
+    }
+
+    /// Sends a close frame.
+    pub async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
+        close(&mut self.sink, code, reason).await
+    }
 }
 
 /// A socket made of channels, for unit tests of the sessions.

@@ -237,7 +237,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             may_track: None,
         });
         let i = self.channels.len() - 1;
-        self.client.subscribe(self.channels[i].registry_info());
+        self.out.client.subscribe(self.channels[i].registry_info());
         if let Some(state) = joined.presence_state {
             let push = frame::encode_push(
                 self.vsn,
@@ -359,11 +359,11 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             ch.claims = claims;
             ch.bindings = subscribed.bindings;
             ch.columns = subscribed.columns;
-            self.client.subscribe(self.channels[i].registry_info());
+            self.out.client.subscribe(self.channels[i].registry_info());
             self.announce_subscription(i, result.map(|_| ())).await?;
         } else {
             self.channels[i].claims = claims;
-            self.client.subscribe(self.channels[i].registry_info());
+            self.out.client.subscribe(self.channels[i].registry_info());
         }
         Ok(())
     }

@@ -64,7 +64,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             }
         }
         let delivered = self.deliver_changes(&items).await?;
-        self.client.delivered(delivered, self.position);
+        self.out.client.delivered(delivered, self.position);
         if lagged {
             return self.lagged().await;
         }

@@ -32,13 +32,13 @@ use crate::auth::Verifier;
 use crate::decode::Cursor;
 use crate::hub::Subscription;
 use crate::ws::socket::{
-    self, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_LAGGED, ClientSink, ClientStream, Clock, End,
+    CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_LAGGED, ClientSink, ClientStream, Clock, End, Outbox,
 };
 
 /// One connected Realtime client.
 pub(super) struct Session<S, R> {
-    /// Outgoing half.
-    sink: S,
+    /// Outgoing half, counted.
+    out: Outbox<S>,
     /// Incoming half.
     stream: R,
     /// Shared state.
@@ -64,8 +64,6 @@ pub(super) struct Session<S, R> {
     channels: Vec<Channel>,
     /// When the client last sent anything.
     last_seen: Instant,
-    /// This session in the client registry (unregistered when the session ends).
-    client: ClientHandle,
 }
 
 impl<S, R> Drop for Session<S, R> {
@@ -92,7 +90,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         client.delivered(0, position);
         let (inbox, inbox_rx) = Inbox::new();
         Session {
-            sink,
+            out: Outbox::new(sink, Arc::clone(&state.metrics), client),
             stream,
             state,
             vsn,
@@ -105,7 +103,6 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             inbox_rx,
             channels: Vec::new(),
             last_seen: Instant::now(),
-            client,
         }
     }
 
@@ -293,7 +290,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     /// Sends `phx_close` for channel `i` and forgets it.
     async fn close_channel(&mut self, i: usize) -> Result<(), End> {
         let ch = self.channels.remove(i);
-        self.client.unsubscribe(&ch.topic);
+        self.out.client.unsubscribe(&ch.topic);
         self.state.bus.leave(&ch.key, ch.member);
         let close = frame::encode_channel_end(self.vsn, ch.join_ref.as_deref(), &ch.topic, true);
         self.send(close).await
@@ -321,27 +318,21 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
 
     /// Queues a frame without flushing.
     async fn feed(&mut self, msg: Message) -> Result<(), End> {
-        socket::feed(&mut self.sink, msg).await
+        self.out.feed(msg).await
     }
 
     /// Flushes queued frames, counting `n` deliveries.
     async fn flush(&mut self, n: usize) -> Result<(), End> {
-        if n == 0 {
-            return Ok(());
-        }
-        self.state.metrics.deliveries.add(n as u64);
-        self.client.sent(n);
-        socket::flush(&mut self.sink).await
+        self.out.flush(n).await
     }
 
-    /// Sends one text frame now.
+    /// Sends one frame now.
     async fn send(&mut self, text: String) -> Result<(), End> {
-        self.client.sent(1);
-        socket::send_text(&mut self.sink, text).await
+        self.out.send(text).await
     }
 
     /// Sends a close frame.
     async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
-        socket::close(&mut self.sink, code, reason).await
+        self.out.close(code, reason).await
     }
 }
