@@ -8,6 +8,7 @@ pub(crate) mod batcher;
 pub(crate) mod breaker;
 pub(crate) mod error;
 pub(crate) mod http;
+mod jsonb_size;
 pub(crate) mod metrics_events;
 pub(crate) mod parse;
 pub(crate) mod request;
