@@ -264,7 +264,8 @@ pub async fn serve(
             flags_token.clone(),
         ),
     );
-    let auth = crate::auth::Auth::new(config.jwt_secret.as_deref());
+    let auth =
+        crate::auth::Auth::with_policy(config.jwt_secret.as_deref(), config.token_policy.clone());
     let clients = Arc::new(crate::admin::ClientRegistry::default());
     let gate = Arc::new(
         crate::access::RlsGate::new(pool.clone(), &config.publication)

@@ -258,6 +258,19 @@ pub struct ServerArgs {
     #[arg(long, env = "WALCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// Accept only tokens whose `iss` claim is this (e.g. https://<project>.supabase.co/auth/v1).
+    #[arg(long, env = "WALCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Accept only tokens whose `aud` claim is (or lists) this, e.g. `authenticated`.
+    #[arg(long, env = "WALCAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Roles a token may name besides anon, authenticated and service_role (comma-separated).
+    /// A role that is a superuser or bypasses RLS is refused whatever the token says.
+    #[arg(long, env = "WALCAST_EXTRA_ROLES", value_delimiter = ',')]
+    pub extra_roles: Vec<String>,
+
     /// Name of this walcast node (letters, digits, `_`); names its replication slot.
     #[arg(long, env = "WALCAST_NODE", default_value = "node1")]
     pub node: String,

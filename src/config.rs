@@ -88,6 +88,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// HS256 secret for JWTs; `None` disables authentication of the HTTP API.
     pub jwt_secret: Option<String>,
+    /// What a token must also satisfy: issuer, audience, the roles it may name.
+    pub token_policy: crate::auth::Policy,
     /// Node name.
     pub node: String,
     /// Replication slot name.
@@ -202,6 +204,22 @@ impl ServerConfig {
             Some(s) => Some(validate_jwt_secret(s)?),
             None => None,
         };
+        let mut token_policy = crate::auth::Policy {
+            issuer: args.jwt_issuer.clone().filter(|s| !s.is_empty()),
+            audience: args.jwt_audience.clone().filter(|s| !s.is_empty()),
+            ..crate::auth::Policy::default()
+        };
+        for role in args
+            .extra_roles
+            .iter()
+            .map(|r| r.trim())
+            .filter(|r| !r.is_empty())
+        {
+            let role = validate_identifier(role, "--extra-roles", "WALCAST_EXTRA_ROLES", 63)?;
+            if !token_policy.roles.contains(&role) {
+                token_policy.roles.push(role);
+            }
+        }
         let (node, slot) = resolve_slot(&args.node, args.slot.as_deref())?;
         let publication = validate_identifier(
             &args.publication,
@@ -321,6 +339,7 @@ impl ServerConfig {
             database_url,
             listen,
             jwt_secret,
+            token_policy,
             node,
             slot,
             publication,

@@ -32,5 +32,7 @@ mod realtime_js;
 mod resilience;
 /// WAL → /ws: filters, operations, resume, lag, faults, cursor expiry.
 mod stream;
+/// Trust at the edge: each attack on an endpoint and the refusal it gets.
+mod trust;
 /// `walcast validate` (clean run, injected gap, quiet window) and the server's continuous check.
 mod validate;

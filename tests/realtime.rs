@@ -77,6 +77,14 @@ fn token(role: &str, ttl: i64) -> String {
 }
 
 /// walcast with the test JWT secret.
+/// A verifier that lets tokens name the roles the gate tests use besides the API roles (the gate
+/// itself is what those tests exercise).
+fn any_role_verifier() -> walcast::auth::Verifier {
+    let mut policy = walcast::auth::Policy::default();
+    policy.roles.push("no_such_role".into());
+    walcast::auth::Verifier::with_policy(support::SECRET, policy)
+}
+
 async fn walcast(db: &TestDb) -> Walcast {
     Walcast::start_with_env(db, &[], &[("WALCAST_JWT_SECRET", support::SECRET)]).await
 }
@@ -696,7 +704,11 @@ async fn topics_heartbeat_and_join_errors() {
 #[tokio::test]
 async fn row_level_security_per_role() {
     let db = support::fresh_db().await;
-    let w = walcast(&db).await;
+    // Two roles beyond the API roles: one created below with column privileges only, one that
+    // does not exist.
+    let extra = format!("--extra-roles=limited_{},no_such_role", db.name);
+    let w =
+        Walcast::start_with_env(&db, &[&extra], &[("WALCAST_JWT_SECRET", support::SECRET)]).await;
     let mut service = Rt::connect(&w, &token("service_role", 600), true).await;
     let mut authenticated = Rt::connect(&w, &token("authenticated", 600), true).await;
     let mut anon = Rt::connect(&w, &token("anon", 600), false).await;
@@ -826,13 +838,9 @@ async fn gate_asks_once_per_commit_and_claims_group() {
     let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
     let xid = u32::try_from(rows[0].get::<_, i64>(1)).unwrap();
     let claims = |role: &str| {
-        walcast::realtime::verify_token(
-            &walcast::auth::Verifier::new(support::SECRET),
-            &token(role, 600),
-            now(),
-        )
-        .unwrap()
-        .group
+        walcast::realtime::verify_token(&any_role_verifier(), &token(role, 600), now())
+            .unwrap()
+            .group
     };
     let authenticated = claims("authenticated");
     let lsn = walcast::decode::Lsn(0xABC);
@@ -957,7 +965,7 @@ async fn gate_checks_many_groups_in_few_calls() {
     let exp = now() + 600;
     let group = |role: &str, sub: &str| {
         let t = sign(json!({"role": role, "exp": exp, "sub": sub}));
-        walcast::realtime::verify_token(&walcast::auth::Verifier::new(support::SECRET), &t, now())
+        walcast::realtime::verify_token(&any_role_verifier(), &t, now())
             .unwrap()
             .group
     };

@@ -16,11 +16,17 @@ const COLUMN_PRIVILEGES_SQL: &str = include_str!("../../sql/access/column_privil
 /// Facts about the served table and whether walcast's publication includes it.
 const TABLE_FACTS_SQL: &str = include_str!("../../sql/access/table_facts.sql");
 
+/// Whether a role is a superuser or bypasses row level security (a role that does not exist
+/// is neither).
+const ROLE_PRIVILEGED_SQL: &str = include_str!("../../sql/access/role_privileged.sql");
+
 /// What a role may read of the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum RoleAccess {
     /// Nothing: the role does not exist or may not read the primary key.
     Denied,
+    /// Refused whatever it may read: a superuser or a role that bypasses row level security.
+    Privileged,
     /// Every column.
     All,
     /// Only these columns.
@@ -37,6 +43,36 @@ pub(super) struct CachedFacts {
 }
 
 impl RlsGate {
+    /// Refuses a role that is a superuser or bypasses row level security (whatever its token
+    /// says, such a role would see rows its policies hide). Answers are reused for
+    /// [`ROLE_CHECK_TTL`].
+    pub async fn check_api_role(&self, role: &str) -> Result<(), GateError> {
+        let privileged = match self.privileged.get(&role.to_owned()) {
+            Some(p) => p,
+            None => {
+                let run = async {
+                    let client = self.pool.get().await.map_err(GateError::Pool)?;
+                    let row = client
+                        .query_one(ROLE_PRIVILEGED_SQL, &[&role])
+                        .await
+                        .map_err(GateError::Db)?;
+                    Ok::<bool, GateError>(row.get(0))
+                };
+                let p = tokio::time::timeout(GATE_TIMEOUT + Duration::from_secs(1), run)
+                    .await
+                    .map_err(|_| GateError::Timeout)??;
+                self.privileged.put(role.to_owned(), p);
+                p
+            }
+        };
+        if privileged {
+            return Err(GateError::Privileged {
+                role: role.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// The last facts read, if any (no I/O; used when encoding changes).
     pub fn cached_table_facts(&self) -> Option<Arc<TableFacts>> {
         lock(&self.facts).as_ref().map(|c| Arc::clone(&c.facts))
@@ -96,9 +132,10 @@ impl RlsGate {
         Ok(facts)
     }
 
-    /// Checks that the group's role may read the table (the role exists and may `SELECT` the
-    /// primary key) and returns the columns it may read: `None` when it may read all of them.
-    /// Results are reused for [`ROLE_CHECK_TTL`].
+    /// Checks that the group's role may read the table (the role exists, is neither a
+    /// superuser nor bypasses row level security, and may `SELECT` the primary key) and returns
+    /// the columns it may read: `None` when it may read all of them. Results are reused for
+    /// [`ROLE_CHECK_TTL`].
     pub async fn check_role(
         &self,
         group: &Arc<ClaimsGroup>,
@@ -115,6 +152,9 @@ impl RlsGate {
             RoleAccess::Denied => Err(GateError::Denied {
                 role: group.role.clone(),
             }),
+            RoleAccess::Privileged => Err(GateError::Privileged {
+                role: group.role.clone(),
+            }),
             RoleAccess::All => Ok(None),
             RoleAccess::Columns(c) => Ok(Some(c)),
         }
@@ -125,6 +165,14 @@ impl RlsGate {
     async fn run_role_check(&self, group: &ClaimsGroup) -> Result<RoleAccess, GateError> {
         let run = async {
             let mut client = self.pool.get().await.map_err(GateError::Pool)?;
+            let privileged: bool = client
+                .query_one(ROLE_PRIVILEGED_SQL, &[&group.role])
+                .await
+                .map_err(GateError::Db)?
+                .get(0);
+            if privileged {
+                return Ok(RoleAccess::Privileged);
+            }
             let tx = client.transaction().await.map_err(GateError::Db)?;
             let result = async {
                 set_claims(&tx, group).await?;

@@ -93,6 +93,12 @@ pub enum GateError {
         /// The role.
         role: String,
     },
+    /// The role is a superuser or bypasses row level security: refused whatever it may read.
+    #[error("role {role:?} is a superuser or bypasses row level security: walcast refuses it")]
+    Privileged {
+        /// The role.
+        role: String,
+    },
     /// The shared check that covered this commit and group failed (its cause was logged by
     /// the session that ran it).
     #[error("the shared row level security check for this commit failed ({kind})")]
@@ -110,6 +116,7 @@ impl GateError {
             GateError::Db(_) => "db",
             GateError::Timeout => "timeout",
             GateError::Denied { .. } => "denied",
+            GateError::Privileged { .. } => "privileged",
             GateError::Shared { kind } => kind,
         }
     }
@@ -134,6 +141,8 @@ pub struct RlsGate {
     queue: batch::CheckQueue,
     /// Role checks: what the role may read.
     roles: TtlCache<Arc<ClaimsGroup>, facts::RoleAccess>,
+    /// Whether a role is a superuser or bypasses row level security.
+    privileged: TtlCache<String, bool>,
     /// Where calls, checks, durations and failures are counted (`walcast_realtime_rls_*`).
     metrics: Option<Arc<Metrics>>,
 }
@@ -156,6 +165,7 @@ impl RlsGate {
             answers: Mutex::new(batch::AnswerCache::default()),
             queue: batch::CheckQueue::default(),
             roles: TtlCache::new(ROLE_CHECK_TTL, MAX_CACHED_ROLE_CHECKS),
+            privileged: TtlCache::new(ROLE_CHECK_TTL, MAX_CACHED_ROLE_CHECKS),
             metrics: None,
         }
     }

@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{Token, TokenProblem, Verifier, unix_now};
+use super::{Policy, Token, TokenProblem, Verifier, unix_now};
 use crate::error::ApiError;
 
 /// How requests are authenticated: the server's token verifier, if a secret is configured.
@@ -22,10 +22,15 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// Tokens checked against `secret`; `None` checks nothing.
+    /// Tokens checked against `secret` under the default policy; `None` checks nothing.
     pub fn new(secret: Option<&str>) -> Self {
+        Self::with_policy(secret, Policy::default())
+    }
+
+    /// Tokens checked against `secret` under `policy`; `None` checks nothing.
+    pub fn with_policy(secret: Option<&str>, policy: Policy) -> Self {
         Auth {
-            verifier: secret.map(|s| Arc::new(Verifier::new(s))),
+            verifier: secret.map(|s| Arc::new(Verifier::with_policy(s, policy))),
         }
     }
 

@@ -2,10 +2,14 @@
 //! a `role` claim. One verifier with one policy serves every surface: ingest, the management
 //! APIs (`/v1/dlq`, `/v1/flags`, `/v1/status`), and both WebSocket endpoints.
 //!
-//! The policy ([`Verifier`]): HS256, HS384 or HS512 with the server's secret; `role` (a string)
-//! and `exp` (a number) required; `exp` in the future (no leeway); `iat`, when present, a
-//! number. A refusal names its reason ([`TokenProblem`]); each surface words it for its clients
-//! (HTTP APIs use the [`std::fmt::Display`] text, the Realtime endpoint Supabase's texts).
+//! The policy ([`Verifier`], [`Policy`]): HS256, HS384 or HS512 with the server's secret;
+//! `role` (a string) and `exp` (a number) required; `exp` in the future and `nbf`, when present,
+//! not in the future (no leeway); `iat`, when present, a number; `iss` and `aud` equal to the
+//! configured ones when configured; `role` one of the API roles (`anon`, `authenticated`,
+//! `service_role`, and any configured extra). A refusal names its reason ([`TokenProblem`]);
+//! each surface words it for its clients (HTTP APIs use the [`std::fmt::Display`] text, the
+//! Realtime endpoint Supabase's texts). Whether a role is a superuser or bypasses RLS is a
+//! database fact: [`crate::access`] refuses such roles whatever the token says.
 //!
 //! `walcast keys` mints an `anon` and a `service_role` key with [`mint`]. [`extract`] holds the
 //! HTTP side: reading the token from a request and the [`ServiceRole`] extractor. Tokens and
@@ -24,6 +28,30 @@ pub use extract::{Auth, AuthRejection, ServiceRole, bearer_token};
 
 /// The role that may use the management APIs and sees every change.
 pub const SERVICE_ROLE: &str = "service_role";
+
+/// The roles a token may name by default: Supabase's API roles.
+pub const API_ROLES: [&str; 3] = ["anon", "authenticated", SERVICE_ROLE];
+
+/// What a token must satisfy besides its signature and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The `iss` a token must carry, when set.
+    pub issuer: Option<String>,
+    /// The audience a token's `aud` must be or list, when set.
+    pub audience: Option<String>,
+    /// The roles a token may name.
+    pub roles: Vec<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            issuer: None,
+            audience: None,
+            roles: API_ROLES.iter().map(|r| (*r).to_owned()).collect(),
+        }
+    }
+}
 
 /// Claims to sign ([`mint_claims`]). Other claims are kept in `extra`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +115,23 @@ pub enum TokenProblem {
     /// The signature does not verify with the server's secret, or the algorithm is not HS*.
     #[error("invalid token: the signature does not verify with the server's JWT secret")]
     BadSignature,
+    /// `nbf` is in the future (or not a number).
+    #[error("invalid token: it is not valid yet (nbf)")]
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    #[error("invalid token: wrong issuer (iss)")]
+    WrongIssuer,
+    /// `aud` does not name the configured audience.
+    #[error("invalid token: wrong audience (aud)")]
+    WrongAudience,
+    /// The `role` claim is not one of the API roles.
+    #[error(
+        "invalid token: role {role:?} is not an API role (anon, authenticated, service_role or --extra-roles)"
+    )]
+    RoleNotAllowed {
+        /// The role the token names.
+        role: String,
+    },
 }
 
 /// Signing a token failed.
@@ -99,6 +144,8 @@ pub struct SignError(#[source] jsonwebtoken::errors::Error);
 pub struct Verifier {
     /// The secret as a decoding key.
     key: DecodingKey,
+    /// Issuer, audience and roles.
+    policy: Policy,
     /// The signature algorithms accepted, and no other check (claims are checked by hand so
     /// that each problem gets its own name).
     validation: Validation,
@@ -111,8 +158,13 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// A verifier for tokens signed with `secret`.
+    /// A verifier for tokens signed with `secret`, under the default [`Policy`].
     pub fn new(secret: &str) -> Self {
+        Self::with_policy(secret, Policy::default())
+    }
+
+    /// A verifier for tokens signed with `secret`, under `policy`.
+    pub fn with_policy(secret: &str, policy: Policy) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
         validation.validate_exp = false;
@@ -121,6 +173,7 @@ impl Verifier {
         validation.required_spec_claims = Default::default();
         Verifier {
             key: DecodingKey::from_secret(secret.as_bytes()),
+            policy,
             validation,
         }
     }
@@ -155,6 +208,32 @@ impl Verifier {
         if exp <= now {
             return Err(TokenProblem::Expired {
                 seconds_ago: u64::try_from(now - exp).unwrap_or(0),
+            });
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            match number_as_i64(nbf) {
+                Some(nbf) if nbf <= now => {}
+                _ => return Err(TokenProblem::NotYetValid),
+            }
+        }
+        if let Some(issuer) = &self.policy.issuer
+            && claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str())
+        {
+            return Err(TokenProblem::WrongIssuer);
+        }
+        if let Some(audience) = &self.policy.audience {
+            let named = match claims.get("aud") {
+                Some(Value::String(a)) => a == audience,
+                Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(audience)),
+                _ => false,
+            };
+            if !named {
+                return Err(TokenProblem::WrongAudience);
+            }
+        }
+        if !self.policy.roles.iter().any(|r| r == role) {
+            return Err(TokenProblem::RoleNotAllowed {
+                role: role.to_owned(),
             });
         }
         Ok(Token {
@@ -292,6 +371,66 @@ mod tests {
         assert_eq!(
             check(&t, now),
             Err(TokenProblem::Expired { seconds_ago: 0 })
+        );
+    }
+
+    #[test]
+    fn nbf_iss_aud_and_roles() {
+        let now = 1_000_000;
+        let t = sign(
+            Algorithm::HS256,
+            json!({"role":"anon","exp":now + 60,"nbf":now + 1}),
+            SECRET,
+        );
+        assert_eq!(check(&t, now), Err(TokenProblem::NotYetValid));
+        let t = sign(
+            Algorithm::HS256,
+            json!({"role":"anon","exp":now + 60,"nbf":now}),
+            SECRET,
+        );
+        assert!(check(&t, now).is_ok());
+        for role in ["postgres", "supabase_admin", "authenticator"] {
+            let t = sign(
+                Algorithm::HS256,
+                json!({"role":role,"exp":now + 60}),
+                SECRET,
+            );
+            assert_eq!(
+                check(&t, now),
+                Err(TokenProblem::RoleNotAllowed { role: role.into() })
+            );
+        }
+        let policy = Policy {
+            issuer: Some("https://x.supabase.co/auth/v1".into()),
+            audience: Some("authenticated".into()),
+            roles: vec!["authenticated".into(), "reporter".into()],
+        };
+        let v = Verifier::with_policy(SECRET, policy);
+        let good = json!({"role":"reporter","exp":now + 60,
+                          "iss":"https://x.supabase.co/auth/v1","aud":["x","authenticated"]});
+        assert!(
+            v.verify(&sign(Algorithm::HS256, good.clone(), SECRET), now)
+                .is_ok()
+        );
+        let mut bad = good.clone();
+        bad["iss"] = json!("https://other/auth/v1");
+        assert_eq!(
+            v.verify(&sign(Algorithm::HS256, bad, SECRET), now),
+            Err(TokenProblem::WrongIssuer)
+        );
+        let mut bad = good.clone();
+        bad["aud"] = json!("anon");
+        assert_eq!(
+            v.verify(&sign(Algorithm::HS256, bad, SECRET), now),
+            Err(TokenProblem::WrongAudience)
+        );
+        let mut bad = good;
+        bad["role"] = json!("anon");
+        assert_eq!(
+            v.verify(&sign(Algorithm::HS256, bad, SECRET), now),
+            Err(TokenProblem::RoleNotAllowed {
+                role: "anon".into()
+            })
         );
     }
 

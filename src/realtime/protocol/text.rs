@@ -21,6 +21,10 @@ impl TokenProblem {
             TokenProblem::MissingClaims => "Fields `role` and `exp` are required in JWT",
             TokenProblem::Malformed => "The token provided is not a valid JWT",
             TokenProblem::BadSignature => "Failed to validate JWT signature",
+            TokenProblem::NotYetValid => "Token is not valid yet",
+            TokenProblem::WrongIssuer => "Token issuer is not accepted",
+            TokenProblem::WrongAudience => "Token audience is not accepted",
+            TokenProblem::RoleNotAllowed { .. } => "Token role is not an API role",
         }
     }
 
@@ -72,7 +76,11 @@ impl JoinError {
             }
             JoinError::Token(p) => match p {
                 TokenProblem::Expired { .. } => format!("InvalidJWTToken: {}", p.live_message()),
-                TokenProblem::MissingClaims => {
+                TokenProblem::MissingClaims
+                | TokenProblem::NotYetValid
+                | TokenProblem::WrongIssuer
+                | TokenProblem::WrongAudience
+                | TokenProblem::RoleNotAllowed { .. } => {
                     format!("InvalidJWTToken: {}", p.connect_message())
                 }
                 TokenProblem::Malformed | TokenProblem::Missing => {

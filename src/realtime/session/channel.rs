@@ -20,7 +20,7 @@ use crate::realtime::protocol::MAX_CHANNELS;
 use crate::realtime::protocol::binding::{self, Binding, BindingError, BindingRequest};
 use crate::realtime::protocol::frame::{self, ClientMessage};
 use crate::realtime::protocol::join::{TopicError, parse_join, sub_topic};
-use crate::realtime::protocol::text::{self, JoinError};
+use crate::realtime::protocol::text::{self, JoinError, TokenProblem};
 use crate::ws::socket::{ClientSink, ClientStream, End};
 
 /// One joined channel.
@@ -158,6 +158,22 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             Ok(c) => c,
             Err(p) => return self.send(refuse(p.join_error().reason())).await,
         };
+        // A role that is a superuser or bypasses RLS is refused whatever its token says.
+        if !claims.is_service_role() {
+            match self.state.gate.check_api_role(&claims.role).await {
+                Ok(()) => {}
+                Err(GateError::Privileged { role }) => {
+                    let p = TokenProblem::RoleNotAllowed { role };
+                    return self.send(refuse(p.join_error().reason())).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = e.kind(), "realtime: role check failed");
+                    return self
+                        .send(refuse(JoinError::DatabaseUnavailable.reason()))
+                        .await;
+                }
+            }
+        }
         let config = req.config;
         if config.private && !claims.is_service_role() {
             let access = self
@@ -276,7 +292,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         if !claims.is_service_role() {
             match self.state.gate.check_role(&claims.group).await {
                 Ok(c) => columns = c,
-                Err(e @ GateError::Denied { .. }) => {
+                Err(e @ (GateError::Denied { .. } | GateError::Privileged { .. })) => {
                     let params = requests.first().map(|r| r.describe()).unwrap_or_default();
                     return Err(BindingError::Exception {
                         params,

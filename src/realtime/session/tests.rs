@@ -69,7 +69,7 @@ fn session(
         state.clone(),
         Vsn::V1,
         Arc::new(Verifier::new(SECRET)),
-        token("anon", 3600),
+        token("service_role", 3600),
         client,
     );
     (session, peer)
@@ -117,7 +117,7 @@ async fn an_expired_token_closes_its_channel_but_not_the_socket() {
     let state = state(16);
     let (mut s, mut peer) = session(&state);
     tokio::spawn(async move { s.run().await });
-    let reply = join(&mut peer, &token("anon", 30)).await;
+    let reply = join(&mut peer, &token("service_role", 30)).await;
     assert_eq!(reply["payload"]["status"], "ok", "{reply}");
     let joined = Instant::now();
     let system = peer.next_json().await;
@@ -145,7 +145,7 @@ async fn a_client_behind_the_ring_is_told_and_closed_with_4008() {
     let hub = state.hub.clone();
     let lagged_before = state.metrics.clients_lagged.get();
     tokio::spawn(async move { s.run().await });
-    let reply = join(&mut peer, &token("anon", 3600)).await;
+    let reply = join(&mut peer, &token("service_role", 3600)).await;
     assert_eq!(reply["payload"]["status"], "ok", "{reply}");
     // More changes than the ring holds, before the session reads any.
     for lsn in 1..=10 {
@@ -163,7 +163,7 @@ async fn shutdown_says_so_on_every_channel_then_goes_away() {
     let state = state(16);
     let (mut s, mut peer) = session(&state);
     tokio::spawn(async move { s.run().await });
-    join(&mut peer, &token("anon", 3600)).await;
+    join(&mut peer, &token("service_role", 3600)).await;
     state.shutdown.cancel();
     let system = peer.next_json().await;
     assert_eq!(system["payload"]["message"], text::SERVER_DISCONNECT);
