@@ -264,6 +264,14 @@ pub async fn serve(
             flags_token.clone(),
         ),
     );
+    if config.jwt_secret.is_none() {
+        tracing::warn!(
+            listen = %config.listen,
+            "--insecure-no-auth: every endpoint is open to anyone who can reach walcast: POST \
+             /v1/events, /ws (every row), /v1/dlq (payloads, purge), /v1/flags (the broadcaster \
+             mode), /v1/status; the Realtime endpoint refuses connections without a secret"
+        );
+    }
     let auth =
         crate::auth::Auth::with_policy(config.jwt_secret.as_deref(), config.token_policy.clone());
     let clients = Arc::new(crate::admin::ClientRegistry::default());
@@ -310,7 +318,10 @@ pub async fn serve(
             flags: flags.clone(),
             clients: Arc::clone(&clients),
             heartbeat: config.heartbeat,
+            role_recheck: config.role_recheck,
             shutdown: sessions_token.clone(),
+            auth: auth.clone(),
+            gate: Arc::clone(&gate),
         },
         realtime: crate::realtime::RealtimeState {
             gate: Arc::clone(&gate),

@@ -200,6 +200,12 @@ pub struct TailArgs {
     /// Exit after this many changes.
     #[arg(long)]
     pub limit: Option<u64>,
+    /// JWT for /ws (a service_role key sees every change; another role what its policies allow).
+    #[arg(long, env = "WALCAST_APIKEY", hide_env_values = true)]
+    pub apikey: Option<String>,
+    /// The server's JWT secret, to mint a service_role key when --apikey is not given.
+    #[arg(long, env = "WALCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
 }
 
 /// `walcast slot ...`.
@@ -265,6 +271,17 @@ pub struct ServerArgs {
     /// Accept only tokens whose `aud` claim is (or lists) this, e.g. `authenticated`.
     #[arg(long, env = "WALCAST_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+
+    /// Serve every endpoint without authentication (no JWT secret). Anyone who can reach the
+    /// port may then write events, read every row, purge dead letters and change flags: for
+    /// local experiments only. Without it, walcast refuses to start with no --jwt-secret.
+    #[arg(long, env = "WALCAST_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// How often a connected client's role privileges are asked again (`/ws`): a revoked
+    /// column stops, a role that lost the table is disconnected.
+    #[arg(long, env = "WALCAST_ROLE_RECHECK", default_value = "60s", value_parser = duration_text)]
+    pub role_recheck: String,
 
     /// Roles a token may name besides anon, authenticated and service_role (comma-separated).
     /// A role that is a superuser or bypasses RLS is refused whatever the token says.

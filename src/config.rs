@@ -90,6 +90,8 @@ pub struct ServerConfig {
     pub jwt_secret: Option<String>,
     /// What a token must also satisfy: issuer, audience, the roles it may name.
     pub token_policy: crate::auth::Policy,
+    /// How often a connected client's role privileges are asked again.
+    pub role_recheck: Duration,
     /// Node name.
     pub node: String,
     /// Replication slot name.
@@ -204,6 +206,8 @@ impl ServerConfig {
             Some(s) => Some(validate_jwt_secret(s)?),
             None => None,
         };
+        let role_recheck = parse_duration(&args.role_recheck)
+            .map_err(|r| ConfigError::new("--role-recheck", "WALCAST_ROLE_RECHECK", r))?;
         let mut token_policy = crate::auth::Policy {
             issuer: args.jwt_issuer.clone().filter(|s| !s.is_empty()),
             audience: args.jwt_audience.clone().filter(|s| !s.is_empty()),
@@ -325,6 +329,26 @@ impl ServerConfig {
             Some(metrics_interval)
         };
         let (validate_interval, admin) = validate_ops(args)?;
+        // Checked last, so that a specific option's error is reported first.
+        match (&jwt_secret, args.insecure_no_auth) {
+            (Some(_), true) => {
+                return Err(ConfigError::new(
+                    "--insecure-no-auth",
+                    "WALCAST_INSECURE_NO_AUTH",
+                    "a JWT secret is set too: drop --insecure-no-auth to check tokens with it",
+                ));
+            }
+            (None, false) => {
+                return Err(ConfigError::new(
+                    "--jwt-secret",
+                    "WALCAST_JWT_SECRET",
+                    "walcast will not serve without a way to verify tokens: set the project's JWT \
+                     secret (at least 32 characters; `walcast keys` mints keys for it), or pass \
+                     --insecure-no-auth to open every endpoint to anyone (local experiments only)",
+                ));
+            }
+            _ => {}
+        }
         Ok(ServerConfig {
             validate_interval,
             admin,
@@ -340,6 +364,7 @@ impl ServerConfig {
             listen,
             jwt_secret,
             token_policy,
+            role_recheck,
             node,
             slot,
             publication,

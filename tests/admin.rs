@@ -80,7 +80,7 @@ async fn clients(w: &Walcast, stop: &CancellationToken) {
     let key = walcast::auth::mint(support::SECRET, "service_role", Duration::from_secs(600))
         .expect("mint");
     let spec = SubscribeSpec::default();
-    let ws = WsObserver::connect(&w.ws_url(""), &spec, None)
+    let ws = WsObserver::connect(&w.ws_url(""), &key, &spec, None)
         .await
         .expect("ws client");
     let rt = RealtimeObserver::connect(&w.ws_url(""), &key, &spec)
@@ -304,7 +304,7 @@ async fn status_describes_the_node() {
     let w = walcast_with_console(&db, port).await;
     let stop = CancellationToken::new();
     clients(&w, &stop).await;
-    let (code, body) = support::get(&w.url("/v1/status")).await;
+    let (code, body) = support::get_as(&w.url("/v1/status"), Some(&support::service_key())).await;
     assert_eq!(code, 200, "{body}");
     let s: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(s["node"], db.node());
@@ -333,7 +333,7 @@ async fn status_describes_the_node() {
     stop.cancel();
     // Sessions leave the registry when they end.
     let gone = support::wait_until(Duration::from_secs(10), || async {
-        let (_, body) = support::get(&w.url("/v1/status")).await;
+        let (_, body) = support::get_as(&w.url("/v1/status"), Some(&support::service_key())).await;
         serde_json::from_str::<Value>(&body).expect("json")["clients"]["total"] == 0
     })
     .await;

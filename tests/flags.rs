@@ -545,6 +545,7 @@ async fn environment_beats_the_database() {
                 &db.url,
                 "--listen",
                 "127.0.0.1:0",
+                "--insecure-no-auth",
             ],
             &[(var, value)],
         );

@@ -1272,9 +1272,10 @@ async fn presence_state_and_diff() {
 async fn same_change_on_ws_and_realtime() {
     let db = support::fresh_db().await;
     let w = walcast(&db).await;
-    let mut plain = support::ws::WsClient::connect(&w.ws_url("/ws")).await;
+    let key = token("service_role", 600);
+    let mut plain = support::ws::WsClient::connect(&w.ws_url(&format!("/ws?apikey={key}"))).await;
     plain.subscribe("all", json!({})).await;
-    let mut rt = Rt::connect(&w, &token("service_role", 600), true).await;
+    let mut rt = Rt::connect(&w, &key, true).await;
     rt.join("realtime:both", pg_join(all_changes())).await;
     subscribed(&mut rt, "realtime:both").await;
     let id = insert(&db, "host-both").await;

@@ -200,3 +200,302 @@ async fn nbf_iss_and_aud_are_checked() {
         );
     }
 }
+
+/// A user token: `role` with `sub` (the own-rows policy shows a user the rows whose `source`
+/// is their `sub`).
+fn user(role: &str, sub: &str) -> String {
+    sign(json!({"role": role, "sub": sub, "exp": now() + 600}))
+}
+
+/// The status and `error` object of a refused `/ws` upgrade (panics if it is accepted).
+async fn ws_refusal(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> (u16, Value) {
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => panic!("upgrade accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"null"))
+                .unwrap_or(Value::Null);
+            (resp.status().as_u16(), body["error"].clone())
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+/// `/ws` with `token` in the address.
+fn ws_url(w: &Walcast, token: &str) -> String {
+    w.ws_url(&format!("/ws?apikey={token}"))
+}
+
+/// Finding: `/ws` had no authentication at all. Now a token is required, from a header or the
+/// address, and checked like everywhere else.
+#[tokio::test]
+async fn ws_needs_a_valid_token() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let db = support::fresh_db().await;
+    let w = walcast(&db, &[]).await;
+    let plain = w.ws_url("/ws").into_client_request().unwrap();
+    let (status, error) = ws_refusal(plain).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{error}"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("missing token"),
+        "{error}"
+    );
+    for bad in [
+        "not.a.jwt".to_owned(),
+        sign(json!({"role": "anon", "exp": now() - 5})),
+        sign(json!({"role": "postgres", "exp": now() + 600})),
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"role": "service_role", "exp": now() + 600}),
+            &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-0123"),
+        )
+        .unwrap(),
+    ] {
+        let (status, error) = ws_refusal(ws_url(&w, &bad).into_client_request().unwrap()).await;
+        assert_eq!(
+            (status, error["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{error}"
+        );
+    }
+    // Every way of sending a good token works.
+    let key = support::service_key();
+    support::ws::WsClient::connect(&ws_url(&w, &key)).await;
+    support::ws::WsClient::connect(&w.ws_url(&format!("/ws?access_token={key}"))).await;
+    for (name, value) in [
+        ("authorization", format!("Bearer {key}")),
+        ("apikey", key.clone()),
+    ] {
+        let mut req = w.ws_url("/ws").into_client_request().unwrap();
+        req.headers_mut().insert(name, value.parse().unwrap());
+        let (socket, _) = tokio_tungstenite::connect_async(req).await.expect(name);
+        drop(socket);
+    }
+}
+
+/// Finding: without a secret, everything was open and nothing said so. Now `serve` refuses to
+/// start unless the operator opens it explicitly, and then it says what is open.
+#[tokio::test]
+async fn serve_fails_closed_without_a_secret() {
+    let db = support::fresh_db().await;
+    let (code, _, err) = support::run_cli(&["serve", "--database-url", &db.url], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--jwt-secret") && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
+    let (code, _, err) = support::run_cli(
+        &["serve", "--database-url", &db.url, "--insecure-no-auth"],
+        &[("WALCAST_JWT_SECRET", support::SECRET)],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a JWT secret is set too"), "{err}");
+    // The harness starts walcast without a secret with --insecure-no-auth: it warns.
+    let w = Walcast::start(&db, &[]).await;
+    let opened = support::wait_until(Duration::from_secs(10), || async {
+        w.log_text()
+            .contains("--insecure-no-auth: every endpoint is open")
+    })
+    .await;
+    assert!(opened, "no warning in the log:\n{}", w.log_text());
+}
+
+/// Finding: `/v1/status` (client addresses, subscription filters) was open.
+#[tokio::test]
+async fn status_needs_a_service_role_token() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db, &[]).await;
+    let url = w.url("/v1/status");
+    assert_eq!(support::get_as(&url, None).await.0, 401);
+    assert_eq!(support::get_as(&url, Some(&user("anon", "x"))).await.0, 403);
+    assert_eq!(
+        support::get_as(&url, Some(&user("authenticated", "x")))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        support::get_as(&url, Some(&support::service_key())).await.0,
+        200
+    );
+}
+
+/// The event frames of a client within `wait`, by the row's `source` (or `-` without one).
+async fn sources(c: &mut support::ws::WsClient, wait: Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(f) = c.next_frame(wait).await {
+        if f["type"] == "event" {
+            let row = if f["op"] == "DELETE" {
+                &f["old_record"]
+            } else {
+                &f["record"]
+            };
+            out.push(row["source"].as_str().unwrap_or("-").to_owned());
+        }
+    }
+    out
+}
+
+/// `/ws` shows each role what its row level security policies allow, live and on resume: two
+/// users see their own rows, anon sees none, service_role sees all; a DELETE reaches everyone
+/// with the key only.
+#[tokio::test]
+async fn ws_rows_follow_row_level_security_live_and_on_resume() {
+    let db = support::fresh_db().await;
+    support::use_own_rows_policy(&db).await;
+    let w = walcast(&db, &[]).await;
+    let c = db.client().await;
+    let mut service = support::ws::WsClient::connect(&ws_url(&w, &support::service_key())).await;
+    let mut alice =
+        support::ws::WsClient::connect(&ws_url(&w, &user("authenticated", "alice"))).await;
+    let mut bob = support::ws::WsClient::connect(&ws_url(&w, &user("authenticated", "bob"))).await;
+    let mut anon = support::ws::WsClient::connect(&ws_url(&w, &user("anon", "x"))).await;
+    for client in [&mut service, &mut alice, &mut bob, &mut anon] {
+        client.subscribe("all", json!({})).await;
+    }
+    c.batch_execute(
+        "insert into public.monitoring_events (event_type, source) \
+         values ('cpu', 'alice'), ('cpu', 'bob'), ('cpu', 'carol')",
+    )
+    .await
+    .unwrap();
+    let quiet = Duration::from_millis(1500);
+    let mut all = sources(&mut service, quiet).await;
+    all.sort();
+    assert_eq!(all, ["alice", "bob", "carol"]);
+    assert_eq!(sources(&mut alice, quiet).await, ["alice"]);
+    assert_eq!(sources(&mut bob, quiet).await, ["bob"]);
+    assert!(sources(&mut anon, quiet).await.is_empty());
+
+    // A DELETE cannot be checked (the row is gone): everyone gets the key, nothing else.
+    c.execute(
+        "delete from public.monitoring_events where source = 'carol'",
+        &[],
+    )
+    .await
+    .unwrap();
+    for client in [&mut alice, &mut anon, &mut bob, &mut service] {
+        let f = client
+            .next_frame(Duration::from_secs(10))
+            .await
+            .expect("delete");
+        assert_eq!(f["op"], "DELETE", "{f}");
+        let keys: Vec<&String> = f["old_record"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["id"], "{f}");
+    }
+
+    // Resume: bob comes back after rows were written without him, and gets only his.
+    let cursor = {
+        c.execute(
+            "insert into public.monitoring_events (event_type, source) values ('cpu', 'bob')",
+            &[],
+        )
+        .await
+        .unwrap();
+        let f = bob
+            .next_frame(Duration::from_secs(10))
+            .await
+            .expect("bob's row");
+        f["cursor"].as_str().unwrap().to_owned()
+    };
+    drop(bob);
+    c.batch_execute(
+        "insert into public.monitoring_events (event_type, source) \
+         values ('cpu', 'alice'), ('cpu', 'bob'), ('mem', 'bob'), ('cpu', 'carol')",
+    )
+    .await
+    .unwrap();
+    // Wait until the live clients saw them, so that the replay has something to replay.
+    assert_eq!(sources(&mut alice, quiet).await, ["alice"]);
+    let mut bob = support::ws::WsClient::connect(&ws_url(&w, &user("authenticated", "bob"))).await;
+    bob.subscribe("all", json!({})).await;
+    let (replayed, resumed) = bob.resume(&cursor, Duration::from_secs(20)).await;
+    let got: Vec<&str> = replayed
+        .iter()
+        .map(|f| f["record"]["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ["bob", "bob"], "{resumed}");
+    let mut anon = support::ws::WsClient::connect(&ws_url(&w, &user("anon", "x"))).await;
+    anon.subscribe("all", json!({})).await;
+    let (replayed, _) = anon.resume(&cursor, Duration::from_secs(20)).await;
+    assert!(replayed.is_empty(), "{replayed:?}");
+}
+
+/// Finding: column privileges were frozen at join. A client of a role with column privileges
+/// only sees those columns, and a revoke reaches a connected client within --role-recheck;
+/// a role that loses the table is disconnected.
+#[tokio::test]
+async fn ws_columns_follow_privileges_while_connected() {
+    let db = support::fresh_db().await;
+    let role = format!("narrow_{}", db.name);
+    let c = db.client().await;
+    c.batch_execute(&format!(
+        "create role {role} nologin; \
+         grant select (id, event_type, source, data) on public.monitoring_events to {role}; \
+         create policy narrow_read on public.monitoring_events for select to {role} using (true);"
+    ))
+    .await
+    .unwrap();
+    let extra = format!("--extra-roles={role}");
+    let w = walcast(&db, &[&extra, "--role-recheck=1s"]).await;
+    let mut narrow = support::ws::WsClient::connect(&ws_url(&w, &user(&role, "n"))).await;
+    narrow.subscribe("all", json!({})).await;
+    let insert = "insert into public.monitoring_events (event_type, source, data) \
+                  values ('cpu', 'h', '{\"v\": 1}')";
+    c.execute(insert, &[]).await.unwrap();
+    let f = narrow
+        .next_frame(Duration::from_secs(10))
+        .await
+        .expect("event");
+    let mut cols: Vec<&String> = f["record"].as_object().unwrap().keys().collect();
+    cols.sort();
+    assert_eq!(cols, ["data", "event_type", "id", "source"], "{f}");
+
+    c.batch_execute(&format!(
+        "revoke select (data) on public.monitoring_events from {role}"
+    ))
+    .await
+    .unwrap();
+    // Within a few re-checks (1 s apart) the column stops.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut stopped = false;
+    while !stopped && tokio::time::Instant::now() < deadline {
+        c.execute(insert, &[]).await.unwrap();
+        let f = narrow
+            .next_frame(Duration::from_secs(5))
+            .await
+            .expect("event");
+        stopped = f["record"].get("data").is_none();
+        if !stopped {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(stopped, "the revoked column kept coming");
+
+    c.batch_execute(&format!(
+        "revoke select on public.monitoring_events from {role}; \
+         drop policy narrow_read on public.monitoring_events;"
+    ))
+    .await
+    .unwrap();
+    let mut refused = None;
+    for _ in 0..20 {
+        match narrow.next_raw(Duration::from_secs(5)).await {
+            Some(f) if f["type"] == "error" => refused = Some(f),
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    let refused = refused.expect("an error frame before the close");
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(narrow.closed, Some(1008));
+    c.batch_execute(&format!("drop role {role}")).await.unwrap();
+}

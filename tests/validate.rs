@@ -167,7 +167,7 @@ async fn the_server_checks_itself_continuously() {
     let key = walcast::auth::mint(support::SECRET, "service_role", Duration::from_secs(600))
         .expect("mint");
     let spec = SubscribeSpec::default();
-    let ws = WsObserver::connect(&ws_base, &spec, None)
+    let ws = WsObserver::connect(&ws_base, &key, &spec, None)
         .await
         .expect("ws");
     let rt = RealtimeObserver::connect(&ws_base, &key, &spec)
@@ -177,7 +177,7 @@ async fn the_server_checks_itself_continuously() {
     let ws_task = tokio::spawn(ws.run(stop.clone()));
     let rt_task = tokio::spawn(rt.run(stop.clone()));
     let status = || async {
-        let (code, body) = support::get(&w.url("/v1/status")).await;
+        let (code, body) = support::get_as(&w.url("/v1/status"), Some(&key)).await;
         assert_eq!(code, 200, "{body}");
         serde_json::from_str::<Value>(&body).expect("status json")
     };

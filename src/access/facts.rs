@@ -148,6 +148,25 @@ impl RlsGate {
                 access
             }
         };
+        Self::access_result(group, access)
+    }
+
+    /// [`RlsGate::check_role`] asked of Postgres now, not from the cache (a connected client's
+    /// periodic re-check); the answer replaces the cached one.
+    pub async fn recheck_role(
+        &self,
+        group: &Arc<ClaimsGroup>,
+    ) -> Result<Option<Arc<[String]>>, GateError> {
+        let access = self.run_role_check(group).await?;
+        self.roles.put(Arc::clone(group), access.clone());
+        Self::access_result(group, access)
+    }
+
+    /// A role check's answer as a result.
+    fn access_result(
+        group: &ClaimsGroup,
+        access: RoleAccess,
+    ) -> Result<Option<Arc<[String]>>, GateError> {
         match access {
             RoleAccess::Denied => Err(GateError::Denied {
                 role: group.role.clone(),

@@ -23,6 +23,7 @@
 mod batch;
 pub(crate) mod cache;
 mod facts;
+pub mod view;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -3,8 +3,9 @@
 //!
 //! - [`clients`]: the client registry every WebSocket session registers in (id, protocol, peer,
 //!   subscriptions, counters).
-//! - [`status`]: `GET /v1/status`, one JSON document for dashboards and operators (no
-//!   authentication; it holds no row data and no tokens), with a cached dead-letter summary.
+//! - [`status`]: `GET /v1/status`, one JSON document for dashboards and operators (a
+//!   `service_role` token; it holds no row data and no tokens), with a cached dead-letter
+//!   summary.
 //! - [`tables`]: the console's resources as rows of text (`SHOW CLIENTS`, `SHOW STATS`, ...).
 //! - [`console`]: the admin console, spoken over the Postgres wire protocol so that `psql` and
 //!   any Postgres driver can query it; off unless `--admin-listen` is set, password protected.

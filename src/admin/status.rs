@@ -1,7 +1,8 @@
 //! `GET /v1/status`: one JSON document with the node's state, for dashboards and operators.
 //!
-//! No authentication: the document holds counts, positions, settings, client addresses and
-//! subscription filters, never row data or tokens. The dead-letter summary needs a query; it is
+//! It needs a `service_role` token (when a JWT secret is configured): the document holds
+//! counts, positions, settings, client addresses and subscription filters (never row data or
+//! tokens), which are the operator's business. The dead-letter summary needs a query; it is
 //! cached and refreshed at most every [`DLQ_REFRESH`].
 
 use std::time::{Duration, Instant};
@@ -270,12 +271,16 @@ pub fn routes<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     std::sync::Arc<NodeView>: axum::extract::FromRef<S>,
+    crate::auth::Auth: axum::extract::FromRef<S>,
 {
     Router::new().route("/v1/status", get(status_handler))
 }
 
 /// `GET /v1/status`.
-async fn status_handler(State(state): State<std::sync::Arc<NodeView>>) -> Response {
+async fn status_handler(
+    State(state): State<std::sync::Arc<NodeView>>,
+    _role: crate::auth::ServiceRole,
+) -> Response {
     let doc = status(&state).await;
     (
         [(axum::http::header::CACHE_CONTROL, "no-store")],

@@ -14,8 +14,13 @@ const DEV_DATABASE: &str = "walcast";
 
 /// Runs the dev stack until Ctrl-C.
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // Validate the server options before starting anything (the URL is not known yet).
-    ServerConfig::from_args("postgres://postgres@127.0.0.1/walcast", &args.server)?;
+    // Validate the server options before starting anything (the URL is not known yet, and the
+    // secret is generated below when none is given, so a stand-in takes its place here).
+    let mut probe = args.server.clone();
+    if probe.jwt_secret.is_none() && !probe.insecure_no_auth {
+        probe.jwt_secret = Some("x".repeat(32));
+    }
+    ServerConfig::from_args("postgres://postgres@127.0.0.1/walcast", &probe)?;
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     eprintln!(
@@ -39,6 +44,8 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         None => load_or_create_secret(&data_dir.join("jwt_secret"))?,
     };
     server.jwt_secret = Some(secret.clone());
+    // dev always checks tokens: it made the secret and prints the keys.
+    server.insecure_no_auth = false;
     if server.spool_dir.is_none() {
         server.spool_dir = Some(data_dir.join("spool"));
     }
@@ -57,7 +64,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         println!("walcast dev is running (Ctrl-C stops it and the cluster)");
         println!("  dashboard:        http://{addr}/?apikey={dashboard_key}");
         println!("  ingest:           POST http://{addr}/v1/events");
-        println!("  stream:           ws://{addr}/ws");
+        println!("  stream:           ws://{addr}/ws?apikey=<anon or service_role key>");
         println!("  realtime:         ws://{addr}/realtime/v1/websocket?apikey=<anon or service_role key>&vsn=2.0.0");
         println!("  metrics:          http://{addr}/metrics");
         println!("  postgres:         {url}");

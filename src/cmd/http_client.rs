@@ -60,7 +60,20 @@ impl HttpClient {
 
     /// GETs `url`.
     pub async fn get(&self, url: &str) -> anyhow::Result<HttpResponse> {
-        let req = hyper::Request::get(url).body(Full::new(Bytes::new()))?;
+        self.get_with_token(url, None).await
+    }
+
+    /// GETs `url` with an optional bearer token.
+    pub async fn get_with_token(
+        &self,
+        url: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<HttpResponse> {
+        let mut req = hyper::Request::get(url);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Full::new(Bytes::new()))?;
         let resp = self.inner.request(req).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();

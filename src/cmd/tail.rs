@@ -28,6 +28,23 @@ pub async fn run(args: TailArgs) -> anyhow::Result<TailEnd> {
         .url
         .clone()
         .unwrap_or_else(|| format!("ws://{}/ws", args.listen));
+    // The key goes in the address, as browsers send it.
+    let apikey = match (&args.apikey, &args.jwt_secret) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(secret)) => Some(
+            crate::auth::mint(secret, "service_role", Duration::from_secs(86_400))
+                .map_err(|e| anyhow::anyhow!("minting a service_role key: {e}"))?,
+        ),
+        (None, None) => None,
+    };
+    let url = match apikey {
+        Some(k) => format!(
+            "{url}{}apikey={}",
+            if url.contains('?') { '&' } else { '?' },
+            url::form_urlencoded::byte_serialize(k.as_bytes()).collect::<String>()
+        ),
+        None => url,
+    };
     let mut last: Option<String> = match &args.since {
         Some(s) => Some(Cursor::decode(s)?.encode()),
         None => None,

@@ -70,7 +70,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     };
 
     let (ws, rt) = tokio::try_join!(
-        WsObserver::connect(&ws_base, &spec, args.debug_drop_every),
+        WsObserver::connect(&ws_base, &apikey, &spec, args.debug_drop_every),
         RealtimeObserver::connect(&ws_base, &apikey, &spec),
     )?;
     let start: DateTime<Utc> = clock(reference.as_ref()).await?;

@@ -177,12 +177,17 @@ impl WsObserver {
     /// Connects to `ws_base` + `/ws` and subscribes.
     pub async fn connect(
         ws_base: &str,
+        apikey: &str,
         spec: &SubscribeSpec,
         drop_every: Option<u64>,
     ) -> Result<WsObserver, ValidateError> {
         const PATH: &str = "ws";
-        let url = format!("{ws_base}/ws");
-        let mut socket = connect(PATH, &url, &url).await?;
+        let shown = format!("{ws_base}/ws");
+        let url = format!(
+            "{shown}?apikey={}",
+            url::form_urlencoded::byte_serialize(apikey.as_bytes()).collect::<String>()
+        );
+        let mut socket = connect(PATH, &url, &shown).await?;
         let welcome = next_text(&mut socket, PATH, "the welcome frame").await?;
         if !matches!(
             json::parse_server_frame(&welcome),

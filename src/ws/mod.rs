@@ -10,5 +10,6 @@
 pub mod protocol;
 pub(crate) mod session;
 pub(crate) mod socket;
+pub(crate) mod viewer;
 
 pub use session::{WsState, ws_handler};

@@ -8,21 +8,27 @@
 use std::sync::Arc;
 
 use axum::Extension;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 
 use super::protocol::{self as json, ClientFrame, ErrorCode, ProtocolError};
 use super::socket::{
-    CLOSE_GOING_AWAY, CLOSE_LAGGED, ClientSink, ClientStream, End, MAX_CLIENT_MESSAGE,
-    MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, Outbox, READ_BUFFER, WRITE_BATCH,
+    CLOSE_GOING_AWAY, CLOSE_LAGGED, CLOSE_POLICY, ClientSink, ClientStream, Clock, End,
+    MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, Outbox, READ_BUFFER, WRITE_BATCH,
 };
+use super::viewer::{self, RoleView, Verdict};
 // Sessions register in the operator surface's client registry (admin owns it; it imports no
 // session code).
+use crate::access::{GateError, RlsGate};
 use crate::admin::clients::{self, ClientHandle, SubscriptionInfo};
-use crate::decode::Cursor;
+use crate::auth::Auth;
+use crate::decode::{Change, Cursor, Operation};
 use crate::endpoint::Endpoint;
 use crate::filter::Filter;
 use crate::hub::{HubItem, Subscription};
@@ -45,8 +51,14 @@ pub struct WsState {
     pub clients: Arc<crate::admin::ClientRegistry>,
     /// Heartbeat interval.
     pub heartbeat: std::time::Duration,
+    /// How often a role's privileges are asked again.
+    pub role_recheck: std::time::Duration,
     /// Cancelled when the server shuts down.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Token checks.
+    pub auth: Auth,
+    /// Row visibility for roles other than `service_role`.
+    pub gate: Arc<RlsGate>,
 }
 
 /// The route, for a state that provides [`WsState`].
@@ -60,14 +72,33 @@ where
 
 /// `GET /ws`: upgrades to the plain JSON protocol.
 pub async fn ws_handler(
-    ws: WebSocketUpgrade,
     State(state): State<WsState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     // Outside the node's broadcaster mode: refuse before upgrading (open sessions stay).
     if let Err(refused) = state.flags.check(Endpoint::Ws) {
-        return axum::response::IntoResponse::into_response(refused);
+        return refused.into_response();
     }
+    // Who is connecting, before the upgrade: a refusal is a plain HTTP answer.
+    let viewer = match viewer::authorize(
+        &state.auth,
+        &state.gate,
+        &headers,
+        query.as_deref(),
+        crate::auth::unix_now(),
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(refused) => return refused.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .read_buffer_size(READ_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
@@ -78,7 +109,7 @@ pub async fn ws_handler(
                 .clients
                 .register(Endpoint::Ws, peer.map(|Extension(ConnectInfo(a))| a));
             let (sink, stream) = socket.split();
-            let mut session = Session::new(sink, stream, state.clone(), client);
+            let mut session = Session::new(sink, stream, state.clone(), client, viewer);
             session.run().await;
             state.metrics.ws_clients.add(-1);
         })
@@ -101,11 +132,21 @@ struct Session<S, R> {
     live_first: Option<Cursor>,
     /// Subscriptions by id.
     filters: Vec<(String, Filter)>,
+    /// What the client may see: `None`, everything; a role, what its policies allow.
+    viewer: Option<RoleView>,
+    /// The session's wall clock (token expiry).
+    clock: Clock,
 }
 
 impl<S: ClientSink, R: ClientStream> Session<S, R> {
     /// A session over a socket's halves.
-    fn new(sink: S, stream: R, state: WsState, client: ClientHandle) -> Self {
+    fn new(
+        sink: S,
+        stream: R,
+        state: WsState,
+        client: ClientHandle,
+        viewer: Option<RoleView>,
+    ) -> Self {
         let sub = state.hub.subscribe();
         let position = sub.live_from;
         client.delivered(0, position);
@@ -117,6 +158,8 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             position,
             live_first: None,
             filters: Vec::new(),
+            viewer,
+            clock: Clock::start(),
         }
     }
 
@@ -129,6 +172,16 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         }
         let shutdown = self.state.shutdown.clone();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
+        let every = self.state.role_recheck;
+        let mut recheck = tokio::time::interval_at(Instant::now() + every, every);
+        let expiry = self.viewer.as_ref().map(|v| {
+            let ms = v
+                .exp
+                .saturating_mul(1000)
+                .saturating_sub(self.clock.unix_ms());
+            Instant::now() + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+        });
+        let limited = self.viewer.is_some();
         loop {
             let step = tokio::select! {
                 biased;
@@ -152,6 +205,12 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 item = self.sub.rx.recv() => self.on_live(item).await,
                 // PRIORITY 4: heartbeat.
                 _ = heartbeat.tick() => self.send(json::encode_heartbeat(self.position)).await,
+                // PRIORITY 5: the token expires (roles other than service_role).
+                _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                    self.refuse(ErrorCode::Unauthorized, "token has expired: reconnect with a fresh token and resume from the cursor").await
+                }
+                // PRIORITY 6: the role's privileges, asked again.
+                _ = recheck.tick(), if limited => self.on_recheck().await,
             };
             if step.is_err() {
                 return;
@@ -161,41 +220,124 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
 
     /// Delivers one live item and whatever else is ready, then flushes once.
     async fn on_live(&mut self, first: Result<Arc<HubItem>, RecvError>) -> Result<(), End> {
-        let mut item = match first {
+        let first = match first {
             Ok(i) => i,
             Err(RecvError::Lagged(_)) => return self.lagged().await,
             Err(RecvError::Closed) => return Err(End::Closed),
         };
-        let mut queued = 0usize;
-        // Row changes among them (the client registry counts those; TRUNCATE is `/ws` only).
-        let mut rows = 0usize;
-        loop {
+        // The item and whatever else is ready, each examined once.
+        let mut items = Vec::new();
+        let mut lagged = false;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
             if self.position.is_none_or(|p| item.change.cursor > p) {
                 self.position = Some(item.change.cursor);
                 self.live_first.get_or_insert(item.change.cursor);
                 if self.filters.iter().any(|(_, f)| f.matches(&item.change)) {
-                    let frame = item.ws_frame(&self.state.metrics, json::encode_event);
-                    self.feed(Message::Text(frame)).await?;
-                    queued += 1;
-                    rows += usize::from(item.change.op != crate::decode::Operation::Truncate);
+                    items.push(item);
                 }
             }
-            if queued >= WRITE_BATCH {
-                break;
+            if items.len() < WRITE_BATCH {
+                next = match self.sub.rx.try_recv() {
+                    Ok(i) => Some(i),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                        lagged = true;
+                        None
+                    }
+                    Err(_) => None,
+                };
             }
-            item = match self.sub.rx.try_recv() {
-                Ok(i) => i,
-                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                    self.flush(queued).await?;
-                    self.out.client.delivered(rows, self.position);
-                    return self.lagged().await;
-                }
-                Err(_) => break,
+        }
+        let changes: Vec<&Change> = items.iter().map(|i| &i.change).collect();
+        let verdicts = self.verdicts(&changes).await?;
+        let mut queued = 0usize;
+        // Row changes among them (the client registry counts those; TRUNCATE is `/ws` only).
+        let mut rows = 0usize;
+        for (item, verdict) in items.iter().zip(verdicts) {
+            let frame = match verdict {
+                Verdict::Skip => continue,
+                Verdict::Shared => item.ws_frame(&self.state.metrics, json::encode_event),
+                Verdict::Own(seen) => json::encode_event(&seen).into(),
             };
+            self.feed(Message::Text(frame)).await?;
+            queued += 1;
+            rows += usize::from(item.change.op != Operation::Truncate);
         }
         let flushed = self.flush(queued).await;
         self.out.client.delivered(rows, self.position);
-        flushed
+        flushed?;
+        if lagged {
+            return self.lagged().await;
+        }
+        Ok(())
+    }
+
+    /// What this client may see of each change (everything without a role view). A failed
+    /// check ends the session with an `internal` error: the client resumes from its cursor.
+    async fn verdicts(&mut self, changes: &[&Change]) -> Result<Vec<Verdict>, End> {
+        let Some(view) = &self.viewer else {
+            return Ok(vec![Verdict::Shared; changes.len()]);
+        };
+        match viewer::verdicts(&self.state.gate, view, changes).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                tracing::warn!(error = %e, kind = e.kind(), "/ws: row level security check failed");
+                let resume_from = changes.first().map(|c| c.cursor);
+                let message = match resume_from {
+                    Some(c) => format!(
+                        "the row level security check failed: reconnect and resume from cursor {}",
+                        c.encode()
+                    ),
+                    None => "the row level security check failed: reconnect".to_owned(),
+                };
+                let _ = self
+                    .send_error(ProtocolError {
+                        code: ErrorCode::Internal,
+                        message,
+                        r#ref: None,
+                    })
+                    .await;
+                let _ = self.close(1011, "row level security check failed").await;
+                Err(End::Closed)
+            }
+        }
+    }
+
+    /// Asks the role's privileges again: a revoked column stops now; a role that may no longer
+    /// read the table is disconnected.
+    async fn on_recheck(&mut self) -> Result<(), End> {
+        let Some(view) = &self.viewer else {
+            return Ok(());
+        };
+        match self.state.gate.recheck_role(&view.group).await {
+            Ok(columns) => {
+                if let Some(v) = self.viewer.as_mut() {
+                    v.columns = columns;
+                }
+                Ok(())
+            }
+            Err(e @ (GateError::Denied { .. } | GateError::Privileged { .. })) => {
+                self.refuse(ErrorCode::Forbidden, &e.to_string()).await
+            }
+            // A transient failure keeps the columns known: the next check asks again.
+            Err(e) => {
+                tracing::warn!(error = %e, kind = e.kind(), "/ws: role re-check failed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends an error frame and closes with 1008 (policy violation).
+    async fn refuse(&mut self, code: ErrorCode, message: &str) -> Result<(), End> {
+        let _ = self
+            .send_error(ProtocolError {
+                code,
+                message: message.to_owned(),
+                r#ref: None,
+            })
+            .await;
+        let _ = self.close(CLOSE_POLICY, "not authorized").await;
+        Err(End::Closed)
     }
 
     /// The client fell behind the hub's ring: say so, with the resume cursor, and close.
@@ -237,10 +379,22 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                         .await;
                 }
                 let reply = json::encode_subscribed(&req.id);
+                // A role other than service_role sees only what its policies allow: never
+                // "everything", and the registry names the role.
+                let (filter, everything) = match &self.viewer {
+                    None => (
+                        clients::describe_filter(&req.filter),
+                        clients::filter_is_everything(&req.filter),
+                    ),
+                    Some(v) => (
+                        format!("role={} {}", v.role, clients::describe_filter(&req.filter)),
+                        false,
+                    ),
+                };
                 self.out.client.subscribe(SubscriptionInfo {
                     id: req.id.clone(),
-                    filter: clients::describe_filter(&req.filter),
-                    everything: clients::filter_is_everything(&req.filter),
+                    filter,
+                    everything,
                 });
                 self.filters.push((req.id, req.filter));
                 // Changes examined so far were checked without this subscription, so they were
@@ -294,33 +448,38 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let mut replayed = 0u64;
         if let Some(until) = until.filter(|u| after < *u) {
             let mut rx = self.state.replays.replay(after, until);
-            let mut queued = 0usize;
-            while let Some(next) = rx.recv().await {
-                match next {
-                    Ok(change) => {
-                        let seen = self.live_first.is_some_and(|first| change.cursor >= first)
-                            && self.position.is_some_and(|p| change.cursor <= p);
-                        if !seen && self.filters.iter().any(|(_, f)| f.matches(&change)) {
-                            let text = json::encode_event(&change);
-                            self.feed(Message::Text(text.into())).await?;
-                            queued += 1;
-                            replayed += 1;
-                            if queued >= WRITE_BATCH {
-                                self.flush(queued).await?;
-                                queued = 0;
-                            }
-                        }
+            // Matching changes wait here until a batch is full or the replay ends, so that a
+            // role's rows are checked in one call per batch.
+            let mut batch: Vec<Change> = Vec::new();
+            loop {
+                let next = rx.recv().await;
+                let done = next.is_none();
+                if let Some(Ok(change)) = &next {
+                    let seen = self.live_first.is_some_and(|first| change.cursor >= first)
+                        && self.position.is_some_and(|p| change.cursor <= p);
+                    if !seen && self.filters.iter().any(|(_, f)| f.matches(change)) {
+                        batch.push(change.clone());
                     }
-                    Err(ReplicationError::CursorExpired { oldest }) => {
-                        self.flush(queued).await?;
+                }
+                if !batch.is_empty()
+                    && (done
+                        || batch.len() >= WRITE_BATCH
+                        || next.as_ref().is_some_and(|n| n.is_err()))
+                {
+                    replayed += self.send_replayed(&batch).await?;
+                    batch.clear();
+                }
+                match next {
+                    None => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(ReplicationError::CursorExpired { oldest })) => {
                         self.position = Some(until);
                         return self
                             .send(json::encode_cursor_expired(after, Some(oldest)))
                             .await;
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         tracing::warn!(error = %crate::error::error_chain(&e), "replay failed");
-                        self.flush(queued).await?;
                         let _ = self
                             .send_error(ProtocolError {
                                 code: ErrorCode::Internal,
@@ -333,7 +492,6 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     }
                 }
             }
-            self.flush(queued).await?;
             self.state.metrics.replayed_changes.add(replayed);
             self.position = Some(until);
             self.out.client.delivered(replayed as usize, self.position);
@@ -368,6 +526,25 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             self.out.client.delivered(0, self.position);
         }
         self.send(json::encode_resumed(after, replayed)).await
+    }
+
+    /// Sends a batch of replayed changes (what this client may see of them), flushed once;
+    /// returns how many were sent.
+    async fn send_replayed(&mut self, batch: &[Change]) -> Result<u64, End> {
+        let changes: Vec<&Change> = batch.iter().collect();
+        let verdicts = self.verdicts(&changes).await?;
+        let mut queued = 0usize;
+        for (change, verdict) in batch.iter().zip(verdicts) {
+            let text = match verdict {
+                Verdict::Skip => continue,
+                Verdict::Shared => json::encode_event(change),
+                Verdict::Own(seen) => json::encode_event(&seen),
+            };
+            self.feed(Message::Text(text.into())).await?;
+            queued += 1;
+        }
+        self.flush(queued).await?;
+        Ok(queued as u64)
     }
 
     /// Waits (bounded) until the replication reader streams.
@@ -438,7 +615,13 @@ mod tests {
             flags: Flags::new("test", EnvTier::default(), FlagSet::default()),
             clients: Arc::default(),
             heartbeat: Duration::from_secs(15),
+            role_recheck: Duration::from_secs(60),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            auth: Auth::default(),
+            gate: Arc::new(RlsGate::new(
+                crate::db::pool(url, 1, "test").unwrap(),
+                "walcast_events",
+            )),
         }
     }
 
@@ -446,7 +629,7 @@ mod tests {
     async fn start(state: &WsState) -> Peer {
         let (sink, stream, mut peer) = socket();
         let client = state.clients.register(Endpoint::Ws, None);
-        let mut session = Session::new(sink, stream, state.clone(), client);
+        let mut session = Session::new(sink, stream, state.clone(), client, None);
         tokio::spawn(async move { session.run().await });
         assert_eq!(peer.next_json().await["type"], "welcome");
         peer

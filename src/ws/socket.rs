@@ -35,6 +35,8 @@ pub const CLOSE_LAGGED: u16 = 4008;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code after an idle timeout (a normal close).
 pub const CLOSE_IDLE: u16 = 1000;
+/// Close code when a client's token expires or its role loses the table (policy violation).
+pub const CLOSE_POLICY: u16 = 1008;
 
 /// Wall-clock time as a session reads it: the Unix time at the session's start plus the
 /// runtime's monotonic time since, so that token expiry follows the same clock as the

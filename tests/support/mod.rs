@@ -228,6 +228,13 @@ impl Walcast {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(logf);
+        // Without a secret, a test runs walcast open on purpose (walcast refuses to start
+        // without one otherwise); tests of authentication pass WALCAST_JWT_SECRET.
+        let secret = env.iter().any(|(k, _)| k == "WALCAST_JWT_SECRET")
+            || args.iter().any(|a| a.starts_with("--jwt-secret"));
+        if !secret {
+            cmd.env("WALCAST_INSECURE_NO_AUTH", "true");
+        }
         for (k, v) in &env {
             cmd.env(k, v);
         }
@@ -562,7 +569,17 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 
 /// GETs a URL; returns (status, body text).
 pub async fn get(url: &str) -> (u16, String) {
+    get_as(url, None).await
+}
+
+/// GETs a URL with a bearer token; returns (status, body text).
+pub async fn get_as(url: &str, token: Option<&str>) -> (u16, String) {
     let client = walcast::cmd::http_client::HttpClient::new();
-    let r = client.get(url).await.expect("get");
+    let r = client.get_with_token(url, token).await.expect("get");
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+/// A `service_role` key for the test secret, valid for an hour.
+pub fn service_key() -> String {
+    walcast::auth::mint(SECRET, "service_role", Duration::from_secs(3600)).expect("mint")
 }

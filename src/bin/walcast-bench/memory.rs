@@ -418,7 +418,10 @@ impl WalcastChild {
                 "127.0.0.1:0",
                 "--node",
                 node,
+                // The scenario measures memory, not authentication.
+                "--insecure-no-auth",
             ])
+            .env_remove("WALCAST_JWT_SECRET")
             .arg("--spool-dir")
             .arg(spool_dir)
             .stdin(std::process::Stdio::null())

@@ -118,6 +118,7 @@ pub async fn run(args: RealtimeArgs) -> anyhow::Result<()> {
 
     let mut server_args = bench_server_args();
     server_args.jwt_secret = Some(SECRET.to_owned());
+    server_args.insecure_no_auth = false;
     server_args.client_queue = 262_144;
     let config = ServerConfig::from_args(&db.url, &server_args)?;
     let (addr, token, handle) = start_server(&db.url, &server_args).await?;

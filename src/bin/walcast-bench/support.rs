@@ -97,7 +97,7 @@ pub async fn bench_db(url: Option<String>) -> anyhow::Result<BenchDb> {
 }
 
 /// Server options with their defaults (and `WALCAST_*` environment), listening on a free port,
-/// without a JWT secret, on a fresh node with a temporary spool directory.
+/// without a JWT secret (`--insecure-no-auth`), on a fresh node with a temporary spool directory.
 pub fn bench_server_args() -> ServerArgs {
     use clap::Parser;
     #[derive(Parser)]
@@ -107,7 +107,9 @@ pub fn bench_server_args() -> ServerArgs {
     }
     let mut w = Wrapper::parse_from(["bench"]);
     w.server.listen = "127.0.0.1:0".into();
+    // The scenarios measure delivery, not authentication (realtime sets its own secret).
     w.server.jwt_secret = None;
+    w.server.insecure_no_auth = true;
     w.server.node = format!("bench{:x}", rand::random::<u16>());
     w.server.spool_dir =
         Some(std::env::temp_dir().join(format!("walcast-bench-spool-{}", w.server.node)));

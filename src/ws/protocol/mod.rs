@@ -59,13 +59,17 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// The cursor to resume from is older than the retention window.
     CursorExpired,
+    /// The connection's token expired; reconnect with a fresh one.
+    Unauthorized,
+    /// The connection's role may no longer read the table.
+    Forbidden,
     /// Something went wrong inside walcast.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadRequest,
@@ -75,6 +79,8 @@ impl ErrorCode {
         ErrorCode::UnknownSubscription,
         ErrorCode::TooManySubscriptions,
         ErrorCode::CursorExpired,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
         ErrorCode::Internal,
     ];
 
@@ -90,6 +96,8 @@ impl ErrorCode {
             ErrorCode::UnknownSubscription => "unknown_subscription",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::CursorExpired => "cursor_expired",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
         }
     }

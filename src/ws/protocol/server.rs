@@ -10,6 +10,7 @@ use super::{ErrorCode, LAGGED_CLOSE_CODE, PROTOCOL_VERSION, ProtocolError};
 use crate::decode::{Change, Cursor, Row};
 use crate::json::{push_opt_str, push_str as push_json_str};
 
+/// Encodes a change as an `event` frame.
 ///
 /// Fields in order: `type`, `cursor`, `op`, `schema`, `table`, `commit_ts` (RFC 3339 UTC with
 /// microseconds), `record`, `old_record` (objects or `null`), then `unchanged_toast` (names of

@@ -419,6 +419,8 @@ fn error_codes_round_trip() {
             "unknown_subscription",
             "too_many_subscriptions",
             "cursor_expired",
+            "unauthorized",
+            "forbidden",
             "internal"
         ]
     );
