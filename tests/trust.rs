@@ -499,3 +499,58 @@ async fn ws_columns_follow_privileges_while_connected() {
     assert_eq!(narrow.closed, Some(1008));
     c.batch_execute(&format!("drop role {role}")).await.unwrap();
 }
+
+/// The response headers of `GET path` (lower-case names), read over a plain socket.
+async fn headers_of(w: &Walcast, path: &str) -> std::collections::HashMap<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = w
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Finding: the dashboard page had no CSP, frame or nosniff headers.
+#[tokio::test]
+async fn the_dashboard_page_cannot_be_framed_or_fed_scripts() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db, &[]).await;
+    let h = headers_of(&w, "/").await;
+    assert_eq!(
+        h.get("x-frame-options").map(String::as_str),
+        Some("DENY"),
+        "{h:?}"
+    );
+    assert_eq!(
+        h.get("x-content-type-options").map(String::as_str),
+        Some("nosniff"),
+        "{h:?}"
+    );
+    let csp = h.get("content-security-policy").expect("a CSP");
+    for part in [
+        "default-src 'none'",
+        "script-src 'sha256-",
+        "frame-ancestors 'none'",
+        "connect-src 'self'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert!(!csp.contains("script-src 'unsafe-inline'"), "{csp}");
+}
