@@ -314,7 +314,11 @@ pub async fn serve(
             hub: hub.clone(),
             metrics: Arc::clone(&metrics),
             reader: Arc::clone(&status),
-            replays: crate::replication::Replays::new(settings, config.slot.clone()),
+            replays: crate::replication::Replays::new(
+                settings,
+                config.slot.clone(),
+                config.max_replays,
+            ),
             flags: flags.clone(),
             clients: Arc::clone(&clients),
             heartbeat: config.heartbeat,

@@ -283,6 +283,12 @@ pub struct ServerArgs {
     #[arg(long, env = "WALCAST_ROLE_RECHECK", default_value = "60s", value_parser = duration_text)]
     pub role_recheck: String,
 
+    /// Most replays (`resume`, `since`) running at once, each a replication connection; more
+    /// get a `busy` error and retry. Keep it well below Postgres' max_wal_senders.
+    #[arg(long, env = "WALCAST_MAX_REPLAYS", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_replays: u16,
+
     /// Roles a token may name besides anon, authenticated and service_role (comma-separated).
     /// A role that is a superuser or bypasses RLS is refused whatever the token says.
     #[arg(long, env = "WALCAST_EXTRA_ROLES", value_delimiter = ',')]

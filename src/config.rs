@@ -92,6 +92,8 @@ pub struct ServerConfig {
     pub token_policy: crate::auth::Policy,
     /// How often a connected client's role privileges are asked again.
     pub role_recheck: Duration,
+    /// Most replays running at once.
+    pub max_replays: usize,
     /// Node name.
     pub node: String,
     /// Replication slot name.
@@ -365,6 +367,7 @@ impl ServerConfig {
             jwt_secret,
             token_policy,
             role_recheck,
+            max_replays: usize::from(args.max_replays),
             node,
             slot,
             publication,

@@ -554,3 +554,93 @@ async fn the_dashboard_page_cannot_be_framed_or_fed_scripts() {
     }
     assert!(!csp.contains("script-src 'unsafe-inline'"), "{csp}");
 }
+
+/// Finding: every `resume` opened a replication connection with no bound, until Postgres had no
+/// walsender left. Now at most --max-replays run at once; a resume beyond that gets `busy` (the
+/// connection stays usable) and succeeds once a replay has ended, also one whose client stopped
+/// reading.
+#[tokio::test]
+async fn replays_are_capped_and_busy_is_answered() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db, &["--max-replays=1"]).await;
+    let key = support::service_key();
+    let c = db.client().await;
+    // A backlog that takes a replay far longer to send than a request takes to arrive.
+    let mut watcher = support::ws::WsClient::connect(&ws_url(&w, &key)).await;
+    watcher.subscribe("all", json!({})).await;
+    c.execute(
+        "insert into public.monitoring_events (event_type, source) values ('start', 'h')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let start = watcher
+        .next_frame(Duration::from_secs(10))
+        .await
+        .expect("start");
+    let start = start["cursor"].as_str().unwrap().to_owned();
+    c.execute(
+        "insert into public.monitoring_events (event_type, source, data) \
+         select 'bulk', 'h', jsonb_build_object('pad', repeat('x', 1000)) \
+         from generate_series(1, 5000)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut last = String::new();
+    while let Some(f) = watcher.next_frame(Duration::from_secs(5)).await {
+        if let Some(c) = f["cursor"].as_str() {
+            last = c.to_owned();
+        }
+    }
+    assert!(!last.is_empty());
+
+    // Two clients resume from the start at the same moment: one replay runs (it takes far
+    // longer than the other's request needs to arrive), the other is answered `busy`.
+    let mut a = support::ws::WsClient::connect(&ws_url(&w, &key)).await;
+    let mut b = support::ws::WsClient::connect(&ws_url(&w, &key)).await;
+    a.subscribe("all", json!({})).await;
+    b.subscribe("all", json!({})).await;
+    let resume = json!({"type": "resume", "cursor": start});
+    tokio::join!(a.send(resume.clone()), b.send(resume));
+    let (fa, fb) = tokio::join!(
+        a.next_non_event(Duration::from_secs(20)),
+        b.next_non_event(Duration::from_secs(20))
+    );
+    let busy: Vec<Value> = [fa, fb]
+        .into_iter()
+        .flatten()
+        .filter(|f| f["type"] == "error")
+        .collect();
+    assert_eq!(busy.len(), 1, "exactly one busy answer: {busy:?}");
+    assert_eq!(busy[0]["code"], "busy", "{busy:?}");
+    assert!(
+        busy[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-replays"),
+        "{busy:?}"
+    );
+    // Both go away; the permit comes back and a later resume goes through.
+    drop((a, b));
+    let mut other = support::ws::WsClient::connect(&ws_url(&w, &key)).await;
+    other.subscribe("all", json!({})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut resumed = false;
+    while !resumed && tokio::time::Instant::now() < deadline {
+        other.send(json!({"type": "resume", "cursor": last})).await;
+        resumed = other
+            .next_non_event(Duration::from_secs(10))
+            .await
+            .is_some_and(|f| f["type"] == "resumed");
+        if !resumed {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(resumed, "the permit did not come back");
+    let (_, text) = support::get(&w.url("/metrics")).await;
+    assert!(
+        support::metric(&text, "walcast_replays_busy_total").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+}

@@ -383,6 +383,10 @@ declare_metrics! {
     /// Changes replayed to resuming clients.
     replayed_changes: Counter
         => "walcast_replayed_changes_total", "Changes replayed to resuming clients";
+    /// Resumes refused because --max-replays replays were running.
+    replays_busy: Counter
+        => "walcast_replays_busy_total",
+           "Resumes answered `busy` because --max-replays replays were running";
     /// Change frames encoded (once per change and wire format).
     frames_encoded: Counter
         => "walcast_frames_encoded_total",

@@ -7,10 +7,12 @@
 //! which the reader keeps at the oldest transaction of the resume window. Changes after the
 //! cursor and up to `until` are sent to the caller, in commit order; then the session ends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
-use tokio::sync::mpsc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::error::ReplicationError;
 use super::settings::ReplicationSettings;
@@ -21,31 +23,69 @@ const REPLAY_BUFFER: usize = 1024;
 /// A replay that receives nothing for this long fails (it should always progress).
 const REPLAY_STALL: Duration = Duration::from_secs(30);
 
-/// Replays of the main slot's changes: what a resuming client needs.
+/// Replays of the main slot's changes: what a resuming client needs. Each replay holds one
+/// replication connection (a walsender) while it runs, so at most `max` run at once: Postgres
+/// keeps walsenders free for the reader, standbys and other clients.
 #[derive(Debug, Clone)]
 pub struct Replays {
     /// Replication connection facts.
     settings: ReplicationSettings,
     /// The slot replays copy.
     main_slot: String,
+    /// One permit per replay that may run.
+    permits: Arc<Semaphore>,
+    /// The cap, for messages.
+    max: usize,
+}
+
+/// The right to run one replay; released when the replay ends.
+#[derive(Debug)]
+pub struct ReplayPermit {
+    /// Held while the replay runs.
+    _held: OwnedSemaphorePermit,
 }
 
 impl Replays {
-    /// Replays that copy `main_slot`.
-    pub fn new(settings: ReplicationSettings, main_slot: String) -> Self {
+    /// Replays that copy `main_slot`, at most `max` at once.
+    pub fn new(settings: ReplicationSettings, main_slot: String, max: usize) -> Self {
         Replays {
             settings,
             main_slot,
+            permits: Arc::new(Semaphore::new(max)),
+            max,
         }
     }
 
-    /// Starts a replay of the changes in `(after, until]` (see [`spawn_replay`]).
+    /// The right to start a replay now, if fewer than the cap are running.
+    pub fn try_permit(&self) -> Option<ReplayPermit> {
+        Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .ok()
+            .map(|p| ReplayPermit { _held: p })
+    }
+
+    /// The cap.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Starts a replay of the changes in `(after, until]` (see [`spawn_replay`]); it keeps
+    /// `permit` until it ends (also when its receiver is dropped: the client went away).
     pub fn replay(
         &self,
+        permit: ReplayPermit,
         after: Cursor,
         until: Cursor,
     ) -> mpsc::Receiver<Result<Change, ReplicationError>> {
-        spawn_replay(self.settings.clone(), self.main_slot.clone(), after, until)
+        let (tx, rx) = mpsc::channel(REPLAY_BUFFER);
+        let (settings, main_slot) = (self.settings.clone(), self.main_slot.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = replay(&settings, &main_slot, after, until, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        rx
     }
 }
 
@@ -162,4 +202,29 @@ async fn replay(
     }
     client.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod permit_tests {
+    use super::*;
+
+    #[test]
+    fn replays_are_capped_and_permits_come_back() {
+        let settings =
+            ReplicationSettings::from_url("postgres://u@127.0.0.1:1/db", "p", "test").unwrap();
+        let replays = Replays::new(settings, "walcast_x".into(), 2);
+        let a = replays.try_permit().expect("first");
+        let b = replays.try_permit().expect("second");
+        assert!(
+            replays.try_permit().is_none(),
+            "a third runs beyond the cap"
+        );
+        drop(a);
+        assert!(
+            replays.try_permit().is_some(),
+            "an ended replay frees its permit"
+        );
+        drop(b);
+        assert_eq!(replays.max(), 2);
+    }
 }

@@ -440,6 +440,21 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 })
                 .await;
         }
+        // A replay holds a replication connection: at most --max-replays run at once. Asked
+        // before anything changes, so a busy answer leaves the connection as it was.
+        let Some(permit) = self.state.replays.try_permit() else {
+            self.state.metrics.replays_busy.inc();
+            return self
+                .send_error(ProtocolError {
+                    code: ErrorCode::Busy,
+                    message: format!(
+                        "{} replays are running (--max-replays): send resume again in a second",
+                        self.state.replays.max()
+                    ),
+                    r#ref: None,
+                })
+                .await;
+        };
         // Counts before and after a replay are not comparable (consistency check).
         self.out.client.replayed();
         // Subscribe afresh: everything after `until` arrives through the new receiver.
@@ -447,7 +462,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let until = self.sub.last;
         let mut replayed = 0u64;
         if let Some(until) = until.filter(|u| after < *u) {
-            let mut rx = self.state.replays.replay(after, until);
+            let mut rx = self.state.replays.replay(permit, after, until);
             // Matching changes wait here until a batch is full or the replay ends, so that a
             // role's rows are checked in one call per batch.
             let mut batch: Vec<Change> = Vec::new();
@@ -611,6 +626,7 @@ mod tests {
             replays: Replays::new(
                 ReplicationSettings::from_url(url, "walcast_events", "test").unwrap(),
                 "walcast_test".into(),
+                2,
             ),
             flags: Flags::new("test", EnvTier::default(), FlagSet::default()),
             clients: Arc::default(),

@@ -41,6 +41,12 @@ pub fn start_cluster_blocking(dir: &Path) -> Cluster {
             .expect("runtime");
         let mut opts = ClusterOptions::new(dir.join("pg"));
         opts.fsync = false;
+        // Every test runs its own walcast (a slot each, plus replays' temporary slots) at once.
+        opts.extra_settings = vec![
+            ("max_replication_slots".into(), "160".into()),
+            ("max_wal_senders".into(), "160".into()),
+            ("max_connections".into(), "400".into()),
+        ];
         let mut cluster = rt
             .block_on(Cluster::start(opts))
             .expect("start test cluster");

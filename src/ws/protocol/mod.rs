@@ -63,13 +63,15 @@ pub enum ErrorCode {
     Unauthorized,
     /// The connection's role may no longer read the table.
     Forbidden,
+    /// Too many replays are running; send `resume` again shortly.
+    Busy,
     /// Something went wrong inside walcast.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadRequest,
@@ -81,6 +83,7 @@ impl ErrorCode {
         ErrorCode::CursorExpired,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
+        ErrorCode::Busy,
         ErrorCode::Internal,
     ];
 
@@ -98,6 +101,7 @@ impl ErrorCode {
             ErrorCode::CursorExpired => "cursor_expired",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal",
         }
     }

@@ -421,6 +421,7 @@ fn error_codes_round_trip() {
             "cursor_expired",
             "unauthorized",
             "forbidden",
+            "busy",
             "internal"
         ]
     );
