@@ -368,20 +368,8 @@ pub async fn serve(
     on_listen(addr);
 
     let http_token = CancellationToken::new();
-    // Small frames must leave at once: without TCP_NODELAY they wait for the peer's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(http_token.clone().cancelled_owned());
-    let mut server_task = sup.watch(
-        task::HTTP_SERVER,
-        &http_token,
-        tokio::spawn(async move { server.await }),
-    );
+    let server = crate::http::server::serve(listener, app, config.http, http_token.clone());
+    let mut server_task = sup.watch(task::HTTP_SERVER, &http_token, tokio::spawn(server));
 
     let mut fatal: Option<AppError> = None;
     let mut reader_done = false;

@@ -289,6 +289,16 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub max_replays: u16,
 
+    /// Most HTTP and WebSocket connections served at once; more are answered 503 and closed.
+    /// Keep it below the open-files limit (`ulimit -n`) minus the database pool.
+    #[arg(long, env = "WALCAST_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Longest time to read a request's headers (a connection that sends nothing is closed).
+    #[arg(long, env = "WALCAST_HEADER_TIMEOUT", default_value = "10s", value_parser = duration_text)]
+    pub header_timeout: String,
+
     /// Roles a token may name besides anon, authenticated and service_role (comma-separated).
     /// A role that is a superuser or bypasses RLS is refused whatever the token says.
     #[arg(long, env = "WALCAST_EXTRA_ROLES", value_delimiter = ',')]

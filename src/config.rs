@@ -94,6 +94,8 @@ pub struct ServerConfig {
     pub role_recheck: Duration,
     /// Most replays running at once.
     pub max_replays: usize,
+    /// HTTP connection cap and header timeout.
+    pub http: HttpLimits,
     /// Node name.
     pub node: String,
     /// Replication slot name.
@@ -210,6 +212,8 @@ impl ServerConfig {
         };
         let role_recheck = parse_duration(&args.role_recheck)
             .map_err(|r| ConfigError::new("--role-recheck", "WALCAST_ROLE_RECHECK", r))?;
+        let header_timeout = parse_duration(&args.header_timeout)
+            .map_err(|r| ConfigError::new("--header-timeout", "WALCAST_HEADER_TIMEOUT", r))?;
         let mut token_policy = crate::auth::Policy {
             issuer: args.jwt_issuer.clone().filter(|s| !s.is_empty()),
             audience: args.jwt_audience.clone().filter(|s| !s.is_empty()),
@@ -368,6 +372,10 @@ impl ServerConfig {
             token_policy,
             role_recheck,
             max_replays: usize::from(args.max_replays),
+            http: HttpLimits {
+                max_connections: args.max_connections as usize,
+                header_timeout,
+            },
             node,
             slot,
             publication,
@@ -405,6 +413,15 @@ pub fn resolve_slot(node: &str, slot: Option<&str>) -> Result<(String, String), 
         None => format!("walcast_{node}"),
     };
     Ok((node, slot))
+}
+
+/// Limits of the HTTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Most connections served at once (WebSocket sessions included).
+    pub max_connections: usize,
+    /// Longest time to read a request's headers, from when the server starts waiting for it.
+    pub header_timeout: Duration,
 }
 
 /// Checks a JWT secret's length.

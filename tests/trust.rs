@@ -644,3 +644,50 @@ async fn replays_are_capped_and_busy_is_answered() {
         "{text}"
     );
 }
+
+/// Finding: silent connections stayed open forever and, at the open-files limit, `/healthz`
+/// stopped answering. Now a connection that sends no request is closed after --header-timeout,
+/// and one over --max-connections is answered 503 and closed at once.
+#[tokio::test]
+async fn silent_connections_are_closed_and_the_cap_holds() {
+    use tokio::io::AsyncReadExt;
+    let db = support::fresh_db().await;
+    let w = walcast(&db, &["--header-timeout=3s", "--max-connections=3"]).await;
+    let addr = w
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    // Connections that send nothing: up to the cap they are held (no answer yet); the next
+    // one is answered 503 and closed at once.
+    let mut silent = Vec::new();
+    let mut answer = None;
+    for _ in 0..6 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut buf = Vec::new();
+        match tokio::time::timeout(Duration::from_millis(200), s.read_to_end(&mut buf)).await {
+            Ok(_) if !buf.is_empty() => {
+                answer = Some(String::from_utf8_lossy(&buf).into_owned());
+                break;
+            }
+            _ => silent.push(s),
+        }
+    }
+    let answer = answer.expect("a connection over the cap is answered");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too_many_connections"), "{answer}");
+    assert!(
+        silent.len() <= 3,
+        "{} connections held over a cap of 3",
+        silent.len()
+    );
+    // The silent ones are closed by the header timeout.
+    for mut s in silent {
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "a silent connection stayed open");
+    }
+    // Their places are free again.
+    let (status, _) = support::get(&w.url("/healthz")).await;
+    assert_eq!(status, 200);
+}

@@ -7,6 +7,7 @@
 //! text never reaches a client.
 
 pub(crate) mod health;
+pub(crate) mod server;
 pub(crate) mod state;
 
 use axum::Router;

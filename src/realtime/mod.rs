@@ -122,6 +122,7 @@ pub async fn realtime_handler(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    place: Option<Extension<crate::http::server::ConnPermit>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     // Outside the node's broadcaster mode: refuse before upgrading (open sessions stay).
@@ -165,6 +166,8 @@ pub async fn realtime_handler(
         .read_buffer_size(READ_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
+            // The connection's place under the cap is held until the session ends.
+            let _place = place;
             state.metrics.clients.add("realtime", 1);
             let client = state
                 .clients

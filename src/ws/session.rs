@@ -76,6 +76,7 @@ pub async fn ws_handler(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    place: Option<Extension<crate::http::server::ConnPermit>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     // Outside the node's broadcaster mode: refuse before upgrading (open sessions stay).
@@ -103,6 +104,8 @@ pub async fn ws_handler(
         .read_buffer_size(READ_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
+            // The connection's place under the cap is held until the session ends.
+            let _place = place;
             state.metrics.clients.add("ws", 1);
             state.metrics.ws_clients.add(1);
             let client = state
