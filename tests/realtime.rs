@@ -63,12 +63,7 @@ fn now() -> i64 {
 
 /// A token with `claims`, signed with the test secret.
 fn sign(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(support::SECRET.as_bytes()),
-    )
-    .expect("sign")
+    support::sign(claims)
 }
 
 /// A token for `role` valid for `ttl` seconds.

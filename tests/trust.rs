@@ -6,21 +6,11 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{self, TestDb, Walcast};
+use crate::support::{self, TestDb, Walcast, sign};
 
 /// Seconds since the Unix epoch.
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
-}
-
-/// Signs `claims` with the test secret.
-fn sign(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(support::SECRET.as_bytes()),
-    )
-    .expect("sign")
 }
 
 /// walcast with the test secret and `extra` options.

@@ -56,6 +56,18 @@ pub(crate) fn statement_timeout() -> String {
     format!("{}ms", GATE_TIMEOUT.as_millis())
 }
 
+/// The primary key of a change's new row: the id the gate asks about.
+pub fn row_id(change: &crate::decode::Change) -> Option<uuid::Uuid> {
+    change
+        .record
+        .as_ref()?
+        .values
+        .get("id")?
+        .as_str()?
+        .parse()
+        .ok()
+}
+
 /// Who a subscriber is, for row level security: the role and the full claims. Subscribers with
 /// equal groups see the same rows, so they share the gate's answers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use uuid::Uuid;
 
 use crate::access::view::restrict;
-use crate::access::{Ask, ClaimsGroup, GateError, RlsGate};
+use crate::access::{Ask, ClaimsGroup, GateError, RlsGate, row_id};
 use crate::auth::{Auth, TokenProblem, bearer_token};
 use crate::catalog::{REALTIME_SCHEMA, REALTIME_TABLE};
 use crate::decode::{Change, Lsn, Operation};
@@ -107,18 +107,6 @@ pub fn refusal(e: GateError) -> ApiError {
             )
         }
     }
-}
-
-/// The primary key of a change's new row (the gate's question).
-fn row_id(change: &Change) -> Option<Uuid> {
-    change
-        .record
-        .as_ref()?
-        .values
-        .get("id")?
-        .as_str()?
-        .parse()
-        .ok()
 }
 
 /// What `view` may see of each change: one call of the gate for every commit among them.

@@ -585,6 +585,16 @@ pub async fn get_as(url: &str, token: Option<&str>) -> (u16, String) {
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
+/// A token with `claims`, signed with the test secret (HS256).
+pub fn sign(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
 /// A `service_role` key for the test secret, valid for an hour.
 pub fn service_key() -> String {
     walcast::auth::mint(SECRET, "service_role", Duration::from_secs(3600)).expect("mint")

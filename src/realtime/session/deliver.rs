@@ -9,7 +9,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use uuid::Uuid;
 
 use super::Session;
-use crate::access::{Ask, ClaimsGroup};
+use crate::access::{Ask, ClaimsGroup, row_id};
 use crate::catalog::{REALTIME_SCHEMA, REALTIME_TABLE};
 use crate::decode::{Change, Lsn, Operation};
 use crate::hub::HubItem;
@@ -27,18 +27,6 @@ pub(super) struct Hit {
     ids: Vec<u32>,
     /// The gate question, when the role is not `service_role` and the row is not a DELETE.
     check: Option<(Lsn, Arc<ClaimsGroup>, Uuid)>,
-}
-
-/// The primary key of a change's new row (the gate's question).
-fn row_id(change: &Change) -> Option<Uuid> {
-    change
-        .record
-        .as_ref()?
-        .values
-        .get("id")?
-        .as_str()?
-        .parse()
-        .ok()
 }
 
 impl<S: ClientSink, R: ClientStream> Session<S, R> {
