@@ -336,6 +336,7 @@ pub async fn serve(
             flags,
             clients: Arc::clone(&clients),
             auth,
+            role_recheck: config.role_recheck,
             shutdown: sessions_token.clone(),
         },
     };

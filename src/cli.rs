@@ -278,8 +278,8 @@ pub struct ServerArgs {
     #[arg(long, env = "WALCAST_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
 
-    /// How often a connected client's role privileges are asked again (`/ws`): a revoked
-    /// column stops, a role that lost the table is disconnected.
+    /// How often a connected client's role privileges are asked again (`/ws` connections and
+    /// joined Realtime channels): a revoked column stops, a role that lost the table is cut off.
     #[arg(long, env = "WALCAST_ROLE_RECHECK", default_value = "60s", value_parser = duration_text)]
     pub role_recheck: String,
 

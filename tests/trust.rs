@@ -681,3 +681,101 @@ async fn silent_connections_are_closed_and_the_cap_holds() {
     let (status, _) = support::get(&w.url("/healthz")).await;
     assert_eq!(status, 200);
 }
+
+/// Reads Realtime v1 frames until one satisfies `pred` (10 s at most).
+async fn realtime_wait(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within 10 s"))
+            .expect("socket open")
+            .unwrap();
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+/// Finding: column privileges were frozen at join on the Realtime endpoint. A joined channel's
+/// role is asked again every --role-recheck: a revoked column stops; a role that loses the
+/// table gets Supabase's "You no longer have permission…" and the channel closes.
+#[tokio::test]
+async fn realtime_channels_follow_privileges_while_joined() {
+    let db = support::fresh_db().await;
+    let role = format!("narrowrt_{}", db.name);
+    let c = db.client().await;
+    c.batch_execute(&format!(
+        "create role {role} nologin; \
+         grant select (id, event_type, source, data) on public.monitoring_events to {role}; \
+         create policy narrowrt_read on public.monitoring_events for select to {role} using (true);"
+    ))
+    .await
+    .unwrap();
+    let extra = format!("--extra-roles={role}");
+    let w = walcast(&db, &[&extra, "--role-recheck=1s"]).await;
+    let token = sign(json!({"role": role, "exp": now() + 600}));
+    let url = w.ws_url(&format!("/realtime/v1/websocket?apikey={token}&vsn=1.0.0"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    let join = json!({"topic": "realtime:room", "event": "phx_join", "ref": "1", "join_ref": "1",
+        "payload": {"config": {"postgres_changes": [
+            {"event": "*", "schema": "public", "table": "monitoring_events"}]}}});
+    ws.send(Message::Text(join.to_string().into()))
+        .await
+        .unwrap();
+    realtime_wait(&mut ws, "the subscription", |v| {
+        v["event"] == "system" && v["payload"]["extension"] == "postgres_changes"
+    })
+    .await;
+    let insert = "insert into public.monitoring_events (event_type, source, data) \
+                  values ('cpu', 'h', '{\"v\": 1}')";
+    let is_change = |v: &Value| v["event"] == "postgres_changes";
+    c.execute(insert, &[]).await.unwrap();
+    let f = realtime_wait(&mut ws, "a change", is_change).await;
+    assert!(f["payload"]["data"]["record"].get("data").is_some(), "{f}");
+
+    c.batch_execute(&format!(
+        "revoke select (data) on public.monitoring_events from {role}"
+    ))
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut stopped = false;
+    while !stopped && tokio::time::Instant::now() < deadline {
+        c.execute(insert, &[]).await.unwrap();
+        let f = realtime_wait(&mut ws, "a change", is_change).await;
+        stopped = f["payload"]["data"]["record"].get("data").is_none();
+        if !stopped {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(stopped, "the revoked column kept coming");
+
+    c.batch_execute(&format!(
+        "revoke select on public.monitoring_events from {role}; \
+         drop policy narrowrt_read on public.monitoring_events;"
+    ))
+    .await
+    .unwrap();
+    let sys = realtime_wait(&mut ws, "the revocation", |v| {
+        v["event"] == "system" && v["payload"]["status"] == "error"
+    })
+    .await;
+    assert_eq!(
+        sys["payload"]["message"],
+        "You no longer have permission to read from this Channel topic: room",
+        "{sys}"
+    );
+    realtime_wait(&mut ws, "phx_close", |v| v["event"] == "phx_close").await;
+    c.batch_execute(&format!("drop role {role}")).await.unwrap();
+}

@@ -64,6 +64,8 @@ pub struct RealtimeState {
     pub clients: Arc<crate::admin::ClientRegistry>,
     /// Token checks.
     pub auth: Auth,
+    /// How often joined channels' role privileges are asked again.
+    pub role_recheck: std::time::Duration,
     /// Cancelled when the server shuts down.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

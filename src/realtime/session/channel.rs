@@ -67,6 +67,12 @@ impl Channel {
         self.key.private && !self.claims.is_service_role()
     }
 
+    /// Whether the channel receives rows through the gate: its role's column privileges are
+    /// asked again while it is joined.
+    pub(super) fn recheckable(&self) -> bool {
+        !self.claims.is_service_role() && !self.bindings.is_empty()
+    }
+
     /// How the client registry shows this channel: its bindings and role, and whether it
     /// receives every change of the events table with every column.
     pub(super) fn registry_info(&self) -> SubscriptionInfo {
@@ -380,6 +386,41 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         } else {
             self.channels[i].claims = claims;
             self.out.client.subscribe(self.channels[i].registry_info());
+        }
+        Ok(())
+    }
+
+    /// Asks again what each joined channel's role may read: a revoked column stops now; a role
+    /// that may no longer read the table closes the channel with Supabase's text. A transient
+    /// failure keeps what is known until the next check.
+    pub(super) async fn on_recheck(&mut self) -> Result<(), End> {
+        let mut groups: Vec<Arc<crate::access::ClaimsGroup>> = Vec::new();
+        for ch in self.channels.iter().filter(|c| c.recheckable()) {
+            if !groups.contains(&ch.claims.group) {
+                groups.push(Arc::clone(&ch.claims.group));
+            }
+        }
+        for group in groups {
+            match self.state.gate.recheck_role(&group).await {
+                Ok(columns) => {
+                    for ch in self.channels.iter_mut().filter(|c| c.claims.group == group) {
+                        ch.columns = columns.clone();
+                    }
+                }
+                Err(GateError::Denied { .. } | GateError::Privileged { .. }) => {
+                    while let Some(i) = self
+                        .channels
+                        .iter()
+                        .position(|c| c.claims.group == group && c.recheckable())
+                    {
+                        let message = text::read_revoked(&self.channels[i].sub_topic);
+                        self.fail_channel(i, &message).await?;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = e.kind(), "realtime: role re-check failed");
+                }
+            }
         }
         Ok(())
     }

@@ -109,9 +109,12 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     /// The session loop.
     pub(super) async fn run(&mut self) {
         let shutdown = self.state.shutdown.clone();
+        let every = self.state.role_recheck;
+        let mut recheck = tokio::time::interval_at(Instant::now() + every, every);
         loop {
             let idle_at = self.last_seen + IDLE_TIMEOUT;
             let expiry = self.next_expiry();
+            let policed = self.channels.iter().any(|c| c.recheckable());
             let step = tokio::select! {
                 biased;
                 // PRIORITY 1: shutdown.
@@ -129,7 +132,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 _ = tokio::time::sleep_until(expiry.unwrap_or(idle_at)), if expiry.is_some() => {
                     self.on_expiry().await
                 }
-                // PRIORITY 6: idle timeout.
+                // PRIORITY 6: the roles' column privileges, asked again.
+                _ = recheck.tick(), if policed => self.on_recheck().await,
+                // PRIORITY 7: idle timeout.
                 _ = tokio::time::sleep_until(idle_at) => {
                     let _ = self.close(CLOSE_IDLE, "idle timeout: no message from the client for 60 s").await;
                     Err(End::Closed)

@@ -35,6 +35,7 @@ fn state(capacity: usize) -> RealtimeState {
         flags: Flags::new("test", EnvTier::default(), FlagSet::default()),
         clients: Arc::default(),
         auth: Auth::new(Some(SECRET)),
+        role_recheck: Duration::from_secs(60),
         shutdown: CancellationToken::new(),
     }
 }
