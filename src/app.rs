@@ -337,6 +337,7 @@ pub async fn serve(
             clients: Arc::clone(&clients),
             auth,
             role_recheck: config.role_recheck,
+            max_payload: config.max_payload,
             shutdown: sessions_token.clone(),
         },
     };

@@ -299,6 +299,12 @@ pub struct ServerArgs {
     #[arg(long, env = "WALCAST_HEADER_TIMEOUT", default_value = "10s", value_parser = duration_text)]
     pub header_timeout: String,
 
+    /// Largest Realtime broadcast payload a client may send (Supabase's free tier: 256 KiB).
+    /// Larger ones are not relayed (with `ack`, the reply says `payload_size_exceeded`);
+    /// frames larger still (payload + 64 KiB) close the socket with 1009.
+    #[arg(long, env = "WALCAST_MAX_PAYLOAD", default_value = "256KiB")]
+    pub max_payload: String,
+
     /// Roles a token may name besides anon, authenticated and service_role (comma-separated).
     /// A role that is a superuser or bypasses RLS is refused whatever the token says.
     #[arg(long, env = "WALCAST_EXTRA_ROLES", value_delimiter = ',')]

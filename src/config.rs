@@ -96,6 +96,8 @@ pub struct ServerConfig {
     pub max_replays: usize,
     /// HTTP connection cap and header timeout.
     pub http: HttpLimits,
+    /// Largest Realtime broadcast payload, in bytes.
+    pub max_payload: usize,
     /// Node name.
     pub node: String,
     /// Replication slot name.
@@ -212,6 +214,20 @@ impl ServerConfig {
         };
         let role_recheck = parse_duration(&args.role_recheck)
             .map_err(|r| ConfigError::new("--role-recheck", "WALCAST_ROLE_RECHECK", r))?;
+        let max_payload = parse_bytes(&args.max_payload)
+            .map_err(|r| ConfigError::new("--max-payload", "WALCAST_MAX_PAYLOAD", r))
+            .and_then(|b| {
+                usize::try_from(b)
+                    .ok()
+                    .filter(|b| (1..=16 << 20).contains(b))
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "--max-payload",
+                            "WALCAST_MAX_PAYLOAD",
+                            "use 1 byte to 16MiB",
+                        )
+                    })
+            })?;
         let header_timeout = parse_duration(&args.header_timeout)
             .map_err(|r| ConfigError::new("--header-timeout", "WALCAST_HEADER_TIMEOUT", r))?;
         let mut token_policy = crate::auth::Policy {
@@ -372,6 +388,7 @@ impl ServerConfig {
             token_policy,
             role_recheck,
             max_replays: usize::from(args.max_replays),
+            max_payload,
             http: HttpLimits {
                 max_connections: args.max_connections as usize,
                 header_timeout,

@@ -779,3 +779,67 @@ async fn realtime_channels_follow_privileges_while_joined() {
     realtime_wait(&mut ws, "phx_close", |v| v["event"] == "phx_close").await;
     c.batch_execute(&format!("drop role {role}")).await.unwrap();
 }
+
+/// Finding: any client frame over 64 KiB killed the socket by dropping TCP. Now a Realtime
+/// broadcast over --max-payload (256 KiB by default, as Supabase's free tier) is not relayed
+/// and, with `ack`, answered `payload_size_exceeded`, the socket staying open; a frame over the
+/// hard cap, on either endpoint, gets a proper 1009 close.
+#[tokio::test]
+async fn oversized_messages_get_an_answer_and_a_1009_close() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db, &[]).await;
+    let key = support::service_key();
+    let url = w.ws_url(&format!("/realtime/v1/websocket?apikey={key}&vsn=1.0.0"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    let join = json!({"topic": "realtime:room", "event": "phx_join", "ref": "1", "join_ref": "1",
+        "payload": {"config": {"broadcast": {"ack": true, "self": true}}}});
+    ws.send(Message::Text(join.to_string().into()))
+        .await
+        .unwrap();
+    realtime_wait(&mut ws, "the join reply", |v| v["event"] == "phx_reply").await;
+    let broadcast = |size: usize, r: &str| {
+        json!({"topic": "realtime:room", "event": "broadcast", "ref": r, "join_ref": "1",
+               "payload": {"type": "broadcast", "event": "big", "payload": {"x": "y".repeat(size)}}})
+        .to_string()
+    };
+    ws.send(Message::Text(broadcast(300 << 10, "2").into()))
+        .await
+        .unwrap();
+    let reply = realtime_wait(&mut ws, "the ack", |v| {
+        v["event"] == "phx_reply" && v["ref"] == "2"
+    })
+    .await;
+    assert_eq!(reply["payload"]["status"], "error", "{reply}");
+    assert_eq!(
+        reply["payload"]["response"], "payload_size_exceeded",
+        "{reply}"
+    );
+    // The socket is still there: a small broadcast goes through (self: true) and is acked.
+    ws.send(Message::Text(broadcast(10, "3").into()))
+        .await
+        .unwrap();
+    let reply = realtime_wait(&mut ws, "the ack", |v| {
+        v["event"] == "phx_reply" && v["ref"] == "3"
+    })
+    .await;
+    assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+    // Over the hard cap (payload limit + 64 KiB): closed with 1009.
+    ws.send(Message::Text(broadcast(400 << 10, "4").into()))
+        .await
+        .ok();
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => break Some(u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            _ => break None,
+        }
+    };
+    assert_eq!(code, Some(1009));
+
+    let mut plain = support::ws::WsClient::connect(&ws_url(&w, &key)).await;
+    plain.send_text(&"x".repeat(100 << 10)).await;
+    assert!(plain.next_raw(Duration::from_secs(10)).await.is_none());
+    assert_eq!(plain.closed, Some(1009));
+}

@@ -383,6 +383,10 @@ declare_metrics! {
     /// Changes replayed to resuming clients.
     replayed_changes: Counter
         => "walcast_replayed_changes_total", "Changes replayed to resuming clients";
+    /// Realtime broadcasts refused for their payload size.
+    broadcasts_too_large: Counter
+        => "walcast_broadcasts_too_large_total",
+           "Realtime broadcasts not relayed because their payload exceeded --max-payload";
     /// Resumes refused because --max-replays replays were running.
     replays_busy: Counter
         => "walcast_replays_busy_total",

@@ -38,7 +38,7 @@ use self::protocol::{TokenProblem, Vsn};
 use crate::access::{ClaimsGroup, RlsGate};
 use crate::auth::{Auth, Verifier};
 use crate::endpoint::Endpoint;
-use crate::ws::socket::{MAX_CLIENT_MESSAGE, MAX_WRITE_BUFFER, READ_BUFFER};
+use crate::ws::socket::{FRAME_ENVELOPE, MAX_WRITE_BUFFER, READ_BUFFER};
 
 /// The error body when walcast runs without a JWT secret.
 pub const NO_SECRET_MESSAGE: &str = "The Realtime endpoint needs a JWT secret: start walcast with \
@@ -66,6 +66,8 @@ pub struct RealtimeState {
     pub auth: Auth,
     /// How often joined channels' role privileges are asked again.
     pub role_recheck: std::time::Duration,
+    /// Largest broadcast payload a client may send, in bytes.
+    pub max_payload: usize,
     /// Cancelled when the server shuts down.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -164,7 +166,7 @@ pub async fn realtime_handler(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    ws.max_message_size(MAX_CLIENT_MESSAGE)
+    ws.max_message_size(state.max_payload + FRAME_ENVELOPE)
         .read_buffer_size(READ_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {

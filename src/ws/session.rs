@@ -19,8 +19,9 @@ use tokio::time::Instant;
 
 use super::protocol::{self as json, ClientFrame, ErrorCode, ProtocolError};
 use super::socket::{
-    CLOSE_GOING_AWAY, CLOSE_LAGGED, CLOSE_POLICY, ClientSink, ClientStream, Clock, End,
-    MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, Outbox, READ_BUFFER, WRITE_BATCH,
+    self, CLOSE_GOING_AWAY, CLOSE_LAGGED, CLOSE_POLICY, CLOSE_TOO_BIG, ClientSink, ClientStream,
+    Clock, End, MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, Outbox, READ_BUFFER,
+    WRITE_BATCH,
 };
 use super::viewer::{self, RoleView, Verdict};
 // Sessions register in the operator surface's client registry (admin owns it; it imports no
@@ -201,6 +202,10 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                         message: "binary frames are not part of the /ws protocol: send JSON text frames".into(),
                         r#ref: None,
                     }).await,
+                    Some(Err(e)) if socket::is_too_big(&e) => {
+                        let _ = self.close(CLOSE_TOO_BIG, "message too big: /ws frames are small JSON objects").await;
+                        Err(End::Closed)
+                    }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Err(End::Gone),
                     Some(Ok(_)) => Ok(()),
                 },

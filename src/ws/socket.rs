@@ -22,8 +22,12 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer per connection: clients send only small control frames, and the default
 /// (128 KiB) would dominate the memory of idle connections.
 pub const READ_BUFFER: usize = 4 << 10;
-/// Largest message a client may send.
+/// Largest message a client may send on `/ws` (control frames only). A larger one closes the
+/// socket with [`CLOSE_TOO_BIG`].
 pub const MAX_CLIENT_MESSAGE: usize = 64 << 10;
+/// Room for a Realtime frame's envelope (topic, event, refs) around its payload: the hard frame
+/// cap of the Realtime endpoint is its payload limit plus this.
+pub const FRAME_ENVELOPE: usize = 64 << 10;
 /// Bytes tungstenite may buffer for a slow socket before writes fail.
 pub const MAX_WRITE_BUFFER: usize = 16 << 20;
 /// Most subscriptions on one `/ws` connection.
@@ -37,6 +41,15 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_IDLE: u16 = 1000;
 /// Close code when a client's token expires or its role loses the table (policy violation).
 pub const CLOSE_POLICY: u16 = 1008;
+/// Close code after a client message over the endpoint's hard frame cap (message too big).
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Whether a read error is a client message over the frame cap (the WebSocket library refuses
+/// it before reading it whole).
+pub fn is_too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Message too long") || text.contains("Space limit exceeded")
+}
 
 /// Wall-clock time as a session reads it: the Unix time at the session's start plus the
 /// runtime's monotonic time since, so that token expiry follows the same clock as the

@@ -32,7 +32,8 @@ use crate::auth::Verifier;
 use crate::decode::Cursor;
 use crate::hub::Subscription;
 use crate::ws::socket::{
-    CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_LAGGED, ClientSink, ClientStream, Clock, End, Outbox,
+    self, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_LAGGED, CLOSE_TOO_BIG, ClientSink, ClientStream,
+    Clock, End, Outbox,
 };
 
 /// One connected Realtime client.
@@ -167,6 +168,12 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     async fn on_client(&mut self, msg: Option<Result<Message, axum::Error>>) -> Result<(), End> {
         let msg = match msg {
             Some(Ok(m)) => m,
+            Some(Err(e)) if socket::is_too_big(&e) => {
+                let _ = self
+                    .close(CLOSE_TOO_BIG, "message too big: see the payload limit")
+                    .await;
+                return Err(End::Closed);
+            }
             None | Some(Err(_)) => return Err(End::Gone),
         };
         self.last_seen = Instant::now();

@@ -64,11 +64,17 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             tracing::debug!("realtime: dropped a broadcast without an event");
             return Ok(());
         }
+        let payload = m.payload.to_string();
+        if payload.len() > self.state.max_payload {
+            return self
+                .payload_too_large(i, m.join_ref.as_deref(), m.r#ref.as_deref(), &m.topic)
+                .await;
+        }
         if !self.may_write(i, ChannelExtension::Broadcast).await {
             return Ok(());
         }
         let ch = &self.channels[i];
-        let body = BroadcastBody::Json(m.payload.to_string());
+        let body = BroadcastBody::Json(payload);
         self.state.bus.broadcast(&ch.key, ch.member, body);
         if ch.ack {
             let reply = frame::encode_reply(
@@ -96,6 +102,11 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             );
             return self.send(reply).await;
         };
+        if b.payload.len() > self.state.max_payload {
+            return self
+                .payload_too_large(i, b.join_ref.as_deref(), b.r#ref.as_deref(), &b.topic)
+                .await;
+        }
         if !self.may_write(i, ChannelExtension::Broadcast).await {
             return Ok(());
         }
@@ -119,6 +130,30 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             return self.send(reply).await;
         }
         Ok(())
+    }
+
+    /// A broadcast over the payload limit: not relayed; with `ack`, an error reply
+    /// `payload_size_exceeded` (as Supabase answers); the socket stays open.
+    pub(super) async fn payload_too_large(
+        &mut self,
+        i: usize,
+        join_ref: Option<&str>,
+        r#ref: Option<&str>,
+        topic: &str,
+    ) -> Result<(), End> {
+        self.state.metrics.broadcasts_too_large.inc();
+        if !self.channels[i].ack {
+            return Ok(());
+        }
+        let reply = frame::encode_reply(
+            self.vsn,
+            join_ref,
+            r#ref,
+            topic,
+            false,
+            "\"payload_size_exceeded\"",
+        );
+        self.send(reply).await
     }
 
     /// A `presence` push on channel `i`.

@@ -36,6 +36,7 @@ fn state(capacity: usize) -> RealtimeState {
         clients: Arc::default(),
         auth: Auth::new(Some(SECRET)),
         role_recheck: Duration::from_secs(60),
+        max_payload: 256 << 10,
         shutdown: CancellationToken::new(),
     }
 }
