@@ -843,3 +843,47 @@ async fn oversized_messages_get_an_answer_and_a_1009_close() {
     assert!(plain.next_raw(Duration::from_secs(10)).await.is_none());
     assert_eq!(plain.closed, Some(1009));
 }
+
+/// Finding: jsonb deeper than 128 levels (valid, written by SQL) reached both endpoints as a
+/// string, silently. Now both get the same explicit marker object.
+#[tokio::test]
+async fn deep_json_gets_the_same_marker_on_both_endpoints() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db, &[]).await;
+    let key = support::service_key();
+    let mut plain = support::ws::WsClient::connect(&ws_url(&w, &key)).await;
+    plain.subscribe("all", json!({})).await;
+    let url = w.ws_url(&format!("/realtime/v1/websocket?apikey={key}&vsn=1.0.0"));
+    let (mut rt, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    let join = json!({"topic": "realtime:deep", "event": "phx_join", "ref": "1", "join_ref": "1",
+        "payload": {"config": {"postgres_changes": [
+            {"event": "*", "schema": "public", "table": "monitoring_events"}]}}});
+    rt.send(Message::Text(join.to_string().into()))
+        .await
+        .unwrap();
+    realtime_wait(&mut rt, "the subscription", |v| {
+        v["event"] == "system" && v["payload"]["extension"] == "postgres_changes"
+    })
+    .await;
+    let deep = format!("{{\"a\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+    db.client()
+        .await
+        .execute(
+            "insert into public.monitoring_events (event_type, source, data) \
+             values ('deep', 'h', $1::text::jsonb)",
+            &[&deep],
+        )
+        .await
+        .unwrap();
+    let e = plain
+        .next_frame(Duration::from_secs(10))
+        .await
+        .expect("event");
+    let r = realtime_wait(&mut rt, "the change", |v| v["event"] == "postgres_changes").await;
+    let on_ws = &e["record"]["data"];
+    let on_rt = &r["payload"]["data"]["record"]["data"];
+    assert_eq!(on_ws["walcast_error"], "json_too_deep", "{e}");
+    assert_eq!(on_ws, on_rt);
+}

@@ -75,7 +75,7 @@ pub fn text_to_json(type_oid: u32, text: &str) -> Value {
         },
         oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => integer(text),
         oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC => number(text),
-        oid::JSON | oid::JSONB => serde_json::from_str(text).unwrap_or_else(|_| string(text)),
+        oid::JSON | oid::JSONB => json_document(text),
         oid::TIMESTAMPTZ => timestamptz(text).map_or_else(|| string(text), Value::String),
         oid::TIMESTAMP => timestamp(text).map_or_else(|| string(text), Value::String),
         _ => match array_element_type(type_oid) {
@@ -83,6 +83,34 @@ pub fn text_to_json(type_oid: u32, text: &str) -> Value {
             None => string(text),
         },
     }
+}
+
+/// How deep a JSON document may nest before walcast sends [`too_deep`] in its place (the
+/// parser's recursion limit: deeper documents would risk the stack).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// A `json`/`jsonb` document as JSON; one nested deeper than [`MAX_JSON_DEPTH`] becomes the
+/// [`too_deep`] marker, the same on every endpoint.
+fn json_document(text: &str) -> Value {
+    match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) if e.to_string().starts_with("recursion limit exceeded") => too_deep(),
+        Err(_) => string(text),
+    }
+}
+
+/// What is sent for a JSON document nested deeper than [`MAX_JSON_DEPTH`] levels: an object
+/// that says so, never the document silently turned into a string.
+pub fn too_deep() -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("walcast_error".into(), Value::from("json_too_deep"));
+    m.insert(
+        "message".into(),
+        Value::from(format!(
+            "this JSON value nests deeper than {MAX_JSON_DEPTH} levels and is not streamed; read the row from the table"
+        )),
+    );
+    Value::Object(m)
 }
 
 /// The text unchanged, as a JSON string.
@@ -419,6 +447,19 @@ mod tests {
         );
         assert_eq!(text_to_json(oid::JSON, "3"), json!(3));
         assert_eq!(text_to_json(oid::JSON, "{bad"), json!("{bad"));
+        // Deep but within the limit: a document; deeper: the marker, never a string.
+        let ok = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH - 1),
+            "]".repeat(MAX_JSON_DEPTH - 1)
+        );
+        assert!(text_to_json(oid::JSONB, &ok).is_array());
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(text_to_json(oid::JSONB, &deep), too_deep());
+        assert_eq!(
+            text_to_json(oid::JSON, &deep)["walcast_error"],
+            "json_too_deep"
+        );
     }
 
     #[test]
