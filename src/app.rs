@@ -338,6 +338,7 @@ pub async fn serve(
             auth,
             role_recheck: config.role_recheck,
             max_payload: config.max_payload,
+            limits: config.realtime_limits,
             shutdown: sessions_token.clone(),
         },
     };

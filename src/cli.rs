@@ -305,6 +305,18 @@ pub struct ServerArgs {
     #[arg(long, env = "WALCAST_MAX_PAYLOAD", default_value = "256KiB")]
     pub max_payload: String,
 
+    /// Realtime joins one socket may send per second; one more is answered
+    /// `ClientJoinRateLimitReached` and the socket is closed.
+    #[arg(long, env = "WALCAST_MAX_JOINS_PER_SECOND", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_joins_per_second: u32,
+
+    /// Realtime broadcast and presence messages one socket may send per second; one more gets
+    /// "Too many messages per second" on its channels and the socket is closed (others carry on).
+    #[arg(long, env = "WALCAST_MAX_MESSAGES_PER_SECOND", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_messages_per_second: u32,
+
     /// Roles a token may name besides anon, authenticated and service_role (comma-separated).
     /// A role that is a superuser or bypasses RLS is refused whatever the token says.
     #[arg(long, env = "WALCAST_EXTRA_ROLES", value_delimiter = ',')]

@@ -98,6 +98,8 @@ pub struct ServerConfig {
     pub http: HttpLimits,
     /// Largest Realtime broadcast payload, in bytes.
     pub max_payload: usize,
+    /// Per-socket Realtime rate limits.
+    pub realtime_limits: RealtimeLimits,
     /// Node name.
     pub node: String,
     /// Replication slot name.
@@ -389,6 +391,10 @@ impl ServerConfig {
             role_recheck,
             max_replays: usize::from(args.max_replays),
             max_payload,
+            realtime_limits: RealtimeLimits {
+                joins_per_second: args.max_joins_per_second,
+                messages_per_second: args.max_messages_per_second,
+            },
             http: HttpLimits {
                 max_connections: args.max_connections as usize,
                 header_timeout,
@@ -430,6 +436,15 @@ pub fn resolve_slot(node: &str, slot: Option<&str>) -> Result<(String, String), 
         None => format!("walcast_{node}"),
     };
     Ok((node, slot))
+}
+
+/// Per-socket rate limits of the Realtime endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RealtimeLimits {
+    /// Joins one socket may send per second; one more closes it.
+    pub joins_per_second: u32,
+    /// Broadcast and presence messages one socket may send per second; one more closes it.
+    pub messages_per_second: u32,
 }
 
 /// Limits of the HTTP server.

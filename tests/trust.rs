@@ -887,3 +887,104 @@ async fn deep_json_gets_the_same_marker_on_both_endpoints() {
     assert_eq!(on_ws["walcast_error"], "json_too_deep", "{e}");
     assert_eq!(on_ws, on_rt);
 }
+
+/// Finding: one anonymous client sent 17,647 broadcasts/s and got every normal member of the
+/// channel closed. Now the flooding socket alone gets "Too many messages per second" and is
+/// closed; a member of the same channel carries on. Joining too often is refused likewise.
+#[tokio::test]
+async fn floods_close_the_flooder_only() {
+    let db = support::fresh_db().await;
+    let w = walcast(
+        &db,
+        &["--max-messages-per-second=20", "--max-joins-per-second=5"],
+    )
+    .await;
+    let key = support::service_key();
+    let connect = || {
+        let url = w.ws_url(&format!("/realtime/v1/websocket?apikey={key}&vsn=1.0.0"));
+        async move {
+            tokio_tungstenite::connect_async(url)
+                .await
+                .expect("upgrade")
+                .0
+        }
+    };
+    let join = |topic: &str, r: usize| {
+        json!({"topic": topic, "event": "phx_join", "ref": r.to_string(), "join_ref": r.to_string(),
+               "payload": {"config": {"broadcast": {"self": false}}}})
+        .to_string()
+    };
+    let mut calm = connect().await;
+    calm.send(Message::Text(join("realtime:room", 1).into()))
+        .await
+        .unwrap();
+    realtime_wait(&mut calm, "the join reply", |v| v["event"] == "phx_reply").await;
+    let mut flood = connect().await;
+    flood
+        .send(Message::Text(join("realtime:room", 1).into()))
+        .await
+        .unwrap();
+    realtime_wait(&mut flood, "the join reply", |v| v["event"] == "phx_reply").await;
+    for i in 0..100 {
+        let b = json!({"topic": "realtime:room", "event": "broadcast", "ref": format!("b{i}"),
+            "join_ref": "1", "payload": {"type": "broadcast", "event": "spam", "payload": {"i": i}}});
+        if flood
+            .send(Message::Text(b.to_string().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let sys = realtime_wait(&mut flood, "the refusal", |v| v["event"] == "system").await;
+    assert_eq!(
+        sys["payload"]["message"], "Too many messages per second",
+        "{sys}"
+    );
+    realtime_wait(&mut flood, "phx_close", |v| v["event"] == "phx_close").await;
+    // The calm member got at most what the limit lets through and is still served.
+    let mut got = 0;
+    calm.send(Message::Text(
+        json!({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": "hb"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        let v = realtime_wait(&mut calm, "the heartbeat reply", |_| true).await;
+        if v["event"] == "broadcast" {
+            got += 1;
+        } else if v["topic"] == "phoenix" {
+            assert_eq!(v["payload"]["status"], "ok");
+            break;
+        }
+    }
+    assert!(
+        got <= 20,
+        "{got} broadcasts relayed over a limit of 20 per second"
+    );
+
+    // Joins: the sixth in a second is refused with Supabase's reason, and the socket closes.
+    let mut joiner = connect().await;
+    let mut refused = None;
+    for i in 0..10 {
+        joiner
+            .send(Message::Text(join(&format!("realtime:t{i}"), i + 1).into()))
+            .await
+            .ok();
+    }
+    for _ in 0..10 {
+        let v = realtime_wait(&mut joiner, "a join reply", |v| v["event"] == "phx_reply").await;
+        if v["payload"]["status"] == "error" {
+            refused = Some(v);
+            break;
+        }
+    }
+    let refused = refused.expect("a refused join");
+    assert_eq!(
+        refused["payload"]["response"]["reason"],
+        "ClientJoinRateLimitReached: Too many joins per second",
+        "{refused}"
+    );
+}

@@ -387,6 +387,10 @@ declare_metrics! {
     broadcasts_too_large: Counter
         => "walcast_broadcasts_too_large_total",
            "Realtime broadcasts not relayed because their payload exceeded --max-payload";
+    /// Realtime sockets closed by a rate limit, by `kind` (`joins`, `messages`).
+    realtime_rate_limited: LabeledCounter<KindLabel>
+        => "walcast_realtime_rate_limited_total",
+           "Realtime sockets closed for exceeding a per-second limit, by kind (joins, messages)";
     /// Resumes refused because --max-replays replays were running.
     replays_busy: Counter
         => "walcast_replays_busy_total",

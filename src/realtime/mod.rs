@@ -68,6 +68,8 @@ pub struct RealtimeState {
     pub role_recheck: std::time::Duration,
     /// Largest broadcast payload a client may send, in bytes.
     pub max_payload: usize,
+    /// Per-socket rates.
+    pub limits: crate::config::RealtimeLimits,
     /// Cancelled when the server shuts down.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

@@ -128,6 +128,14 @@ pub const PRESENCE_RATE_LIMIT: &str = "Client presence rate limit exceeded";
 pub const CLIENT_LAGGED: &str =
     "Too many messages: this client fell behind and is disconnected; reconnect and refetch";
 
+/// The join reply reason when a socket joins too often (Supabase's text); the socket is then
+/// closed.
+pub const TOO_MANY_JOINS: &str = "ClientJoinRateLimitReached: Too many joins per second";
+
+/// The `system` message when a socket sends too many broadcast or presence messages (Supabase's
+/// text); its channels are closed, then the socket.
+pub const TOO_MANY_MESSAGES: &str = "Too many messages per second";
+
 /// The reply reason for a presence `track` whose payload is not an object.
 pub const PRESENCE_NOT_A_MAP: &str = "Presence track payload must be a map";
 

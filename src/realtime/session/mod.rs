@@ -32,9 +32,53 @@ use crate::auth::Verifier;
 use crate::decode::Cursor;
 use crate::hub::Subscription;
 use crate::ws::socket::{
-    self, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_LAGGED, CLOSE_TOO_BIG, ClientSink, ClientStream,
-    Clock, End, Outbox,
+    self, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_LAGGED, CLOSE_POLICY, CLOSE_TOO_BIG, ClientSink,
+    ClientStream, Clock, End, Outbox,
 };
+
+/// Joins and messages counted in fixed one-second windows.
+#[derive(Debug)]
+struct RateWindow {
+    /// When the current window started.
+    start: Instant,
+    /// Joins in it.
+    joins: u32,
+    /// Broadcast and presence messages in it.
+    messages: u32,
+}
+
+impl Default for RateWindow {
+    fn default() -> Self {
+        RateWindow {
+            start: Instant::now(),
+            joins: 0,
+            messages: 0,
+        }
+    }
+}
+
+impl RateWindow {
+    /// Starts a new window when a second has passed.
+    fn roll(&mut self) {
+        if self.start.elapsed() >= Duration::from_secs(1) {
+            *self = RateWindow::default();
+        }
+    }
+
+    /// Counts a join; the count in this second.
+    fn count_join(&mut self) -> u32 {
+        self.roll();
+        self.joins = self.joins.saturating_add(1);
+        self.joins
+    }
+
+    /// Counts a message; the count in this second.
+    fn count_message(&mut self) -> u32 {
+        self.roll();
+        self.messages = self.messages.saturating_add(1);
+        self.messages
+    }
+}
 
 /// One connected Realtime client.
 pub(super) struct Session<S, R> {
@@ -65,6 +109,8 @@ pub(super) struct Session<S, R> {
     channels: Vec<Channel>,
     /// When the client last sent anything.
     last_seen: Instant,
+    /// Joins and messages in the current one-second window (rate limits).
+    rate: RateWindow,
 }
 
 impl<S, R> Drop for Session<S, R> {
@@ -104,6 +150,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             inbox_rx,
             channels: Vec::new(),
             last_seen: Instant::now(),
+            rate: RateWindow::default(),
         }
     }
 
@@ -185,6 +232,11 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     Ok(())
                 }
             },
+            Message::Binary(_)
+                if self.rate.count_message() > self.state.limits.messages_per_second =>
+            {
+                self.too_many_messages().await
+            }
             Message::Binary(b) => match frame::parse_binary(&b) {
                 Ok(ub) => self.on_binary_broadcast(ub).await,
                 Err(e) => {
@@ -214,6 +266,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             return Ok(());
         }
         if m.event == "phx_join" {
+            if self.rate.count_join() > self.state.limits.joins_per_second {
+                return self.too_many_joins(&m).await;
+            }
             return self.on_join(m).await;
         }
         let Some(i) = self.channel_index(&m.topic) else {
@@ -240,6 +295,11 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 self.close_channel(i).await
             }
             "access_token" => self.on_access_token(i, &m.payload).await,
+            "broadcast" | "presence"
+                if self.rate.count_message() > self.state.limits.messages_per_second =>
+            {
+                self.too_many_messages().await
+            }
             "broadcast" => self.on_text_broadcast(i, m).await,
             "presence" => self.on_presence(i, m).await,
             other => {
@@ -252,6 +312,36 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     /// The index of the channel joined on `topic`.
     fn channel_index(&self, topic: &str) -> Option<usize> {
         self.channels.iter().position(|c| c.topic == topic)
+    }
+
+    /// Too many joins in one second: an error reply (Supabase's text), then the socket closes.
+    async fn too_many_joins(&mut self, m: &ClientMessage) -> Result<(), End> {
+        self.state.metrics.realtime_rate_limited.add("joins", 1);
+        let reply = frame::encode_error_reply(
+            self.vsn,
+            m.join_ref.as_deref().or(m.r#ref.as_deref()),
+            m.r#ref.as_deref(),
+            &m.topic,
+            text::TOO_MANY_JOINS,
+        );
+        let _ = self.send(reply).await;
+        let _ = self.close(CLOSE_POLICY, "too many joins per second").await;
+        Err(End::Closed)
+    }
+
+    /// Too many messages in one second: "Too many messages per second" on every channel, then
+    /// this socket (only) is closed; the other members of its channels carry on.
+    async fn too_many_messages(&mut self) -> Result<(), End> {
+        self.state.metrics.realtime_rate_limited.add("messages", 1);
+        while !self.channels.is_empty() {
+            if self.fail_channel(0, text::TOO_MANY_MESSAGES).await.is_err() {
+                break;
+            }
+        }
+        let _ = self
+            .close(CLOSE_POLICY, "too many messages per second")
+            .await;
+        Err(End::Closed)
     }
 
     /// Closes every channel whose token has expired.

@@ -37,6 +37,10 @@ fn state(capacity: usize) -> RealtimeState {
         auth: Auth::new(Some(SECRET)),
         role_recheck: Duration::from_secs(60),
         max_payload: 256 << 10,
+        limits: crate::config::RealtimeLimits {
+            joins_per_second: 50,
+            messages_per_second: 500,
+        },
         shutdown: CancellationToken::new(),
     }
 }
