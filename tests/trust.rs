@@ -988,3 +988,31 @@ async fn floods_close_the_flooder_only() {
         "{refused}"
     );
 }
+
+/// Finding: many filters on one connection multiplied the work per change. The conditions of
+/// one connection are capped (256 over all its subscriptions).
+#[tokio::test]
+async fn filter_conditions_per_connection_are_capped() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db, &[]).await;
+    let mut c = support::ws::WsClient::connect(&ws_url(&w, &support::service_key())).await;
+    let filters: Vec<String> = (0..32).map(|i| format!("source=neq.h{i}")).collect();
+    for i in 0..8 {
+        c.subscribe(&format!("s{i}"), json!({"filters": filters}))
+            .await;
+    }
+    c.send(json!({"type": "subscribe", "id": "one-more", "filters": ["source=eq.x"]}))
+        .await;
+    let e = c
+        .next_non_event(Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert_eq!(e["code"], "too_many_subscriptions", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("256 filter conditions"),
+        "{e}"
+    );
+}

@@ -339,13 +339,15 @@ fn compare_numbers(have: &serde_json::Number, want: FilterNumber) -> Option<Orde
 }
 
 /// Compares the compact JSON text of `value` with `text` byte by byte, without building the
-/// JSON text: the serializer writes into a sink that compares as it goes.
+/// JSON text: the serializer writes into a sink that compares as it goes and stops it as soon
+/// as the order is known, so a large value costs only the length of its common prefix with
+/// `text` (a filter cannot make walcast serialize a whole large document per comparison).
 fn compare_json_text(value: &Value, text: &str) -> Ordering {
     let mut sink = CompareSink {
         rest: text.as_bytes(),
         ord: Ordering::Equal,
     };
-    // The sink never fails and a `Value` always serializes, so this cannot error.
+    // The only error is the sink stopping the serializer once the order is decided.
     let _ = serde_json::to_writer(&mut sink, value);
     sink.finish()
 }
@@ -381,7 +383,12 @@ impl io::Write for CompareSink<'_> {
                 self.rest = &self.rest[n..];
             }
         }
-        Ok(buf.len())
+        if self.ord == Ordering::Equal {
+            Ok(buf.len())
+        } else {
+            // Decided: stop the serializer instead of writing the rest of the value.
+            Err(io::Error::other("order decided"))
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {

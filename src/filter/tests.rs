@@ -471,3 +471,19 @@ fn other_tables_follow_the_same_rules() {
     assert!(f.matches(&c));
     assert!(Filter::default().matches(&c));
 }
+
+#[test]
+fn a_json_comparison_stops_once_the_order_is_known() {
+    use std::io::Write as _;
+    let mut sink = CompareSink {
+        rest: b"[1,2]",
+        ord: Ordering::Equal,
+    };
+    assert!(sink.write(b"[1").is_ok(), "equal so far: keep going");
+    assert!(sink.write(b",3").is_err(), "decided: stop the serializer");
+    assert_eq!(sink.finish(), Ordering::Greater);
+    // A large document that differs early compares correctly (and is not written out).
+    let big = serde_json::json!({"a": "x".repeat(1 << 20)});
+    assert_eq!(compare_json_text(&big, r#"{"b""#), Ordering::Less);
+    assert_eq!(compare_json_text(&big, r#"{"a":"xx"}"#), Ordering::Greater);
+}

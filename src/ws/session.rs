@@ -20,8 +20,8 @@ use tokio::time::Instant;
 use super::protocol::{self as json, ClientFrame, ErrorCode, ProtocolError};
 use super::socket::{
     self, CLOSE_GOING_AWAY, CLOSE_LAGGED, CLOSE_POLICY, CLOSE_TOO_BIG, ClientSink, ClientStream,
-    Clock, End, MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, Outbox, READ_BUFFER,
-    WRITE_BATCH,
+    Clock, End, MAX_CLIENT_MESSAGE, MAX_CONDITIONS, MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, Outbox,
+    READ_BUFFER, WRITE_BATCH,
 };
 use super::viewer::{self, RoleView, Verdict};
 // Sessions register in the operator surface's client registry (admin owns it; it imports no
@@ -238,6 +238,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let mut lagged = false;
         let mut next = Some(first);
         while let Some(item) = next.take() {
+            // Matching is this task's work: let others run between changes when its share of
+            // the runtime is used up.
+            tokio::task::consume_budget().await;
             if self.position.is_none_or(|p| item.change.cursor > p) {
                 self.position = Some(item.change.cursor);
                 self.live_first.get_or_insert(item.change.cursor);
@@ -381,6 +384,23 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                             code: ErrorCode::TooManySubscriptions,
                             message: format!(
                                 "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
+                            ),
+                            r#ref: Some(req.id),
+                        })
+                        .await;
+                }
+                let conditions: usize = self
+                    .filters
+                    .iter()
+                    .map(|(_, f)| f.conditions.len())
+                    .sum::<usize>()
+                    + req.filter.conditions.len();
+                if conditions > MAX_CONDITIONS {
+                    return self
+                        .send_error(ProtocolError {
+                            code: ErrorCode::TooManySubscriptions,
+                            message: format!(
+                                "at most {MAX_CONDITIONS} filter conditions per connection, over all its subscriptions"
                             ),
                             r#ref: Some(req.id),
                         })

@@ -32,6 +32,9 @@ pub const FRAME_ENVELOPE: usize = 64 << 10;
 pub const MAX_WRITE_BUFFER: usize = 16 << 20;
 /// Most subscriptions on one `/ws` connection.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
+/// Most column conditions over all subscriptions of one `/ws` connection: every change is
+/// matched against all of them, so they bound one client's share of the matching work.
+pub const MAX_CONDITIONS: usize = 256;
 
 /// Close code after a `lagged` frame or message: the client fell behind and must reconnect.
 pub const CLOSE_LAGGED: u16 = 4008;
