@@ -1016,3 +1016,62 @@ async fn filter_conditions_per_connection_are_capped() {
         "{e}"
     );
 }
+
+/// Finding: a slot dropped outside walcast was created again before walcast stopped, hiding
+/// the gap. Now walcast stops with an error naming the slot and leaves no new slot behind.
+#[tokio::test]
+async fn a_slot_dropped_outside_is_not_created_again() {
+    let db = support::fresh_db().await;
+    let mut w = walcast(&db, &[]).await;
+    let c = db.client().await;
+    let slot = format!("walcast_{}", db.node());
+    // Drop it under walcast: end its walsender first, then drop it while it is inactive.
+    let dropped = support::wait_until(Duration::from_secs(20), || {
+        let (c, slot) = (&c, &slot);
+        async move {
+            let _ = c
+                .execute(
+                    "select pg_terminate_backend(active_pid) from pg_replication_slots \
+                     where slot_name = $1 and active_pid is not null",
+                    &[slot],
+                )
+                .await;
+            c.execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots \
+                 where slot_name = $1 and not active",
+                &[slot],
+            )
+            .await
+            .is_ok_and(|n| n == 1)
+        }
+    })
+    .await;
+    assert!(dropped, "could not drop the slot");
+    // walcast notices on its next connection and stops, non-zero, naming the slot.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(st)) = w.child.try_wait() {
+            break st;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "walcast kept running:\n{}",
+            w.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{status:?}");
+    let log = w.log_text();
+    assert!(
+        log.contains(&slot) && log.contains("no longer existed"),
+        "{log}"
+    );
+    let left = c
+        .query_opt(
+            "select 1 from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    assert!(left.is_none(), "a new slot was created");
+}

@@ -174,6 +174,15 @@ impl Reader {
             .map_err(ReplicationError::Sql)?;
         let conn_task = tokio::spawn(conn);
         let database = slot::preflight(&client, &self.config.settings.publication).await?;
+        // A slot this reader used and that is gone was dropped outside walcast: its position,
+        // and the resume window, are lost. Stop without creating a new one, so the operator
+        // sees the gap instead of a fresh slot hiding it.
+        if self.slot_seen && slot::status(&client, &self.config.slot).await?.is_none() {
+            return Err(ReplicationError::SlotReplaced {
+                slot: self.config.slot.clone(),
+                detail: "it no longer existed when walcast reconnected".into(),
+            });
+        }
         let (st, created) = slot::ensure(&client, &self.config.slot, &database).await?;
         drop(client);
         conn_task.abort();
