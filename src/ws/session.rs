@@ -35,6 +35,10 @@ use crate::filter::Filter;
 use crate::hub::{HubItem, Subscription};
 use crate::replication::{ReaderStatus, Replays, ReplicationError};
 
+/// Most replayed changes held at once for one role's batched row check (each may be a large
+/// row, so the batch is kept small; `service_role` replays are not held at all).
+const ROLE_REPLAY_BATCH: usize = 32;
+
 /// What `/ws` sessions need.
 #[derive(Debug, Clone)]
 pub struct WsState {
@@ -491,37 +495,50 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let mut replayed = 0u64;
         if let Some(until) = until.filter(|u| after < *u) {
             let mut rx = self.state.replays.replay(permit, after, until);
-            // Matching changes wait here until a batch is full or the replay ends, so that a
-            // role's rows are checked in one call per batch.
+            // For a role, matching changes wait here (at most ROLE_REPLAY_BATCH) so that its
+            // rows are checked in one call per batch; everything else is sent as it comes.
+            let batch_max = if self.viewer.is_some() {
+                ROLE_REPLAY_BATCH
+            } else {
+                1
+            };
             let mut batch: Vec<Change> = Vec::new();
+            // Frames fed since the last flush.
+            let mut queued = 0usize;
             loop {
-                let next = rx.recv().await;
-                let done = next.is_none();
-                if let Some(Ok(change)) = &next {
+                let (change, failure) = match rx.recv().await {
+                    None => (None, None),
+                    Some(Ok(c)) => (Some(c), None),
+                    Some(Err(e)) => (None, Some(e)),
+                };
+                let done = change.is_none();
+                if let Some(change) = change {
                     let seen = self.live_first.is_some_and(|first| change.cursor >= first)
                         && self.position.is_some_and(|p| change.cursor <= p);
-                    if !seen && self.filters.iter().any(|(_, f)| f.matches(change)) {
-                        batch.push(change.clone());
+                    if !seen && self.filters.iter().any(|(_, f)| f.matches(&change)) {
+                        batch.push(change);
                     }
                 }
-                if !batch.is_empty()
-                    && (done
-                        || batch.len() >= WRITE_BATCH
-                        || next.as_ref().is_some_and(|n| n.is_err()))
-                {
-                    replayed += self.send_replayed(&batch).await?;
+                if !batch.is_empty() && (done || batch.len() >= batch_max) {
+                    let sent = self.feed_replayed(&batch).await?;
                     batch.clear();
+                    queued += sent;
+                    replayed += sent as u64;
                 }
-                match next {
-                    None => break,
-                    Some(Ok(_)) => {}
-                    Some(Err(ReplicationError::CursorExpired { oldest })) => {
+                if done || queued >= WRITE_BATCH {
+                    self.flush(queued).await?;
+                    queued = 0;
+                }
+                match failure {
+                    None if done => break,
+                    None => {}
+                    Some(ReplicationError::CursorExpired { oldest }) => {
                         self.position = Some(until);
                         return self
                             .send(json::encode_cursor_expired(after, Some(oldest)))
                             .await;
                     }
-                    Some(Err(e)) => {
+                    Some(e) => {
                         tracing::warn!(error = %crate::error::error_chain(&e), "replay failed");
                         let _ = self
                             .send_error(ProtocolError {
@@ -571,9 +588,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         self.send(json::encode_resumed(after, replayed)).await
     }
 
-    /// Sends a batch of replayed changes (what this client may see of them), flushed once;
-    /// returns how many were sent.
-    async fn send_replayed(&mut self, batch: &[Change]) -> Result<u64, End> {
+    /// Feeds a batch of replayed changes (what this client may see of them), without flushing;
+    /// returns how many frames were fed.
+    async fn feed_replayed(&mut self, batch: &[Change]) -> Result<usize, End> {
         let changes: Vec<&Change> = batch.iter().collect();
         let verdicts = self.verdicts(&changes).await?;
         let mut queued = 0usize;
@@ -586,8 +603,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             self.feed(Message::Text(text.into())).await?;
             queued += 1;
         }
-        self.flush(queued).await?;
-        Ok(queued as u64)
+        Ok(queued)
     }
 
     /// Waits (bounded) until the replication reader streams.
@@ -671,9 +687,14 @@ mod tests {
 
     /// A running session and the client's end, past the welcome frame.
     async fn start(state: &WsState) -> Peer {
+        start_as(state, None).await
+    }
+
+    /// Like [`start`], for a client that is not `service_role`.
+    async fn start_as(state: &WsState, viewer: Option<RoleView>) -> Peer {
         let (sink, stream, mut peer) = socket();
         let client = state.clients.register(Endpoint::Ws, None);
-        let mut session = Session::new(sink, stream, state.clone(), client, None);
+        let mut session = Session::new(sink, stream, state.clone(), client, viewer);
         tokio::spawn(async move { session.run().await });
         assert_eq!(peer.next_json().await["type"], "welcome");
         peer
@@ -689,6 +710,47 @@ mod tests {
             assert_eq!(hb["type"], "heartbeat", "{hb}");
             assert_eq!(started.elapsed(), state.heartbeat * n);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_token_ends_the_connection_with_unauthorized_and_1008() {
+        let state = state(16);
+        let view = RoleView {
+            role: "authenticated".into(),
+            exp: chrono::Utc::now().timestamp() + 30,
+            group: Arc::new(crate::access::ClaimsGroup {
+                role: "authenticated".into(),
+                claims_json: "{}".into(),
+            }),
+            columns: None,
+        };
+        let started = Instant::now();
+        let mut peer = start_as(&state, Some(view)).await;
+        // Heartbeats keep coming until the token expires.
+        let mut error = None;
+        while error.is_none() {
+            let f = peer.next_json().await;
+            if f["type"] == "error" {
+                error = Some(f);
+            } else {
+                assert_eq!(f["type"], "heartbeat", "{f}");
+            }
+        }
+        let error = error.unwrap();
+        assert_eq!(error["code"], "unauthorized", "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("token has expired"),
+            "{error}"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(29) && waited <= Duration::from_secs(31),
+            "closed after {waited:?}"
+        );
+        assert_eq!(peer.next_close().await, CLOSE_POLICY);
     }
 
     #[tokio::test(start_paused = true)]
