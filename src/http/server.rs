@@ -15,7 +15,6 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -27,9 +26,6 @@ use crate::config::HttpLimits;
 /// accepts again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// How long writing the `503` to a connection over the cap may take.
-const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// The answer to a connection over the cap.
 const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
 content-type: application/json\r\nconnection: close\r\ncontent-length: 101\r\n\r\n\
@@ -38,7 +34,10 @@ content-type: application/json\r\nconnection: close\r\ncontent-length: 101\r\n\r
 /// A connection's place under the cap, in every request's extensions; a WebSocket session
 /// keeps a clone so that the place is held until the session ends.
 #[derive(Debug, Clone)]
-pub struct ConnPermit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+pub struct ConnPermit {
+    /// Held while any clone lives.
+    _held: Arc<OwnedSemaphorePermit>,
+}
 
 /// Serves `app` on `listener` until `shutdown`, then lets open connections finish their
 /// requests (WebSocket sessions are ended by their own shutdown signal).
@@ -68,10 +67,12 @@ pub async fn serve(
         // Small frames must leave at once: without TCP_NODELAY they wait for the delayed ACK.
         let _ = tcp.set_nodelay(true);
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tracker.spawn(refuse(tcp));
+            refuse(&tcp);
             continue;
         };
-        let permit = ConnPermit(Arc::new(permit));
+        let permit = ConnPermit {
+            _held: Arc::new(permit),
+        };
         tracker.spawn(connection(
             tcp,
             peer,
@@ -86,13 +87,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers a connection over the cap and closes it.
-async fn refuse(mut tcp: tokio::net::TcpStream) {
-    let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
-        let _ = tcp.write_all(BUSY_RESPONSE).await;
-        let _ = tcp.shutdown().await;
-    })
-    .await;
+/// Answers a connection over the cap and closes it at once: the answer goes into the fresh
+/// socket's send buffer without waiting (no task, no descriptor held past this call).
+fn refuse(tcp: &tokio::net::TcpStream) {
+    let _ = tcp.try_write(BUSY_RESPONSE);
 }
 
 /// Serves one connection.

@@ -253,15 +253,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     async fn on_message(&mut self, m: ClientMessage) -> Result<(), End> {
         if m.topic == PHOENIX_TOPIC {
             if m.event == "heartbeat" {
-                let reply = frame::encode_reply(
-                    self.vsn,
-                    m.join_ref.as_deref(),
-                    m.r#ref.as_deref(),
-                    PHOENIX_TOPIC,
-                    true,
-                    "{}",
-                );
-                return self.send(reply).await;
+                return self
+                    .reply_ok(m.join_ref.as_deref(), m.r#ref.as_deref(), PHOENIX_TOPIC)
+                    .await;
             }
             return Ok(());
         }
@@ -283,15 +277,8 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         };
         match m.event.as_str() {
             "phx_leave" => {
-                let reply = frame::encode_reply(
-                    self.vsn,
-                    m.join_ref.as_deref(),
-                    m.r#ref.as_deref(),
-                    &m.topic,
-                    true,
-                    "{}",
-                );
-                self.send(reply).await?;
+                self.reply_ok(m.join_ref.as_deref(), m.r#ref.as_deref(), &m.topic)
+                    .await?;
                 self.close_channel(i).await
             }
             "access_token" => self.on_access_token(i, &m.payload).await,
@@ -426,6 +413,17 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     /// Flushes queued frames, counting `n` deliveries.
     async fn flush(&mut self, n: usize) -> Result<(), End> {
         self.out.flush(n).await
+    }
+
+    /// An `ok` reply with an empty response (heartbeats, leaves, broadcast acks, presence).
+    async fn reply_ok(
+        &mut self,
+        join_ref: Option<&str>,
+        r#ref: Option<&str>,
+        topic: &str,
+    ) -> Result<(), End> {
+        let reply = frame::encode_reply(self.vsn, join_ref, r#ref, topic, true, "{}");
+        self.send(reply).await
     }
 
     /// Sends one frame now.

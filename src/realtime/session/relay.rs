@@ -77,15 +77,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let body = BroadcastBody::Json(payload);
         self.state.bus.broadcast(&ch.key, ch.member, body);
         if ch.ack {
-            let reply = frame::encode_reply(
-                self.vsn,
-                m.join_ref.as_deref(),
-                m.r#ref.as_deref(),
-                &m.topic,
-                true,
-                "{}",
-            );
-            return self.send(reply).await;
+            return self
+                .reply_ok(m.join_ref.as_deref(), m.r#ref.as_deref(), &m.topic)
+                .await;
         }
         Ok(())
     }
@@ -119,15 +113,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         };
         self.state.bus.broadcast(&ch.key, ch.member, body);
         if ch.ack {
-            let reply = frame::encode_reply(
-                self.vsn,
-                b.join_ref.as_deref(),
-                b.r#ref.as_deref(),
-                &b.topic,
-                true,
-                "{}",
-            );
-            return self.send(reply).await;
+            return self
+                .reply_ok(b.join_ref.as_deref(), b.r#ref.as_deref(), &b.topic)
+                .await;
         }
         Ok(())
     }
