@@ -299,6 +299,11 @@ pub struct ServerArgs {
     #[arg(long, env = "WALCAST_HEADER_TIMEOUT", default_value = "10s", value_parser = duration_text)]
     pub header_timeout: String,
 
+    /// When set, `GET /metrics` needs `Authorization: Bearer <this token>` (Prometheus'
+    /// `authorization` setting); open by default.
+    #[arg(long, env = "WALCAST_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     /// Largest Realtime broadcast payload a client may send (Supabase's free tier: 256 KiB).
     /// Larger ones are not relayed (with `ack`, the reply says `payload_size_exceeded`);
     /// frames larger still (payload + 64 KiB) close the socket with 1009.

@@ -98,6 +98,8 @@ pub struct ServerConfig {
     pub http: HttpLimits,
     /// Largest Realtime broadcast payload, in bytes.
     pub max_payload: usize,
+    /// The bearer token `/metrics` needs, when set.
+    pub metrics_token: Option<String>,
     /// Per-socket Realtime rate limits.
     pub realtime_limits: RealtimeLimits,
     /// Node name.
@@ -391,6 +393,7 @@ impl ServerConfig {
             role_recheck,
             max_replays: usize::from(args.max_replays),
             max_payload,
+            metrics_token: args.metrics_token.clone().filter(|t| !t.is_empty()),
             realtime_limits: RealtimeLimits {
                 joins_per_second: args.max_joins_per_second,
                 messages_per_second: args.max_messages_per_second,

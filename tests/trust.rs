@@ -1075,3 +1075,21 @@ async fn a_slot_dropped_outside_is_not_created_again() {
         .unwrap();
     assert!(left.is_none(), "a new slot was created");
 }
+
+/// `/metrics` is open by default (Prometheus scrapes it) and, with --metrics-token, needs that
+/// bearer token.
+#[tokio::test]
+async fn metrics_can_require_a_token() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db, &["--metrics-token=scrape-me-0123456789"]).await;
+    let url = w.url("/metrics");
+    let (status, body) = support::get_as(&url, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        support::get_as(&url, Some("scrape-me-012345678x")).await.0,
+        401
+    );
+    let (status, body) = support::get_as(&url, Some("scrape-me-0123456789")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("walcast_"), "{body}");
+}

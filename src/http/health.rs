@@ -141,7 +141,25 @@ async fn readyz(State(state): State<Arc<NodeView>>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text.
-async fn metrics(State(state): State<Arc<NodeView>>) -> Response {
+async fn metrics(State(state): State<Arc<NodeView>>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(want) = &state.config.metrics_token {
+        let given = crate::auth::bearer_token(&headers).unwrap_or("");
+        // Compared in constant time: the token is a shared secret.
+        let same = given.len() == want.len()
+            && given
+                .bytes()
+                .zip(want.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return crate::error::ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "GET /metrics needs Authorization: Bearer <--metrics-token>",
+            )
+            .into_response();
+        }
+    }
     let s = state.pool.status();
     state
         .metrics
