@@ -21,6 +21,8 @@ mod flags;
 mod gate;
 /// POST /v1/events: formats, errors, batching, idempotence, health and metrics endpoints.
 mod ingest;
+/// walcast serving as a role that is neither a superuser nor bypasses row level security.
+mod least_privilege;
 /// Migrations: apply, idempotence, the Supabase copy.
 mod migrations;
 /// Supabase Realtime endpoint: upgrade auth, v1/v2 frames, postgres_changes, RLS, broadcast, presence.
