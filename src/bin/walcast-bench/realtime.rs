@@ -1,9 +1,11 @@
-//! `walcast-bench realtime`: N Supabase-Realtime clients fed from the WAL, RLS off and on.
+//! `walcast-bench realtime`: N Supabase-Realtime (or `/ws`) clients fed from the WAL, RLS off
+//! and on.
 //!
 //! A private Postgres cluster and an in-process walcast with a JWT secret. N clients connect to
 //! `/realtime/v1/websocket` (serializer 2.0.0), join `realtime:bench` with one `postgres_changes`
 //! binding (INSERT on `public.monitoring_events`) and wait for the join reply and the
-//! "Subscribed to PostgreSQL" system message. Two phases:
+//! "Subscribed to PostgreSQL" system message. With `--endpoint ws` they connect to `/ws` instead
+//! and subscribe to INSERTs (same tokens, same row gate). Two phases:
 //!
 //! - phase 1, RLS off: every client holds a `service_role` token (no row check).
 //! - phase 2, RLS on: every client holds an `authenticated` token, so each commit goes through
@@ -61,9 +63,39 @@ const BASELINE_TIME: Duration = Duration::from_secs(3);
 /// The two phases: name and the role every client's token carries.
 const PHASES: [(&str, &str); 2] = [("RLS off", "service_role"), ("RLS on", "authenticated")];
 
+/// Which endpoint the clients use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Endpoint {
+    /// `/realtime/v1/websocket`, serializer 2.0.0, one `postgres_changes` binding.
+    Realtime,
+    /// `/ws`, one `subscribe` to INSERTs.
+    Ws,
+}
+
+impl Endpoint {
+    /// What every change frame of this endpoint contains (frames are counted unparsed).
+    fn change_marker(self) -> &'static str {
+        match self {
+            Endpoint::Realtime => "\"postgres_changes\"",
+            Endpoint::Ws => "\"type\":\"event\"",
+        }
+    }
+
+    /// The commit time field of a change frame.
+    fn commit_key(self) -> &'static str {
+        match self {
+            Endpoint::Realtime => "\"commit_timestamp\":\"",
+            Endpoint::Ws => "\"commit_ts\":\"",
+        }
+    }
+}
+
 /// `walcast-bench realtime`.
 #[derive(Debug, clap::Args)]
 pub struct RealtimeArgs {
+    /// The endpoint every client uses.
+    #[arg(long, value_enum, default_value = "realtime")]
+    pub endpoint: Endpoint,
     /// Realtime WebSocket clients, each joined to one channel with a postgres_changes binding.
     #[arg(long, default_value_t = 500)]
     pub subscribers: usize,
@@ -135,6 +167,7 @@ pub async fn run(args: RealtimeArgs) -> anyhow::Result<()> {
     remove_spool(&config);
     let mut report = result?;
     report["subscribers"] = json!(args.subscribers);
+    report["endpoint"] = json!(format!("{:?}", args.endpoint).to_lowercase());
     report["client_queue"] = json!(server_args.client_queue);
     report["sample_every"] = json!(SAMPLE_EVERY);
     report["postgres"] = json!(version);
@@ -182,7 +215,7 @@ async fn paced(addr: SocketAddr, pg: &Client, args: &RealtimeArgs) -> anyhow::Re
             Some(b)
         };
         let jwts = tokens(role, users)?;
-        let clients = Clients::join(addr, &jwts, args.subscribers).await?;
+        let clients = Clients::join(addr, args.endpoint, &jwts, args.subscribers).await?;
         // Clients count from 0: rows written before they joined are not theirs.
         let base = seq;
         // Warm-up: a second at the lowest rate, not reported.
@@ -391,9 +424,14 @@ struct Clients {
 
 impl Clients {
     /// Connects and joins `n` clients, client i with `jwts[i % jwts.len()]`.
-    async fn join(addr: SocketAddr, jwts: &[String], n: usize) -> anyhow::Result<Self> {
+    async fn join(
+        addr: SocketAddr,
+        endpoint: Endpoint,
+        jwts: &[String],
+        n: usize,
+    ) -> anyhow::Result<Self> {
         let sockets = futures::stream::iter(0..n)
-            .map(|i| joined(addr, &jwts[i % jwts.len()]))
+            .map(|i| joined(addr, endpoint, &jwts[i % jwts.len()]))
             .buffer_unordered(32)
             .collect::<Vec<_>>()
             .await
@@ -407,7 +445,13 @@ impl Clients {
             tallies.push(Arc::clone(&tally));
             // Clients sample different rows: client i samples rows i, i + SAMPLE_EVERY, ...
             let offset = i as u64 % SAMPLE_EVERY;
-            tasks.push(tokio::spawn(listen(ws, tally, offset, stop.clone())));
+            tasks.push(tokio::spawn(listen(
+                ws,
+                endpoint,
+                tally,
+                offset,
+                stop.clone(),
+            )));
         }
         Ok(Self {
             tallies,
@@ -469,7 +513,13 @@ impl Clients {
 }
 
 /// Counts change frames into `tally` until `stop` or a close; then closes the socket.
-async fn listen(mut ws: Ws, tally: Arc<Tally>, offset: u64, stop: CancellationToken) {
+async fn listen(
+    mut ws: Ws,
+    endpoint: Endpoint,
+    tally: Arc<Tally>,
+    offset: u64,
+    stop: CancellationToken,
+) {
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
     heartbeat.tick().await;
     let mut hb_ref = 100u64;
@@ -480,10 +530,12 @@ async fn listen(mut ws: Ws, tally: Arc<Tally>, offset: u64, stop: CancellationTo
             m = ws.next() => m,
             _ = heartbeat.tick() => {
                 hb_ref += 1;
-                let f = format!(r#"[null,"{hb_ref}","phoenix","heartbeat",{{}}]"#);
-                if ws.send(Message::text(f)).await.is_err() {
-                    tally.closed.store(true, Ordering::Relaxed);
-                    break;
+                if endpoint == Endpoint::Realtime {
+                    let f = format!(r#"[null,"{hb_ref}","phoenix","heartbeat",{{}}]"#);
+                    if ws.send(Message::text(f)).await.is_err() {
+                        tally.closed.store(true, Ordering::Relaxed);
+                        break;
+                    }
                 }
                 continue;
             }
@@ -491,10 +543,10 @@ async fn listen(mut ws: Ws, tally: Arc<Tally>, offset: u64, stop: CancellationTo
         match msg {
             Some(Ok(Message::Text(t))) => {
                 let s = t.as_str();
-                if s.contains("\"postgres_changes\"") {
+                if s.contains(endpoint.change_marker()) {
                     rows += 1;
                     if (rows + offset).is_multiple_of(SAMPLE_EVERY)
-                        && let Some(ms) = latency_ms(s)
+                        && let Some(ms) = latency_ms(s, endpoint.commit_key())
                     {
                         tally.samples.lock().expect("samples lock").push(ms);
                     }
@@ -632,7 +684,7 @@ async fn phase(
 ) -> anyhow::Result<Phase> {
     let total = args.rows as u64;
     let clients = futures::stream::iter(0..args.subscribers)
-        .map(|_| joined(addr, jwt))
+        .map(|_| joined(addr, args.endpoint, jwt))
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await
@@ -641,7 +693,7 @@ async fn phase(
     let deadline = tokio::time::Instant::now() + PHASE_TIMEOUT;
     let tasks: Vec<_> = clients
         .into_iter()
-        .map(|ws| tokio::spawn(count(ws, total, deadline)))
+        .map(|ws| tokio::spawn(count(ws, args.endpoint, total, deadline)))
         .collect();
 
     let stmt = pg.prepare(BURST_SQL).await?;
@@ -694,7 +746,12 @@ struct Outcome {
 }
 
 /// Counts change frames until `total`, the deadline or a close; then closes the socket.
-async fn count(mut ws: Ws, total: u64, deadline: tokio::time::Instant) -> Outcome {
+async fn count(
+    mut ws: Ws,
+    endpoint: Endpoint,
+    total: u64,
+    deadline: tokio::time::Instant,
+) -> Outcome {
     let mut o = Outcome {
         rows: 0,
         done: None,
@@ -709,10 +766,12 @@ async fn count(mut ws: Ws, total: u64, deadline: tokio::time::Instant) -> Outcom
             m = tokio::time::timeout_at(deadline, ws.next()) => m,
             _ = heartbeat.tick() => {
                 hb_ref += 1;
-                let f = format!(r#"[null,"{hb_ref}","phoenix","heartbeat",{{}}]"#);
-                if ws.send(Message::text(f)).await.is_err() {
-                    o.closed = true;
-                    break;
+                if endpoint == Endpoint::Realtime {
+                    let f = format!(r#"[null,"{hb_ref}","phoenix","heartbeat",{{}}]"#);
+                    if ws.send(Message::text(f)).await.is_err() {
+                        o.closed = true;
+                        break;
+                    }
                 }
                 continue;
             }
@@ -721,10 +780,10 @@ async fn count(mut ws: Ws, total: u64, deadline: tokio::time::Instant) -> Outcom
             Err(_) => break,
             Ok(Some(Ok(Message::Text(t)))) => {
                 let s = t.as_str();
-                if s.contains("\"postgres_changes\"") {
+                if s.contains(endpoint.change_marker()) {
                     o.rows += 1;
                     if o.rows.is_multiple_of(SAMPLE_EVERY)
-                        && let Some(ms) = latency_ms(s)
+                        && let Some(ms) = latency_ms(s, endpoint.commit_key())
                     {
                         o.samples.push(ms);
                     }
@@ -744,19 +803,55 @@ async fn count(mut ws: Ws, total: u64, deadline: tokio::time::Instant) -> Outcom
     o
 }
 
-/// Receipt time minus the frame's `commit_timestamp`, in ms.
-fn latency_ms(frame: &str) -> Option<f64> {
-    const KEY: &str = "\"commit_timestamp\":\"";
-    let start = frame.find(KEY)? + KEY.len();
+/// Receipt time minus the frame's commit time (the field `key` opens), in ms.
+fn latency_ms(frame: &str, key: &str) -> Option<f64> {
+    let start = frame.find(key)? + key.len();
     let end = start + frame[start..].find('"')?;
     let ts = chrono::DateTime::parse_from_rfc3339(&frame[start..end]).ok()?;
     let d = chrono::Utc::now().signed_duration_since(ts);
     Some(d.num_microseconds()? as f64 / 1000.0)
 }
 
+/// Connects with `jwt` to `endpoint` and waits until changes flow to it.
+async fn joined(addr: SocketAddr, endpoint: Endpoint, jwt: &str) -> anyhow::Result<Ws> {
+    match endpoint {
+        Endpoint::Realtime => joined_realtime(addr, jwt).await,
+        Endpoint::Ws => subscribed_ws(addr, jwt).await,
+    }
+}
+
+/// Connects to `/ws` with `jwt`, subscribes to INSERTs and waits for `subscribed`.
+async fn subscribed_ws(addr: SocketAddr, jwt: &str) -> anyhow::Result<Ws> {
+    let url = format!("ws://{addr}/ws?apikey={jwt}");
+    let (mut ws, _) = tokio::time::timeout(SETUP_TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .context("connecting to /ws timed out")??;
+    let sub = json!({"type": "subscribe", "id": "bench", "ops": ["INSERT"]});
+    ws.send(Message::text(sub.to_string())).await?;
+    let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .context("no `subscribed` answer in time")?;
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(f))) => anyhow::bail!("walcast closed the socket: {f:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("connection closed before `subscribed`"),
+        };
+        let v: Value = serde_json::from_str(text.as_str())?;
+        match v["type"].as_str() {
+            Some("subscribed") => return Ok(ws),
+            Some("error") => anyhow::bail!("subscribe refused: {text}"),
+            _ => {}
+        }
+    }
+}
+
 /// Connects with `jwt` (vsn 2.0.0), joins [`TOPIC`] with an INSERT binding, waits for the ok
 /// reply and the "Subscribed to PostgreSQL" system message.
-async fn joined(addr: SocketAddr, jwt: &str) -> anyhow::Result<Ws> {
+async fn joined_realtime(addr: SocketAddr, jwt: &str) -> anyhow::Result<Ws> {
     let url = format!("ws://{addr}/realtime/v1/websocket?apikey={jwt}&vsn=2.0.0");
     let (mut ws, _) = tokio::time::timeout(SETUP_TIMEOUT, tokio_tungstenite::connect_async(url))
         .await
