@@ -1531,3 +1531,235 @@ async fn a_failing_private_channel_check_refuses_the_join() {
             "UnableToConnectToProject: Realtime was unable to connect to the project database"}})
     );
 }
+
+/// POSTs `body` to the REST broadcast API at `path` with `token`; (status, JSON body).
+async fn rest(
+    w: &Walcast,
+    path: &str,
+    ct: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    support::post(&w.url(path), ct, token, body).await
+}
+
+/// REST broadcast: the batch and the per-event endpoints (JSON and bytes) reach joined sockets
+/// of both serializers with the same frames a socket broadcast makes; ping; the refusals
+/// (no token, bad body, too large).
+#[tokio::test]
+async fn rest_broadcast_reaches_joined_sockets() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let key = token("anon", 600);
+    let mut v2 = Rt::connect(&w, &key, true).await;
+    let mut v1 = Rt::connect(&w, &key, false).await;
+    let topic = "realtime:rest-room";
+    let cfg = json!({"config": {"broadcast": {"ack": false, "self": false},
+                     "presence": {"key": "", "enabled": false},
+                     "postgres_changes": [], "private": false}});
+    v2.join(topic, cfg.clone()).await;
+    v1.join(topic, cfg).await;
+
+    let (status, body) = support::get_as(&w.url("/realtime/v1/api/ping"), Some(&key)).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"message":"Success"}"#));
+    let (status, _) = support::get_as(&w.url("/realtime/v1/api/ping"), None).await;
+    assert_eq!(status, 401);
+
+    // The batch endpoint, what realtime-js send() uses before the channel is joined.
+    let batch = json!({"messages": [
+        {"topic": "rest-room", "event": "one", "payload": {"n": 1}, "private": false},
+        {"topic": "realtime:rest-room", "event": "two", "payload": {"n": 2}}
+    ]});
+    let (status, reply) = rest(
+        &w,
+        "/realtime/v1/api/broadcast",
+        "application/json",
+        Some(&key),
+        batch.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    for rt in [&mut v2, &mut v1] {
+        for (event, n) in [("one", 1), ("two", 2)] {
+            let f = rt
+                .wait_for(event, |f| {
+                    f.event == "broadcast" && f.payload["event"] == event
+                })
+                .await;
+            assert_eq!(f.topic, topic);
+            assert_eq!(
+                f.payload,
+                json!({"type": "broadcast", "event": event, "payload": {"n": n}})
+            );
+        }
+    }
+
+    // The per-event endpoint, what httpSend() uses: JSON, then raw bytes (2.0.0 sockets only).
+    let (status, reply) = rest(
+        &w,
+        "/realtime/v1/api/broadcast/rest-room/events/three",
+        "application/json",
+        Some(&key),
+        br#"{"n":3}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    for rt in [&mut v2, &mut v1] {
+        let f = rt
+            .wait_for("three", |f| {
+                f.event == "broadcast" && f.payload["event"] == "three"
+            })
+            .await;
+        assert_eq!(
+            f.payload,
+            json!({"type": "broadcast", "event": "three", "payload": {"n": 3}})
+        );
+    }
+    let (status, _) = rest(
+        &w,
+        "/api/broadcast/rest-room/events/bytes",
+        "application/octet-stream",
+        Some(&key),
+        vec![0, 1, 254, 255],
+    )
+    .await;
+    assert_eq!(status, 202);
+    let got = v2.wait_binary().await;
+    let msg = parse_server_binary(&got).unwrap();
+    assert_eq!((msg.topic.as_str(), msg.event.as_str()), (topic, "bytes"));
+    assert_eq!(msg.payload, [0, 1, 254, 255]);
+    v1.expect_none("bytes on 1.0.0", |f| f.payload["event"] == "bytes")
+        .await;
+
+    // Refusals: no token, a bad token, a body that is not the batch shape, a payload too large.
+    let one = "/realtime/v1/api/broadcast/rest-room/events/x";
+    let (status, reply) = rest(&w, one, "application/json", None, b"{}".to_vec()).await;
+    assert_eq!(status, 401, "{reply}");
+    let (status, _) = rest(
+        &w,
+        one,
+        "application/json",
+        Some("not-a-jwt"),
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, reply) = rest(
+        &w,
+        "/realtime/v1/api/broadcast",
+        "application/json",
+        Some(&key),
+        br#"{"messages":[{"topic":"t"}]}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, &reply["code"]),
+        (422, &json!("invalid_message")),
+        "{reply}"
+    );
+    let (status, reply) = rest(
+        &w,
+        one,
+        "application/json",
+        Some(&key),
+        b"not json".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, &reply["code"]),
+        (422, &json!("invalid_message")),
+        "{reply}"
+    );
+    let big = json!({"s": "x".repeat(300 * 1024)})
+        .to_string()
+        .into_bytes();
+    let (status, reply) = rest(&w, one, "application/json", Some(&key), big).await;
+    assert_eq!(
+        (status, &reply["code"]),
+        (413, &json!("payload_size_exceeded")),
+        "{reply}"
+    );
+    v2.expect_none("a refused broadcast", |f| f.payload["event"] == "x")
+        .await;
+}
+
+/// REST broadcast to private topics follows the `realtime.messages` write policies: a user may
+/// send to its own topic; to another's, the per-event endpoint answers 403 and the batch
+/// endpoint skips the message (202); service_role may send anywhere.
+#[tokio::test]
+async fn rest_broadcast_to_private_topics_follows_policies() {
+    let db = support::fresh_db().await;
+    support::create_realtime_messages(&db).await;
+    let w = walcast(&db).await;
+    let alice = user_token("authenticated", "alice");
+    let mut rt = Rt::connect(&w, &alice, true).await;
+    let topic = "realtime:alice";
+    let (_, reply) = rt.join(topic, private_join(false)).await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+
+    let bob = user_token("authenticated", "bob");
+    let path = "/realtime/v1/api/broadcast/alice/events/note?private=true";
+    let (status, reply) = rest(
+        &w,
+        path,
+        "application/json",
+        Some(&bob),
+        br#"{"n":1}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 403, "{reply}");
+    assert_eq!(
+        reply["error"],
+        "Unauthorized: You do not have permissions to write to this Channel topic: alice"
+    );
+    let batch = json!({"messages": [{"topic": "alice", "event": "note", "payload": {"n": 2}, "private": true}]});
+    let (status, _) = rest(
+        &w,
+        "/realtime/v1/api/broadcast",
+        "application/json",
+        Some(&bob),
+        batch.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    rt.expect_none("a broadcast the policies refuse", |f| {
+        f.event == "broadcast"
+    })
+    .await;
+
+    let (status, _) = rest(
+        &w,
+        path,
+        "application/json",
+        Some(&alice),
+        br#"{"n":3}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let f = rt.wait_for("alice's own", |f| is_note(f, topic, 3)).await;
+    assert_eq!(f.payload["payload"], json!({"n": 3}));
+    let service = support::service_key();
+    let (status, _) = rest(
+        &w,
+        path,
+        "application/json",
+        Some(&service),
+        br#"{"n":4}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    rt.wait_for("service_role's", |f| is_note(f, topic, 4))
+        .await;
+    // A public topic of the same name is another topic: the private member gets nothing.
+    let (status, _) = rest(
+        &w,
+        "/realtime/v1/api/broadcast/alice/events/note",
+        "application/json",
+        Some(&alice),
+        br#"{"n":5}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    rt.expect_none("a public broadcast", |f| is_note(f, topic, 5))
+        .await;
+}

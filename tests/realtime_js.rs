@@ -1086,3 +1086,51 @@ async fn realtime_js_private_channels() {
         );
     }
 }
+
+/// REST broadcast from realtime-js: `send()` on a channel that is not joined falls back to the
+/// batch endpoint, `httpSend()` posts JSON and bytes to the per-event endpoint (202), and an
+/// oversized payload is rejected with walcast's text; a joined client of each serializer
+/// receives what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_rest_broadcast() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let tok = token("anon", None, 600);
+    for (i, vsn) in ["1.0.0", "2.0.0"].iter().enumerate() {
+        let tag = i.to_string();
+        let lines = Script::start("rest", &w, &[("TOKEN", &tok), ("VSN", vsn), ("TAG", &tag)])
+            .finish()
+            .await;
+        let results: Vec<(&Value, &Value)> = labelled(&lines, "s", "sent")
+            .iter()
+            .map(|v| (&v["sent"], &v["result"]))
+            .collect();
+        let mut want = vec![
+            (json!("fallback"), json!("ok")),
+            (json!("http"), json!({"success": true})),
+        ];
+        if *vsn == "2.0.0" {
+            want.push((json!("bytes"), json!({"success": true})));
+        }
+        let want: Vec<(&Value, &Value)> = want.iter().map(|(a, b)| (a, b)).collect();
+        assert_eq!(results, want, "{vsn}: {lines:#?}");
+        let big = labelled(&lines, "s", "big_error");
+        assert_eq!(big.len(), 1, "{vsn}: {lines:#?}");
+        assert!(
+            big[0]["big_error"]
+                .as_str()
+                .unwrap()
+                .contains("larger than"),
+            "{vsn}: {big:?}"
+        );
+        let received = &labelled(&lines, "r", "received")[0]["received"];
+        let mut want = vec![
+            json!({"type": "broadcast", "event": "fallback", "payload": {"n": 1}}),
+            json!({"type": "broadcast", "event": "http", "payload": {"n": 2}}),
+        ];
+        if *vsn == "2.0.0" {
+            want.push(json!({"type": "broadcast", "event": "bytes", "payload": [7, 8, 9]}));
+        }
+        assert_eq!(received, &json!(want), "{vsn}");
+    }
+}

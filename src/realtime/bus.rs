@@ -342,6 +342,12 @@ impl Bus {
         n
     }
 
+    /// Sends a broadcast that no member sent (REST, the server) to every member of the topic.
+    /// Returns how many members it was queued for.
+    pub fn publish(&self, key: &TopicKey, body: BroadcastBody) -> usize {
+        self.broadcast(key, MemberId(u64::MAX), body)
+    }
+
     /// Tracks (or updates) the member's presence. A payload equal to the tracked one changes
     /// nothing. Tracking turns presence diffs on for the member.
     pub fn track(&self, key: &TopicKey, member: MemberId, payload: Map<String, Value>) {

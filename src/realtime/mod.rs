@@ -7,6 +7,8 @@
 //!   delivery of changes through the row gate ([`crate::access`]), and broadcast and presence.
 //! - [`bus`]: broadcast and presence between sockets of this node.
 //! - [`private`]: who may read and write private channels (`realtime.messages` policies).
+//! - `rest`: broadcast over HTTP (`/api/broadcast`, `/api/broadcast/:topic/events/:event`) and
+//!   `/api/ping`.
 //!
 //! The upgrade handler checks the `apikey` JWT *before* upgrading and refuses with an HTTP error
 //! body the way Realtime does. A session serves Phoenix channels over one socket: heartbeats,
@@ -18,6 +20,7 @@
 pub(crate) mod bus;
 pub(crate) mod private;
 pub mod protocol;
+mod rest;
 mod session;
 
 use std::sync::Arc;
@@ -115,6 +118,7 @@ where
     Router::new()
         .route("/realtime/v1/websocket", get(realtime_handler))
         .route("/socket/websocket", get(realtime_handler))
+        .merge(rest::routes())
 }
 
 /// An HTTP refusal with a Realtime-style `{"error": ...}` body.

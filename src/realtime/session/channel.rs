@@ -220,7 +220,8 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             true,
             &response,
         );
-        self.send(reply).await?;
+        // The member joins the bus before the reply goes out, so a broadcast sent by anyone who
+        // saw the reply (this client included) reaches it.
         let key = TopicKey {
             private: config.private,
             topic: m.topic.clone(),
@@ -260,6 +261,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         });
         let i = self.channels.len() - 1;
         self.out.client.subscribe(self.channels[i].registry_info());
+        self.send(reply).await?;
         if let Some(state) = joined.presence_state {
             let push = frame::encode_push(
                 self.vsn,

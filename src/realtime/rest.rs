@@ -1,0 +1,358 @@
+//! Broadcast over HTTP, as Supabase Realtime serves it to backends and to realtime-js:
+//!
+//! - `POST /realtime/v1/api/broadcast` with `{"messages":[{topic, event, payload, private}]}`
+//!   (what `channel.send()` falls back to before the channel is joined);
+//! - `POST /realtime/v1/api/broadcast/:topic/events/:event` with a JSON body (the payload) or an
+//!   `application/octet-stream` body (a binary payload), `?private=true` for a private topic
+//!   (what `channel.httpSend()` uses);
+//! - `GET /realtime/v1/api/ping`: `{"message":"Success"}`.
+//!
+//! The same routes answer without the `/realtime/v1` prefix (a client pointed at the socket's
+//! own path). Every request needs a token (the `Authorization: Bearer` user token, else the
+//! `apikey` header), checked like the socket's. A message goes to the members of the topic on
+//! this node through the [`Bus`](super::bus::Bus), exactly like a broadcast pushed on a socket:
+//! the same payload limit, the same `realtime.messages` write policies on private topics. The
+//! answer is `202 Accepted` with an empty body.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRef, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::bus::{BroadcastBody, TopicKey};
+use super::private::ChannelExtension;
+use super::protocol::frame::PayloadEncoding;
+use super::{RealtimeState, TokenClaims, verify_token};
+use crate::auth::extract::bearer_token;
+use crate::endpoint::Endpoint;
+
+/// Most messages one batch request may carry.
+pub const MAX_BATCH_MESSAGES: usize = 100;
+
+/// The routes, for a state that provides [`RealtimeState`].
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    RealtimeState: FromRef<S>,
+{
+    let mut router = Router::new();
+    for prefix in ["/realtime/v1/api", "/api"] {
+        router = router
+            .route(&format!("{prefix}/broadcast"), post(batch))
+            .route(
+                &format!("{prefix}/broadcast/{{topic}}/events/{{event}}"),
+                post(one),
+            )
+            .route(&format!("{prefix}/ping"), get(ping));
+    }
+    // Bodies are checked against the payload limit by the handlers; this only stops a body far
+    // beyond any acceptable request before it is read.
+    router.layer(DefaultBodyLimit::max(16 << 20))
+}
+
+/// Why a request is refused.
+#[derive(Debug)]
+enum Refusal {
+    /// The node's broadcaster mode does not serve the Realtime endpoint.
+    Mode(crate::flags::ModeDisabled),
+    /// Realtime's `{"error": text}` body plus walcast's stable `code`.
+    Plain {
+        /// HTTP status.
+        status: StatusCode,
+        /// Stable code.
+        code: &'static str,
+        /// Text.
+        message: String,
+    },
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Mode(m) => m.into_response(),
+            Refusal::Plain {
+                status,
+                code,
+                message,
+            } => (
+                status,
+                axum::Json(json!({ "error": message, "code": code })),
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// A [`Refusal::Plain`] as a response.
+fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    refusal(status, code, message).into_response()
+}
+
+/// A [`Refusal::Plain`].
+fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal::Plain {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+/// The request's token, checked; or the refusal.
+fn authenticate(state: &RealtimeState, headers: &HeaderMap) -> Result<TokenClaims, Refusal> {
+    state
+        .flags
+        .check(Endpoint::Realtime)
+        .map_err(Refusal::Mode)?;
+    let Some(verifier) = state.auth.verifier() else {
+        return Err(refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_secret",
+            super::NO_SECRET_MESSAGE,
+        ));
+    };
+    let token = bearer_token(headers).unwrap_or_default();
+    verify_token(verifier, token, crate::auth::unix_now()).map_err(|p| {
+        refusal(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            p.connect_message(),
+        )
+    })
+}
+
+/// `GET /api/ping`.
+async fn ping(State(state): State<RealtimeState>, headers: HeaderMap) -> Response {
+    match authenticate(&state, &headers) {
+        Ok(_) => axum::Json(json!({"message": "Success"})).into_response(),
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// One message of a batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchMessage {
+    /// The topic without `realtime:` (a leading `realtime:` is accepted too).
+    topic: String,
+    /// The user's event name.
+    event: String,
+    /// Any JSON value.
+    #[serde(default)]
+    payload: Value,
+    /// A private topic.
+    #[serde(default)]
+    private: bool,
+    /// Accepted for compatibility (always a broadcast).
+    #[serde(default, rename = "type")]
+    _type: Option<String>,
+}
+
+/// The batch body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    /// The messages.
+    messages: Vec<BatchMessage>,
+}
+
+/// The full topic for a client-given one (`room` or `realtime:room`).
+fn full_topic(topic: &str) -> String {
+    let sub = topic.strip_prefix("realtime:").unwrap_or(topic);
+    format!("realtime:{sub}")
+}
+
+/// Checks a topic and event name; the refusal text otherwise.
+fn check_names(topic: &str, event: &str) -> Result<(), String> {
+    let sub = topic.strip_prefix("realtime:").unwrap_or(topic);
+    if sub.is_empty() || sub.len() > 255 {
+        return Err("topic must be 1 to 255 characters".into());
+    }
+    if event.is_empty() || event.len() > 255 {
+        return Err("event must be 1 to 255 characters".into());
+    }
+    Ok(())
+}
+
+/// Whether the token may write broadcasts on the topic: always on public topics and for
+/// `service_role`; on other private topics the `realtime.messages` policies decide.
+async fn may_write(
+    state: &RealtimeState,
+    claims: &TokenClaims,
+    key: &TopicKey,
+) -> Result<bool, Refusal> {
+    if !key.private || claims.is_service_role() {
+        return Ok(true);
+    }
+    let sub = key.topic.strip_prefix("realtime:").unwrap_or(&key.topic);
+    state
+        .private
+        .write(&claims.group, sub, ChannelExtension::Broadcast)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, kind = e.kind(), "realtime REST broadcast: private write check failed");
+            refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authorization_unavailable",
+                "the channel's policies could not be checked; retry later",
+            )
+        })
+}
+
+/// `POST /api/broadcast`: every message is checked first (shape, names, payload size); then
+/// each is sent. A message to a private topic the token may not write is skipped, as Supabase
+/// Realtime skips it; the request still answers 202.
+async fn batch(State(state): State<RealtimeState>, headers: HeaderMap, body: Bytes) -> Response {
+    let claims = match authenticate(&state, &headers) {
+        Ok(c) => c,
+        Err(refused) => return refused.into_response(),
+    };
+    let max_body = state.max_payload.saturating_mul(4).max(1 << 20);
+    if body.len() > max_body {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_size_exceeded",
+            format!("the request body is larger than {max_body} bytes"),
+        );
+    }
+    let batch: Batch = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_message",
+                format!(
+                    "expected {{\"messages\":[{{\"topic\",\"event\",\"payload\",\"private\"}}]}}: {e}"
+                ),
+            );
+        }
+    };
+    if batch.messages.len() > MAX_BATCH_MESSAGES {
+        return refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_messages",
+            format!("at most {MAX_BATCH_MESSAGES} messages per request"),
+        );
+    }
+    let mut ready = Vec::with_capacity(batch.messages.len());
+    for (i, m) in batch.messages.into_iter().enumerate() {
+        if let Err(e) = check_names(&m.topic, &m.event) {
+            return refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_message",
+                format!("message {i}: {e}"),
+            );
+        }
+        let payload = json!({"type": "broadcast", "event": m.event, "payload": m.payload});
+        let text = payload.to_string();
+        if text.len() > state.max_payload {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_size_exceeded",
+                format!(
+                    "message {i}: the payload is larger than {} bytes",
+                    state.max_payload
+                ),
+            );
+        }
+        let key = TopicKey {
+            private: m.private,
+            topic: full_topic(&m.topic),
+        };
+        ready.push((key, text));
+    }
+    for (key, text) in ready {
+        match may_write(&state, &claims, &key).await {
+            Ok(true) => {
+                state.bus.publish(&key, BroadcastBody::Json(text));
+            }
+            Ok(false) => {
+                tracing::debug!(topic = %key.topic, role = %claims.role, "realtime REST broadcast: write refused by policy; skipped");
+            }
+            Err(refused) => return refused.into_response(),
+        }
+    }
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// `POST /api/broadcast/:topic/events/:event[?private=true]`: the body is the payload (JSON,
+/// or raw bytes with `application/octet-stream`).
+async fn one(
+    State(state): State<RealtimeState>,
+    Path((topic, event)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let claims = match authenticate(&state, &headers) {
+        Ok(c) => c,
+        Err(refused) => return refused.into_response(),
+    };
+    if let Err(e) = check_names(&topic, &event) {
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, "invalid_message", e);
+    }
+    let mut private = false;
+    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match &*k {
+            "private" => private = v == "true",
+            // Stored broadcasts are not offered yet: accepted, delivered live only.
+            k if k == "persist" || k.starts_with("persist[") => {}
+            _ => {}
+        }
+    }
+    if body.len() > state.max_payload {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_size_exceeded",
+            format!("the payload is larger than {} bytes", state.max_payload),
+        );
+    }
+    let binary = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/octet-stream"));
+    let body = if binary {
+        BroadcastBody::Binary {
+            event,
+            metadata: None,
+            encoding: PayloadEncoding::Binary,
+            payload: body.to_vec(),
+        }
+    } else {
+        let payload: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return refuse(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_message",
+                    format!("the body is not JSON (send application/octet-stream for bytes): {e}"),
+                );
+            }
+        };
+        BroadcastBody::Json(
+            json!({"type": "broadcast", "event": event, "payload": payload}).to_string(),
+        )
+    };
+    let key = TopicKey {
+        private,
+        topic: full_topic(&topic),
+    };
+    match may_write(&state, &claims, &key).await {
+        Ok(true) => {
+            state.bus.publish(&key, body);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Ok(false) => refuse(
+            StatusCode::FORBIDDEN,
+            "unauthorized",
+            format!(
+                "Unauthorized: You do not have permissions to write to this Channel topic: {}",
+                key.topic.strip_prefix("realtime:").unwrap_or(&key.topic)
+            ),
+        ),
+        Err(refused) => refused.into_response(),
+    }
+}
