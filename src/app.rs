@@ -339,6 +339,7 @@ pub async fn serve(
             role_recheck: config.role_recheck,
             max_payload: config.max_payload,
             limits: config.realtime_limits,
+            joins: config.realtime_joins,
             shutdown: sessions_token.clone(),
         },
     };

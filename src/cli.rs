@@ -439,6 +439,17 @@ pub struct ServerArgs {
     /// Password of the admin console (required when --admin-listen is set).
     #[arg(long, env = "WALCAST_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+
+    // Realtime channel joins (Supabase's per-project settings).
+    /// Refuse Realtime joins of public channels (`PrivateOnly: This project only allows private
+    /// channels`): every channel then follows the `realtime.messages` policies.
+    #[arg(long, env = "WALCAST_PRIVATE_ONLY")]
+    pub private_only: bool,
+
+    /// Delay before a Realtime join error is answered, as Supabase Realtime pauses, so that a
+    /// client rejoining in a loop is slowed down (0 = answer at once).
+    #[arg(long, env = "WALCAST_JOIN_ERROR_BACKOFF", default_value = "0s")]
+    pub join_error_backoff: String,
 }
 
 /// `walcast serve`.

@@ -102,6 +102,8 @@ pub struct ServerConfig {
     pub metrics_token: Option<String>,
     /// Per-socket Realtime rate limits.
     pub realtime_limits: RealtimeLimits,
+    /// What Realtime joins may ask for.
+    pub realtime_joins: RealtimeJoins,
     /// Node name.
     pub node: String,
     /// Replication slot name.
@@ -231,6 +233,16 @@ impl ServerConfig {
                             "use 1 byte to 16MiB",
                         )
                     })
+            })?;
+        let join_error_backoff = parse_duration(&args.join_error_backoff)
+            .ok()
+            .filter(|d| *d <= Duration::from_secs(10))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "--join-error-backoff",
+                    "WALCAST_JOIN_ERROR_BACKOFF",
+                    "use a duration from 0s to 10s, e.g. 1s",
+                )
             })?;
         let header_timeout = parse_duration(&args.header_timeout)
             .map_err(|r| ConfigError::new("--header-timeout", "WALCAST_HEADER_TIMEOUT", r))?;
@@ -394,6 +406,10 @@ impl ServerConfig {
             max_replays: usize::from(args.max_replays),
             max_payload,
             metrics_token: args.metrics_token.clone().filter(|t| !t.is_empty()),
+            realtime_joins: RealtimeJoins {
+                private_only: args.private_only,
+                error_backoff: join_error_backoff,
+            },
             realtime_limits: RealtimeLimits {
                 joins_per_second: args.max_joins_per_second,
                 messages_per_second: args.max_messages_per_second,
@@ -448,6 +464,15 @@ pub struct RealtimeLimits {
     pub joins_per_second: u32,
     /// Broadcast and presence messages one socket may send per second; one more closes it.
     pub messages_per_second: u32,
+}
+
+/// What Realtime joins may ask for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealtimeJoins {
+    /// Public channels are refused.
+    pub private_only: bool,
+    /// Pause before a join error reply.
+    pub error_backoff: Duration,
 }
 
 /// Limits of the HTTP server.

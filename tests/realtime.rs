@@ -1763,3 +1763,131 @@ async fn rest_broadcast_to_private_topics_follows_policies() {
     rt.expect_none("a public broadcast", |f| is_note(f, topic, 5))
         .await;
 }
+
+/// Join options of realtime-js 2.119: `postgres_changes_options.wait` answers the join with the
+/// bindings' fate (an unservable binding is a join error, not a later system message);
+/// `broadcast.replication_ready` gets its system message; `broadcast.replay` is refused on a
+/// public channel; `persist` is never relayed to receivers.
+#[tokio::test]
+async fn join_options_of_realtime_js_2_119() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let key = token("service_role", 600);
+    let mut rt = Rt::connect(&w, &key, true).await;
+    let with = |changes: Value, broadcast: Value, wait: bool| {
+        let mut config = json!({"broadcast": broadcast, "presence": {"key": "", "enabled": false},
+                                "postgres_changes": changes, "private": false});
+        if wait {
+            config["postgres_changes_options"] = json!({"wait": true, "timeout": 3000});
+        }
+        json!({"config": config})
+    };
+
+    // wait + a valid binding: ok, then "Subscribed to PostgreSQL".
+    let (_, reply) = rt
+        .join("realtime:w1", with(all_changes(), json!({}), true))
+        .await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    let sys = subscribed(&mut rt, "realtime:w1").await;
+    assert_eq!(sys.payload["status"], "ok", "{sys:?}");
+
+    // wait + a table that is not published: the join itself fails.
+    let bad = json!([{"event": "*", "schema": "public", "table": "nope"}]);
+    let (_, reply) = rt
+        .join("realtime:w2", with(bad.clone(), json!({}), true))
+        .await;
+    assert_eq!(reply.payload["status"], "error", "{reply:?}");
+    let reason = reply.payload["response"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("RealtimeDisabledForConfiguration: "),
+        "{reason}"
+    );
+    // Without wait the same binding joins and the system message carries the error.
+    let (_, reply) = rt.join("realtime:w3", with(bad, json!({}), false)).await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    let sys = subscribed(&mut rt, "realtime:w3").await;
+    assert_eq!(sys.payload["status"], "error", "{sys:?}");
+
+    // replication_ready: a system message from the `system` extension.
+    let (_, reply) = rt
+        .join(
+            "realtime:w4",
+            with(json!([]), json!({"replication_ready": true}), false),
+        )
+        .await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    let sys = rt
+        .wait_for("replication ready", |f| {
+            f.topic == "realtime:w4" && f.event == "system"
+        })
+        .await;
+    assert_eq!(
+        sys.payload,
+        json!({"extension": "system", "status": "ok",
+               "message": "Replication connection established", "channel": "w4"})
+    );
+
+    // replay asks for stored broadcasts, which public channels do not have.
+    let (_, reply) = rt
+        .join(
+            "realtime:w5",
+            with(json!([]), json!({"replay": {"since": 0}}), false),
+        )
+        .await;
+    assert_eq!(
+        reply.payload["response"]["reason"],
+        "UnableToReplayMessages: Replay is not allowed for public channels"
+    );
+
+    // persist is a request to the server, not part of the message.
+    let mut other = Rt::connect(&w, &key, false).await;
+    let cfg = with(json!([]), json!({"self": false}), false);
+    let (join_ref, _) = rt.join("realtime:w6", cfg.clone()).await;
+    other.join("realtime:w6", cfg).await;
+    rt.push(
+        Some(&join_ref),
+        "realtime:w6",
+        "broadcast",
+        json!({"type": "broadcast", "event": "e", "payload": {"n": 1}, "persist": true}),
+    )
+    .await;
+    let f = other
+        .wait_for("broadcast", |f| f.event == "broadcast")
+        .await;
+    assert_eq!(
+        f.payload,
+        json!({"type": "broadcast", "event": "e", "payload": {"n": 1}})
+    );
+}
+
+/// `--private-only` refuses public channels with Supabase's text; `--join-error-backoff` holds
+/// every join error for the configured pause.
+#[tokio::test]
+async fn private_only_and_the_join_error_backoff() {
+    let db = support::fresh_db().await;
+    let w = Walcast::start_with_env(
+        &db,
+        &["--private-only", "--join-error-backoff", "1s"],
+        &[("WALCAST_JWT_SECRET", support::SECRET)],
+    )
+    .await;
+    let key = token("service_role", 600);
+    let mut rt = Rt::connect(&w, &key, true).await;
+    let public = json!({"config": {"broadcast": {}, "presence": {"enabled": false},
+                                   "postgres_changes": [], "private": false}});
+    let asked = std::time::Instant::now();
+    let (_, reply) = rt.join("realtime:open", public).await;
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "answered after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        reply.payload["response"]["reason"],
+        "PrivateOnly: This project only allows private channels"
+    );
+    let private = json!({"config": {"broadcast": {}, "presence": {"enabled": false},
+                                    "postgres_changes": [], "private": true}});
+    let (_, reply) = rt.join("realtime:closed", private).await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+}

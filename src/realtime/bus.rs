@@ -348,17 +348,31 @@ impl Bus {
         self.broadcast(key, MemberId(u64::MAX), body)
     }
 
+    /// Turns presence diffs on for a member that joined without them (a `track` on a channel
+    /// joined with `presence.enabled: false`); returns the `presence_state` payload to send it
+    /// first, or `None` when it already had presence (or is gone).
+    pub fn enable_presence(&self, key: &TopicKey, member: MemberId) -> Option<String> {
+        let mut topics = self.lock();
+        let topic = topics.get_mut(key)?;
+        let m = topic.members.iter_mut().find(|m| m.id == member)?;
+        if m.presence {
+            return None;
+        }
+        m.presence = true;
+        Some(topic.state())
+    }
+
     /// Tracks (or updates) the member's presence. A payload equal to the tracked one changes
-    /// nothing. Tracking turns presence diffs on for the member.
+    /// nothing. Whether the member itself receives diffs is its own setting
+    /// ([`Bus::enable_presence`]).
     pub fn track(&self, key: &TopicKey, member: MemberId, payload: Map<String, Value>) {
         let mut topics = self.lock();
         let Some(topic) = topics.get_mut(key) else {
             return;
         };
-        let Some(m) = topic.members.iter_mut().find(|m| m.id == member) else {
+        let Some(m) = topic.members.iter().find(|m| m.id == member) else {
             return;
         };
-        m.presence = true;
         let pkey = m.presence_key.clone();
         let metas = topic.presences.entry(pkey.clone()).or_default();
         let previous = match metas.iter().position(|(id, _)| *id == member) {
@@ -532,6 +546,26 @@ mod tests {
         let v: Value = serde_json::from_str(&p).unwrap();
         assert_eq!(v["leaves"]["u1"]["metas"][0]["n"], "B");
         bus.untrack(&k, b.member);
+    }
+
+    #[tokio::test]
+    async fn tracking_without_presence_enables_it_once_on_request() {
+        let bus = Bus::default();
+        let k = key("realtime:room2");
+        let (a_in, mut a_rx) = Inbox::new();
+        let a = bus.join(&k, a_in, false, false, "u1".into());
+        assert_eq!(a.presence_state, None);
+        bus.track(&k, a.member, json!({"n":"A"}).as_object().unwrap().clone());
+        assert!(a_rx.try_recv().is_err(), "no diffs without presence");
+        let state: Value =
+            serde_json::from_str(&bus.enable_presence(&k, a.member).unwrap()).unwrap();
+        assert_eq!(state["u1"]["metas"][0]["n"], "A");
+        assert_eq!(bus.enable_presence(&k, a.member), None);
+        bus.untrack(&k, a.member);
+        assert!(matches!(
+            a_rx.try_recv().unwrap().event,
+            BusEvent::PresenceDiff(_)
+        ));
     }
 
     #[test]

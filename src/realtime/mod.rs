@@ -73,6 +73,8 @@ pub struct RealtimeState {
     pub max_payload: usize,
     /// Per-socket rates.
     pub limits: crate::config::RealtimeLimits,
+    /// What joins may ask for.
+    pub joins: crate::config::RealtimeJoins,
     /// Cancelled when the server shuts down.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

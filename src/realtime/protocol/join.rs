@@ -6,6 +6,9 @@
 //! ignored, and a value of the wrong type falls back to its default and is noted in
 //! [`JoinRequest::problems`] rather than refusing the join.
 //!
+//! realtime-js 2.119 also sends `broadcast.replication_ready`, `broadcast.replay` and
+//! `postgres_changes_options` (`wait`, `timeout`).
+//!
 //! A payload without a `config` key is the legacy form: the topic itself names the change
 //! subscription, `realtime:<schema>[:<table>[:<filter>]]` (`realtime:*` for everything).
 
@@ -52,7 +55,20 @@ pub struct JoinConfig {
     /// The payload had no `config`: the binding comes from the topic and change events use
     /// the legacy shape.
     pub legacy: bool,
+    /// `broadcast.replication_ready`: a `system` message once changes are streaming.
+    pub replication_ready: bool,
+    /// `broadcast.replay` was given (stored broadcasts to replay on a private channel).
+    pub replay: bool,
+    /// `postgres_changes_options.wait`: hold the join reply until the bindings are live, for
+    /// at most this many milliseconds ([`WAIT_DEFAULT_MS`], capped at [`WAIT_MAX_MS`]).
+    pub wait_ms: Option<u64>,
 }
+
+/// How long a join with `postgres_changes_options.wait` waits when it names no `timeout`.
+pub const WAIT_DEFAULT_MS: u64 = 15_000;
+
+/// The longest wait a join may ask for; longer requests wait this long.
+pub const WAIT_MAX_MS: u64 = 20_000;
 
 /// A parsed `phx_join` payload.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -108,6 +124,28 @@ fn parse_config(config: &Map<String, Value>, req: &mut JoinRequest) {
     if let Some(b) = object(config, "broadcast", problems) {
         out.broadcast_ack = boolean(b, "ack", "broadcast.ack", problems);
         out.broadcast_self = boolean(b, "self", "broadcast.self", problems);
+        out.replication_ready = boolean(
+            b,
+            "replication_ready",
+            "broadcast.replication_ready",
+            problems,
+        );
+        out.replay = !matches!(b.get("replay"), None | Some(Value::Null));
+    }
+    if let Some(o) = object(config, "postgres_changes_options", problems)
+        && boolean(o, "wait", "postgres_changes_options.wait", problems)
+    {
+        let asked = match o.get("timeout") {
+            None | Some(Value::Null) => WAIT_DEFAULT_MS,
+            Some(v) => match v.as_u64().or_else(|| v.as_f64().map(|f| f.max(0.0) as u64)) {
+                Some(ms) => ms,
+                None => {
+                    problems.push("`postgres_changes_options.timeout` is not a number".into());
+                    WAIT_DEFAULT_MS
+                }
+            },
+        };
+        out.wait_ms = Some(asked.min(WAIT_MAX_MS));
     }
     if let Some(p) = object(config, "presence", problems) {
         out.presence_enabled = boolean(p, "enabled", "presence.enabled", problems);
@@ -266,6 +304,35 @@ mod tests {
         );
         let r = parse_join("r", &json!("x"));
         assert!(!r.problems.is_empty());
+    }
+
+    #[test]
+    fn options_of_realtime_js_2_119() {
+        let p = json!({"config": {
+            "broadcast": {"replication_ready": true, "replay": {"since": 1, "limit": 10}},
+            "postgres_changes_options": {"wait": true}
+        }});
+        let c = parse_join("r", &p).config;
+        assert!(c.replication_ready && c.replay);
+        assert_eq!(c.wait_ms, Some(WAIT_DEFAULT_MS));
+        let wait = |o: Value| parse_join("r", &json!({"config": {"postgres_changes_options": o}}));
+        assert_eq!(
+            wait(json!({"wait": true, "timeout": 500})).config.wait_ms,
+            Some(500)
+        );
+        assert_eq!(
+            wait(json!({"wait": true, "timeout": 60000})).config.wait_ms,
+            Some(WAIT_MAX_MS)
+        );
+        assert_eq!(
+            wait(json!({"wait": false, "timeout": 500})).config.wait_ms,
+            None
+        );
+        let r = wait(json!({"wait": true, "timeout": "soon"}));
+        assert_eq!(r.config.wait_ms, Some(WAIT_DEFAULT_MS));
+        assert_eq!(r.problems.len(), 1);
+        let c = parse_join("r", &json!({"config": {}})).config;
+        assert!(!c.replication_ready && !c.replay && c.wait_ms.is_none());
     }
 
     #[test]

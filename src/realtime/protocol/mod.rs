@@ -56,3 +56,7 @@ pub const PRESENCE_CALLS_PER_WINDOW: usize = 5;
 
 /// The window of [`PRESENCE_CALLS_PER_WINDOW`].
 pub const PRESENCE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `access_token` refreshes of one channel are applied at most once per this window (the newest
+/// one received inside it is applied when it ends), as Supabase Realtime throttles them.
+pub const TOKEN_REFRESH_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);

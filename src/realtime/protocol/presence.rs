@@ -162,6 +162,32 @@ pub fn parse_broadcast(payload: &Value) -> Result<BroadcastPush, BroadcastError>
     }
 }
 
+/// The key realtime-js 2.119 adds to a broadcast to have it stored for replay (`persist`,
+/// `true` or `{"ttl": seconds}`): a request to the server, never relayed to receivers.
+pub const PERSIST_KEY: &str = "persist";
+
+/// Removes `persist` from a text broadcast push's payload object; whether it was there.
+pub fn strip_persist(payload: &mut Value) -> bool {
+    payload
+        .as_object_mut()
+        .is_some_and(|o| o.remove(PERSIST_KEY).is_some())
+}
+
+/// Removes `persist` from a binary broadcast's metadata JSON: `None` when nothing else is left.
+/// Metadata that is not a JSON object is kept as it is.
+pub fn strip_persist_metadata(meta: Option<String>) -> Option<String> {
+    let text = meta?;
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(mut o)) => {
+            if o.remove(PERSIST_KEY).is_none() {
+                return Some(text);
+            }
+            (!o.is_empty()).then(|| Value::Object(o).to_string())
+        }
+        _ => Some(text),
+    }
+}
+
 /// A binary-origin broadcast as JSON for `1.0.0` clients:
 /// `{"event":..,"payload":..,"type":"broadcast"[,"meta":..]}`. `payload_json` must be JSON text.
 pub fn encode_broadcast_json(event: &str, payload_json: &str, meta_json: Option<&str>) -> String {
@@ -181,6 +207,30 @@ pub fn encode_broadcast_json(event: &str, payload_json: &str, meta_json: Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn persist_is_never_relayed() {
+        let mut p = serde_json::json!({"type":"broadcast","event":"e","payload":{"persist":1},"persist":true});
+        assert!(strip_persist(&mut p));
+        assert_eq!(
+            p,
+            serde_json::json!({"type":"broadcast","event":"e","payload":{"persist":1}})
+        );
+        assert!(!strip_persist(&mut p));
+        assert_eq!(
+            strip_persist_metadata(Some(r#"{"persist":true}"#.into())),
+            None
+        );
+        assert_eq!(
+            strip_persist_metadata(Some(r#"{"persist":{"ttl":5},"k":1}"#.into())).as_deref(),
+            Some(r#"{"k":1}"#)
+        );
+        assert_eq!(
+            strip_persist_metadata(Some("x".into())).as_deref(),
+            Some("x")
+        );
+        assert_eq!(strip_persist_metadata(None), None);
+    }
     use serde_json::json;
 
     fn meta(r: &str, payload: Value) -> PresenceMeta {

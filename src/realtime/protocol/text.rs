@@ -62,6 +62,17 @@ pub enum JoinError {
     TooManyChannels,
     /// The database could not be asked (a private channel's policies).
     DatabaseUnavailable,
+    /// A public channel on a node that serves private channels only (`--private-only`).
+    PrivateOnly,
+    /// `broadcast.replay` on a public channel.
+    ReplayOnPublicChannel,
+    /// With `postgres_changes_options.wait`: a binding that can never be served.
+    SubscribeFailed(String),
+    /// With `postgres_changes_options.wait`: the subscription was not live within the wait.
+    SubscribeTimeout {
+        /// The wait, in milliseconds.
+        ms: u64,
+    },
     /// Something unexpected.
     Unknown,
 }
@@ -101,10 +112,26 @@ impl JoinError {
             JoinError::DatabaseUnavailable => {
                 format!("UnableToConnectToProject: {DATABASE_UNAVAILABLE}")
             }
+            JoinError::PrivateOnly => {
+                "PrivateOnly: This project only allows private channels".to_owned()
+            }
+            JoinError::ReplayOnPublicChannel => {
+                "UnableToReplayMessages: Replay is not allowed for public channels".to_owned()
+            }
+            JoinError::SubscribeFailed(cause) => {
+                format!("RealtimeDisabledForConfiguration: {cause}")
+            }
+            JoinError::SubscribeTimeout { ms } => format!(
+                "PostgresChangesSubscribeTimeout: Timed out after {ms}ms waiting for the \
+                 postgres_changes subscription"
+            ),
             JoinError::Unknown => "Unknown Error on Channel".to_owned(),
         }
     }
 }
+
+/// The `system` message of a channel joined with `broadcast.replication_ready`.
+pub const REPLICATION_READY: &str = "Replication connection established";
 
 /// The `system` message after a successful `postgres_changes` subscription.
 pub const SUBSCRIBED_TO_POSTGRES: &str = "Subscribed to PostgreSQL";

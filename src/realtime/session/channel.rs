@@ -16,12 +16,16 @@ use crate::catalog::{REALTIME_SCHEMA, REALTIME_TABLE};
 use crate::decode::Change;
 use crate::realtime::TokenClaims;
 use crate::realtime::bus::{MemberId, TopicKey};
-use crate::realtime::protocol::MAX_CHANNELS;
 use crate::realtime::protocol::binding::{self, Binding, BindingError, BindingRequest};
 use crate::realtime::protocol::frame::{self, ClientMessage};
 use crate::realtime::protocol::join::{TopicError, parse_join, sub_topic};
 use crate::realtime::protocol::text::{self, JoinError, TokenProblem};
+use crate::realtime::protocol::{MAX_CHANNELS, TOKEN_REFRESH_WINDOW};
 use crate::ws::socket::{ClientSink, ClientStream, End};
+
+/// How often a join with `postgres_changes_options.wait` asks a database that could not be
+/// asked again.
+const WAIT_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// One joined channel.
 #[derive(Debug)]
@@ -58,6 +62,10 @@ pub(super) struct Channel {
     pub(super) may_broadcast: Option<bool>,
     /// Whether the policies let its token track presence, once asked.
     pub(super) may_track: Option<bool>,
+    /// When an `access_token` refresh was last applied (refreshes are throttled).
+    pub(super) token_applied_at: Option<Instant>,
+    /// A refresh received inside the throttle window, applied at the window's end.
+    pub(super) pending_token: Option<String>,
 }
 
 impl Channel {
@@ -120,6 +128,15 @@ pub(super) struct Subscribed {
 }
 
 impl<S: ClientSink, R: ClientStream> Session<S, R> {
+    /// Sends a join error reply, after the configured pause (`--join-error-backoff`).
+    async fn send_join_error(&mut self, reply: String) -> Result<(), End> {
+        let pause = self.state.joins.error_backoff;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        self.send(reply).await
+    }
+
     /// `phx_join`.
     pub(super) async fn on_join(&mut self, m: ClientMessage) -> Result<(), End> {
         let join_ref = m.join_ref.clone().or_else(|| m.r#ref.clone());
@@ -136,11 +153,13 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let sub = match sub_topic(&m.topic) {
             Ok(s) => s.to_owned(),
             Err(TopicError::Unmatched) => {
-                return self.send(refuse(JoinError::UnmatchedTopic.reason())).await;
+                return self
+                    .send_join_error(refuse(JoinError::UnmatchedTopic.reason()))
+                    .await;
             }
             Err(TopicError::NameRequired) => {
                 return self
-                    .send(refuse(JoinError::TopicNameRequired.reason()))
+                    .send_join_error(refuse(JoinError::TopicNameRequired.reason()))
                     .await;
             }
         };
@@ -149,7 +168,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             self.close_channel(i).await?;
         }
         if self.channels.len() >= MAX_CHANNELS {
-            return self.send(refuse(JoinError::TooManyChannels.reason())).await;
+            return self
+                .send_join_error(refuse(JoinError::TooManyChannels.reason()))
+                .await;
         }
         let req = parse_join(&sub, &m.payload);
         if !req.problems.is_empty() {
@@ -162,7 +183,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         // The connect token was checked at upgrade, but it may have expired since.
         let claims = match self.verify(&token) {
             Ok(c) => c,
-            Err(p) => return self.send(refuse(p.join_error().reason())).await,
+            Err(p) => return self.send_join_error(refuse(p.join_error().reason())).await,
         };
         // A role that is a superuser or bypasses RLS is refused whatever its token says.
         if !claims.is_service_role() {
@@ -170,17 +191,27 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 Ok(()) => {}
                 Err(GateError::Privileged { role }) => {
                     let p = TokenProblem::RoleNotAllowed { role };
-                    return self.send(refuse(p.join_error().reason())).await;
+                    return self.send_join_error(refuse(p.join_error().reason())).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, kind = e.kind(), "realtime: role check failed");
                     return self
-                        .send(refuse(JoinError::DatabaseUnavailable.reason()))
+                        .send_join_error(refuse(JoinError::DatabaseUnavailable.reason()))
                         .await;
                 }
             }
         }
         let config = req.config;
+        if self.state.joins.private_only && !config.private {
+            return self
+                .send_join_error(refuse(JoinError::PrivateOnly.reason()))
+                .await;
+        }
+        if config.replay && !config.private {
+            return self
+                .send_join_error(refuse(JoinError::ReplayOnPublicChannel.reason()))
+                .await;
+        }
         if config.private && !claims.is_service_role() {
             let access = self
                 .state
@@ -199,13 +230,39 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 }
             };
             if let Some(error) = refused {
-                return self.send(refuse(error.reason())).await;
+                return self.send_join_error(refuse(error.reason())).await;
             }
         }
         let subscription = if config.postgres_changes.is_empty() {
             None
         } else {
             Some(self.subscribe(&config.postgres_changes, &claims).await)
+        };
+        // `postgres_changes_options.wait`: the reply says whether the bindings are live. A
+        // database that cannot be asked is asked again until the wait runs out; a binding that
+        // can never be served is refused at once.
+        let subscription = match (config.wait_ms, subscription) {
+            (Some(ms), Some(mut result)) => {
+                let deadline = Instant::now() + std::time::Duration::from_millis(ms);
+                while matches!(&result, Err(e) if e == text::DATABASE_UNAVAILABLE)
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(WAIT_RETRY.min(deadline - Instant::now())).await;
+                    result = self.subscribe(&config.postgres_changes, &claims).await;
+                }
+                match result {
+                    Ok(s) => Some(Ok(s)),
+                    Err(e) if e == text::DATABASE_UNAVAILABLE => {
+                        let error = JoinError::SubscribeTimeout { ms };
+                        return self.send_join_error(refuse(error.reason())).await;
+                    }
+                    Err(e) => {
+                        let error = JoinError::SubscribeFailed(e);
+                        return self.send_join_error(refuse(error.reason())).await;
+                    }
+                }
+            }
+            (_, subscription) => subscription,
         };
         let response = if config.legacy {
             "{}".to_owned()
@@ -258,6 +315,8 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             presence: config.presence_enabled,
             may_broadcast: None,
             may_track: None,
+            token_applied_at: None,
+            pending_token: None,
         });
         let i = self.channels.len() - 1;
         self.out.client.subscribe(self.channels[i].registry_info());
@@ -271,6 +330,12 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 &state,
             );
             self.send(push).await?;
+        }
+        if config.replication_ready {
+            // The channel is on the hub already: every change committed from now on reaches
+            // it, whether the reader is streaming this instant or catching up from the slot.
+            self.system(i, "system", true, text::REPLICATION_READY)
+                .await?;
         }
         if let Some(result) = subscription {
             self.announce_subscription(i, result.map(|_| ())).await?;
@@ -332,7 +397,10 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         }
     }
 
-    /// `access_token` on channel `i`: no reply on success; a bad token closes the channel.
+    /// `access_token` on channel `i`: no reply. Refreshes are throttled like Supabase
+    /// Realtime's: the first is applied at once, later ones at most once per
+    /// [`TOKEN_REFRESH_WINDOW`] (the newest held until the window ends). A bad token closes the
+    /// channel when it is applied.
     pub(super) async fn on_access_token(&mut self, i: usize, payload: &Value) -> Result<(), End> {
         let Some(token) = payload
             .get("access_token")
@@ -341,8 +409,58 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         else {
             return Ok(());
         };
-        if token.is_empty() || token.starts_with("sb_") || token == self.channels[i].token {
+        let ch = &mut self.channels[i];
+        if token.is_empty()
+            || token.starts_with("sb_")
+            || token == ch.token
+            || ch.pending_token.as_deref() == Some(token)
+        {
             return Ok(());
+        }
+        if ch
+            .token_applied_at
+            .is_some_and(|at| at.elapsed() < TOKEN_REFRESH_WINDOW)
+        {
+            ch.pending_token = Some(token.to_owned());
+            return Ok(());
+        }
+        let token = token.to_owned();
+        self.apply_access_token(i, &token).await
+    }
+
+    /// When the earliest held `access_token` refresh is due.
+    pub(super) fn next_pending_token(&self) -> Option<Instant> {
+        self.channels
+            .iter()
+            .filter(|c| c.pending_token.is_some())
+            .filter_map(|c| c.token_applied_at)
+            .min()
+            .map(|at| at + TOKEN_REFRESH_WINDOW)
+    }
+
+    /// Applies every held refresh whose window has ended (or, with `expired`, every held
+    /// refresh of a channel whose token has expired, which the new token may save).
+    pub(super) async fn apply_pending_tokens(&mut self, expired: bool) -> Result<(), End> {
+        let now_secs = self.clock.unix_secs();
+        while let Some(i) = self.channels.iter().position(|c| {
+            c.pending_token.is_some()
+                && (c
+                    .token_applied_at
+                    .is_none_or(|at| at.elapsed() >= TOKEN_REFRESH_WINDOW)
+                    || (expired && c.claims.exp <= now_secs))
+        }) {
+            let token = self.channels[i].pending_token.take().unwrap_or_default();
+            self.apply_access_token(i, &token).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies a refreshed token to channel `i` now.
+    async fn apply_access_token(&mut self, i: usize, token: &str) -> Result<(), End> {
+        {
+            let ch = &mut self.channels[i];
+            ch.token_applied_at = Some(Instant::now());
+            ch.pending_token = None;
         }
         let claims = match self.verify(token) {
             Ok(c) => c,

@@ -162,6 +162,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         loop {
             let idle_at = self.last_seen + IDLE_TIMEOUT;
             let expiry = self.next_expiry();
+            let pending = self.next_pending_token();
             let policed = self.channels.iter().any(|c| c.recheckable());
             let step = tokio::select! {
                 biased;
@@ -179,6 +180,10 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 // PRIORITY 5: token expiry.
                 _ = tokio::time::sleep_until(expiry.unwrap_or(idle_at)), if expiry.is_some() => {
                     self.on_expiry().await
+                }
+                // PRIORITY 5b: held token refreshes whose window ended.
+                _ = tokio::time::sleep_until(pending.unwrap_or(idle_at)), if pending.is_some() => {
+                    self.apply_pending_tokens(false).await
                 }
                 // PRIORITY 6: the roles' column privileges, asked again.
                 _ = recheck.tick(), if policed => self.on_recheck().await,
@@ -331,8 +336,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         Err(End::Closed)
     }
 
-    /// Closes every channel whose token has expired.
+    /// Closes every channel whose token has expired (a held refresh is applied first).
     async fn on_expiry(&mut self) -> Result<(), End> {
+        self.apply_pending_tokens(true).await?;
         let now = self.clock.unix_secs();
         while let Some(i) = self.channels.iter().position(|c| c.claims.exp <= now) {
             let seconds_ago = u64::try_from(now - self.channels[i].claims.exp).unwrap_or(0);

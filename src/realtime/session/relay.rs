@@ -10,7 +10,9 @@ use super::Session;
 use crate::realtime::bus::{BroadcastBody, BusEvent, Delivery};
 use crate::realtime::private::ChannelExtension;
 use crate::realtime::protocol::frame::{self, ClientMessage, UserBroadcast};
-use crate::realtime::protocol::presence::{PresenceRequest, parse_broadcast, parse_presence};
+use crate::realtime::protocol::presence::{
+    PresenceRequest, parse_broadcast, parse_presence, strip_persist, strip_persist_metadata,
+};
 use crate::realtime::protocol::text::{self, JoinError};
 use crate::realtime::protocol::{PRESENCE_CALLS_PER_WINDOW, PRESENCE_WINDOW};
 use crate::ws::socket::{ClientSink, ClientStream, End, WRITE_BATCH};
@@ -58,8 +60,10 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     pub(super) async fn on_text_broadcast(
         &mut self,
         i: usize,
-        m: ClientMessage,
+        mut m: ClientMessage,
     ) -> Result<(), End> {
+        // Stored broadcasts are asked with `persist`; it is not part of what receivers get.
+        strip_persist(&mut m.payload);
         if parse_broadcast(&m.payload).is_err() {
             tracing::debug!("realtime: dropped a broadcast without an event");
             return Ok(());
@@ -107,7 +111,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let ch = &self.channels[i];
         let body = BroadcastBody::Binary {
             event: b.event,
-            metadata: b.metadata,
+            metadata: strip_persist_metadata(b.metadata),
             encoding: b.encoding,
             payload: b.payload,
         };
@@ -165,10 +169,21 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         {
             return Ok(());
         }
-        let ch = &self.channels[i];
+        // A track on a channel joined without presence turns presence on for it (where the
+        // private channel's policies let it read presence), and `presence_state` follows the
+        // reply, as Supabase Realtime re-syncs it.
+        let enable = matches!(request, Ok(PresenceRequest::Track(_)))
+            && !self.channels[i].presence
+            && self.may_read_presence(i).await;
+        let mut state = None;
+        let ch = &mut self.channels[i];
         let reply = match request {
             Ok(PresenceRequest::Track(payload)) => {
                 self.state.bus.track(&ch.key, ch.member, payload);
+                if enable {
+                    state = self.state.bus.enable_presence(&ch.key, ch.member);
+                    ch.presence = true;
+                }
                 Ok(())
             }
             Ok(PresenceRequest::Untrack) => {
@@ -194,7 +209,41 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 &reason,
             ),
         };
-        self.send(text).await
+        self.send(text).await?;
+        if let Some(state) = state {
+            let ch = &self.channels[i];
+            let push = frame::encode_push(
+                self.vsn,
+                ch.join_ref.as_deref(),
+                &ch.topic,
+                "presence_state",
+                &state,
+            );
+            self.send(push).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether channel `i`'s token may receive presence: always on public channels and for
+    /// `service_role`; on other private channels the `realtime.messages` read policies decide.
+    async fn may_read_presence(&self, i: usize) -> bool {
+        let ch = &self.channels[i];
+        if !ch.policed() {
+            return true;
+        }
+        match self
+            .state
+            .private
+            .access(&ch.claims.group, &ch.sub_topic, true)
+            .await
+        {
+            Ok(crate::realtime::private::ChannelAccess::Read { presence, .. }) => presence,
+            Ok(crate::realtime::private::ChannelAccess::NoPolicies) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, kind = e.kind(), "realtime: private presence check failed");
+                false
+            }
+        }
     }
 
     /// Delivers bus messages: the first and whatever else is queued, then flushes once.

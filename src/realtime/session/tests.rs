@@ -17,7 +17,7 @@ use crate::hub::Hub;
 use crate::realtime::RealtimeState;
 use crate::realtime::private::PrivateChannels;
 use crate::realtime::protocol::frame::Vsn;
-use crate::realtime::protocol::text;
+use crate::realtime::protocol::{TOKEN_REFRESH_WINDOW, text};
 use crate::ws::socket::testing::{Peer, socket};
 use crate::ws::socket::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_LAGGED};
 
@@ -41,6 +41,7 @@ fn state(capacity: usize) -> RealtimeState {
             joins_per_second: 50,
             messages_per_second: 500,
         },
+        joins: crate::config::RealtimeJoins::default(),
         shutdown: CancellationToken::new(),
     }
 }
@@ -175,4 +176,86 @@ async fn shutdown_says_so_on_every_channel_then_goes_away() {
     assert_eq!(system["payload"]["message"], text::SERVER_DISCONNECT);
     assert_eq!(peer.next_json().await["event"], "phx_close");
     assert_eq!(peer.next_close().await, CLOSE_GOING_AWAY);
+}
+
+/// Sends an `access_token` message on `realtime:room`.
+async fn refresh(peer: &mut Peer, token: &str) {
+    let frame = json!({"topic": "realtime:room", "event": "access_token", "ref": "2",
+                       "join_ref": "1", "payload": {"access_token": token}});
+    peer.send(&frame.to_string()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_refreshes_are_applied_at_most_once_per_window() {
+    let state = state(16);
+    let (mut s, mut peer) = session(&state);
+    tokio::spawn(async move { s.run().await });
+    let reply = join(&mut peer, &token("service_role", 3600)).await;
+    assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+    // The first refresh is applied at once; the next, inside the window, is held.
+    refresh(&mut peer, &token("service_role", 3500)).await;
+    let sent = Instant::now();
+    refresh(&mut peer, &token("service_role", -120)).await;
+    let early = tokio::time::timeout(Duration::from_secs(9), peer.next_json()).await;
+    assert!(
+        early.is_err(),
+        "the held token was applied early: {early:?}"
+    );
+    // At the window's end it is applied: an expired token closes the channel.
+    let system = peer.next_json().await;
+    assert_eq!(system["event"], "system", "{system}");
+    let message = system["payload"]["message"].as_str().unwrap();
+    assert!(message.starts_with("Token has expired"), "{message}");
+    let waited = sent.elapsed();
+    assert!(
+        waited >= TOKEN_REFRESH_WINDOW - Duration::from_secs(1)
+            && waited <= TOKEN_REFRESH_WINDOW + Duration::from_secs(1),
+        "applied after {waited:?}"
+    );
+    assert_eq!(peer.next_json().await["event"], "phx_close");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_refresh_saves_a_channel_whose_token_expires() {
+    let state = state(16);
+    let (mut s, mut peer) = session(&state);
+    tokio::spawn(async move { s.run().await });
+    join(&mut peer, &token("service_role", 3600)).await;
+    // Applied at once: a token that expires in 5 s. Held: a token good for an hour.
+    refresh(&mut peer, &token("service_role", 5)).await;
+    refresh(&mut peer, &token("service_role", 3600)).await;
+    let quiet = tokio::time::timeout(Duration::from_secs(30), peer.next_json()).await;
+    assert!(quiet.is_err(), "the channel was closed: {quiet:?}");
+    peer.send(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"9"}"#)
+        .await;
+    assert_eq!(peer.next_json().await["payload"]["status"], "ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_track_turns_presence_on_and_sends_the_state() {
+    let state = state(16);
+    let (mut s, mut peer) = session(&state);
+    tokio::spawn(async move { s.run().await });
+    join(&mut peer, &token("service_role", 3600)).await;
+    let track = json!({"topic": "realtime:room", "event": "presence", "ref": "3", "join_ref": "1",
+                       "payload": {"type": "presence", "event": "track", "payload": {"u": 1}}});
+    peer.send(&track.to_string()).await;
+    let reply = peer.next_json().await;
+    assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+    let state_push = peer.next_json().await;
+    assert_eq!(state_push["event"], "presence_state", "{state_push}");
+    let metas = state_push["payload"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()["metas"]
+        .clone();
+    assert_eq!(metas[0]["u"], 1, "{state_push}");
+    // From now on diffs arrive, its own included; a second track sends no second state.
+    let track2 = json!({"topic": "realtime:room", "event": "presence", "ref": "4", "join_ref": "1",
+                        "payload": {"type": "presence", "event": "track", "payload": {"u": 2}}});
+    peer.send(&track2.to_string()).await;
+    assert_eq!(peer.next_json().await["payload"]["status"], "ok");
+    assert_eq!(peer.next_json().await["event"], "presence_diff");
 }
