@@ -439,6 +439,29 @@ pub struct ServerArgs {
     /// Password of the admin console (required when --admin-listen is set).
     #[arg(long, env = "WALCAST_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+
+    // Edge limits: per-address caps, proxies, per-channel rate, console login throttle (issue 12).
+    /// WebSocket sessions one client address may hold at once (both endpoints together); one
+    /// more upgrade is answered 429 "Too many connected users". The address's open TCP
+    /// connections are capped a little higher (this + 8), so that it can still make plain
+    /// requests and be told 429; beyond that a connection is refused at once. IPv6 addresses
+    /// count per /64. Loopback is not exempt: see --per-ip-exempt.
+    #[arg(long, env = "WALCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: u32,
+
+    /// Addresses or CIDR ranges (comma-separated) that --max-connections-per-ip does not apply
+    /// to, e.g. `127.0.0.1/32` for a local dashboard or load test. --max-connections still does.
+    #[arg(long, env = "WALCAST_PER_IP_EXEMPT", value_delimiter = ',')]
+    pub per_ip_exempt: Vec<String>,
+
+    /// Reverse proxies (addresses or CIDR ranges, comma-separated; e.g. the TLS terminator)
+    /// whose `X-Forwarded-For` header names the client. Their own connections are not capped
+    /// per address; each WebSocket session through them counts against the client the header
+    /// names (the nearest address that is not itself a listed proxy). Off by default: the
+    /// header is ignored and the peer address counts, so a client cannot pick its address.
+    #[arg(long, env = "WALCAST_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `walcast serve`.

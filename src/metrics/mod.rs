@@ -428,6 +428,13 @@ declare_metrics! {
     realtime_rls_errors: Counter
         => "walcast_realtime_rls_errors_total",
            "Row level security gate calls that failed (no connection, database error, timeout)";
+    // Edge limits (issue 12).
+    /// Connections and upgrades refused by a cap, by `kind`: `total` (--max-connections, 503),
+    /// `per_ip` (an address's open connections, 429 before any request) and `sessions_per_ip`
+    /// (an address's WebSocket sessions, 429 at upgrade).
+    connections_refused: LabeledCounter<KindLabel>
+        => "walcast_connections_refused_total",
+           "Connections and WebSocket upgrades refused by a cap, by kind (total, per_ip, sessions_per_ip)";
 }
 
 /// Pool figures sampled at render time.
