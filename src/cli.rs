@@ -462,6 +462,14 @@ pub struct ServerArgs {
     /// header is ignored and the peer address counts, so a client cannot pick its address.
     #[arg(long, env = "WALCAST_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
+
+    /// Realtime broadcast and presence messages one channel (topic) may relay per second, over
+    /// all its sockets (Supabase's free tier: 100 messages per second). Beyond it messages are
+    /// not relayed; the socket that sent the most in that second gets "Too many messages per
+    /// second" and is closed, the other members keep their sockets.
+    #[arg(long, env = "WALCAST_MAX_CHANNEL_MESSAGES_PER_SECOND", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_channel_messages_per_second: u32,
 }
 
 /// `walcast serve`.

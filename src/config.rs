@@ -398,6 +398,7 @@ impl ServerConfig {
             realtime_limits: RealtimeLimits {
                 joins_per_second: args.max_joins_per_second,
                 messages_per_second: args.max_messages_per_second,
+                channel_messages_per_second: args.max_channel_messages_per_second,
             },
             http: HttpLimits {
                 max_connections: args.max_connections as usize,
@@ -450,6 +451,9 @@ pub struct RealtimeLimits {
     pub joins_per_second: u32,
     /// Broadcast and presence messages one socket may send per second; one more closes it.
     pub messages_per_second: u32,
+    /// Broadcast and presence messages one channel may relay per second over all its sockets;
+    /// beyond it the channel's heaviest sender in that second is closed.
+    pub channel_messages_per_second: u32,
 }
 
 /// Limits of the HTTP server.

@@ -139,6 +139,7 @@ fn help_texts_have_examples_and_env_names() {
                 "WALCAST_MAX_CONNECTIONS_PER_IP",
                 "WALCAST_PER_IP_EXEMPT",
                 "WALCAST_TRUSTED_PROXIES",
+                "WALCAST_MAX_CHANNEL_MESSAGES_PER_SECOND",
             ],
         ),
         (

@@ -1,11 +1,13 @@
 //! Limits at the edge: per-address caps on WebSocket sessions and TCP connections (Supabase's
 //! 429 "Too many connected users"), `X-Forwarded-For` from trusted proxies only, the timeouts
-//! before and between requests.
+//! before and between requests, and the per-channel message budget on the Realtime endpoint.
 
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::{self, TestDb, Walcast};
@@ -184,4 +186,150 @@ async fn trusted_proxies_forward_the_client_address() {
         assert!(answered.is_err(), "a proxy connection was refused");
         held.push(s);
     }
+}
+
+/// Sends a Realtime v1 frame.
+async fn send(ws: &mut Socket, v: Value) {
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
+}
+
+/// Reads v1 frames until one satisfies `pred` (10 s at most); `None` when the socket ends.
+async fn wait_for(ws: &mut Socket, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")?;
+        match msg {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if pred(&v) {
+                    return Some(v);
+                }
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Joins `realtime:room` for broadcasts with `ack`.
+async fn join_room(w: &Walcast) -> Socket {
+    let mut ws = upgrade(w, REALTIME, None).await.expect("upgrade");
+    send(
+        &mut ws,
+        json!({"topic": "realtime:room", "event": "phx_join", "ref": "1", "join_ref": "1",
+               "payload": {"config": {"broadcast": {"ack": true, "self": false}}}}),
+    )
+    .await;
+    let reply = wait_for(&mut ws, |v| v["event"] == "phx_reply")
+        .await
+        .expect("join reply");
+    assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+    ws
+}
+
+/// A broadcast frame on `realtime:room`.
+fn broadcast(r: &str, n: usize) -> Value {
+    json!({"topic": "realtime:room", "event": "broadcast", "ref": r, "join_ref": "1",
+           "payload": {"type": "broadcast", "event": "msg", "payload": {"n": n}}})
+}
+
+/// A channel has a budget of messages per second over all its sockets. A flooder that stays
+/// under the per-socket limit still exhausts it: it alone gets "Too many messages per second"
+/// and is disconnected; the other members keep their sockets, lose only what was over the
+/// budget, and go on sending and receiving.
+#[tokio::test]
+async fn the_channel_budget_disconnects_its_heaviest_sender_only() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db, &["--max-channel-messages-per-second=20"]).await;
+    let mut listener = join_room(&w).await;
+    let mut calm = join_room(&w).await;
+    let mut flood = join_room(&w).await;
+    // The calm member speaks first, within the budget.
+    send(&mut calm, broadcast("c0", 500)).await;
+    let ack = wait_for(&mut calm, |v| v["ref"] == "c0")
+        .await
+        .expect("ack");
+    assert_eq!(ack["payload"]["status"], "ok", "{ack}");
+    // The flood: 200 broadcasts at once, under the per-socket limit (500/s).
+    for i in 0..200 {
+        if flood
+            .send(Message::Text(
+                broadcast(&format!("f{i}"), i).to_string().into(),
+            ))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let sys = wait_for(&mut flood, |v| v["event"] == "system")
+        .await
+        .expect("the refusal");
+    assert_eq!(
+        sys["payload"]["message"], "Too many messages per second",
+        "{sys}"
+    );
+    assert_eq!(sys["payload"]["status"], "error", "{sys}");
+    wait_for(&mut flood, |v| v["event"] == "phx_close")
+        .await
+        .expect("phx_close");
+    assert!(
+        wait_for(&mut flood, |_| false).await.is_none(),
+        "the flooder's socket is closed"
+    );
+    // The calm member is still connected: once a new second starts, its broadcast is acked
+    // (within the flooder's second it may be told "Too many messages per second" instead).
+    let mut acked = false;
+    for i in 1..40 {
+        let r = format!("c{i}");
+        send(&mut calm, broadcast(&r, 1000 + i)).await;
+        let reply = wait_for(&mut calm, |v| v["ref"] == r.as_str())
+            .await
+            .expect("the calm socket stays open");
+        if reply["payload"]["status"] == "ok" {
+            acked = true;
+            break;
+        }
+        assert_eq!(
+            reply["payload"]["response"]["reason"], "Too many messages per second",
+            "{reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        acked,
+        "the calm member's broadcasts never went through again"
+    );
+    // The listener got the calm member's first broadcast, at most the budget of the flood (it
+    // may straddle two seconds), then the calm member's later broadcast.
+    let mut from_flood = 0;
+    let last = loop {
+        let v = wait_for(&mut listener, |v| v["event"] == "broadcast")
+            .await
+            .expect("the listener stays open");
+        let n = v["payload"]["payload"]["n"].as_u64().unwrap();
+        if n >= 1000 {
+            break v;
+        }
+        if n < 200 {
+            from_flood += 1;
+        }
+    };
+    assert!(
+        from_flood <= 40,
+        "{from_flood} flood broadcasts relayed over a budget of 20/s"
+    );
+    assert_eq!(last["payload"]["event"], "msg");
+    assert!(
+        metric(
+            &w,
+            "walcast_realtime_rate_limited_total{kind=\"channel_messages\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert!(metric(&w, "walcast_channel_messages_dropped_total").await >= 1.0);
 }

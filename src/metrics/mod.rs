@@ -387,10 +387,11 @@ declare_metrics! {
     broadcasts_too_large: Counter
         => "walcast_broadcasts_too_large_total",
            "Realtime broadcasts not relayed because their payload exceeded --max-payload";
-    /// Realtime sockets closed by a rate limit, by `kind` (`joins`, `messages`).
+    /// Realtime sockets closed by a rate limit, by `kind` (`joins`, `messages`,
+    /// `channel_messages`).
     realtime_rate_limited: LabeledCounter<KindLabel>
         => "walcast_realtime_rate_limited_total",
-           "Realtime sockets closed for exceeding a per-second limit, by kind (joins, messages)";
+           "Realtime sockets closed for exceeding a per-second limit, by kind (joins, messages, channel_messages)";
     /// Resumes refused because --max-replays replays were running.
     replays_busy: Counter
         => "walcast_replays_busy_total",
@@ -435,6 +436,10 @@ declare_metrics! {
     connections_refused: LabeledCounter<KindLabel>
         => "walcast_connections_refused_total",
            "Connections and WebSocket upgrades refused by a cap, by kind (total, per_ip, sessions_per_ip)";
+    /// Realtime messages not relayed because their channel was over its per-second budget.
+    channel_messages_dropped: Counter
+        => "walcast_channel_messages_dropped_total",
+           "Realtime broadcast and presence messages not relayed because their channel was over --max-channel-messages-per-second";
 }
 
 /// Pool figures sampled at render time.
