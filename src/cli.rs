@@ -470,6 +470,18 @@ pub struct ServerArgs {
     #[arg(long, env = "WALCAST_MAX_CHANNEL_MESSAGES_PER_SECOND", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_channel_messages_per_second: u32,
+
+    /// Failed admin console logins one client address may make before it is locked out for
+    /// --admin-lockout: every attempt is then refused, the right password too.
+    #[arg(long, env = "WALCAST_ADMIN_MAX_FAILURES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub admin_max_failures: u32,
+
+    /// How long a client address stays locked out of the admin console after its last failed
+    /// login once it reached --admin-max-failures (e.g. 60s, 15m); failures older than this are
+    /// forgotten.
+    #[arg(long, env = "WALCAST_ADMIN_LOCKOUT", default_value = "60s", value_parser = duration_text)]
+    pub admin_lockout: String,
 }
 
 /// `walcast serve`.

@@ -142,13 +142,15 @@ pub struct ServerConfig {
     pub admin: Option<AdminConfig>,
 }
 
-/// Where the admin console listens and its password.
+/// Where the admin console listens, its password and how failed logins are throttled.
 #[derive(Clone)]
 pub struct AdminConfig {
     /// Listen address.
     pub listen: SocketAddr,
     /// Password (any user name is accepted).
     pub password: String,
+    /// Failed logins per client address before a lockout.
+    pub throttle: LoginThrottle,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -156,6 +158,7 @@ impl std::fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
             .field("password", &"<redacted>")
+            .field("throttle", &self.throttle)
             .finish()
     }
 }
@@ -195,7 +198,11 @@ fn validate_ops(args: &ServerArgs) -> Result<(Option<Duration>, Option<AdminConf
                     ));
                 }
             };
-            Some(AdminConfig { listen, password })
+            Some(AdminConfig {
+                listen,
+                password,
+                throttle: validate_login_throttle(args)?,
+            })
         }
     };
     Ok((interval, admin))
@@ -468,7 +475,7 @@ pub struct HttpLimits {
     pub per_ip: PerIpLimits,
 }
 
-// Edge limits: per-address caps and proxies (issue 12).
+// Edge limits: per-address caps, proxies, console login throttle (issue 12).
 
 /// Per-client-address caps of the HTTP server (`--max-connections-per-ip`, `--per-ip-exempt`,
 /// `--trusted-proxies`).
@@ -542,6 +549,15 @@ pub fn mask(ip: std::net::IpAddr, prefix: u8) -> std::net::IpAddr {
     }
 }
 
+/// How failed admin console logins are throttled (`--admin-max-failures`, `--admin-lockout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginThrottle {
+    /// Failures from one address that start a lockout.
+    pub max_failures: u32,
+    /// How long the lockout lasts after the last failure; older failures are forgotten.
+    pub lockout: Duration,
+}
+
 /// Validates `--max-connections-per-ip`, `--per-ip-exempt` and `--trusted-proxies`.
 fn validate_per_ip(args: &ServerArgs) -> Result<PerIpLimits, ConfigError> {
     let ranges = |values: &[String], option: &'static str, env: &'static str| {
@@ -563,6 +579,23 @@ fn validate_per_ip(args: &ServerArgs) -> Result<PerIpLimits, ConfigError> {
             "--trusted-proxies",
             "WALCAST_TRUSTED_PROXIES",
         )?,
+    })
+}
+
+/// Validates `--admin-max-failures` and `--admin-lockout`.
+fn validate_login_throttle(args: &ServerArgs) -> Result<LoginThrottle, ConfigError> {
+    let lockout = parse_duration(&args.admin_lockout)
+        .map_err(|r| ConfigError::new("--admin-lockout", "WALCAST_ADMIN_LOCKOUT", r))?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&lockout) {
+        return Err(ConfigError::new(
+            "--admin-lockout",
+            "WALCAST_ADMIN_LOCKOUT",
+            "use 1s to 24h",
+        ));
+    }
+    Ok(LoginThrottle {
+        max_failures: args.admin_max_failures,
+        lockout,
     })
 }
 

@@ -140,6 +140,8 @@ fn help_texts_have_examples_and_env_names() {
                 "WALCAST_PER_IP_EXEMPT",
                 "WALCAST_TRUSTED_PROXIES",
                 "WALCAST_MAX_CHANNEL_MESSAGES_PER_SECOND",
+                "WALCAST_ADMIN_MAX_FAILURES",
+                "WALCAST_ADMIN_LOCKOUT",
             ],
         ),
         (

@@ -440,6 +440,14 @@ declare_metrics! {
     channel_messages_dropped: Counter
         => "walcast_channel_messages_dropped_total",
            "Realtime broadcast and presence messages not relayed because their channel was over --max-channel-messages-per-second";
+    /// Failed admin console logins (wrong password or a broken SCRAM exchange).
+    admin_login_failures: Counter
+        => "walcast_admin_login_failures_total",
+           "Failed admin console logins (wrong password or a broken SCRAM exchange)";
+    /// Admin console logins refused because their address was locked out.
+    admin_logins_throttled: Counter
+        => "walcast_admin_logins_throttled_total",
+           "Admin console logins refused because their address was locked out after --admin-max-failures failures";
 }
 
 /// Pool figures sampled at render time.
