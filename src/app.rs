@@ -372,7 +372,13 @@ pub async fn serve(
     on_listen(addr);
 
     let http_token = CancellationToken::new();
-    let server = crate::http::server::serve(listener, app, config.http, http_token.clone());
+    let server = crate::http::server::serve(
+        listener,
+        app,
+        config.http.clone(),
+        Arc::clone(&metrics),
+        http_token.clone(),
+    );
     let mut server_task = sup.watch(task::HTTP_SERVER, &http_token, tokio::spawn(server));
 
     let mut fatal: Option<AppError> = None;

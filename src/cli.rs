@@ -450,6 +450,49 @@ pub struct ServerArgs {
     /// client rejoining in a loop is slowed down (0 = answer at once).
     #[arg(long, env = "WALCAST_JOIN_ERROR_BACKOFF", default_value = "0s")]
     pub join_error_backoff: String,
+
+    // Edge limits: per-address caps, proxies, per-channel rate, console login throttle (issue 12).
+    /// WebSocket sessions one client address may hold at once (both endpoints together); one
+    /// more upgrade is answered 429 "Too many connected users". The address's open TCP
+    /// connections are capped a little higher (this + 8), so that it can still make plain
+    /// requests and be told 429; beyond that a connection is refused at once. IPv6 addresses
+    /// count per /64. Loopback is not exempt: see --per-ip-exempt.
+    #[arg(long, env = "WALCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: u32,
+
+    /// Addresses or CIDR ranges (comma-separated) that --max-connections-per-ip does not apply
+    /// to, e.g. `127.0.0.1/32` for a local dashboard or load test. --max-connections still does.
+    #[arg(long, env = "WALCAST_PER_IP_EXEMPT", value_delimiter = ',')]
+    pub per_ip_exempt: Vec<String>,
+
+    /// Reverse proxies (addresses or CIDR ranges, comma-separated; e.g. the TLS terminator)
+    /// whose `X-Forwarded-For` header names the client. Their own connections are not capped
+    /// per address; each WebSocket session through them counts against the client the header
+    /// names (the nearest address that is not itself a listed proxy). Off by default: the
+    /// header is ignored and the peer address counts, so a client cannot pick its address.
+    #[arg(long, env = "WALCAST_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
+    /// Realtime broadcast and presence messages one channel (topic) may relay per second, over
+    /// all its sockets (Supabase's free tier: 100 messages per second). Beyond it messages are
+    /// not relayed; the socket that sent the most in that second gets "Too many messages per
+    /// second" and is closed, the other members keep their sockets.
+    #[arg(long, env = "WALCAST_MAX_CHANNEL_MESSAGES_PER_SECOND", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_channel_messages_per_second: u32,
+
+    /// Failed admin console logins one client address may make before it is locked out for
+    /// --admin-lockout: every attempt is then refused, the right password too.
+    #[arg(long, env = "WALCAST_ADMIN_MAX_FAILURES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub admin_max_failures: u32,
+
+    /// How long a client address stays locked out of the admin console after its last failed
+    /// login once it reached --admin-max-failures (e.g. 60s, 15m); failures older than this are
+    /// forgotten.
+    #[arg(long, env = "WALCAST_ADMIN_LOCKOUT", default_value = "60s", value_parser = duration_text)]
+    pub admin_lockout: String,
 }
 
 /// `walcast serve`.

@@ -144,13 +144,15 @@ pub struct ServerConfig {
     pub admin: Option<AdminConfig>,
 }
 
-/// Where the admin console listens and its password.
+/// Where the admin console listens, its password and how failed logins are throttled.
 #[derive(Clone)]
 pub struct AdminConfig {
     /// Listen address.
     pub listen: SocketAddr,
     /// Password (any user name is accepted).
     pub password: String,
+    /// Failed logins per client address before a lockout.
+    pub throttle: LoginThrottle,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -158,6 +160,7 @@ impl std::fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
             .field("password", &"<redacted>")
+            .field("throttle", &self.throttle)
             .finish()
     }
 }
@@ -197,7 +200,11 @@ fn validate_ops(args: &ServerArgs) -> Result<(Option<Duration>, Option<AdminConf
                     ));
                 }
             };
-            Some(AdminConfig { listen, password })
+            Some(AdminConfig {
+                listen,
+                password,
+                throttle: validate_login_throttle(args)?,
+            })
         }
     };
     Ok((interval, admin))
@@ -246,6 +253,7 @@ impl ServerConfig {
             })?;
         let header_timeout = parse_duration(&args.header_timeout)
             .map_err(|r| ConfigError::new("--header-timeout", "WALCAST_HEADER_TIMEOUT", r))?;
+        let per_ip = validate_per_ip(args)?;
         let mut token_policy = crate::auth::Policy {
             issuer: args.jwt_issuer.clone().filter(|s| !s.is_empty()),
             audience: args.jwt_audience.clone().filter(|s| !s.is_empty()),
@@ -413,10 +421,12 @@ impl ServerConfig {
             realtime_limits: RealtimeLimits {
                 joins_per_second: args.max_joins_per_second,
                 messages_per_second: args.max_messages_per_second,
+                channel_messages_per_second: args.max_channel_messages_per_second,
             },
             http: HttpLimits {
                 max_connections: args.max_connections as usize,
                 header_timeout,
+                per_ip,
             },
             node,
             slot,
@@ -464,6 +474,9 @@ pub struct RealtimeLimits {
     pub joins_per_second: u32,
     /// Broadcast and presence messages one socket may send per second; one more closes it.
     pub messages_per_second: u32,
+    /// Broadcast and presence messages one channel may relay per second over all its sockets;
+    /// beyond it the channel's heaviest sender in that second is closed.
+    pub channel_messages_per_second: u32,
 }
 
 /// What Realtime joins may ask for.
@@ -476,12 +489,139 @@ pub struct RealtimeJoins {
 }
 
 /// Limits of the HTTP server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpLimits {
     /// Most connections served at once (WebSocket sessions included).
     pub max_connections: usize,
-    /// Longest time to read a request's headers, from when the server starts waiting for it.
+    /// Longest time to read a request's headers, from when the server starts waiting for it
+    /// (so also the idle time allowed before the first request and between requests).
     pub header_timeout: Duration,
+    /// Caps per client address, and whose `X-Forwarded-For` is believed.
+    pub per_ip: PerIpLimits,
+}
+
+// Edge limits: per-address caps, proxies, console login throttle (issue 12).
+
+/// Per-client-address caps of the HTTP server (`--max-connections-per-ip`, `--per-ip-exempt`,
+/// `--trusted-proxies`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerIpLimits {
+    /// WebSocket sessions one address may hold at once.
+    pub max_sessions: usize,
+    /// Addresses the per-address caps do not apply to.
+    pub exempt: Vec<AddrRange>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<AddrRange>,
+}
+
+/// An address or a CIDR range (`10.0.0.0/8`, `::1`, `fd00::/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrRange {
+    /// The network address (bits past the prefix are zero).
+    network: std::net::IpAddr,
+    /// Prefix length in bits.
+    prefix: u8,
+}
+
+impl AddrRange {
+    /// Parses `ADDR` or `ADDR/PREFIX`.
+    pub fn parse(text: &str) -> Result<AddrRange, String> {
+        let text = text.trim();
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| {
+            format!("{text:?} is not an address or a CIDR range like 10.0.0.0/8 or fd00::/8")
+        })?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(AddrRange {
+            network: mask(addr, prefix),
+            prefix,
+        })
+    }
+
+    /// Whether `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.network.is_ipv4() && mask(ip, self.prefix) == self.network
+    }
+}
+
+/// `ip` with the bits past the first `prefix` set to zero.
+pub fn mask(ip: std::net::IpAddr, prefix: u8) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(v4) => {
+            let shift = 32 - u32::from(prefix.min(32));
+            let bits = u32::MAX.checked_shl(shift).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & bits))
+        }
+        IpAddr::V6(v6) => {
+            let shift = 128 - u32::from(prefix.min(128));
+            let bits = u128::MAX.checked_shl(shift).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & bits))
+        }
+    }
+}
+
+/// How failed admin console logins are throttled (`--admin-max-failures`, `--admin-lockout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginThrottle {
+    /// Failures from one address that start a lockout.
+    pub max_failures: u32,
+    /// How long the lockout lasts after the last failure; older failures are forgotten.
+    pub lockout: Duration,
+}
+
+/// Validates `--max-connections-per-ip`, `--per-ip-exempt` and `--trusted-proxies`.
+fn validate_per_ip(args: &ServerArgs) -> Result<PerIpLimits, ConfigError> {
+    let ranges = |values: &[String], option: &'static str, env: &'static str| {
+        values
+            .iter()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| AddrRange::parse(v).map_err(|r| ConfigError::new(option, env, r)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(PerIpLimits {
+        max_sessions: args.max_connections_per_ip as usize,
+        exempt: ranges(
+            &args.per_ip_exempt,
+            "--per-ip-exempt",
+            "WALCAST_PER_IP_EXEMPT",
+        )?,
+        trusted_proxies: ranges(
+            &args.trusted_proxies,
+            "--trusted-proxies",
+            "WALCAST_TRUSTED_PROXIES",
+        )?,
+    })
+}
+
+/// Validates `--admin-max-failures` and `--admin-lockout`.
+fn validate_login_throttle(args: &ServerArgs) -> Result<LoginThrottle, ConfigError> {
+    let lockout = parse_duration(&args.admin_lockout)
+        .map_err(|r| ConfigError::new("--admin-lockout", "WALCAST_ADMIN_LOCKOUT", r))?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&lockout) {
+        return Err(ConfigError::new(
+            "--admin-lockout",
+            "WALCAST_ADMIN_LOCKOUT",
+            "use 1s to 24h",
+        ));
+    }
+    Ok(LoginThrottle {
+        max_failures: args.admin_max_failures,
+        lockout,
+    })
 }
 
 /// Checks a JWT secret's length.
@@ -579,5 +719,40 @@ mod tests {
         assert!(validate_identifier("Bad-Slot", "--slot", "WALCAST_SLOT", 63).is_err());
         assert!(validate_identifier("1slot", "--slot", "WALCAST_SLOT", 63).is_err());
         assert!(validate_jwt_secret("short").is_err());
+    }
+
+    #[test]
+    fn address_ranges() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let r = AddrRange::parse("10.1.0.0/16").unwrap();
+        assert!(r.contains(ip("10.1.200.3")));
+        assert!(!r.contains(ip("10.2.0.1")));
+        assert!(
+            r.contains(ip("::ffff:10.1.0.9")),
+            "IPv4-mapped counts as IPv4"
+        );
+        let one = AddrRange::parse("127.0.0.1").unwrap();
+        assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
+        assert!(
+            AddrRange::parse("0.0.0.0/0")
+                .unwrap()
+                .contains(ip("8.8.8.8"))
+        );
+        assert!(!AddrRange::parse("0.0.0.0/0").unwrap().contains(ip("::1")));
+        let v6 = AddrRange::parse("fd00::/8").unwrap();
+        assert!(v6.contains(ip("fd12:3456::1")) && !v6.contains(ip("fe80::1")));
+        assert!(
+            AddrRange::parse("::/0")
+                .unwrap()
+                .contains(ip("2001:db8::1"))
+        );
+        assert!(AddrRange::parse("10.0.0.0/33").is_err());
+        assert!(AddrRange::parse("localhost").is_err());
+        assert!(AddrRange::parse("fd00::/129").is_err());
+        assert_eq!(
+            mask(ip("2001:db8:1:2:3:4:5:6"), 64),
+            ip("2001:db8:1:2::"),
+            "a /64 keeps the network half"
+        );
     }
 }

@@ -339,3 +339,107 @@ async fn status_describes_the_node() {
     .await;
     assert!(gone, "sessions stayed registered");
 }
+
+/// The console authenticates with SCRAM-SHA-256, never MD5 or cleartext: its first answer to a
+/// startup message is `AuthenticationSASL` offering SCRAM-SHA-256 only (psql 15 has no
+/// `require_auth`, so the server's request is read here; `psql` and tokio-postgres log in with
+/// it in the tests above).
+#[tokio::test]
+async fn the_console_asks_for_scram_sha_256() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = support::fresh_db().await;
+    let port = free_port();
+    let _w = walcast_with_console(&db, port).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut params = Vec::new();
+    params.extend_from_slice(&196_608i32.to_be_bytes()); // protocol 3.0
+    for p in ["user", "admin", "database", "walcast"] {
+        params.extend_from_slice(p.as_bytes());
+        params.push(0);
+    }
+    params.push(0);
+    let mut startup = ((params.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&params);
+    s.write_all(&startup).await.unwrap();
+    let mut head = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(head[0], b'R', "an authentication request");
+    let len = i32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).await.unwrap();
+    let method = i32::from_be_bytes(body[..4].try_into().unwrap());
+    assert_eq!(
+        method, 10,
+        "AuthenticationSASL (5 would be MD5, 3 cleartext)"
+    );
+    let mechanisms: Vec<&str> = std::str::from_utf8(&body[4..])
+        .unwrap()
+        .split('\0')
+        .filter(|m| !m.is_empty())
+        .collect();
+    assert_eq!(mechanisms, ["SCRAM-SHA-256"]);
+}
+
+/// Failed logins are throttled per address: after --admin-max-failures wrong passwords, the
+/// next attempt is refused even with the right password, with an error that says why and for
+/// how long; the failures and refusals are counted; after --admin-lockout the right password
+/// works again, and the console is still read-only.
+#[tokio::test]
+async fn failed_logins_are_throttled() {
+    let db = support::fresh_db().await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let w = Walcast::start_with_env(
+        &db,
+        &[
+            "--admin-listen",
+            &listen,
+            "--admin-max-failures=3",
+            "--admin-lockout=3s",
+        ],
+        &[
+            ("WALCAST_JWT_SECRET", support::SECRET),
+            ("WALCAST_ADMIN_PASSWORD", PASSWORD),
+        ],
+    )
+    .await;
+    let run = |password: &'static str, command: &'static str| {
+        tokio::task::spawn_blocking(move || psql(port, password, &[command]))
+    };
+    for _ in 0..3 {
+        let (code, _, err) = run("guess", "SHOW STATS").await.expect("psql");
+        assert_ne!(code, 0);
+        assert!(err.contains("password authentication failed"), "{err}");
+    }
+    let (code, _, err) = run(PASSWORD, "SHOW STATS").await.expect("psql");
+    assert_ne!(code, 0, "the right password got in during the lockout");
+    assert!(
+        err.contains("too many failed login attempts from 127.0.0.1")
+            && err.contains("--admin-lockout"),
+        "{err}"
+    );
+    let (_, text) = support::get(&w.url("/metrics")).await;
+    assert_eq!(
+        support::metric(&text, "walcast_admin_login_failures_total"),
+        Some(3.0)
+    );
+    assert!(
+        support::metric(&text, "walcast_admin_logins_throttled_total").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(w.log_text().contains("locked out"), "the lockout is logged");
+    // After the lockout the right password works, and the console is still read-only.
+    let back = support::wait_until(Duration::from_secs(10), || async {
+        run(PASSWORD, "SHOW STATS").await.expect("psql").0 == 0
+    })
+    .await;
+    assert!(back, "the address stayed locked out");
+    let (code, _, err) = run(PASSWORD, "DELETE FROM clients").await.expect("psql");
+    assert_ne!(code, 0);
+    assert!(err.contains("supports only SHOW <resource>"), "{err}");
+}

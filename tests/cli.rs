@@ -136,6 +136,12 @@ fn help_texts_have_examples_and_env_names() {
                 "WALCAST_LOW_TYPES",
                 "WALCAST_EAGER_FLUSH",
                 "WALCAST_SHUTDOWN_TIMEOUT",
+                "WALCAST_MAX_CONNECTIONS_PER_IP",
+                "WALCAST_PER_IP_EXEMPT",
+                "WALCAST_TRUSTED_PROXIES",
+                "WALCAST_MAX_CHANNEL_MESSAGES_PER_SECOND",
+                "WALCAST_ADMIN_MAX_FAILURES",
+                "WALCAST_ADMIN_LOCKOUT",
             ],
         ),
         (
@@ -320,6 +326,21 @@ fn config_errors_exit_2_with_one_line() {
             &["--database-url", url, "--retention", "forever"],
             &[],
             "invalid --retention (WALCAST_RETENTION)",
+        ),
+        (
+            &[
+                "--database-url",
+                url,
+                "--trusted-proxies",
+                "10.0.0.1,proxy.local",
+            ],
+            &[],
+            "invalid --trusted-proxies (WALCAST_TRUSTED_PROXIES): \"proxy.local\" is not an address or a CIDR range",
+        ),
+        (
+            &["--database-url", url],
+            &[("WALCAST_PER_IP_EXEMPT", "10.0.0.0/40")],
+            "invalid --per-ip-exempt (WALCAST_PER_IP_EXEMPT): \"10.0.0.0/40\": the prefix length must be 0 to 32",
         ),
     ];
     for (args, env, expected) in cases {

@@ -15,6 +15,9 @@ mod cli;
 mod dashboard;
 /// The dead-letter queue: SQL functions, concurrent claims, retry worker and lock, CLI, /v1/dlq.
 mod dlq;
+/// Limits at the edge: sessions and connections per address, trusted proxies, timeouts before
+/// and between requests, the per-channel message budget.
+mod edge;
 /// Feature flags: SQL/Rust parity, rollouts, precedence, NOTIFY refresh, broadcaster modes, API, CLI.
 mod flags;
 /// The Realtime row level security gate on its own: batched calls, an asker going away mid-call.

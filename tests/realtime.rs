@@ -1896,3 +1896,50 @@ async fn private_only_and_the_join_error_backoff() {
     let (_, reply) = rt.join("realtime:closed", private).await;
     assert_eq!(reply.payload["status"], "ok", "{reply:?}");
 }
+
+/// REST broadcast counts against the channel's message budget like socket broadcasts: over it,
+/// 429 "Too many messages per second" and the message is not relayed.
+#[tokio::test]
+async fn rest_broadcast_respects_the_channel_budget() {
+    let db = support::fresh_db().await;
+    let w = Walcast::start_with_env(
+        &db,
+        &["--max-channel-messages-per-second", "1"],
+        &[("WALCAST_JWT_SECRET", support::SECRET)],
+    )
+    .await;
+    let key = token("anon", 600);
+    let mut rt = Rt::connect(&w, &key, true).await;
+    rt.join(
+        "realtime:budget",
+        json!({"config": {"broadcast": {}, "presence": {"enabled": false},
+                          "postgres_changes": [], "private": false}}),
+    )
+    .await;
+    // Three requests in a row: at most one second boundary falls between them, so at least two
+    // share a second and one of those is over a budget of one.
+    let mut statuses = Vec::new();
+    for n in 0..3 {
+        let body = format!("{{\"n\":{n}}}").into_bytes();
+        let (status, reply) = rest(
+            &w,
+            "/realtime/v1/api/broadcast/budget/events/e",
+            "application/json",
+            Some(&key),
+            body,
+        )
+        .await;
+        if status == 429 {
+            assert_eq!(reply["error"], "Too many messages per second", "{reply}");
+        }
+        statuses.push(status);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    for _ in 0..accepted {
+        rt.wait_for("an accepted broadcast", |f| f.event == "broadcast")
+            .await;
+    }
+    rt.expect_none("a refused broadcast", |f| f.event == "broadcast")
+        .await;
+}

@@ -2,10 +2,16 @@
 //! ask walcast about itself (`SHOW CLIENTS`, `SELECT * FROM stats`, ...; see [`super::tables`]).
 //!
 //! Off unless `--admin-listen` is set. Every connection authenticates with the console password
-//! (MD5 challenge, any user name); a wrong one is refused the way Postgres refuses it (`FATAL`
-//! `28P01`, "password authentication failed"). No TLS: a client asking for it is told no and
-//! continues in plain text (`sslmode=prefer`, the default), so keep the console on a loopback or
-//! private address. Both the simple and the extended query protocol work.
+//! by SCRAM-SHA-256 (any user name), as Postgres does by default since version 14: the password
+//! never crosses the wire, and walcast keeps only a SCRAM verifier of it (salted, 4096
+//! iterations, computed once at start), so a login costs no key derivation on the server. A
+//! wrong password is refused the way Postgres refuses it (`FATAL` `28P01`, "password
+//! authentication failed"). Failed logins are counted per client address ([`super::login`]):
+//! after `--admin-max-failures` the address is refused (`FATAL` `28000`, "too many failed
+//! login attempts") for `--admin-lockout`, the right password too; failures and refusals are
+//! logged and counted. No TLS (so no SCRAM channel binding): a client asking for TLS is told no
+//! and continues in plain text (`sslmode=prefer`, the default), so keep the console on a
+//! loopback or private address. Both the simple and the extended query protocol work.
 //!
 //! The console runs on its own tasks: an accept loop and one task per connection, at most
 //! [`MAX_CONNECTIONS`] at a time; it reads in-memory state and, for `slot` and `dlq`, the
@@ -17,8 +23,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::Sink;
-use pgwire::api::auth::md5pass::{Md5PasswordAuth, hash_md5_password};
 use pgwire::api::auth::mechanism::AuthMechanismFactory;
+use pgwire::api::auth::sasl::scram::{
+    SCRAM_ITERATIONS, ScramAuth, ScramSecret, gen_salted_password,
+};
 use pgwire::api::auth::{
     AuthDriver, AuthOutcome, AuthSource, DefaultServerParameterProvider, LoginInfo, Password,
     StartupHandler, protocol_negotiation, save_startup_parameters_to_metadata,
@@ -39,6 +47,7 @@ use tokio_util::task::TaskTracker;
 
 use super::NodeView;
 use super::error::AdminError;
+use super::login::{LockedOut, LoginGuard};
 use super::tables::{self, Resource, Table};
 use crate::config::AdminConfig;
 
@@ -65,7 +74,7 @@ pub async fn spawn_console(
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "the admin console listens on a non-loopback address without TLS; prefer 127.0.0.1");
     }
-    let handlers = Arc::new(Handlers::new(state, config.password.clone()));
+    let handlers = Arc::new(Handlers::new(state, config));
     let task = tokio::spawn(accept_loop(listener, handlers, token));
     tracing::info!(%addr, "admin console listening (Postgres protocol)");
     Ok((addr, task))
@@ -124,13 +133,16 @@ struct Handlers {
 }
 
 impl Handlers {
-    /// Handlers answering from `state`, accepting `password`.
-    fn new(state: std::sync::Arc<NodeView>, password: String) -> Self {
-        let source = Arc::new(PasswordSource { password });
+    /// Handlers answering from `state`, accepting `config`'s password.
+    fn new(state: std::sync::Arc<NodeView>, config: &AdminConfig) -> Self {
+        let mut scram = ScramAuth::new(Arc::new(ConsoleVerifier::new(&config.password)));
+        scram.set_iterations(SCRAM_ITERATIONS);
         Handlers {
             startup: Arc::new(Startup {
                 driver: AuthDriver::new(DefaultServerParameterProvider::default()),
-                md5: Md5PasswordAuth::new(source),
+                scram,
+                guard: LoginGuard::new(config.throttle),
+                metrics: Arc::clone(&state.metrics),
             }),
             queries: Arc::new(Queries {
                 state,
@@ -154,34 +166,81 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// The console password, for any user name.
-struct PasswordSource {
-    /// The password.
-    password: String,
+/// The console password as a SCRAM-SHA-256 verifier (`StoredKey`, `ServerKey` and salt, as
+/// Postgres stores it in `pg_authid`), for any user name. The password itself is not kept.
+struct ConsoleVerifier {
+    /// Random per process.
+    salt: Vec<u8>,
+    /// `H(HMAC(SaltedPassword, "Client Key"))`.
+    stored_key: Vec<u8>,
+    /// `HMAC(SaltedPassword, "Server Key")`.
+    server_key: Vec<u8>,
 }
 
-impl Debug for PasswordSource {
+impl ConsoleVerifier {
+    /// Derives the verifier of `password` once (PBKDF2 with [`SCRAM_ITERATIONS`] rounds).
+    fn new(password: &str) -> Self {
+        let salt = rand::random::<[u8; 16]>().to_vec();
+        let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
+        match ScramSecret::verifier_from_salted_password(salt, salted, SCRAM_ITERATIONS) {
+            ScramSecret::Verifier {
+                salt,
+                stored_key,
+                server_key,
+                ..
+            } => ConsoleVerifier {
+                salt,
+                stored_key,
+                server_key,
+            },
+            // `verifier_from_salted_password` always builds a verifier.
+            ScramSecret::SaltedPassword { .. } => unreachable!("a salted password"),
+        }
+    }
+}
+
+impl Debug for ConsoleVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PasswordSource(<redacted>)")
+        f.write_str("ConsoleVerifier(<redacted>)")
     }
 }
 
 #[async_trait]
-impl AuthSource for PasswordSource {
+impl AuthSource for ConsoleVerifier {
+    /// Not used: SCRAM asks [`AuthSource::get_scram_secret`], and no other mechanism is offered.
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
-        let salt: [u8; 4] = rand::random();
-        let user = login.user().unwrap_or_default();
-        let hashed = hash_md5_password(user, &self.password, &salt);
-        Ok(Password::new(Some(salt.to_vec()), hashed.into_bytes()))
+        Err(PgWireError::InvalidPassword(
+            login.user().unwrap_or_default().to_owned(),
+        ))
+    }
+
+    async fn get_scram_secret(
+        &self,
+        _login: &LoginInfo,
+    ) -> PgWireResult<(ScramSecret, Option<()>)> {
+        Ok((
+            ScramSecret::Verifier {
+                salt: self.salt.clone(),
+                iterations: SCRAM_ITERATIONS,
+                stored_key: self.stored_key.clone(),
+                server_key: self.server_key.clone(),
+            },
+            None,
+        ))
     }
 }
 
-/// Startup: MD5 password authentication, failures reported as Postgres reports them.
+/// Startup: SCRAM-SHA-256 authentication behind the failed-login throttle, failures reported
+/// as Postgres reports them.
 struct Startup {
     /// Runs the handshake.
     driver: AuthDriver<DefaultServerParameterProvider>,
-    /// The MD5 mechanism.
-    md5: Md5PasswordAuth<PasswordSource>,
+    /// The SCRAM-SHA-256 mechanism.
+    scram: ScramAuth,
+    /// Failed logins by client address.
+    guard: LoginGuard,
+    /// Failure and lockout counters.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The error Postgres sends for a wrong password.
@@ -191,6 +250,45 @@ fn password_failed(user: &str) -> PgWireError {
         "28P01".to_owned(),
         format!("password authentication failed for user \"{user}\""),
     )))
+}
+
+/// The error for a login from an address that is locked out.
+fn locked_out(ip: std::net::IpAddr, LockedOut(left): LockedOut) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_owned(),
+        "28000".to_owned(),
+        format!(
+            "too many failed login attempts from {ip}: the admin console refuses this address \
+             for another {} s (--admin-max-failures, --admin-lockout)",
+            left.as_secs().max(1)
+        ),
+    )))
+}
+
+impl Startup {
+    /// Refuses `client` if its address is locked out.
+    fn admit<C: ClientInfo>(&self, client: &C) -> PgWireResult<()> {
+        let ip = client.socket_addr().ip();
+        self.guard
+            .check(ip, std::time::Instant::now())
+            .map_err(|left| {
+                self.metrics.admin_logins_throttled.inc();
+                tracing::debug!(peer = %client.socket_addr(), "admin console: login refused, address locked out");
+                locked_out(ip, left)
+            })
+    }
+
+    /// Counts a failed login of `client` (and logs the start of a lockout).
+    fn failed<C: ClientInfo>(&self, client: &C) {
+        self.metrics.admin_login_failures.inc();
+        let peer = client.socket_addr();
+        if self.guard.failed(peer.ip(), std::time::Instant::now()) {
+            tracing::warn!(%peer, lockout_secs = self.guard.config().lockout.as_secs(),
+                "admin console: too many failed logins; this address is locked out");
+        } else {
+            tracing::warn!(%peer, "admin console: failed login");
+        }
+    }
 }
 
 #[async_trait]
@@ -209,8 +307,10 @@ impl StartupHandler for Startup {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
+                // A locked-out address gets no password exchange at all.
+                self.admit(client)?;
                 self.driver
-                    .begin_authentication(client, self.md5.create())
+                    .begin_authentication(client, self.scram.create())
                     .await
             }
             PgWireFrontendMessage::PasswordMessageFamily(message) => {
@@ -221,12 +321,29 @@ impl StartupHandler for Startup {
         match outcome {
             Ok(AuthOutcome::InProgress) => Ok(()),
             Ok(AuthOutcome::Authenticated { final_message, .. }) => {
+                // Other connections from this address may have failed meanwhile.
+                self.admit(client)?;
+                self.guard.succeeded(client.socket_addr().ip());
                 self.driver
                     .complete_authentication(client, final_message)
                     .await
             }
-            Err(PgWireError::InvalidPassword(user)) => {
-                tracing::warn!(peer = %client.socket_addr(), "admin console: wrong password");
+            // A wrong proof, or a broken exchange (a malformed proof, a channel binding the
+            // console cannot offer): a failed login either way, so that nothing can be guessed
+            // without being counted. The user named is the startup's, as Postgres names it
+            // (libpq leaves the SCRAM user name empty).
+            Err(
+                e @ (PgWireError::InvalidPassword(_)
+                | PgWireError::InvalidScramMessage(_)
+                | PgWireError::InvalidSASLState),
+            ) => {
+                self.failed(client);
+                tracing::debug!(error = %e, "admin console: authentication failed");
+                let user = client
+                    .metadata()
+                    .get(pgwire::api::METADATA_USER)
+                    .cloned()
+                    .unwrap_or_default();
                 Err(password_failed(&user))
             }
             Err(e) => Err(e),

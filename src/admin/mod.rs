@@ -8,7 +8,9 @@
 //!   summary.
 //! - [`tables`]: the console's resources as rows of text (`SHOW CLIENTS`, `SHOW STATS`, ...).
 //! - [`console`]: the admin console, spoken over the Postgres wire protocol so that `psql` and
-//!   any Postgres driver can query it; off unless `--admin-listen` is set, password protected.
+//!   any Postgres driver can query it; off unless `--admin-listen` is set, password protected
+//!   (SCRAM-SHA-256).
+//! - [`login`]: failed console logins per client address, and the lockout they lead to.
 //!
 //! Must not: run SQL of its own (slot, flags and dead letters are read through
 //! [`crate::replication::slot`], [`crate::flags`] and [`crate::dlq`]), change anything (the
@@ -18,6 +20,7 @@
 pub(crate) mod clients;
 pub(crate) mod console;
 mod error;
+pub(crate) mod login;
 pub(crate) mod status;
 pub(crate) mod tables;
 

@@ -4,9 +4,11 @@
 //! `FromRef` ([`state`]): ingest (`/v1/events`), the dead-letter and flag APIs, `/v1/status`,
 //! both WebSocket endpoints, and the small node endpoints of [`health`] (`/`, `/healthz`,
 //! `/readyz`, `/metrics`). Every HTTP API answers errors in one envelope ([`crate::error::ApiError`]); database
-//! text never reaches a client.
+//! text never reaches a client. [`server`] accepts connections under the total cap and the
+//! per-address caps of [`per_ip`] (which also decides whose `X-Forwarded-For` is believed).
 
 pub(crate) mod health;
+pub(crate) mod per_ip;
 pub(crate) mod server;
 pub(crate) mod state;
 

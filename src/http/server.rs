@@ -1,11 +1,14 @@
-//! The HTTP server: an accept loop with a cap on concurrent connections, a time limit on reading
-//! a request's headers (the first request's too: a connection that sends nothing is closed),
-//! and graceful shutdown.
+//! The HTTP server: an accept loop with a cap on concurrent connections and caps per client
+//! address ([`super::per_ip`]), a time limit on reading a request's headers (the first
+//! request's too: a connection that sends nothing is closed, and so is a keep-alive connection
+//! idle that long between requests), and graceful shutdown.
 //!
-//! A connection over the cap is answered `503` with `Retry-After` and closed at once, so the
-//! process keeps its file descriptors (and `/healthz`) for the connections it serves. A
-//! connection's permit is held as long as the connection lives, also after a WebSocket
-//! upgrade: the upgrade handlers keep it ([`ConnPermit`]) for the session's lifetime.
+//! A connection over the total cap is answered `503` with `Retry-After`, one over its address's
+//! cap `429`; either is closed at once, so the process keeps its file descriptors (and
+//! `/healthz`) for the connections it serves. A connection's places are held as long as the
+//! connection lives, also after a WebSocket upgrade: the upgrade handlers keep its
+//! [`ConnPermit`] for the session's lifetime, and take a session place from it
+//! ([`ConnPermit::open_session`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::http::HeaderMap;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -20,7 +24,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::per_ip::{OverCap, PerIp, Place};
 use crate::config::HttpLimits;
+use crate::metrics::Metrics;
 
 /// How long the server waits after a failed `accept` (e.g. out of file descriptors) before it
 /// accepts again.
@@ -31,12 +37,40 @@ const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 
 content-type: application/json\r\nconnection: close\r\ncontent-length: 101\r\n\r\n\
 {\"error\":{\"code\":\"too_many_connections\",\"message\":\"walcast is at its connection cap; retry shortly\"}}";
 
-/// A connection's place under the cap, in every request's extensions; a WebSocket session
+/// The answer to a connection over its address's cap (the body names the option).
+const PER_IP_RESPONSE: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\n\
+content-type: application/json\r\nconnection: close\r\ncontent-length: 183\r\n\r\n\
+{\"error\":{\"code\":\"too_many_connected_users\",\"message\":\"Too many connected users: this \
+address holds as many connections as --max-connections-per-ip allows; close one or retry later\"}}";
+
+/// A connection's place under the caps, in every request's extensions; a WebSocket session
 /// keeps a clone so that the place is held until the session ends.
 #[derive(Debug, Clone)]
 pub struct ConnPermit {
     /// Held while any clone lives.
-    _held: Arc<OwnedSemaphorePermit>,
+    held: Arc<Held>,
+}
+
+/// What a connection holds.
+#[derive(Debug)]
+struct Held {
+    /// Its place under the total cap.
+    _permit: OwnedSemaphorePermit,
+    /// Its place under its address's connection cap (none for exempt addresses and proxies).
+    _per_ip: Option<Place>,
+    /// The peer address.
+    peer: std::net::IpAddr,
+    /// The per-address counts.
+    counts: Arc<PerIp>,
+}
+
+impl ConnPermit {
+    /// Takes a WebSocket session place for the client of this connection (the peer, or the
+    /// client a trusted proxy names in `headers`); hold it for the session's lifetime.
+    /// `Ok(None)`: the client is exempt.
+    pub fn open_session(&self, headers: &HeaderMap) -> Result<Option<Place>, OverCap> {
+        self.held.counts.open_session(self.held.peer, headers)
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown`, then lets open connections finish their
@@ -45,9 +79,11 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let counts = PerIp::new(limits.per_ip.clone());
     let tracker = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -67,11 +103,22 @@ pub async fn serve(
         // Small frames must leave at once: without TCP_NODELAY they wait for the delayed ACK.
         let _ = tcp.set_nodelay(true);
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            refuse(&tcp);
+            metrics.connections_refused.add("total", 1);
+            refuse(&tcp, BUSY_RESPONSE);
+            continue;
+        };
+        let Ok(per_ip) = counts.accept(peer.ip()) else {
+            metrics.connections_refused.add("per_ip", 1);
+            refuse(&tcp, PER_IP_RESPONSE);
             continue;
         };
         let permit = ConnPermit {
-            _held: Arc::new(permit),
+            held: Arc::new(Held {
+                _permit: permit,
+                _per_ip: per_ip,
+                peer: peer.ip(),
+                counts: Arc::clone(&counts),
+            }),
         };
         tracker.spawn(connection(
             tcp,
@@ -87,10 +134,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers a connection over the cap and closes it at once: the answer goes into the fresh
+/// Answers a connection over a cap and closes it at once: the answer goes into the fresh
 /// socket's send buffer without waiting (no task, no descriptor held past this call).
-fn refuse(tcp: &tokio::net::TcpStream) {
-    let _ = tcp.try_write(BUSY_RESPONSE);
+fn refuse(tcp: &tokio::net::TcpStream, answer: &[u8]) {
+    let _ = tcp.try_write(answer);
 }
 
 /// Serves one connection.
@@ -133,9 +180,9 @@ async fn connection(
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_busy_answer_is_well_formed() {
-        let text = std::str::from_utf8(BUSY_RESPONSE).unwrap();
+    /// The JSON body of a static answer, after checking its `content-length`.
+    fn body_of(answer: &[u8]) -> serde_json::Value {
+        let text = std::str::from_utf8(answer).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let len: usize = head
             .lines()
@@ -144,7 +191,20 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(body.len(), len);
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        serde_json::from_str(body).unwrap()
+    }
+
+    #[test]
+    fn the_busy_answer_is_well_formed() {
+        let v = body_of(BUSY_RESPONSE);
         assert_eq!(v["error"]["code"], "too_many_connections");
+    }
+
+    #[test]
+    fn the_per_ip_answer_is_well_formed() {
+        assert!(PER_IP_RESPONSE.starts_with(b"HTTP/1.1 429 "));
+        let v = body_of(PER_IP_RESPONSE);
+        assert_eq!(v["error"]["code"], crate::http::per_ip::OVER_CAP_CODE);
+        assert_eq!(v["error"]["message"], crate::http::per_ip::OVER_CAP_MESSAGE);
     }
 }

@@ -387,10 +387,11 @@ declare_metrics! {
     broadcasts_too_large: Counter
         => "walcast_broadcasts_too_large_total",
            "Realtime broadcasts not relayed because their payload exceeded --max-payload";
-    /// Realtime sockets closed by a rate limit, by `kind` (`joins`, `messages`).
+    /// Realtime sockets closed by a rate limit, by `kind` (`joins`, `messages`,
+    /// `channel_messages`).
     realtime_rate_limited: LabeledCounter<KindLabel>
         => "walcast_realtime_rate_limited_total",
-           "Realtime sockets closed for exceeding a per-second limit, by kind (joins, messages)";
+           "Realtime sockets closed for exceeding a per-second limit, by kind (joins, messages, channel_messages)";
     /// Resumes refused because --max-replays replays were running.
     replays_busy: Counter
         => "walcast_replays_busy_total",
@@ -428,6 +429,25 @@ declare_metrics! {
     realtime_rls_errors: Counter
         => "walcast_realtime_rls_errors_total",
            "Row level security gate calls that failed (no connection, database error, timeout)";
+    // Edge limits (issue 12).
+    /// Connections and upgrades refused by a cap, by `kind`: `total` (--max-connections, 503),
+    /// `per_ip` (an address's open connections, 429 before any request) and `sessions_per_ip`
+    /// (an address's WebSocket sessions, 429 at upgrade).
+    connections_refused: LabeledCounter<KindLabel>
+        => "walcast_connections_refused_total",
+           "Connections and WebSocket upgrades refused by a cap, by kind (total, per_ip, sessions_per_ip)";
+    /// Realtime messages not relayed because their channel was over its per-second budget.
+    channel_messages_dropped: Counter
+        => "walcast_channel_messages_dropped_total",
+           "Realtime broadcast and presence messages not relayed because their channel was over --max-channel-messages-per-second";
+    /// Failed admin console logins (wrong password or a broken SCRAM exchange).
+    admin_login_failures: Counter
+        => "walcast_admin_login_failures_total",
+           "Failed admin console logins (wrong password or a broken SCRAM exchange)";
+    /// Admin console logins refused because their address was locked out.
+    admin_logins_throttled: Counter
+        => "walcast_admin_logins_throttled_total",
+           "Admin console logins refused because their address was locked out after --admin-max-failures failures";
 }
 
 /// Pool figures sampled at render time.

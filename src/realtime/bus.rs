@@ -10,6 +10,11 @@
 //!
 //! The bus never touches sockets and never crosses nodes: clients of different walcast
 //! processes do not see each other's broadcasts or presence.
+//!
+//! Each topic also keeps its per-second message budget ([`Bus::admit`]): client messages are
+//! counted in fixed one-second windows, per topic and per member. Over the budget a message is
+//! not relayed, and the member that sent the most in the window is named the offender (its
+//! session closes it); the others only lose what was over the budget.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use axum::extract::ws::{Message, Utf8Bytes};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
+use tokio::time::{Duration, Instant};
 
 use crate::realtime::protocol::frame::{self, PayloadEncoding, Vsn};
 use crate::realtime::protocol::presence::{
@@ -203,6 +209,49 @@ struct Member {
     presence: bool,
     /// Its presence key.
     presence_key: String,
+    /// Messages it sent in the topic's window: (window number, count).
+    sent: (u64, u32),
+}
+
+/// A topic's message count in the current one-second window.
+#[derive(Debug, Default)]
+struct RateWindow {
+    /// When the window started (`None`: no message yet).
+    start: Option<Instant>,
+    /// The window's number, so that members' counts from older windows read as zero.
+    number: u64,
+    /// Messages in the window.
+    total: u32,
+    /// The member that sent the most in the window, and how many.
+    top: Option<(MemberId, u32)>,
+}
+
+impl RateWindow {
+    /// Starts a new window when a second has passed since this one started.
+    fn roll(&mut self, now: Instant) {
+        let fresh = self
+            .start
+            .is_none_or(|s| now.saturating_duration_since(s) >= Duration::from_secs(1));
+        if fresh {
+            *self = RateWindow {
+                start: Some(now),
+                number: self.number.wrapping_add(1),
+                total: 0,
+                top: None,
+            };
+        }
+    }
+}
+
+/// What the channel's budget says about one client message ([`Bus::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Within the budget: relay it.
+    Relay,
+    /// Over the budget: do not relay it; the sender is not the heaviest and keeps its socket.
+    Drop,
+    /// Over the budget and the sender sent the most in this second: close it.
+    Offender,
 }
 
 /// A topic's members and presences.
@@ -212,6 +261,8 @@ struct Topic {
     members: Vec<Member>,
     /// Presence metas by key, each with the member that tracked it.
     presences: BTreeMap<String, Vec<(MemberId, PresenceMeta)>>,
+    /// Client messages in the current second.
+    rate: RateWindow,
 }
 
 impl Topic {
@@ -295,6 +346,7 @@ impl Bus {
             self_broadcast,
             presence,
             presence_key,
+            sent: (0, 0),
         });
         Joined {
             member: id,
@@ -317,6 +369,50 @@ impl Bus {
         }
         if topic.members.is_empty() {
             topics.remove(key);
+        }
+    }
+
+    /// Counts a message sent to a topic from outside it (HTTP broadcast) against the topic's
+    /// budget; whether it may be relayed. A topic without members takes anything (it goes
+    /// nowhere).
+    pub fn admit_unjoined(&self, key: &TopicKey, budget: u32, now: Instant) -> bool {
+        let mut topics = self.lock();
+        let Some(topic) = topics.get_mut(key) else {
+            return true;
+        };
+        topic.rate.roll(now);
+        topic.rate.total = topic.rate.total.saturating_add(1);
+        topic.rate.total <= budget
+    }
+
+    /// Counts a message a member sends on a topic against the topic's budget of `budget`
+    /// messages per second and says what to do with it.
+    pub fn admit(&self, key: &TopicKey, member: MemberId, budget: u32, now: Instant) -> Admission {
+        let mut topics = self.lock();
+        let Some(topic) = topics.get_mut(key) else {
+            return Admission::Relay;
+        };
+        topic.rate.roll(now);
+        let window = topic.rate.number;
+        let Some(m) = topic.members.iter_mut().find(|m| m.id == member) else {
+            return Admission::Relay;
+        };
+        if m.sent.0 != window {
+            m.sent = (window, 0);
+        }
+        m.sent.1 = m.sent.1.saturating_add(1);
+        let mine = m.sent.1;
+        let rate = &mut topic.rate;
+        rate.total = rate.total.saturating_add(1);
+        if rate.top.is_none_or(|(_, most)| mine > most) {
+            rate.top = Some((member, mine));
+        }
+        if rate.total <= budget {
+            Admission::Relay
+        } else if rate.top.is_some_and(|(heaviest, _)| heaviest == member) {
+            Admission::Offender
+        } else {
+            Admission::Drop
         }
     }
 
@@ -566,6 +662,38 @@ mod tests {
             a_rx.try_recv().unwrap().event,
             BusEvent::PresenceDiff(_)
         ));
+    }
+
+    #[test]
+    fn the_channel_budget_names_the_heaviest_sender_only() {
+        let bus = Bus::default();
+        let k = key("realtime:busy");
+        let (a_in, _a_rx) = Inbox::new();
+        let (b_in, _b_rx) = Inbox::new();
+        let calm = bus.join(&k, a_in, false, false, "a".into()).member;
+        let flood = bus.join(&k, b_in, false, false, "b".into()).member;
+        let t0 = Instant::now();
+        assert_eq!(bus.admit(&k, calm, 5, t0), Admission::Relay);
+        for _ in 0..4 {
+            assert_eq!(bus.admit(&k, flood, 5, t0), Admission::Relay);
+        }
+        // Over the budget: the heaviest sender is the offender, the calm one only loses its
+        // message, for the rest of the second.
+        assert_eq!(bus.admit(&k, flood, 5, t0), Admission::Offender);
+        assert_eq!(bus.admit(&k, calm, 5, t0), Admission::Drop);
+        bus.leave(&k, flood);
+        assert_eq!(bus.admit(&k, calm, 5, t0), Admission::Drop);
+        // A new second: a new budget.
+        let t1 = t0 + Duration::from_millis(1000);
+        for _ in 0..5 {
+            assert_eq!(bus.admit(&k, calm, 5, t1), Admission::Relay);
+        }
+        assert_eq!(bus.admit(&k, calm, 5, t1), Admission::Offender);
+        // Topics are counted apart.
+        let (c_in, _c_rx) = Inbox::new();
+        let other = key("realtime:quiet");
+        let c = bus.join(&other, c_in, false, false, "c".into()).member;
+        assert_eq!(bus.admit(&other, c, 5, t1), Admission::Relay);
     }
 
     #[test]

@@ -128,7 +128,8 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
-/// `GET /realtime/v1/websocket?apikey=<JWT>&vsn=1.0.0|2.0.0`: checks the token, then upgrades.
+/// `GET /realtime/v1/websocket?apikey=<JWT>&vsn=1.0.0|2.0.0`: checks the client address's
+/// session cap and the token, then upgrades.
 pub async fn realtime_handler(
     State(state): State<RealtimeState>,
     RawQuery(query): RawQuery,
@@ -141,6 +142,18 @@ pub async fn realtime_handler(
     if let Err(refused) = state.flags.check(Endpoint::Realtime) {
         return axum::response::IntoResponse::into_response(refused);
     }
+    // One more session for this client address, before any token work (Supabase's 429).
+    let session_place = match place.as_ref().map(|p| p.open_session(&headers)) {
+        None => None,
+        Some(Ok(p)) => p,
+        Some(Err(_)) => {
+            state.metrics.connections_refused.add("sessions_per_ip", 1);
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                protocol::text::TOO_MANY_CONNECTED_USERS,
+            );
+        }
+    };
     let mut apikey = None;
     let mut vsn = None;
     for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
@@ -178,8 +191,8 @@ pub async fn realtime_handler(
         .read_buffer_size(READ_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
-            // The connection's place under the cap is held until the session ends.
-            let _place = place;
+            // The connection's places under the caps are held until the session ends.
+            let _place = (place, session_place);
             state.metrics.clients.add("realtime", 1);
             let client = state
                 .clients

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::bus::{BroadcastBody, TopicKey};
 use super::private::ChannelExtension;
@@ -264,8 +265,13 @@ async fn batch(State(state): State<RealtimeState>, headers: HeaderMap, body: Byt
         };
         ready.push((key, text));
     }
+    let budget = state.limits.channel_messages_per_second;
+    let mut dropped = 0usize;
     for (key, text) in ready {
         match may_write(&state, &claims, &key).await {
+            Ok(true) if !state.bus.admit_unjoined(&key, budget, Instant::now()) => {
+                dropped += 1;
+            }
             Ok(true) => {
                 state.bus.publish(&key, BroadcastBody::Json(text));
             }
@@ -275,7 +281,29 @@ async fn batch(State(state): State<RealtimeState>, headers: HeaderMap, body: Byt
             Err(refused) => return refused.into_response(),
         }
     }
+    if dropped > 0 {
+        state
+            .metrics
+            .realtime_rate_limited
+            .add("channel_messages", dropped as u64);
+        return too_many_messages(format!(
+            "{dropped} message(s) over the channel's budget of {budget} per second were not sent"
+        ));
+    }
     StatusCode::ACCEPTED.into_response()
+}
+
+/// 429 with Supabase's text and a detail of what was not sent.
+fn too_many_messages(detail: String) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        axum::Json(json!({
+            "error": "Too many messages per second",
+            "code": "too_many_messages",
+            "detail": detail,
+        })),
+    )
+        .into_response()
 }
 
 /// `POST /api/broadcast/:topic/events/:event[?private=true]`: the body is the payload (JSON,
@@ -342,6 +370,16 @@ async fn one(
     };
     match may_write(&state, &claims, &key).await {
         Ok(true) => {
+            let budget = state.limits.channel_messages_per_second;
+            if !state.bus.admit_unjoined(&key, budget, Instant::now()) {
+                state
+                    .metrics
+                    .realtime_rate_limited
+                    .add("channel_messages", 1);
+                return too_many_messages(format!(
+                    "the channel's budget is {budget} messages per second"
+                ));
+            }
             state.bus.publish(&key, body);
             StatusCode::ACCEPTED.into_response()
         }

@@ -88,6 +88,20 @@ pub async fn ws_handler(
     if let Err(refused) = state.flags.check(Endpoint::Ws) {
         return refused.into_response();
     }
+    // One more session for this client address, before any token or database work.
+    let session_place = match place.as_ref().map(|p| p.open_session(&headers)) {
+        None => None,
+        Some(Ok(p)) => p,
+        Some(Err(_)) => {
+            state.metrics.connections_refused.add("sessions_per_ip", 1);
+            return crate::error::ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                crate::http::per_ip::OVER_CAP_CODE,
+                crate::http::per_ip::OVER_CAP_MESSAGE,
+            )
+            .into_response();
+        }
+    };
     // Who is connecting, before the upgrade: a refusal is a plain HTTP answer.
     let viewer = match viewer::authorize(
         &state.auth,
@@ -109,8 +123,8 @@ pub async fn ws_handler(
         .read_buffer_size(READ_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
-            // The connection's place under the cap is held until the session ends.
-            let _place = place;
+            // The connection's places under the caps are held until the session ends.
+            let _place = (place, session_place);
             state.metrics.clients.add("ws", 1);
             state.metrics.ws_clients.add(1);
             let client = state

@@ -110,6 +110,9 @@ pub fn bench_server_args() -> ServerArgs {
     // The scenarios measure delivery, not authentication (realtime sets its own secret).
     w.server.jwt_secret = None;
     w.server.insecure_no_auth = true;
+    // Every simulated client connects from loopback: the per-address caps would stop the
+    // fan-out scenarios at --max-connections-per-ip (100) sessions.
+    w.server.per_ip_exempt = vec!["127.0.0.0/8".into(), "::1".into()];
     w.server.node = format!("bench{:x}", rand::random::<u16>());
     w.server.spool_dir =
         Some(std::env::temp_dir().join(format!("walcast-bench-spool-{}", w.server.node)));

@@ -163,6 +163,10 @@ pub const TOO_MANY_JOINS: &str = "ClientJoinRateLimitReached: Too many joins per
 /// text); its channels are closed, then the socket.
 pub const TOO_MANY_MESSAGES: &str = "Too many messages per second";
 
+/// The HTTP 429 body's `error` when a client address is at its session cap (Supabase's text
+/// for its concurrent-users limit).
+pub const TOO_MANY_CONNECTED_USERS: &str = "Too many connected users";
+
 /// The reply reason for a presence `track` whose payload is not an object.
 pub const PRESENCE_NOT_A_MAP: &str = "Presence track payload must be a map";
 

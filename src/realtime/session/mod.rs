@@ -36,6 +36,13 @@ use crate::ws::socket::{
     ClientStream, Clock, End, Outbox,
 };
 
+/// How long a socket closed for a rate limit is still read (and what it sends dropped) after
+/// the close frame, until the client answers the close. Closing a socket with unread input
+/// makes the kernel reset the connection, and a reset discards what the client has not read
+/// yet: the "Too many messages per second" it is owed. A flooder's input is in flight when it
+/// is cut; one second covers its round trip while bounding what a closed socket may cost.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
 /// Joins and messages counted in fixed one-second windows.
 #[derive(Debug)]
 struct RateWindow {
@@ -240,7 +247,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             Message::Binary(_)
                 if self.rate.count_message() > self.state.limits.messages_per_second =>
             {
-                self.too_many_messages().await
+                self.too_many_messages("messages").await
             }
             Message::Binary(b) => match frame::parse_binary(&b) {
                 Ok(ub) => self.on_binary_broadcast(ub).await,
@@ -290,7 +297,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             "broadcast" | "presence"
                 if self.rate.count_message() > self.state.limits.messages_per_second =>
             {
-                self.too_many_messages().await
+                self.too_many_messages("messages").await
             }
             "broadcast" => self.on_text_broadcast(i, m).await,
             "presence" => self.on_presence(i, m).await,
@@ -317,23 +324,45 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             text::TOO_MANY_JOINS,
         );
         let _ = self.send(reply).await;
-        let _ = self.close(CLOSE_POLICY, "too many joins per second").await;
+        if self
+            .close(CLOSE_POLICY, "too many joins per second")
+            .await
+            .is_ok()
+        {
+            self.linger().await;
+        }
         Err(End::Closed)
     }
 
-    /// Too many messages in one second: "Too many messages per second" on every channel, then
-    /// this socket (only) is closed; the other members of its channels carry on.
-    async fn too_many_messages(&mut self) -> Result<(), End> {
-        self.state.metrics.realtime_rate_limited.add("messages", 1);
+    /// Too many messages in one second (from this socket, or `kind` `channel_messages`: the
+    /// most of a channel over its budget): "Too many messages per second" on every channel,
+    /// then this socket (only) is closed; the other members of its channels carry on.
+    async fn too_many_messages(&mut self, kind: &'static str) -> Result<(), End> {
+        self.state.metrics.realtime_rate_limited.add(kind, 1);
         while !self.channels.is_empty() {
             if self.fail_channel(0, text::TOO_MANY_MESSAGES).await.is_err() {
                 break;
             }
         }
-        let _ = self
+        if self
             .close(CLOSE_POLICY, "too many messages per second")
-            .await;
+            .await
+            .is_ok()
+        {
+            self.linger().await;
+        }
         Err(End::Closed)
+    }
+
+    /// After a close frame: reads and drops what the client still sends until it answers the
+    /// close, the socket ends, or [`CLOSE_LINGER`] passes (see there).
+    async fn linger(&mut self) {
+        let deadline = Instant::now() + CLOSE_LINGER;
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, self.stream.next()).await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
     }
 
     /// Closes every channel whose token has expired (a held refresh is applied first).

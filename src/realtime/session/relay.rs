@@ -7,7 +7,7 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use tokio::time::Instant;
 
 use super::Session;
-use crate::realtime::bus::{BroadcastBody, BusEvent, Delivery};
+use crate::realtime::bus::{Admission, BroadcastBody, BusEvent, Delivery};
 use crate::realtime::private::ChannelExtension;
 use crate::realtime::protocol::frame::{self, ClientMessage, UserBroadcast};
 use crate::realtime::protocol::presence::{
@@ -55,6 +55,50 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         }
     }
 
+    /// Counts a client message on channel `i` against the channel's budget
+    /// (`--max-channel-messages-per-second`, over all its sockets). `Ok(true)`: relay it.
+    /// `Ok(false)`: over the budget, not relayed; a client waiting for a reply (`wants_reply`)
+    /// gets an error reply "Too many messages per second", the socket stays. `Err`: this socket
+    /// sent the most in this second and is closed with "Too many messages per second".
+    pub(super) async fn within_channel_budget(
+        &mut self,
+        i: usize,
+        join_ref: Option<&str>,
+        r#ref: Option<&str>,
+        wants_reply: bool,
+    ) -> Result<bool, End> {
+        let ch = &self.channels[i];
+        let budget = self.state.limits.channel_messages_per_second;
+        match self
+            .state
+            .bus
+            .admit(&ch.key, ch.member, budget, Instant::now())
+        {
+            Admission::Relay => Ok(true),
+            Admission::Drop => {
+                self.state.metrics.channel_messages_dropped.inc();
+                if !wants_reply {
+                    return Ok(false);
+                }
+                let topic = ch.topic.clone();
+                let reply = frame::encode_error_reply(
+                    self.vsn,
+                    join_ref,
+                    r#ref,
+                    &topic,
+                    text::TOO_MANY_MESSAGES,
+                );
+                self.send(reply).await.map(|()| false)
+            }
+            Admission::Offender => {
+                self.state.metrics.channel_messages_dropped.inc();
+                self.too_many_messages("channel_messages")
+                    .await
+                    .map(|()| false)
+            }
+        }
+    }
+
     /// A text `broadcast` push on channel `i`. On a private channel whose policies refuse the
     /// write it is dropped without a reply, as Supabase Realtime does.
     pub(super) async fn on_text_broadcast(
@@ -62,6 +106,13 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         i: usize,
         mut m: ClientMessage,
     ) -> Result<(), End> {
+        let ack = self.channels[i].ack;
+        if !self
+            .within_channel_budget(i, m.join_ref.as_deref(), m.r#ref.as_deref(), ack)
+            .await?
+        {
+            return Ok(());
+        }
         // Stored broadcasts are asked with `persist`; it is not part of what receivers get.
         strip_persist(&mut m.payload);
         if parse_broadcast(&m.payload).is_err() {
@@ -100,6 +151,13 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             );
             return self.send(reply).await;
         };
+        let ack = self.channels[i].ack;
+        if !self
+            .within_channel_budget(i, b.join_ref.as_deref(), b.r#ref.as_deref(), ack)
+            .await?
+        {
+            return Ok(());
+        }
         if b.payload.len() > self.state.max_payload {
             return self
                 .payload_too_large(i, b.join_ref.as_deref(), b.r#ref.as_deref(), &b.topic)
@@ -150,6 +208,12 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
 
     /// A `presence` push on channel `i`.
     pub(super) async fn on_presence(&mut self, i: usize, m: ClientMessage) -> Result<(), End> {
+        if !self
+            .within_channel_budget(i, m.join_ref.as_deref(), m.r#ref.as_deref(), true)
+            .await?
+        {
+            return Ok(());
+        }
         let now = Instant::now();
         let calls = &mut self.channels[i].presence_calls;
         while calls

@@ -40,6 +40,7 @@ fn state(capacity: usize) -> RealtimeState {
         limits: crate::config::RealtimeLimits {
             joins_per_second: 50,
             messages_per_second: 500,
+            channel_messages_per_second: 100,
         },
         joins: crate::config::RealtimeJoins::default(),
         shutdown: CancellationToken::new(),
