@@ -160,7 +160,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             .clone()
             .unwrap_or_else(|| self.connect_token.clone());
         // The connect token was checked at upgrade, but it may have expired since.
-        let claims = match self.verify(&token) {
+        let claims = match self.verify(&token).await {
             Ok(c) => c,
             Err(p) => return self.send(refuse(p.join_error().reason())).await,
         };
@@ -342,7 +342,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         if token.is_empty() || token.starts_with("sb_") || token == self.channels[i].token {
             return Ok(());
         }
-        let claims = match self.verify(token) {
+        let claims = match self.verify(token).await {
             Ok(c) => c,
             Err(p) => return self.fail_channel(i, &p.live_message()).await,
         };
