@@ -21,6 +21,9 @@ mod flags;
 mod gate;
 /// POST /v1/events: formats, errors, batching, idempotence, health and metrics endpoints.
 mod ingest;
+/// Today's Supabase keys: ES256/RS256 tokens from a JWKS file or URL (rotation, revocation,
+/// refusals, refresh budget), publishable/secret API keys on the HTTP APIs, /ws and Realtime.
+mod keys;
 /// Migrations: apply, idempotence, the Supabase copy.
 mod migrations;
 /// Supabase Realtime endpoint: upgrade auth, v1/v2 frames, postgres_changes, RLS, broadcast, presence.
