@@ -385,14 +385,7 @@ async fn api_keys_act_as_anon_and_service_role_on_the_http_apis() {
 /// user reads the rows whose source is their `sub`.
 async fn anon_and_own_rows_policies(db: &TestDb) {
     support::use_own_rows_policy(db).await;
-    db.client()
-        .await
-        .batch_execute(
-            "create policy monitoring_events_anon_public on public.monitoring_events \
-               for select to anon using (source = 'public')",
-        )
-        .await
-        .expect("anon policy");
+    support::use_anon_public_policy(db).await;
 }
 
 /// The sources of the event frames a `/ws` client gets within `wait`.

@@ -440,6 +440,19 @@ pub async fn use_own_rows_policy(db: &TestDb) {
         .expect("own-rows policy");
 }
 
+/// Adds a policy that lets `anon` read the rows whose `source` is `public` (the default policies
+/// show anon nothing).
+pub async fn use_anon_public_policy(db: &TestDb) {
+    db.client()
+        .await
+        .batch_execute(
+            "create policy monitoring_events_anon_public on public.monitoring_events \
+               for select to anon using (source = 'public')",
+        )
+        .await
+        .expect("anon policy");
+}
+
 /// Creates a Supabase-shaped `realtime.messages` with a `realtime.topic()` helper, for private
 /// channels. `authenticated` may read the topic named by its `sub` claim and `lobby`, and write
 /// broadcasts only to its own topic; `anon` has no privileges at all.
