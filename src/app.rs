@@ -63,6 +63,9 @@ pub enum AppError {
     /// The admin console could not start.
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    /// The JWKS (--jwks-file, or the client for --jwks-url) could not be set up.
+    #[error(transparent)]
+    Jwks(#[from] crate::auth::jwks::JwksError),
     /// A task that must run until shutdown stopped.
     #[error("the {name} stopped ({why}); walcast shut down so that it can be restarted whole")]
     TaskStopped {
@@ -89,6 +92,8 @@ pub mod task {
     pub const DLQ_WORKER: &str = "dead-letter retry worker";
     /// The feature flags refresher.
     pub const FLAGS_REFRESHER: &str = "flags refresher";
+    /// The JWKS refresher (with --jwks-url or --jwks-file).
+    pub const JWKS_REFRESHER: &str = "jwks refresher";
     /// The continuous consistency check.
     pub const CONSISTENCY: &str = "consistency check";
     /// The admin console.
@@ -264,7 +269,26 @@ pub async fn serve(
             flags_token.clone(),
         ),
     );
-    if config.jwt_secret.is_none() {
+    // The one verifier: the JWT secret, the JWKS (read now, then kept fresh), the API keys.
+    let mut verifier = crate::auth::Verifier::without_keys(config.token_policy.clone())
+        .with_api_keys(config.api_keys.clone());
+    if let Some(secret) = &config.jwt_secret {
+        verifier = verifier.with_secret(secret.expose());
+    }
+    let jwks_token = CancellationToken::new();
+    let jwks_task = match &config.jwks {
+        Some(jwks_config) => {
+            let jwks = crate::auth::Jwks::load(jwks_config.clone()).await?;
+            verifier = verifier.with_jwks(Arc::clone(&jwks));
+            Some(sup.watch(
+                task::JWKS_REFRESHER,
+                &jwks_token,
+                crate::auth::jwks::spawn_refresh_task(jwks, jwks_token.clone()),
+            ))
+        }
+        None => None,
+    };
+    if !verifier.has_keys() {
         tracing::warn!(
             listen = %config.listen,
             "--insecure-no-auth: every endpoint is open to anyone who can reach walcast: POST \
@@ -272,8 +296,7 @@ pub async fn serve(
              mode), /v1/status; the Realtime endpoint refuses connections without a secret"
         );
     }
-    let auth =
-        crate::auth::Auth::with_policy(config.jwt_secret.as_deref(), config.token_policy.clone());
+    let auth = crate::auth::Auth::with_verifier(verifier);
     let clients = Arc::new(crate::admin::ClientRegistry::default());
     let gate = Arc::new(
         crate::access::RlsGate::new(pool.clone(), &config.publication)
@@ -425,6 +448,10 @@ pub async fn serve(
         }
         flags_token.cancel();
         let _ = flags_task.await;
+        jwks_token.cancel();
+        if let Some(t) = jwks_task {
+            let _ = t.await;
+        }
         dlq_token.cancel();
         let _ = dlq_task.await;
         persister_token.cancel();

@@ -272,9 +272,10 @@ pub struct ServerArgs {
     #[arg(long, env = "WALCAST_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// Serve every endpoint without authentication (no JWT secret). Anyone who can reach the
-    /// port may then write events, read every row, purge dead letters and change flags: for
-    /// local experiments only. Without it, walcast refuses to start with no --jwt-secret.
+    /// Serve every endpoint without authentication (no JWT secret, JWKS or API key). Anyone who
+    /// can reach the port may then write events, read every row, purge dead letters and change
+    /// flags: for local experiments only. Without it, walcast refuses to start with no way to
+    /// verify tokens.
     #[arg(long, env = "WALCAST_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
 
@@ -326,6 +327,50 @@ pub struct ServerArgs {
     /// A role that is a superuser or bypasses RLS is refused whatever the token says.
     #[arg(long, env = "WALCAST_EXTRA_ROLES", value_delimiter = ',')]
     pub extra_roles: Vec<String>,
+
+    // Today's Supabase keys (issue 12): asymmetric signing keys (JWKS) and API keys.
+    /// URL of the project's JWKS, to verify user tokens signed with its asymmetric keys (ES256,
+    /// RS256, ...): https://<project>.supabase.co/auth/v1/.well-known/jwks.json. Fetched at
+    /// start, every --jwks-refresh, and when a token names an unknown `kid` (at most once per
+    /// --jwks-min-refresh). Works with or without --jwt-secret (which keeps checking HS256).
+    #[arg(long, env = "WALCAST_JWKS_URL", conflicts_with = "jwks_file")]
+    pub jwks_url: Option<String>,
+
+    /// A JWKS file instead of --jwks-url (e.g. for self-hosted keys); read at start (it must
+    /// hold a usable key) and again on each refresh, so replacing the file rotates keys.
+    #[arg(long, env = "WALCAST_JWKS_FILE")]
+    pub jwks_file: Option<std::path::PathBuf>,
+
+    /// How often the JWKS is read again (new keys arrive, revoked ones stop verifying).
+    #[arg(long, env = "WALCAST_JWKS_REFRESH", default_value = "10m", value_parser = duration_text)]
+    pub jwks_refresh: String,
+
+    /// Least time between two JWKS reads caused by tokens with an unknown `kid`: tokens with
+    /// made-up kids cannot make walcast fetch more often than this.
+    #[arg(long, env = "WALCAST_JWKS_MIN_REFRESH", default_value = "30s", value_parser = duration_text)]
+    pub jwks_min_refresh: String,
+
+    /// The project's publishable API keys (sb_publishable_…, comma-separated): a request with
+    /// one (`apikey` header or `?apikey=`, as supabase-js sends it) acts as `anon` unless it also
+    /// carries a user JWT. Prefer the environment variable to the flag (visible in `ps`).
+    #[arg(
+        long,
+        env = "WALCAST_PUBLISHABLE_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub publishable_keys: Vec<String>,
+
+    /// The project's secret API keys (sb_secret_…, comma-separated): a request with one acts as
+    /// `service_role` unless it also carries a user JWT. Servers only: never ship one to a
+    /// browser. Prefer the environment variable to the flag (visible in `ps`).
+    #[arg(
+        long,
+        env = "WALCAST_SECRET_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub secret_keys: Vec<String>,
 
     /// Name of this walcast node (letters, digits, `_`); names its replication slot.
     #[arg(long, env = "WALCAST_NODE", default_value = "node1")]

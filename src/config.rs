@@ -86,10 +86,15 @@ pub struct ServerConfig {
     pub database_url: String,
     /// HTTP/WebSocket listen address.
     pub listen: SocketAddr,
-    /// HS256 secret for JWTs; `None` disables authentication of the HTTP API.
-    pub jwt_secret: Option<String>,
+    /// HS256 secret for JWTs (`Debug` redacts it).
+    pub jwt_secret: Option<crate::auth::SecretText>,
     /// What a token must also satisfy: issuer, audience, the roles it may name.
     pub token_policy: crate::auth::Policy,
+    // Today's Supabase keys (issue 12): asymmetric signing keys (JWKS) and API keys.
+    /// Where the asymmetric signing keys come from, and how often they are read again.
+    pub jwks: Option<crate::auth::JwksConfig>,
+    /// Publishable (`anon`) and secret (`service_role`) API keys; `Debug` shows only counts.
+    pub api_keys: crate::auth::ApiKeys,
     /// How often a connected client's role privileges are asked again.
     pub role_recheck: Duration,
     /// Most replays running at once.
@@ -222,7 +227,7 @@ impl ServerConfig {
             )
         })?;
         let jwt_secret = match &args.jwt_secret {
-            Some(s) => Some(validate_jwt_secret(s)?),
+            Some(s) => Some(crate::auth::SecretText::new(validate_jwt_secret(s)?)),
             None => None,
         };
         let role_recheck = parse_duration(&args.role_recheck)
@@ -375,22 +380,28 @@ impl ServerConfig {
             Some(metrics_interval)
         };
         let (validate_interval, admin) = validate_ops(args)?;
+        // Today's Supabase keys (issue 12): asymmetric signing keys (JWKS) and API keys.
+        let (jwks, api_keys) = validate_keys(args)?;
+        let can_verify = jwt_secret.is_some() || jwks.is_some() || !api_keys.is_empty();
         // Checked last, so that a specific option's error is reported first.
-        match (&jwt_secret, args.insecure_no_auth) {
-            (Some(_), true) => {
+        match (can_verify, args.insecure_no_auth) {
+            (true, true) => {
                 return Err(ConfigError::new(
                     "--insecure-no-auth",
                     "WALCAST_INSECURE_NO_AUTH",
-                    "a JWT secret is set too: drop --insecure-no-auth to check tokens with it",
+                    "a way to verify tokens is set too (a JWT secret, a JWKS or API keys): drop \
+                     --insecure-no-auth to check tokens with it",
                 ));
             }
-            (None, false) => {
+            (false, false) => {
                 return Err(ConfigError::new(
                     "--jwt-secret",
                     "WALCAST_JWT_SECRET",
                     "walcast will not serve without a way to verify tokens: set the project's JWT \
-                     secret (at least 32 characters; `walcast keys` mints keys for it), or pass \
-                     --insecure-no-auth to open every endpoint to anyone (local experiments only)",
+                     secret (at least 32 characters; `walcast keys` mints keys for it), its \
+                     signing keys (--jwks-url or --jwks-file) or its API keys \
+                     (--publishable-keys, --secret-keys), or pass --insecure-no-auth to open \
+                     every endpoint to anyone (local experiments only)",
                 ));
             }
             _ => {}
@@ -410,6 +421,8 @@ impl ServerConfig {
             listen,
             jwt_secret,
             token_policy,
+            jwks,
+            api_keys,
             role_recheck,
             max_replays: usize::from(args.max_replays),
             max_payload,
@@ -622,6 +635,70 @@ fn validate_login_throttle(args: &ServerArgs) -> Result<LoginThrottle, ConfigErr
         max_failures: args.admin_max_failures,
         lockout,
     })
+}
+
+/// Today's Supabase keys (issue 12): the JWKS source with its refresh intervals, and the API
+/// keys, validated.
+fn validate_keys(
+    args: &ServerArgs,
+) -> Result<(Option<crate::auth::JwksConfig>, crate::auth::ApiKeys), ConfigError> {
+    use crate::auth::fetch::JwksSource;
+    let refresh = parse_duration(&args.jwks_refresh)
+        .map_err(|r| ConfigError::new("--jwks-refresh", "WALCAST_JWKS_REFRESH", r))?;
+    if refresh < Duration::from_secs(1) {
+        return Err(ConfigError::new(
+            "--jwks-refresh",
+            "WALCAST_JWKS_REFRESH",
+            "use at least 1s (keys change rarely: minutes are plenty; unknown kids trigger a read anyway)",
+        ));
+    }
+    let min_refresh = parse_duration(&args.jwks_min_refresh)
+        .map_err(|r| ConfigError::new("--jwks-min-refresh", "WALCAST_JWKS_MIN_REFRESH", r))?;
+    let source = match (&args.jwks_url, &args.jwks_file) {
+        (Some(u), _) if !u.trim().is_empty() => {
+            let url = url::Url::parse(u.trim())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "--jwks-url",
+                        "WALCAST_JWKS_URL",
+                        "expected an http:// or https:// URL, like \
+                         https://<project>.supabase.co/auth/v1/.well-known/jwks.json",
+                    )
+                })?;
+            if url.scheme() == "http"
+                && !matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
+            {
+                tracing::warn!(
+                    url = %url,
+                    "--jwks-url is plain http: whoever can tamper with the connection can make \
+                     walcast accept their tokens; use https"
+                );
+            }
+            Some(JwksSource::Url(url))
+        }
+        (_, Some(path)) if !path.as_os_str().is_empty() => Some(JwksSource::File(path.clone())),
+        _ => None,
+    };
+    let jwks = source.map(|source| crate::auth::JwksConfig {
+        source,
+        refresh,
+        min_refresh,
+    });
+    let api_keys = crate::auth::ApiKeys::new(&args.publishable_keys, &args.secret_keys).map_err(
+        |e| match e.kind {
+            crate::auth::api_keys::KeyKind::Publishable => ConfigError::new(
+                "--publishable-keys",
+                "WALCAST_PUBLISHABLE_KEYS",
+                e.to_string(),
+            ),
+            crate::auth::api_keys::KeyKind::Secret => {
+                ConfigError::new("--secret-keys", "WALCAST_SECRET_KEYS", e.to_string())
+            }
+        },
+    )?;
+    Ok((jwks, api_keys))
 }
 
 /// Checks a JWT secret's length.

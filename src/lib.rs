@@ -27,7 +27,9 @@
 //!   channels, deliveries, broadcast and presence, private channels).
 //! - [`access`]: row visibility under the role's own RLS policies and column privileges, one
 //!   batched call for every waiting check.
-//! - [`auth`]: the one token verifier and the `ServiceRole` extractor.
+//! - [`auth`]: the one token verifier (the JWT secret, a JWKS of signing keys kept fresh, the
+//!   `sb_publishable_…`/`sb_secret_…` API keys), credentials read from requests, the
+//!   `ServiceRole` extractor.
 //! - [`dlq`]: the dead-letter queue (`walcast.dead_letter_queue`), its retry worker, `/v1/dlq`.
 //! - [`flags`]: feature flags (broadcaster mode, Realtime rollout), snapshot refreshed by NOTIFY.
 //! - [`metrics`]: every metric, declared once, rendered on `/metrics`.

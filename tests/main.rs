@@ -24,6 +24,9 @@ mod flags;
 mod gate;
 /// POST /v1/events: formats, errors, batching, idempotence, health and metrics endpoints.
 mod ingest;
+/// Today's Supabase keys: ES256/RS256 tokens from a JWKS file or URL (rotation, revocation,
+/// refusals, refresh budget), publishable/secret API keys on the HTTP APIs, /ws and Realtime.
+mod keys;
 /// walcast serving as a role that is neither a superuser nor bypasses row level security.
 mod least_privilege;
 /// Migrations: apply, idempotence, the Supabase copy.

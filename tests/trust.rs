@@ -287,7 +287,7 @@ async fn serve_fails_closed_without_a_secret() {
         &[("WALCAST_JWT_SECRET", support::SECRET)],
     );
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("a JWT secret is set too"), "{err}");
+    assert!(err.contains("a way to verify tokens is set too"), "{err}");
     // The harness starts walcast without a secret with --insecure-no-auth: it warns.
     let w = Walcast::start(&db, &[]).await;
     let opened = support::wait_until(Duration::from_secs(10), || async {

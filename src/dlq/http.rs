@@ -61,6 +61,8 @@ where
 pub enum DlqApiErrorCode {
     /// Missing or invalid token. 401.
     Unauthorized,
+    /// An `sb_…` API key that is not one of the server's keys. 401.
+    InvalidApiKey,
     /// The token's role is not `service_role`. 403.
     Forbidden,
     /// A bad id, query parameter or value. 400.
@@ -80,6 +82,7 @@ impl DlqApiErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             DlqApiErrorCode::Unauthorized => "unauthorized",
+            DlqApiErrorCode::InvalidApiKey => "invalid_api_key",
             DlqApiErrorCode::Forbidden => "forbidden",
             DlqApiErrorCode::InvalidRequest => "invalid_request",
             DlqApiErrorCode::NotFound => "not_found",
@@ -92,7 +95,9 @@ impl DlqApiErrorCode {
     /// The HTTP status.
     pub fn status(self) -> StatusCode {
         match self {
-            DlqApiErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            DlqApiErrorCode::Unauthorized | DlqApiErrorCode::InvalidApiKey => {
+                StatusCode::UNAUTHORIZED
+            }
             DlqApiErrorCode::Forbidden => StatusCode::FORBIDDEN,
             DlqApiErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
             DlqApiErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -161,6 +166,9 @@ impl IntoResponse for DlqApiError {
 impl From<AuthRejection> for DlqApiError {
     fn from(r: AuthRejection) -> Self {
         let code = match r {
+            AuthRejection::Unauthorized(crate::auth::TokenProblem::UnknownApiKey) => {
+                DlqApiErrorCode::InvalidApiKey
+            }
             AuthRejection::Unauthorized(_) => DlqApiErrorCode::Unauthorized,
             AuthRejection::Forbidden { .. } => DlqApiErrorCode::Forbidden,
         };

@@ -25,6 +25,8 @@ pub enum IngestErrorCode {
     UnsupportedMediaType,
     /// Missing or invalid credentials. HTTP 401.
     Unauthorized,
+    /// An `sb_…` API key that is not one of the server's keys. HTTP 401.
+    InvalidApiKey,
     /// Valid credentials without the right role. HTTP 403.
     Forbidden,
     /// Postgres rejected the events themselves (e.g. a constraint). HTTP 422.
@@ -46,6 +48,7 @@ impl IngestErrorCode {
             IngestErrorCode::TooManyEvents => "too_many_events",
             IngestErrorCode::UnsupportedMediaType => "unsupported_media_type",
             IngestErrorCode::Unauthorized => "unauthorized",
+            IngestErrorCode::InvalidApiKey => "invalid_api_key",
             IngestErrorCode::Forbidden => "forbidden",
             IngestErrorCode::Rejected => "rejected",
             IngestErrorCode::ShuttingDown => "shutting_down",
@@ -64,7 +67,9 @@ impl IngestErrorCode {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             IngestErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IngestErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            IngestErrorCode::Unauthorized | IngestErrorCode::InvalidApiKey => {
+                StatusCode::UNAUTHORIZED
+            }
             IngestErrorCode::Forbidden => StatusCode::FORBIDDEN,
             IngestErrorCode::ShuttingDown | IngestErrorCode::SpoolFull => {
                 StatusCode::SERVICE_UNAVAILABLE

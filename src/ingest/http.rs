@@ -61,6 +61,9 @@ impl IntoResponse for IngestError {
 impl From<AuthRejection> for IngestError {
     fn from(r: AuthRejection) -> Self {
         let code = match r {
+            AuthRejection::Unauthorized(crate::auth::TokenProblem::UnknownApiKey) => {
+                IngestErrorCode::InvalidApiKey
+            }
             AuthRejection::Unauthorized(_) => IngestErrorCode::Unauthorized,
             AuthRejection::Forbidden { .. } => IngestErrorCode::Forbidden,
         };

@@ -43,9 +43,10 @@ use crate::auth::{Auth, Verifier};
 use crate::endpoint::Endpoint;
 use crate::ws::socket::{FRAME_ENVELOPE, MAX_WRITE_BUFFER, READ_BUFFER};
 
-/// The error body when walcast runs without a JWT secret.
-pub const NO_SECRET_MESSAGE: &str = "The Realtime endpoint needs a JWT secret: start walcast with \
-     --jwt-secret (or WALCAST_JWT_SECRET) set to the project's JWT secret";
+/// The error body when walcast runs without any way to verify tokens.
+pub const NO_SECRET_MESSAGE: &str = "The Realtime endpoint needs a way to verify tokens: start \
+     walcast with the project's JWT secret (--jwt-secret), its signing keys (--jwks-url or \
+     --jwks-file) or its API keys (--publishable-keys, --secret-keys)";
 
 /// What Realtime sessions need: the row gate, private-channel checks, the bus, and the node's
 /// hub, flags, registry, auth and shutdown signal.
@@ -97,18 +98,24 @@ impl TokenClaims {
     }
 }
 
-/// Checks a token at `now` (seconds since the Unix epoch) with the server's one policy.
+impl From<crate::auth::Token> for TokenClaims {
+    fn from(token: crate::auth::Token) -> Self {
+        TokenClaims {
+            group: ClaimsGroup::of(&token),
+            role: token.role,
+            exp: token.exp,
+        }
+    }
+}
+
+/// Checks a token at `now` (seconds since the Unix epoch) with the server's one policy and the
+/// keys at hand (sessions use [`Verifier::verify`], which may read the JWKS again first).
 pub fn verify_token(
     verifier: &Verifier,
     token: &str,
     now: i64,
 ) -> Result<TokenClaims, TokenProblem> {
-    let token = verifier.verify(token, now)?;
-    Ok(TokenClaims {
-        group: ClaimsGroup::of(&token),
-        role: token.role,
-        exp: token.exp,
-    })
+    verifier.verify_cached(token, now).map(TokenClaims::from)
 }
 
 /// The routes, for a state that provides [`RealtimeState`].
@@ -128,8 +135,8 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
-/// `GET /realtime/v1/websocket?apikey=<JWT>&vsn=1.0.0|2.0.0`: checks the client address's
-/// session cap and the token, then upgrades.
+/// `GET /realtime/v1/websocket?apikey=<JWT or sb_ key>&vsn=1.0.0|2.0.0`: checks the client
+/// address's session cap and the token, then upgrades.
 pub async fn realtime_handler(
     State(state): State<RealtimeState>,
     RawQuery(query): RawQuery,
@@ -180,7 +187,9 @@ pub async fn realtime_handler(
         .or(apikey)
         .or_else(|| header("apikey"))
         .unwrap_or_default();
-    if let Err(p) = verify_token(&verifier, &token, crate::auth::unix_now()) {
+    // The socket's one credential: an API key (supabase-js sends `sb_publishable_…` here) or
+    // a JWT; user tokens come later, in join payloads and `access_token` messages.
+    if let Err(p) = verifier.verify(&token, crate::auth::unix_now()).await {
         return refuse(StatusCode::UNAUTHORIZED, p.connect_message());
     }
     let ws = match ws {

@@ -27,8 +27,8 @@ use tokio::time::Instant;
 use super::bus::{BroadcastBody, TopicKey};
 use super::private::ChannelExtension;
 use super::protocol::frame::PayloadEncoding;
-use super::{RealtimeState, TokenClaims, verify_token};
-use crate::auth::extract::bearer_token;
+use super::{RealtimeState, TokenClaims};
+use crate::auth::{self, extract::Credentials};
 use crate::endpoint::Endpoint;
 
 /// Most messages one batch request may carry.
@@ -102,8 +102,13 @@ fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -
     }
 }
 
-/// The request's token, checked; or the refusal.
-fn authenticate(state: &RealtimeState, headers: &HeaderMap) -> Result<TokenClaims, Refusal> {
+/// The request's credentials, checked (a user JWT in `Authorization: Bearer` decides, else the
+/// `apikey`: a JWT or a configured `sb_` key); or the refusal.
+async fn authenticate(
+    state: &RealtimeState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<TokenClaims, Refusal> {
     state
         .flags
         .check(Endpoint::Realtime)
@@ -115,19 +120,26 @@ fn authenticate(state: &RealtimeState, headers: &HeaderMap) -> Result<TokenClaim
             super::NO_SECRET_MESSAGE,
         ));
     };
-    let token = bearer_token(headers).unwrap_or_default();
-    verify_token(verifier, token, crate::auth::unix_now()).map_err(|p| {
-        refusal(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            p.connect_message(),
-        )
-    })
+    let credentials = Credentials::read(headers, query);
+    auth::extract::authenticate(verifier, &credentials, auth::unix_now())
+        .await
+        .map(TokenClaims::from)
+        .map_err(|p| {
+            refusal(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                p.connect_message(),
+            )
+        })
 }
 
 /// `GET /api/ping`.
-async fn ping(State(state): State<RealtimeState>, headers: HeaderMap) -> Response {
-    match authenticate(&state, &headers) {
+async fn ping(
+    State(state): State<RealtimeState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    match authenticate(&state, &headers, query.as_deref()).await {
         Ok(_) => axum::Json(json!({"message": "Success"})).into_response(),
         Err(refused) => refused.into_response(),
     }
@@ -206,8 +218,13 @@ async fn may_write(
 /// `POST /api/broadcast`: every message is checked first (shape, names, payload size); then
 /// each is sent. A message to a private topic the token may not write is skipped, as Supabase
 /// Realtime skips it; the request still answers 202.
-async fn batch(State(state): State<RealtimeState>, headers: HeaderMap, body: Bytes) -> Response {
-    let claims = match authenticate(&state, &headers) {
+async fn batch(
+    State(state): State<RealtimeState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let claims = match authenticate(&state, &headers, query.as_deref()).await {
         Ok(c) => c,
         Err(refused) => return refused.into_response(),
     };
@@ -315,7 +332,7 @@ async fn one(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let claims = match authenticate(&state, &headers) {
+    let claims = match authenticate(&state, &headers, query.as_deref()).await {
         Ok(c) => c,
         Err(refused) => return refused.into_response(),
     };

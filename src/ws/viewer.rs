@@ -1,8 +1,10 @@
 //! Who a `/ws` client is, and what it may see.
 //!
-//! With a JWT secret configured, `/ws` needs a token before it upgrades (header
-//! `Authorization: Bearer`, an `apikey` header, or the `apikey` / `access_token` query
-//! parameter for browsers). `service_role` sees every change. Any other role sees exactly what
+//! Unless walcast runs with `--insecure-no-auth`, `/ws` needs credentials before it upgrades,
+//! read like every HTTP API's ([`crate::auth::Credentials`]): a user JWT (`Authorization:
+//! Bearer`, or the `access_token` query parameter for browsers) and/or an API key (an `apikey`
+//! header or query parameter: a JWT, or a configured `sb_publishable_…` / `sb_secret_…` key).
+//! `service_role` sees every change. Any other role sees exactly what
 //! its row level security policies and column privileges let it read, asked of Postgres by the
 //! same batched gate as the Realtime endpoint ([`crate::access`]): an INSERT or UPDATE only if
 //! the row (its current version) is visible to the role, with the columns it may read; a
@@ -18,7 +20,7 @@ use uuid::Uuid;
 
 use crate::access::view::restrict;
 use crate::access::{Ask, ClaimsGroup, GateError, RlsGate, row_id};
-use crate::auth::{Auth, TokenProblem, bearer_token};
+use crate::auth::{Auth, Credentials, TokenProblem, authenticate};
 use crate::catalog::{REALTIME_SCHEMA, REALTIME_TABLE};
 use crate::decode::{Change, Lsn, Operation};
 use crate::error::ApiError;
@@ -47,16 +49,6 @@ pub enum Verdict {
     Own(Change),
 }
 
-/// The token of an upgrade request: a header, or the `apikey` / `access_token` query parameter.
-fn request_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<String> {
-    if let Some(t) = bearer_token(headers) {
-        return Some(t.to_owned());
-    }
-    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .find(|(k, _)| k == "apikey" || k == "access_token")
-        .map(|(_, v)| v.trim().to_owned())
-}
-
 /// Who is connecting: `Ok(None)` sees everything (no secret configured, or `service_role`);
 /// `Ok(Some(view))` sees what its role may read; `Err` is the HTTP refusal.
 pub async fn authorize(
@@ -70,15 +62,15 @@ pub async fn authorize(
         return Ok(None);
     };
     let unauthorized = |p: TokenProblem| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", p.to_string()).with(
+        ApiError::new(StatusCode::UNAUTHORIZED, p.code(), p.to_string()).with(
             "hint",
-            "send a token: Authorization: Bearer <jwt>, an apikey header, or ?apikey=<jwt>",
+            "send a token: Authorization: Bearer <jwt>, an apikey header, or ?apikey=<jwt or \
+             sb_ key> (and ?access_token=<user jwt>)",
         )
     };
-    let token = request_token(headers, query)
-        .ok_or(TokenProblem::Missing)
+    let token = authenticate(verifier, &Credentials::read(headers, query), now)
+        .await
         .map_err(unauthorized)?;
-    let token = verifier.verify(&token, now).map_err(unauthorized)?;
     if token.is_service_role() {
         return Ok(None);
     }

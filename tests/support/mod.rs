@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod keys;
 pub mod ws;
 
 use std::io::{BufRead, BufReader};
@@ -234,10 +235,18 @@ impl Walcast {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(logf);
-        // Without a secret, a test runs walcast open on purpose (walcast refuses to start
-        // without one otherwise); tests of authentication pass WALCAST_JWT_SECRET.
-        let secret = env.iter().any(|(k, _)| k == "WALCAST_JWT_SECRET")
-            || args.iter().any(|a| a.starts_with("--jwt-secret"));
+        // Without a way to verify tokens, a test runs walcast open on purpose (walcast refuses
+        // to start otherwise); tests of authentication pass a secret, a JWKS or API keys.
+        const WAYS: [(&str, &str); 5] = [
+            ("WALCAST_JWT_SECRET", "--jwt-secret"),
+            ("WALCAST_JWKS_URL", "--jwks-url"),
+            ("WALCAST_JWKS_FILE", "--jwks-file"),
+            ("WALCAST_PUBLISHABLE_KEYS", "--publishable-keys"),
+            ("WALCAST_SECRET_KEYS", "--secret-keys"),
+        ];
+        let secret = WAYS.iter().any(|(var, flag)| {
+            env.iter().any(|(k, _)| k == var) || args.iter().any(|a| a.starts_with(flag))
+        });
         if !secret {
             cmd.env("WALCAST_INSECURE_NO_AUTH", "true");
         }
@@ -429,6 +438,19 @@ pub async fn use_own_rows_policy(db: &TestDb) {
         )
         .await
         .expect("own-rows policy");
+}
+
+/// Adds a policy that lets `anon` read the rows whose `source` is `public` (the default policies
+/// show anon nothing).
+pub async fn use_anon_public_policy(db: &TestDb) {
+    db.client()
+        .await
+        .batch_execute(
+            "create policy monitoring_events_anon_public on public.monitoring_events \
+               for select to anon using (source = 'public')",
+        )
+        .await
+        .expect("anon policy");
 }
 
 /// Creates a Supabase-shaped `realtime.messages` with a `realtime.topic()` helper, for private

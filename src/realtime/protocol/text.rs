@@ -25,6 +25,12 @@ impl TokenProblem {
             TokenProblem::WrongIssuer => "Token issuer is not accepted",
             TokenProblem::WrongAudience => "Token audience is not accepted",
             TokenProblem::RoleNotAllowed { .. } => "Token role is not an API role",
+            TokenProblem::AlgorithmNotAllowed { .. } => "Token signing algorithm is not accepted",
+            TokenProblem::UnknownKey { .. } => "No signing key matches the token's kid",
+            TokenProblem::KeyMismatch { .. } => {
+                "The token's algorithm does not fit its signing key"
+            }
+            TokenProblem::UnknownApiKey => "Invalid API key",
         }
     }
 
@@ -100,8 +106,14 @@ impl JoinError {
                         TokenProblem::Malformed.connect_message()
                     )
                 }
-                TokenProblem::BadSignature => {
+                TokenProblem::BadSignature
+                | TokenProblem::AlgorithmNotAllowed { .. }
+                | TokenProblem::UnknownKey { .. }
+                | TokenProblem::KeyMismatch { .. } => {
                     format!("JwtSignatureError: {}", p.connect_message())
+                }
+                TokenProblem::UnknownApiKey => {
+                    format!("InvalidJWTToken: {}", p.connect_message())
                 }
             },
             JoinError::Unauthorized { sub_topic } => format!(

@@ -181,7 +181,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             .clone()
             .unwrap_or_else(|| self.connect_token.clone());
         // The connect token was checked at upgrade, but it may have expired since.
-        let claims = match self.verify(&token) {
+        let claims = match self.verify(&token).await {
             Ok(c) => c,
             Err(p) => return self.send_join_error(refuse(p.join_error().reason())).await,
         };
@@ -462,7 +462,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             ch.token_applied_at = Some(Instant::now());
             ch.pending_token = None;
         }
-        let claims = match self.verify(token) {
+        let claims = match self.verify(token).await {
             Ok(c) => c,
             Err(p) => return self.fail_channel(i, &p.live_message()).await,
         };

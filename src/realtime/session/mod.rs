@@ -22,11 +22,11 @@ use tokio::time::Instant;
 
 use self::channel::Channel;
 use super::RealtimeState;
+use super::TokenClaims;
 use super::bus::{Delivery, Inbox};
 use super::protocol::frame::{self, ClientMessage, Vsn};
 use super::protocol::text::{self, JoinError, TokenProblem, system_payload};
 use super::protocol::{IDLE_TIMEOUT, PHOENIX_TOPIC};
-use super::{TokenClaims, verify_token};
 use crate::admin::clients::ClientHandle;
 use crate::auth::Verifier;
 use crate::decode::Cursor;
@@ -210,9 +210,12 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         }
     }
 
-    /// Checks a token now, with the server's policy.
-    fn verify(&self, token: &str) -> Result<TokenClaims, TokenProblem> {
-        verify_token(&self.verifier, token, self.clock.unix_secs())
+    /// Checks a token now, with the server's policy (an unknown `kid` may read the JWKS again).
+    async fn verify(&self, token: &str) -> Result<TokenClaims, TokenProblem> {
+        self.verifier
+            .verify(token, self.clock.unix_secs())
+            .await
+            .map(TokenClaims::from)
     }
 
     /// When the earliest channel token expires.
