@@ -1074,7 +1074,8 @@ async fn realtime_js_reconnect_and_rejoin() {
 
 /// Private channels decided by `realtime.messages` policies, in both serializers: user-1 joins
 /// its own topic, is refused user-2's with the server's reason, and a second user-1 client
-/// receives a broadcast the first sent (acked) on the private `user-1` channel.
+/// receives a broadcast the first sent (acked) on the private `user-1` channel, and one sent by
+/// `httpSend()`; `httpSend()` to `user-2` is refused by the write policy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_private_channels() {
     let db = support::fresh_db().await;
@@ -1128,8 +1129,22 @@ async fn realtime_js_private_channels() {
             .collect();
         assert_eq!(
             got,
-            [&json!({"type": "broadcast", "event": "note",
-                     "payload": {"n": 1, "tag": i.to_string()}})],
+            [
+                &json!({"type": "broadcast", "event": "note",
+                        "payload": {"n": 1, "tag": i.to_string()}}),
+                &json!({"type": "broadcast", "event": "note",
+                        "payload": {"n": 2, "tag": i.to_string()}})
+            ],
+            "{vsn}"
+        );
+        assert_eq!(
+            one(&lines, "sender", "http")["http"],
+            json!({"success": true}),
+            "{vsn}"
+        );
+        assert_eq!(
+            one(&lines, "sender", "http_other_error")["http_other_error"],
+            "Unauthorized: You do not have permissions to write to this Channel topic: user-2",
             "{vsn}"
         );
     }
@@ -1237,4 +1252,49 @@ async fn supabase_js_with_a_publishable_key_and_an_es256_user_token() {
     assert_eq!(seen_changes(&lines, "user"), [ins("alice"), del.clone()]);
     assert_eq!(seen_changes(&lines, "anon"), [ins("public"), del]);
     w.stop(&db).await;
+}
+
+/// Join options of realtime-js 2.119: `postgres_changes_options.wait` with a valid binding
+/// reports SUBSCRIBED after `replication_ready`'s and the subscription's system messages, and
+/// the channel receives rows; with an unservable binding the client reports CHANNEL_ERROR with
+/// walcast's `RealtimeDisabledForConfiguration` reason instead of SUBSCRIBED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_wait_and_replication_ready() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let tok = token("service_role", None, 600);
+    let mut runs = VSNS.map(|vsn| Script::start("options", &w, &[("TOKEN", &tok), ("VSN", vsn)]));
+    for s in &mut runs {
+        s.ready("insert").await;
+    }
+    insert_one(&db, "waited").await;
+    for s in &mut runs {
+        s.go().await;
+    }
+    for (vsn, s) in VSNS.iter().zip(runs) {
+        let lines = s.finish().await;
+        assert_eq!(statuses(&lines, "good"), ["SUBSCRIBED", "CLOSED"], "{vsn}");
+        let system: Vec<&Value> = labelled(&lines, "good", "system")
+            .iter()
+            .map(|v| &v["system"])
+            .collect();
+        assert_eq!(
+            system[0]["message"], "Replication connection established",
+            "{vsn}: {system:?}"
+        );
+        assert_eq!(system[0]["extension"], "system", "{vsn}");
+        assert_eq!(system[1]["message"], "Subscribed to PostgreSQL", "{vsn}");
+        let bad = labelled(&lines, "bad", "status");
+        assert_eq!(bad[0]["status"], "CHANNEL_ERROR", "{vsn}: {lines:#?}");
+        let error = bad[0]["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("RealtimeDisabledForConfiguration: Unable to subscribe"),
+            "{vsn}: {error}"
+        );
+        assert_eq!(
+            one(&lines, "good", "changes")["changes"],
+            json!(["waited"]),
+            "{vsn}"
+        );
+    }
 }

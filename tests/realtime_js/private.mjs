@@ -36,4 +36,17 @@ const payload = { n: 1, tag }
 const result = await own.send({ type: 'broadcast', event: 'note', payload })
 out({ label: 'sender', sent: payload, result })
 await until('the broadcast at the receiver', () => received.length >= 1)
+
+// Over HTTP: httpSend() to the own private topic is accepted and arrives; to another user's
+// private topic the write policy refuses it with the server's text.
+const http = await own.httpSend('note', { n: 2, tag })
+out({ label: 'sender', http })
+await until('the HTTP broadcast at the receiver', () => received.length >= 2)
+const theirs = sender.channel('user-2', { config: { private: true } })
+try {
+  await theirs.httpSend('note', { n: 3, tag })
+  out({ label: 'sender', http_other: 'accepted' })
+} catch (e) {
+  out({ label: 'sender', http_other_error: e.message })
+}
 await finish(sender, receiver)
