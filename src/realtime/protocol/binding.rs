@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::catalog::TableFacts;
 use crate::decode::{Change, Operation};
-use crate::filter::{Condition, FilterError};
+use crate::filter::{ColumnTexts, Condition, FilterError};
 use crate::json::push_str as push_json_str;
 
 /// One entry of `config.postgres_changes`, as the client sent it.
@@ -226,6 +226,12 @@ pub struct Binding {
 impl Binding {
     /// Whether the change matches this binding. TRUNCATE never does.
     pub fn matches(&self, change: &Change) -> bool {
+        self.matches_with(change, &ColumnTexts::new())
+    }
+
+    /// Like [`Binding::matches`], with the change's shared cache of compact texts (the hub's,
+    /// shared by every binding of every socket).
+    pub fn matches_with(&self, change: &Change, texts: &ColumnTexts) -> bool {
         if !self.event.accepts(change.op) {
             return false;
         }
@@ -248,7 +254,12 @@ impl Binding {
             Operation::Delete => change.old_record.as_ref(),
             Operation::Truncate => None,
         };
-        row.is_some_and(|row| self.conditions.iter().all(|c| c.matches(row)))
+        let texts = texts.for_change(change);
+        row.is_some_and(|row| {
+            self.conditions
+                .iter()
+                .all(|c| c.matches_cached(row, &texts))
+        })
     }
 }
 

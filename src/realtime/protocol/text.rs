@@ -136,6 +136,14 @@ pub const TOO_MANY_JOINS: &str = "ClientJoinRateLimitReached: Too many joins per
 /// text); its channels are closed, then the socket.
 pub const TOO_MANY_MESSAGES: &str = "Too many messages per second";
 
+/// The `postgres_changes` `system` error when a join would give the socket more filter
+/// conditions than walcast matches per socket (walcast's own limit; Supabase has none to copy).
+pub fn too_many_conditions(asked: usize, max: usize) -> String {
+    format!(
+        "Too many filter conditions: this socket would have {asked}, at most {max} are allowed over all its channels' postgres_changes bindings"
+    )
+}
+
 /// The reply reason for a presence `track` whose payload is not an object.
 pub const PRESENCE_NOT_A_MAP: &str = "Presence track payload must be a map";
 
