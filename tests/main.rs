@@ -21,6 +21,8 @@ mod flags;
 mod gate;
 /// POST /v1/events: formats, errors, batching, idempotence, health and metrics endpoints.
 mod ingest;
+/// Memory bounded in bytes: a stalled client cut at its byte budget, readers unaffected, RSS back.
+mod memory;
 /// Migrations: apply, idempotence, the Supabase copy.
 mod migrations;
 /// Supabase Realtime endpoint: upgrade auth, v1/v2 frames, postgres_changes, RLS, broadcast, presence.
