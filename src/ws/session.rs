@@ -144,8 +144,6 @@ struct Session<S, R> {
     viewer: Option<RoleView>,
     /// The session's wall clock (token expiry).
     clock: Clock,
-    /// While a replay runs: the newest replayed change handled (fed, hidden or skipped).
-    replay: Option<Option<Cursor>>,
 }
 
 impl<S: ClientSink, R: ClientStream> Session<S, R> {
@@ -170,7 +168,6 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             filters: Vec::new(),
             viewer,
             clock: Clock::start(),
-            replay: None,
         }
     }
 
@@ -518,14 +515,13 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     }
 
     /// Replays every matching change after `after` up to the live stream, then carries on live.
-    /// Cut for its byte budget halfway through a replay, the session's `lagged` cursor is the
-    /// newest replayed change it handled (or `after`).
+    ///
+    /// A replay runs to its end. Meanwhile the live stream waits in the ring; if it passes the
+    /// byte budget, the session lets go of it (freeing the ring) and, after the replay and its
+    /// `resumed` frame, is cut with `lagged` at the replay's end: the client resumes from there.
     async fn resume(&mut self, after: Cursor) -> Result<(), End> {
-        self.replay = None;
         let r = self.resume_from(after).await;
-        if let (Err(End::OverBudget), Some(done_to)) = (&r, self.replay.take()) {
-            self.position = Some(done_to.unwrap_or(after));
-        }
+        self.out.set_soft(false);
         r
     }
 
@@ -562,7 +558,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let until = self.sub.last;
         let mut replayed = 0u64;
         if let Some(until) = until.filter(|u| after < *u) {
-            self.replay = Some(None);
+            // Writes and waits of the replay run to their end whatever the budget.
+            self.out.set_soft(true);
+            let mut live_lost = false;
             let mut rx = self.state.replays.replay(permit, after, until);
             // For a role, matching changes wait here (at most ROLE_REPLAY_BATCH) so that its
             // rows are checked in one call per batch; everything else is sent as it comes.
@@ -575,7 +573,12 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             // Frames fed since the last flush.
             let mut queued = 0usize;
             loop {
-                // The live backlog grows while the replay runs: the budget still counts.
+                // The live backlog grows while the replay runs: over the budget, let it go.
+                if !live_lost && self.out.take_exceeded() {
+                    self.sub.release();
+                    self.out.unguard();
+                    live_lost = true;
+                }
                 let next = self.out.guarded(async { Ok(rx.recv().await) }).await?;
                 let (change, failure) = match next {
                     None => (None, None),
@@ -588,8 +591,6 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                         && self.position.is_some_and(|p| change.cursor <= p);
                     if !seen && self.filters.iter().any(|(_, f)| f.matches(&change)) {
                         batch.push(change);
-                    } else if batch.is_empty() {
-                        self.replay = Some(Some(change.cursor));
                     }
                 }
                 if !batch.is_empty() && (done || batch.len() >= batch_max) {
@@ -607,9 +608,14 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     None => {}
                     Some(ReplicationError::CursorExpired { oldest }) => {
                         self.position = Some(until);
-                        return self
-                            .send(json::encode_cursor_expired(after, Some(oldest)))
-                            .await;
+                        self.send(json::encode_cursor_expired(after, Some(oldest)))
+                            .await?;
+                        // Without its live stream the session cannot go on: `lagged` at `until`.
+                        return if live_lost {
+                            Err(End::OverBudget)
+                        } else {
+                            Ok(())
+                        };
                     }
                     Some(e) => {
                         tracing::warn!(error = %crate::error::error_chain(&e), "replay failed");
@@ -626,9 +632,13 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 }
             }
             self.state.metrics.replayed_changes.add(replayed);
-            self.replay = None;
             self.position = Some(until);
             self.out.client.delivered(replayed as usize, self.position);
+            if live_lost || self.out.take_exceeded() {
+                // The live stream was let go: the client resumes from the replay's end.
+                self.send(json::encode_resumed(after, replayed)).await?;
+                return Err(End::OverBudget);
+            }
         } else {
             // Nothing published after the cursor yet: whatever follows it arrives live, as the
             // reader streams from the start of the window. Refuse cursors before that start.
@@ -677,9 +687,6 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             if let Some(text) = text {
                 self.feed(Message::Text(text.into())).await?;
                 queued += 1;
-            }
-            if self.replay.is_some() {
-                self.replay = Some(Some(change.cursor));
             }
         }
         Ok(queued)

@@ -158,22 +158,36 @@ pub struct Outbox<S> {
     pub client: ClientHandle,
     /// The session's backlog in the hub, while it has one.
     budget: Option<Backlog>,
+    /// In soft mode (a replay), an exceeded budget does not stop the write: it is noted here
+    /// and the write goes on.
+    soft: bool,
+    /// The budget was exceeded during a soft-mode write.
+    exceeded: bool,
 }
 
 /// Runs `step`, unless `budget` is exceeded first ([`End::OverBudget`]). A step that completes
-/// at once never looks at the budget.
+/// at once never looks at the budget. In soft mode an exceeded budget sets `exceeded` and the
+/// step runs to its end.
 async fn within<T>(
     budget: Option<&Backlog>,
+    soft: bool,
+    exceeded: &mut bool,
     step: impl Future<Output = Result<T, End>>,
 ) -> Result<T, End> {
-    match budget {
-        None => step.await,
-        Some(b) => tokio::select! {
-            biased;
-            r = step => r,
-            () = b.exceeded() => Err(End::OverBudget),
-        },
+    let Some(b) = budget.filter(|_| !*exceeded) else {
+        return step.await;
+    };
+    let mut step = std::pin::pin!(step);
+    tokio::select! {
+        biased;
+        r = &mut step => return r,
+        () = b.exceeded() => {}
     }
+    if !soft {
+        return Err(End::OverBudget);
+    }
+    *exceeded = true;
+    step.await
 }
 
 impl<S: ClientSink> Outbox<S> {
@@ -185,6 +199,8 @@ impl<S: ClientSink> Outbox<S> {
             metrics,
             client,
             budget: Some(budget),
+            soft: false,
+            exceeded: false,
         }
     }
 
@@ -193,15 +209,35 @@ impl<S: ClientSink> Outbox<S> {
         self.budget = None;
     }
 
+    /// Soft mode on or off: while on (a replay, which must run to its end), an exceeded budget
+    /// does not stop a step; [`Outbox::take_exceeded`] tells the session afterwards.
+    pub fn set_soft(&mut self, soft: bool) {
+        self.soft = soft;
+    }
+
+    /// Whether the budget was exceeded during a soft-mode step (once).
+    pub fn take_exceeded(&mut self) -> bool {
+        std::mem::take(&mut self.exceeded)
+    }
+
     /// Runs `step` (a wait that could take long: a database check, a replay), unless the
     /// session's budget is exceeded first.
-    pub async fn guarded<T>(&self, step: impl Future<Output = Result<T, End>>) -> Result<T, End> {
-        within(self.budget.as_ref(), step).await
+    pub async fn guarded<T>(
+        &mut self,
+        step: impl Future<Output = Result<T, End>>,
+    ) -> Result<T, End> {
+        within(self.budget.as_ref(), self.soft, &mut self.exceeded, step).await
     }
 
     /// Queues a frame without flushing (a delivery, counted at [`Outbox::flush`]).
     pub async fn feed(&mut self, msg: Message) -> Result<(), End> {
-        within(self.budget.as_ref(), feed(&mut self.sink, msg)).await
+        within(
+            self.budget.as_ref(),
+            self.soft,
+            &mut self.exceeded,
+            feed(&mut self.sink, msg),
+        )
+        .await
     }
 
     /// Flushes queued frames, counting `n` deliveries.
@@ -211,13 +247,25 @@ impl<S: ClientSink> Outbox<S> {
         }
         self.metrics.deliveries.add(n as u64);
         self.client.sent(n);
-        within(self.budget.as_ref(), flush(&mut self.sink)).await
+        within(
+            self.budget.as_ref(),
+            self.soft,
+            &mut self.exceeded,
+            flush(&mut self.sink),
+        )
+        .await
     }
 
     /// Sends one text frame now (a control frame, not a delivery).
     pub async fn send(&mut self, text: String) -> Result<(), End> {
         self.client.sent(1);
-        within(self.budget.as_ref(), send_text(&mut self.sink, text)).await
+        within(
+            self.budget.as_ref(),
+            self.soft,
+            &mut self.exceeded,
+            send_text(&mut self.sink, text),
+        )
+        .await
     }
 
     /// Sends a close frame (never cut short by the budget).
