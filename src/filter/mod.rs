@@ -38,8 +38,9 @@
 //! Rule 4 needs a value's compact JSON text. The hub keeps one [`ColumnTexts`] per change:
 //! the text of a column is made on first use and shared by every condition of every subscriber
 //! that looks at that change ([`Filter::matches_with`]), so a large `jsonb` value is serialized
-//! at most once per change however many filters and clients compare it. Without a shared
-//! cache ([`Filter::matches`]), each call makes its own.
+//! at most once per change however many filters and clients compare it. Without a cache
+//! ([`Filter::matches`]), a comparison writes the text only up to its first difference with
+//! the filter value.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -475,7 +476,7 @@ impl Condition {
     }
 
     /// The match, with or without a cache.
-    fn matches_in(&self, row: &Row, texts: Option<&RowTexts<'_>>) -> bool {
+    pub(crate) fn matches_in(&self, row: &Row, texts: Option<&RowTexts<'_>>) -> bool {
         let Some(have) = row.values.get(self.column.as_str()) else {
             return false;
         };
@@ -761,13 +762,21 @@ impl Filter {
     /// holds only the key columns unless the table has `REPLICA IDENTITY FULL`). A TRUNCATE
     /// affects every row, so it matches whenever its operation is accepted, whatever the row
     /// requirements. Changes of any table go through the same rules.
+    ///
+    /// Without a cache, a comparison with a JSON value writes its text only as far as its
+    /// first difference with the filter value; [`Filter::matches_with`] shares whole texts.
     pub fn matches(&self, change: &Change) -> bool {
-        self.matches_with(change, &ColumnTexts::new())
+        self.matches_in(change, None)
     }
 
     /// Like [`Filter::matches`], with the change's shared cache of compact texts (the hub's,
     /// so that all subscribers share it).
     pub fn matches_with(&self, change: &Change, texts: &ColumnTexts) -> bool {
+        self.matches_in(change, Some(texts))
+    }
+
+    /// The match, with or without a cache.
+    fn matches_in(&self, change: &Change, texts: Option<&ColumnTexts>) -> bool {
         if !self.ops.is_empty() && !self.ops.contains(&change.op) {
             return false;
         }
@@ -779,14 +788,14 @@ impl Filter {
             Operation::Insert | Operation::Update => change.record.as_ref(),
             Operation::Delete => change.old_record.as_ref(),
         };
-        let texts = texts.for_change(change);
+        let texts = texts.map(|t| t.for_change(change));
         row.is_some_and(|row| {
             one_of(row, "event_type", &self.event_types)
                 && one_of(row, "source", &self.sources)
                 && self
                     .conditions
                     .iter()
-                    .all(|c| c.matches_cached(row, &texts))
+                    .all(|c| c.matches_in(row, texts.as_ref()))
         })
     }
 

@@ -226,12 +226,17 @@ pub struct Binding {
 impl Binding {
     /// Whether the change matches this binding. TRUNCATE never does.
     pub fn matches(&self, change: &Change) -> bool {
-        self.matches_with(change, &ColumnTexts::new())
+        self.matches_in(change, None)
     }
 
     /// Like [`Binding::matches`], with the change's shared cache of compact texts (the hub's,
     /// shared by every binding of every socket).
     pub fn matches_with(&self, change: &Change, texts: &ColumnTexts) -> bool {
+        self.matches_in(change, Some(texts))
+    }
+
+    /// The match, with or without a cache.
+    fn matches_in(&self, change: &Change, texts: Option<&ColumnTexts>) -> bool {
         if !self.event.accepts(change.op) {
             return false;
         }
@@ -254,11 +259,11 @@ impl Binding {
             Operation::Delete => change.old_record.as_ref(),
             Operation::Truncate => None,
         };
-        let texts = texts.for_change(change);
+        let texts = texts.map(|t| t.for_change(change));
         row.is_some_and(|row| {
             self.conditions
                 .iter()
-                .all(|c| c.matches_cached(row, &texts))
+                .all(|c| c.matches_in(row, texts.as_ref()))
         })
     }
 }
