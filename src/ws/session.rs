@@ -31,7 +31,7 @@ use crate::admin::clients::{self, ClientHandle, SubscriptionInfo};
 use crate::auth::Auth;
 use crate::decode::{Change, Cursor, Operation};
 use crate::endpoint::Endpoint;
-use crate::filter::Filter;
+use crate::filter::{ColumnTexts, Filter};
 use crate::hub::{Format, HubItem, Subscription};
 use crate::replication::{ReaderStatus, Replays, ReplicationError};
 
@@ -589,7 +589,14 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 if let Some(change) = change {
                     let seen = self.live_first.is_some_and(|first| change.cursor >= first)
                         && self.position.is_some_and(|p| change.cursor <= p);
-                    if !seen && self.filters.iter().any(|(_, f)| f.matches(&change)) {
+                    // One text cache per replayed change, shared by the connection's filters.
+                    let texts = ColumnTexts::new();
+                    if !seen
+                        && self
+                            .filters
+                            .iter()
+                            .any(|(_, f)| f.matches_with(&change, &texts))
+                    {
                         batch.push(change);
                     }
                 }
