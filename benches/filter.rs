@@ -12,7 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 // walcast paths in one place, so a module move is fixed here (and in `fixture`).
 use walcast::decode::Change;
-use walcast::filter::{Condition, Filter};
+use walcast::filter::{ColumnTexts, Condition, Filter};
 
 mod fixture;
 
@@ -50,6 +50,68 @@ fn matches(c: &mut Criterion) {
     group.finish();
 }
 
+/// Filter cost per change: a row whose `data` is a 100 KB jsonb document (2000 small objects),
+/// matched by 2 clients with 256 conditions each on `data`. Every condition's value is the
+/// first 20 kB of the document's compact text followed by a different byte, so none matches
+/// and each comparison must read 20 kB before it knows (the worst a filter value that fits the
+/// 64 KiB client frame can do).
+///
+/// - `per_condition`: each comparison writes the document's text up to the first difference
+///   (`Filter::matches` without a cache; walcast's matching until this change).
+/// - `shared_text`: one `ColumnTexts` for the change, shared by both clients' filters (what the
+///   hub hands every session): the text is made once, then each comparison is a `memcmp`.
+fn amplification(c: &mut Criterion) {
+    let doc = serde_json::Value::Array(
+        (0..2000)
+            .map(|i| json!({"id": i, "name": format!("item-{i:05}"), "tags": ["a", "b"], "v": 0.5}))
+            .collect(),
+    );
+    let doc = json!({ "items": doc });
+    let text = doc.to_string();
+    assert!(text.len() > 90_000, "{}", text.len());
+    let mut change = fixture::insert_change();
+    change
+        .record
+        .as_mut()
+        .expect("an insert has a record")
+        .values
+        .insert("data".into(), doc);
+    let prefix = &text[..20_000];
+    let clients: Vec<Vec<Filter>> = (0..2)
+        .map(|k| {
+            (0..256)
+                .map(|i| filter(&format!("data=eq.{prefix}#{k}-{i}")))
+                .collect()
+        })
+        .collect();
+    let mut group = c.benchmark_group("filter_2_clients_x_256_on_100kb_jsonb");
+    group.bench_function("per_condition", |b| {
+        b.iter(|| {
+            clients
+                .iter()
+                .map(|fs| fs.iter().any(|f| f.matches(black_box(&change))))
+                .filter(|m| *m)
+                .count()
+        })
+    });
+    group.bench_function("shared_text", |b| {
+        b.iter(|| {
+            let texts = ColumnTexts::new();
+            let n = clients
+                .iter()
+                .map(|fs| {
+                    fs.iter()
+                        .any(|f| f.matches_with(black_box(&change), &texts))
+                })
+                .filter(|m| *m)
+                .count();
+            assert_eq!(texts.made(), 1);
+            n
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Short runs: the whole file takes about 10 s.
@@ -57,6 +119,6 @@ criterion_group! {
         .sample_size(50)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = matches
+    targets = matches, amplification
 }
 criterion_main!(benches);

@@ -148,7 +148,11 @@ pub async fn serve(
     // Every long-running task is watched: one that stops early shuts the server down.
     let mut sup = Supervisor::default();
     let metrics = Arc::new(Metrics::default());
-    let hub = Hub::new(config.client_queue);
+    let hub = Hub::new(
+        config.client_queue,
+        config.client_queue_bytes,
+        Arc::clone(&metrics),
+    );
     let status = Arc::new(ReaderStatus::default());
     let settings = ReplicationSettings::from_url(
         &config.database_url,

@@ -396,6 +396,16 @@ pub struct ServerArgs {
     #[arg(long, env = "WALCAST_CLIENT_QUEUE", default_value_t = 8192)]
     pub client_queue: usize,
 
+    // Memory bounded in bytes (issue 12): the client byte budget.
+    /// Bytes of changes a client may fall behind before it gets `lagged` and is closed, like
+    /// --client-queue but in bytes (e.g. 16MiB, 256MiB). A change is charged its decoded row
+    /// plus one encoded frame per wire format in use, once however many clients hold it: the
+    /// changes are shared, so this is also about the most memory stalled clients pin together.
+    /// Keep it at least 4x the largest change (a 1 MiB row costs about 3 MiB) so readers are not
+    /// cut by one large row; raise it to let slow clients ride out longer bursts.
+    #[arg(long, env = "WALCAST_CLIENT_QUEUE_BYTES", default_value = "16MiB")]
+    pub client_queue_bytes: String,
+
     /// Interval of server heartbeats on /ws (e.g. 30s).
     #[arg(long, env = "WALCAST_HEARTBEAT", default_value = "30s")]
     pub heartbeat: String,

@@ -121,6 +121,9 @@ pub struct ServerConfig {
     pub retention_bytes: u64,
     /// Per-client queue bound in frames.
     pub client_queue: usize,
+    // Memory bounded in bytes (issue 12).
+    /// Per-client backlog bound in bytes (also about the most the shared ring holds).
+    pub client_queue_bytes: u64,
     /// Heartbeat interval on /ws.
     pub heartbeat: Duration,
     /// Largest request body.
@@ -293,6 +296,17 @@ impl ServerConfig {
                 format!("{} is out of range 16..=1000000", args.client_queue),
             ));
         }
+        // Memory bounded in bytes (issue 12).
+        let client_queue_bytes = parse_bytes(&args.client_queue_bytes).map_err(|r| {
+            ConfigError::new("--client-queue-bytes", "WALCAST_CLIENT_QUEUE_BYTES", r)
+        })?;
+        if !(1 << 20..=1 << 40).contains(&client_queue_bytes) {
+            return Err(ConfigError::new(
+                "--client-queue-bytes",
+                "WALCAST_CLIENT_QUEUE_BYTES",
+                "must be between 1MiB and 1TiB (keep it at least 4x the largest change: 16MiB by default)",
+            ));
+        }
         let heartbeat = parse_duration(&args.heartbeat)
             .map_err(|r| ConfigError::new("--heartbeat", "WALCAST_HEARTBEAT", r))?;
         if heartbeat < Duration::from_millis(100) {
@@ -447,6 +461,8 @@ impl ServerConfig {
             retention,
             retention_bytes,
             client_queue: args.client_queue,
+            // Memory bounded in bytes (issue 12).
+            client_queue_bytes,
             heartbeat,
             max_body: max_body as usize,
             max_events: args.max_events,

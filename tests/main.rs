@@ -29,6 +29,8 @@ mod ingest;
 mod keys;
 /// walcast serving as a role that is neither a superuser nor bypasses row level security.
 mod least_privilege;
+/// Memory bounded in bytes: a stalled client cut at its byte budget, readers unaffected, RSS back.
+mod memory;
 /// Migrations: apply, idempotence, the Supabase copy.
 mod migrations;
 /// Supabase Realtime endpoint: upgrade auth, v1/v2 frames, postgres_changes, RLS, broadcast, presence.

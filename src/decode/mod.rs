@@ -10,8 +10,10 @@ pub(crate) mod decoder;
 pub(crate) mod error;
 pub mod pgoutput;
 pub(crate) mod relation_cache;
+pub(crate) mod size;
 pub(crate) mod value;
 
 pub use change::*;
 pub use decoder::{Decoded, Decoder, pg_micros_to_utc};
 pub use error::DecodeError;
+pub use size::Size;

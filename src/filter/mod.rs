@@ -3,8 +3,8 @@
 //! This module owns the filter model and its matching rules: the Supabase Realtime column filter
 //! syntax `column=op.value` ([`Condition`]), and the per-subscription [`Filter`] that combines
 //! event types, sources, operations and column conditions. It is pure: no I/O, no async, no
-//! clock. Matching runs for every change and every subscriber, so [`Filter::matches`] and
-//! [`Condition::matches`] never allocate; everything that can be worked out once (numbers,
+//! clock. Matching runs for every change and every subscriber, so it allocates nothing but the
+//! compact texts of rule 4, once per change and column (see "Cost per change"); everything that can be worked out once (numbers,
 //! booleans, timestamps in filter values) is parsed when the filter is built.
 //!
 //! # Filter syntax
@@ -32,16 +32,27 @@
 //!    walcast sends it) is compared with the filter text byte by byte.
 //!
 //! `in` matches when the row value equals any item under these rules.
+//!
+//! # Cost per change
+//!
+//! Rule 4 needs a value's compact JSON text. The hub keeps one [`ColumnTexts`] per change:
+//! the text of a column is made on first use and shared by every condition of every subscriber
+//! that looks at that change ([`Filter::matches_with`]), so a large `jsonb` value is serialized
+//! at most once per change however many filters and clients compare it. Without a cache
+//! ([`Filter::matches`]), a comparison writes the text only up to its first difference with
+//! the filter value.
 
 use std::cmp::Ordering;
 use std::fmt;
 use std::io;
 use std::str::FromStr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use chrono::{DateTime, FixedOffset};
 use serde_json::Value;
 
-use crate::decode::{Change, Operation, Row};
+use crate::decode::{Change, Column, Operation, Row};
 
 /// Longest column name accepted, in bytes (Postgres identifiers are at most 63 bytes).
 pub const MAX_COLUMN_LEN: usize = 63;
@@ -300,16 +311,22 @@ impl FilterScalar {
     }
 
     /// Compares a row value with this filter value; `None` for SQL `NULL`, which never matches.
-    fn compare(&self, row: &Value) -> Option<Ordering> {
+    /// `compact` gives the value's compact JSON text when a cache holds it (rule 4); without
+    /// it the text is compared as it is written, stopping at the first difference.
+    fn compare<'t>(&self, row: &Value, compact: &dyn Fn() -> Option<&'t str>) -> Option<Ordering> {
+        let as_text = || match compact() {
+            Some(text) => text.as_bytes().cmp(self.text.as_bytes()),
+            None => compare_json_text(row, &self.text),
+        };
         match row {
             Value::Null => None,
             Value::Number(n) => match self.number {
                 Some(want) => compare_numbers(n, want),
-                None => Some(compare_json_text(row, &self.text)),
+                None => Some(as_text()),
             },
             Value::Bool(b) => match self.boolean {
                 Some(want) => Some(b.cmp(&want)),
-                None => Some(compare_json_text(row, &self.text)),
+                None => Some(as_text()),
             },
             Value::String(s) => {
                 if let Some(want) = &self.timestamp
@@ -319,7 +336,7 @@ impl FilterScalar {
                 }
                 Some(s.as_bytes().cmp(self.text.as_bytes()))
             }
-            Value::Array(_) | Value::Object(_) => Some(compare_json_text(row, &self.text)),
+            Value::Array(_) | Value::Object(_) => Some(as_text()),
         }
     }
 }
@@ -449,15 +466,98 @@ impl Condition {
 
     /// Whether the row satisfies this condition. A missing column or SQL `NULL` never does.
     pub fn matches(&self, row: &Row) -> bool {
+        self.matches_in(row, None)
+    }
+
+    /// Like [`Condition::matches`], taking compact texts from (and adding them to) the
+    /// change's shared cache: `row` must be the row `texts` was made for.
+    pub fn matches_cached(&self, row: &Row, texts: &RowTexts<'_>) -> bool {
+        self.matches_in(row, Some(texts))
+    }
+
+    /// The match, with or without a cache.
+    pub(crate) fn matches_in(&self, row: &Row, texts: Option<&RowTexts<'_>>) -> bool {
         let Some(have) = row.values.get(self.column.as_str()) else {
             return false;
         };
+        let compact = || texts.and_then(|t| t.get(&self.column, have));
         match &self.value {
-            FilterValue::Scalar(want) => want.compare(have).is_some_and(|o| self.op.accepts(o)),
+            FilterValue::Scalar(want) => want
+                .compare(have, &compact)
+                .is_some_and(|o| self.op.accepts(o)),
             FilterValue::List(items) => items
                 .iter()
-                .any(|want| want.compare(have) == Some(Ordering::Equal)),
+                .any(|want| want.compare(have, &compact) == Some(Ordering::Equal)),
         }
+    }
+}
+
+/// The compact JSON texts of one change's filtered row (`record`, or `old_record` for a
+/// DELETE), one per column, each made the first time a condition needs it and then shared by
+/// every condition of every subscriber: the hub keeps one per change, so filters cost one
+/// serialization per compared column and change, whatever their number.
+#[derive(Debug, Default)]
+pub struct ColumnTexts {
+    /// One slot per column of the change's relation (allocated on first use).
+    slots: OnceLock<Box<[OnceLock<Box<str>>]>>,
+    /// Texts made so far.
+    made: AtomicUsize,
+    /// Their total length in bytes.
+    bytes: AtomicUsize,
+}
+
+impl ColumnTexts {
+    /// An empty cache, for one change.
+    pub fn new() -> Self {
+        ColumnTexts::default()
+    }
+
+    /// The cache as seen from `change` (the change it belongs to).
+    pub fn for_change<'a>(&'a self, change: &'a Change) -> RowTexts<'a> {
+        RowTexts {
+            cache: self,
+            columns: &change.relation.columns,
+        }
+    }
+
+    /// How many texts were made (one per compared column, at most).
+    pub fn made(&self) -> usize {
+        self.made.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Bytes the made texts hold.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(AtomicOrdering::Relaxed)
+    }
+}
+
+/// A change's [`ColumnTexts`] with the columns of its relation (which name the slots).
+#[derive(Debug, Clone, Copy)]
+pub struct RowTexts<'a> {
+    /// The cache.
+    cache: &'a ColumnTexts,
+    /// The relation's columns, in slot order.
+    columns: &'a [Column],
+}
+
+impl<'a> RowTexts<'a> {
+    /// The compact text of column `name` whose value is `value`, made now if it is the first
+    /// use; `None` for a column the relation does not list.
+    fn get(&self, name: &str, value: &Value) -> Option<&'a str> {
+        let index = self.columns.iter().position(|c| &*c.name == name)?;
+        let slots = self
+            .cache
+            .slots
+            .get_or_init(|| (0..self.columns.len()).map(|_| OnceLock::new()).collect());
+        let text = slots.get(index)?.get_or_init(|| {
+            let text = value.to_string().into_boxed_str();
+            self.cache.made.fetch_add(1, AtomicOrdering::Relaxed);
+            self.cache
+                .bytes
+                .fetch_add(text.len(), AtomicOrdering::Relaxed);
+            text
+        });
+        Some(text)
     }
 }
 
@@ -662,7 +762,21 @@ impl Filter {
     /// holds only the key columns unless the table has `REPLICA IDENTITY FULL`). A TRUNCATE
     /// affects every row, so it matches whenever its operation is accepted, whatever the row
     /// requirements. Changes of any table go through the same rules.
+    ///
+    /// Without a cache, a comparison with a JSON value writes its text only as far as its
+    /// first difference with the filter value; [`Filter::matches_with`] shares whole texts.
     pub fn matches(&self, change: &Change) -> bool {
+        self.matches_in(change, None)
+    }
+
+    /// Like [`Filter::matches`], with the change's shared cache of compact texts (the hub's,
+    /// so that all subscribers share it).
+    pub fn matches_with(&self, change: &Change, texts: &ColumnTexts) -> bool {
+        self.matches_in(change, Some(texts))
+    }
+
+    /// The match, with or without a cache.
+    fn matches_in(&self, change: &Change, texts: Option<&ColumnTexts>) -> bool {
         if !self.ops.is_empty() && !self.ops.contains(&change.op) {
             return false;
         }
@@ -674,7 +788,15 @@ impl Filter {
             Operation::Insert | Operation::Update => change.record.as_ref(),
             Operation::Delete => change.old_record.as_ref(),
         };
-        row.is_some_and(|row| self.matches_row(row))
+        let texts = texts.map(|t| t.for_change(change));
+        row.is_some_and(|row| {
+            one_of(row, "event_type", &self.event_types)
+                && one_of(row, "source", &self.sources)
+                && self
+                    .conditions
+                    .iter()
+                    .all(|c| c.matches_in(row, texts.as_ref()))
+        })
     }
 
     /// Whether a row passes the event type, source and column requirements.

@@ -487,3 +487,72 @@ fn a_json_comparison_stops_once_the_order_is_known() {
     assert_eq!(compare_json_text(&big, r#"{"b""#), Ordering::Less);
     assert_eq!(compare_json_text(&big, r#"{"a":"xx"}"#), Ordering::Greater);
 }
+
+/// A change whose relation lists every column of `record` (so the text cache has a slot each).
+fn change_with_columns(record: Row) -> Change {
+    let mut c = change(Operation::Insert, Some(record.clone()), None);
+    let columns: Vec<crate::decode::Column> = record
+        .values
+        .keys()
+        .map(|name| crate::decode::Column {
+            name: name.as_str().into(),
+            type_oid: crate::decode::value::oid::JSONB,
+            type_modifier: -1,
+            is_key: false,
+        })
+        .collect();
+    c.relation = Arc::new(Relation {
+        columns: columns.into(),
+        ..(*c.relation).clone()
+    });
+    c
+}
+
+#[test]
+fn a_columns_compact_text_is_made_once_per_change_for_every_filter_of_every_client() {
+    // A 100 kB jsonb `data`, and two clients with 256 conditions each, all of which compare the
+    // whole document as text: each shares a long prefix with it and differs at the end.
+    let doc = json!({"blob": "y".repeat(100_000), "n": 1});
+    let text = doc.to_string();
+    let change = change_with_columns(row(json!({
+        "data": doc,
+        "metadata": {"k": "v"},
+        "source": "host-1",
+    })));
+    let prefix = &text[..text.len() - 2];
+    let client = |k: usize| -> Vec<Filter> {
+        (0..256)
+            .map(|i| Filter {
+                conditions: vec![if i % 2 == 0 {
+                    cond(&format!("data=eq.{prefix}#{k}{i}"))
+                } else {
+                    cond(r#"metadata=neq.{"k":"v"}"#)
+                }],
+                ..Filter::default()
+            })
+            .collect()
+    };
+    let clients = [client(0), client(1)];
+    let texts = ColumnTexts::new();
+    for filters in &clients {
+        assert!(!filters.iter().any(|f| f.matches_with(&change, &texts)));
+    }
+    assert_eq!(texts.made(), 2, "one text per compared column");
+    assert_eq!(texts.bytes(), text.len() + r#"{"k":"v"}"#.len());
+    // The same answers as without the cache, and an equal text still matches.
+    let exact = Filter {
+        conditions: vec![cond(&format!("data=eq.{text}"))],
+        ..Filter::default()
+    };
+    assert!(exact.matches_with(&change, &texts));
+    assert!(exact.matches(&change));
+    assert_eq!(texts.made(), 2);
+    // A text column needs no text: strings are compared as they are.
+    let by_source = Filter {
+        conditions: vec![cond("source=eq.host-1")],
+        ..Filter::default()
+    };
+    let fresh = ColumnTexts::new();
+    assert!(by_source.matches_with(&change, &fresh));
+    assert_eq!(fresh.made(), 0);
+}

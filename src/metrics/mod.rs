@@ -380,6 +380,18 @@ declare_metrics! {
     /// Clients closed because they fell behind.
     clients_lagged: Counter
         => "walcast_clients_lagged_total", "Clients closed with `lagged` because they fell behind";
+    /// Clients closed with `lagged` because their backlog exceeded --client-queue-bytes.
+    clients_over_budget: Counter
+        => "walcast_clients_over_budget_total",
+           "Clients closed with `lagged` because their backlog exceeded --client-queue-bytes (also counted in walcast_clients_lagged_total)";
+    /// Bytes charged for the changes the hub holds (ring and sessions' batches).
+    hub_bytes: Gauge
+        => "walcast_hub_bytes",
+           "Bytes charged for the changes held in memory for clients (decoded rows and shared frames, estimated)";
+    /// Bytes charged for every change published to the hub.
+    hub_published_bytes: Counter
+        => "walcast_hub_published_bytes_total",
+           "Bytes charged for the changes published to clients (decoded rows and shared frames, estimated)";
     /// Changes replayed to resuming clients.
     replayed_changes: Counter
         => "walcast_replayed_changes_total", "Changes replayed to resuming clients";

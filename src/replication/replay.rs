@@ -20,6 +20,10 @@ use crate::decode::{Change, Cursor, Decoded, Decoder, Lsn};
 
 /// Changes buffered between the replay session and the consumer.
 const REPLAY_BUFFER: usize = 1024;
+/// Bytes of changes (decoded, as [`Change::size`] estimates them) buffered between the replay
+/// session and the consumer, in KiB: with small rows the count above binds, with rows of 1 MB
+/// this does (a few rows, not a thousand, per resuming client).
+const REPLAY_BUFFER_KIB: u32 = 4 << 10;
 /// A replay that receives nothing for this long fails (it should always progress).
 const REPLAY_STALL: Duration = Duration::from_secs(30);
 
@@ -71,21 +75,67 @@ impl Replays {
 
     /// Starts a replay of the changes in `(after, until]` (see [`spawn_replay`]); it keeps
     /// `permit` until it ends (also when its receiver is dropped: the client went away).
-    pub fn replay(
-        &self,
-        permit: ReplayPermit,
-        after: Cursor,
-        until: Cursor,
-    ) -> mpsc::Receiver<Result<Change, ReplicationError>> {
-        let (tx, rx) = mpsc::channel(REPLAY_BUFFER);
+    pub fn replay(&self, permit: ReplayPermit, after: Cursor, until: Cursor) -> ReplayRx {
+        let (tx, rx) = ReplayTx::channel();
         let (settings, main_slot) = (self.settings.clone(), self.main_slot.clone());
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = replay(&settings, &main_slot, after, until, &tx).await {
-                let _ = tx.send(Err(e)).await;
+                tx.fail(e).await;
             }
         });
         rx
+    }
+}
+
+/// The sending half of a replay's buffer: at most [`REPLAY_BUFFER`] changes and
+/// [`REPLAY_BUFFER_KIB`] of them.
+struct ReplayTx {
+    /// Changes, each with its share of the byte budget.
+    tx: mpsc::Sender<Result<(Change, OwnedSemaphorePermit), ReplicationError>>,
+    /// The byte budget, in KiB.
+    bytes: Arc<Semaphore>,
+}
+
+/// The receiving half of a replay's buffer.
+pub struct ReplayRx {
+    /// Changes, each with its share of the byte budget (given back when taken).
+    rx: mpsc::Receiver<Result<(Change, OwnedSemaphorePermit), ReplicationError>>,
+}
+
+impl ReplayTx {
+    /// A buffer.
+    fn channel() -> (ReplayTx, ReplayRx) {
+        let (tx, rx) = mpsc::channel(REPLAY_BUFFER);
+        let bytes = Arc::new(Semaphore::new(REPLAY_BUFFER_KIB as usize));
+        (ReplayTx { tx, bytes }, ReplayRx { rx })
+    }
+
+    /// Sends a change once the buffer has room for it; false when the receiver is gone.
+    async fn send(&self, change: Change) -> bool {
+        let kib = u32::try_from(change.size().heap >> 10)
+            .unwrap_or(u32::MAX)
+            .clamp(1, REPLAY_BUFFER_KIB);
+        let Ok(share) = Arc::clone(&self.bytes).acquire_many_owned(kib).await else {
+            return false;
+        };
+        self.tx.send(Ok((change, share))).await.is_ok()
+    }
+
+    /// Sends the error that ends the replay.
+    async fn fail(&self, e: ReplicationError) {
+        let _ = self.tx.send(Err(e)).await;
+    }
+}
+
+impl ReplayRx {
+    /// The next replayed change (its room in the buffer is free again), the error that ended
+    /// the replay, or `None` after the last.
+    pub async fn recv(&mut self) -> Option<Result<Change, ReplicationError>> {
+        self.rx
+            .recv()
+            .await
+            .map(|r| r.map(|(change, _share)| change))
     }
 }
 
@@ -96,11 +146,11 @@ pub fn spawn_replay(
     main_slot: String,
     after: Cursor,
     until: Cursor,
-) -> mpsc::Receiver<Result<Change, ReplicationError>> {
-    let (tx, rx) = mpsc::channel(REPLAY_BUFFER);
+) -> ReplayRx {
+    let (tx, rx) = ReplayTx::channel();
     tokio::spawn(async move {
         if let Err(e) = replay(&settings, &main_slot, after, until, &tx).await {
-            let _ = tx.send(Err(e)).await;
+            tx.fail(e).await;
         }
     });
     rx
@@ -112,7 +162,7 @@ async fn replay(
     main_slot: &str,
     after: Cursor,
     until: Cursor,
-    tx: &mpsc::Sender<Result<Change, ReplicationError>>,
+    tx: &ReplayTx,
 ) -> Result<(), ReplicationError> {
     // Slot names are validated identifiers ([a-z0-9_]), so they can be embedded in SQL.
     let temp = format!("walcast_replay_{:016x}", rand::random::<u64>());
@@ -181,7 +231,7 @@ async fn replay(
                     _ => Vec::new(),
                 };
                 for c in changes {
-                    if c.cursor > after && c.cursor <= until && tx.send(Ok(c)).await.is_err() {
+                    if c.cursor > after && c.cursor <= until && !tx.send(c).await {
                         client.abort();
                         return Ok(());
                     }

@@ -32,7 +32,7 @@ use crate::admin::clients::{ClientRegistry, ClientSnapshot, Progress};
 use crate::catalog::TableFacts;
 use crate::decode::{Change, Operation};
 use crate::endpoint::Endpoint;
-use crate::hub::{Hub, HubItem};
+use crate::hub::{Format, Hub, HubItem};
 use crate::metrics::Metrics;
 use crate::realtime::protocol::payload::encode_change_data;
 use crate::ws::protocol::{self as json, ServerFrame};
@@ -41,6 +41,8 @@ use crate::ws::protocol::{self as json, ServerFrame};
 pub const SAMPLE_MAX: usize = 256;
 /// Longest time one run waits for changes.
 pub const SAMPLE_WINDOW: Duration = Duration::from_secs(2);
+/// Most bytes of changes (as the hub charges them) one sample holds.
+pub const SAMPLE_BYTES: u64 = 4 << 20;
 /// Most clients one delivery comparison looks at.
 const DELIVERY_CLIENTS_MAX: usize = 10_000;
 
@@ -517,18 +519,23 @@ impl ConsistencyTask {
         }
     }
 
-    /// Changes published during at most [`SAMPLE_WINDOW`], at most [`SAMPLE_MAX`] of them.
+    /// Changes published during at most [`SAMPLE_WINDOW`], at most [`SAMPLE_MAX`] of them and
+    /// at most [`SAMPLE_BYTES`] (a sample of large rows is a few rows, not 256).
     async fn take_sample(&self, token: &CancellationToken) -> Vec<Arc<HubItem>> {
-        let mut sub = self.hub.subscribe();
+        let mut sub = self.hub.subscribe(Format::None);
         let deadline = tokio::time::Instant::now() + SAMPLE_WINDOW;
         let mut items = Vec::new();
-        while items.len() < SAMPLE_MAX {
+        let mut held = 0u64;
+        while items.len() < SAMPLE_MAX && held < SAMPLE_BYTES {
             tokio::select! {
                 biased;
                 _ = token.cancelled() => break,
                 _ = tokio::time::sleep_until(deadline) => break,
-                r = sub.rx.recv() => match r {
-                    Ok(item) => items.push(item),
+                r = sub.recv() => match r {
+                    Ok(item) => {
+                        held += item.bytes();
+                        items.push(item);
+                    }
                     // Behind the ring: skip ahead; this is a sample.
                     Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => break,

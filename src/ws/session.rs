@@ -21,7 +21,7 @@ use super::protocol::{self as json, ClientFrame, ErrorCode, ProtocolError};
 use super::socket::{
     self, CLOSE_GOING_AWAY, CLOSE_LAGGED, CLOSE_POLICY, CLOSE_TOO_BIG, ClientSink, ClientStream,
     Clock, End, MAX_CLIENT_MESSAGE, MAX_CONDITIONS, MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, Outbox,
-    READ_BUFFER, WRITE_BATCH,
+    READ_BUFFER, WRITE_BATCH, WRITE_BATCH_BYTES,
 };
 use super::viewer::{self, RoleView, Verdict};
 // Sessions register in the operator surface's client registry (admin owns it; it imports no
@@ -31,8 +31,8 @@ use crate::admin::clients::{self, ClientHandle, SubscriptionInfo};
 use crate::auth::Auth;
 use crate::decode::{Change, Cursor, Operation};
 use crate::endpoint::Endpoint;
-use crate::filter::Filter;
-use crate::hub::{HubItem, Subscription};
+use crate::filter::{ColumnTexts, Filter};
+use crate::hub::{Format, HubItem, Subscription};
 use crate::replication::{ReaderStatus, Replays, ReplicationError};
 
 /// Most replayed changes held at once for one role's batched row check (each may be a large
@@ -169,11 +169,11 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         client: ClientHandle,
         viewer: Option<RoleView>,
     ) -> Self {
-        let sub = state.hub.subscribe();
+        let sub = state.hub.subscribe(Format::Ws);
         let position = sub.live_from;
         client.delivered(0, position);
         Session {
-            out: Outbox::new(sink, Arc::clone(&state.metrics), client),
+            out: Outbox::new(sink, Arc::clone(&state.metrics), client, sub.backlog()),
             stream,
             state,
             sub,
@@ -228,7 +228,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     Some(Ok(_)) => Ok(()),
                 },
                 // PRIORITY 3: live changes.
-                item = self.sub.rx.recv() => self.on_live(item).await,
+                item = self.sub.recv() => self.on_live(item).await,
                 // PRIORITY 4: heartbeat.
                 _ = heartbeat.tick() => self.send(json::encode_heartbeat(self.position)).await,
                 // PRIORITY 5: the token expires (roles other than service_role).
@@ -238,8 +238,15 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 // PRIORITY 6: the role's privileges, asked again.
                 _ = recheck.tick(), if limited => self.on_recheck().await,
             };
-            if step.is_err() {
-                return;
+            match step {
+                Ok(()) => {}
+                // Over the byte budget: cut like a lagged client (the socket is still open).
+                Err(End::OverBudget) => {
+                    self.state.metrics.clients_over_budget.inc();
+                    let _ = self.lagged().await;
+                    return;
+                }
+                Err(_) => return,
             }
         }
     }
@@ -251,8 +258,16 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             Err(RecvError::Lagged(_)) => return self.lagged().await,
             Err(RecvError::Closed) => return Err(End::Closed),
         };
-        // The item and whatever else is ready, each examined once.
+        // More than its byte budget was published after the change it just took: it is too far
+        // behind (the change itself is not delivered; the `lagged` cursor is before it).
+        if self.sub.backlog().over() {
+            return Err(End::OverBudget);
+        }
+        let before = self.position;
+        // The item and whatever else is ready, each examined once, until the batch holds
+        // WRITE_BATCH frames or WRITE_BATCH_BYTES.
         let mut items = Vec::new();
+        let mut held = 0u64;
         let mut lagged = false;
         let mut next = Some(first);
         while let Some(item) = next.take() {
@@ -262,12 +277,17 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             if self.position.is_none_or(|p| item.change.cursor > p) {
                 self.position = Some(item.change.cursor);
                 self.live_first.get_or_insert(item.change.cursor);
-                if self.filters.iter().any(|(_, f)| f.matches(&item.change)) {
+                if self
+                    .filters
+                    .iter()
+                    .any(|(_, f)| f.matches_with(&item.change, &item.texts))
+                {
+                    held += item.bytes();
                     items.push(item);
                 }
             }
-            if items.len() < WRITE_BATCH {
-                next = match self.sub.rx.try_recv() {
+            if items.len() < WRITE_BATCH && held < WRITE_BATCH_BYTES {
+                next = match self.sub.try_recv() {
                     Ok(i) => Some(i),
                     Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
                         lagged = true;
@@ -277,21 +297,17 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 };
             }
         }
-        let changes: Vec<&Change> = items.iter().map(|i| &i.change).collect();
-        let verdicts = self.verdicts(&changes).await?;
-        let mut queued = 0usize;
-        // Row changes among them (the client registry counts those; TRUNCATE is `/ws` only).
-        let mut rows = 0usize;
-        for (item, verdict) in items.iter().zip(verdicts) {
-            let frame = match verdict {
-                Verdict::Skip => continue,
-                Verdict::Shared => item.ws_frame(&self.state.metrics, json::encode_event),
-                Verdict::Own(seen) => json::encode_event(&seen).into(),
-            };
-            self.feed(Message::Text(frame)).await?;
-            queued += 1;
-            rows += usize::from(item.change.op != Operation::Truncate);
-        }
+        // The newest change of the batch that was fed (or hidden from the role), for the
+        // `lagged` cursor when the budget runs out halfway.
+        let mut done_to = None;
+        let (queued, rows) = match self.feed_live(&items, &mut done_to).await {
+            Ok(counts) => counts,
+            Err(End::OverBudget) => {
+                self.position = done_to.or(before);
+                return Err(End::OverBudget);
+            }
+            Err(e) => return Err(e),
+        };
         let flushed = self.flush(queued).await;
         self.out.client.delivered(rows, self.position);
         flushed?;
@@ -301,13 +317,47 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         Ok(())
     }
 
+    /// Feeds the frames of a batch (what this client may see of them), without flushing;
+    /// returns the frames fed and the row changes among them (the client registry counts
+    /// those; TRUNCATE is `/ws` only). `done_to` follows the newest change handled.
+    async fn feed_live(
+        &mut self,
+        items: &[Arc<HubItem>],
+        done_to: &mut Option<Cursor>,
+    ) -> Result<(usize, usize), End> {
+        let changes: Vec<&Change> = items.iter().map(|i| &i.change).collect();
+        let verdicts = self.verdicts(&changes).await?;
+        let mut queued = 0usize;
+        let mut rows = 0usize;
+        for (item, verdict) in items.iter().zip(verdicts) {
+            let frame = match verdict {
+                Verdict::Skip => {
+                    *done_to = Some(item.change.cursor);
+                    continue;
+                }
+                Verdict::Shared => item.ws_frame(&self.state.metrics, json::encode_event),
+                Verdict::Own(seen) => json::encode_event(&seen).into(),
+            };
+            self.feed(Message::Text(frame)).await?;
+            *done_to = Some(item.change.cursor);
+            queued += 1;
+            rows += usize::from(item.change.op != Operation::Truncate);
+        }
+        Ok((queued, rows))
+    }
+
     /// What this client may see of each change (everything without a role view). A failed
     /// check ends the session with an `internal` error: the client resumes from its cursor.
     async fn verdicts(&mut self, changes: &[&Change]) -> Result<Vec<Verdict>, End> {
         let Some(view) = &self.viewer else {
             return Ok(vec![Verdict::Shared; changes.len()]);
         };
-        match viewer::verdicts(&self.state.gate, view, changes).await {
+        // A slow database holds the session here: its budget still counts.
+        let checked = self
+            .out
+            .guarded(async { Ok(viewer::verdicts(&self.state.gate, view, changes).await) })
+            .await?;
+        match checked {
             Ok(v) => Ok(v),
             Err(e) => {
                 tracing::warn!(error = %e, kind = e.kind(), "/ws: row level security check failed");
@@ -369,8 +419,11 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         Err(End::Closed)
     }
 
-    /// The client fell behind the hub's ring: say so, with the resume cursor, and close.
+    /// The client fell behind the hub's ring (in changes or in bytes): let go of the ring, say
+    /// so with the resume cursor, and close.
     async fn lagged(&mut self) -> Result<(), End> {
+        self.sub.release();
+        self.out.unguard();
         self.state.metrics.clients_lagged.inc();
         let _ = self.send(json::encode_lagged(self.position)).await;
         let _ = self
@@ -476,7 +529,18 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     }
 
     /// Replays every matching change after `after` up to the live stream, then carries on live.
+    ///
+    /// A replay runs to its end. Meanwhile the live stream waits in the ring; if it passes the
+    /// byte budget, the session lets go of it (freeing the ring) and, after the replay and its
+    /// `resumed` frame, is cut with `lagged` at the replay's end: the client resumes from there.
     async fn resume(&mut self, after: Cursor) -> Result<(), End> {
+        let r = self.resume_from(after).await;
+        self.out.set_soft(false);
+        r
+    }
+
+    /// [`Session::resume`]'s work.
+    async fn resume_from(&mut self, after: Cursor) -> Result<(), End> {
         if self.filters.is_empty() {
             return self
                 .send_error(ProtocolError {
@@ -504,10 +568,13 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         // Counts before and after a replay are not comparable (consistency check).
         self.out.client.replayed();
         // Subscribe afresh: everything after `until` arrives through the new receiver.
-        self.sub = self.state.hub.subscribe();
+        self.state.hub.resubscribe(&mut self.sub);
         let until = self.sub.last;
         let mut replayed = 0u64;
         if let Some(until) = until.filter(|u| after < *u) {
+            // Writes and waits of the replay run to their end whatever the budget.
+            self.out.set_soft(true);
+            let mut live_lost = false;
             let mut rx = self.state.replays.replay(permit, after, until);
             // For a role, matching changes wait here (at most ROLE_REPLAY_BATCH) so that its
             // rows are checked in one call per batch; everything else is sent as it comes.
@@ -520,7 +587,14 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             // Frames fed since the last flush.
             let mut queued = 0usize;
             loop {
-                let (change, failure) = match rx.recv().await {
+                // The live backlog grows while the replay runs: over the budget, let it go.
+                if !live_lost && self.out.take_exceeded() {
+                    self.sub.release();
+                    self.out.unguard();
+                    live_lost = true;
+                }
+                let next = self.out.guarded(async { Ok(rx.recv().await) }).await?;
+                let (change, failure) = match next {
                     None => (None, None),
                     Some(Ok(c)) => (Some(c), None),
                     Some(Err(e)) => (None, Some(e)),
@@ -529,7 +603,14 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 if let Some(change) = change {
                     let seen = self.live_first.is_some_and(|first| change.cursor >= first)
                         && self.position.is_some_and(|p| change.cursor <= p);
-                    if !seen && self.filters.iter().any(|(_, f)| f.matches(&change)) {
+                    // One text cache per replayed change, shared by the connection's filters.
+                    let texts = ColumnTexts::new();
+                    if !seen
+                        && self
+                            .filters
+                            .iter()
+                            .any(|(_, f)| f.matches_with(&change, &texts))
+                    {
                         batch.push(change);
                     }
                 }
@@ -548,9 +629,14 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     None => {}
                     Some(ReplicationError::CursorExpired { oldest }) => {
                         self.position = Some(until);
-                        return self
-                            .send(json::encode_cursor_expired(after, Some(oldest)))
-                            .await;
+                        self.send(json::encode_cursor_expired(after, Some(oldest)))
+                            .await?;
+                        // Without its live stream the session cannot go on: `lagged` at `until`.
+                        return if live_lost {
+                            Err(End::OverBudget)
+                        } else {
+                            Ok(())
+                        };
                     }
                     Some(e) => {
                         tracing::warn!(error = %crate::error::error_chain(&e), "replay failed");
@@ -569,6 +655,11 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             self.state.metrics.replayed_changes.add(replayed);
             self.position = Some(until);
             self.out.client.delivered(replayed as usize, self.position);
+            if live_lost || self.out.take_exceeded() {
+                // The live stream was let go: the client resumes from the replay's end.
+                self.send(json::encode_resumed(after, replayed)).await?;
+                return Err(End::OverBudget);
+            }
         } else {
             // Nothing published after the cursor yet: whatever follows it arrives live, as the
             // reader streams from the start of the window. Refuse cursors before that start.
@@ -610,12 +701,14 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let mut queued = 0usize;
         for (change, verdict) in batch.iter().zip(verdicts) {
             let text = match verdict {
-                Verdict::Skip => continue,
-                Verdict::Shared => json::encode_event(change),
-                Verdict::Own(seen) => json::encode_event(&seen),
+                Verdict::Skip => None,
+                Verdict::Shared => Some(json::encode_event(change)),
+                Verdict::Own(seen) => Some(json::encode_event(&seen)),
             };
-            self.feed(Message::Text(text.into())).await?;
-            queued += 1;
+            if let Some(text) = text {
+                self.feed(Message::Text(text.into())).await?;
+                queued += 1;
+            }
         }
         Ok(queued)
     }
@@ -671,14 +764,20 @@ mod tests {
     use crate::decode::Change;
     use crate::flags::{EnvTier, FlagSet, Flags};
     use crate::hub::Hub;
+    use crate::metrics::Metrics;
     use crate::replication::ReplicationSettings;
     use crate::ws::socket::testing::{Peer, socket};
 
     /// State on a database that is never reached, with a hub of `capacity` changes.
     fn state(capacity: usize) -> WsState {
+        state_with(capacity, u64::MAX, Arc::default())
+    }
+
+    /// Like [`state`], with a client byte budget and the hub's metrics.
+    fn state_with(capacity: usize, client_bytes: u64, hub_metrics: Arc<Metrics>) -> WsState {
         let url = "postgres://nobody@127.0.0.1:1/none";
         WsState {
-            hub: Hub::new(capacity),
+            hub: Hub::new(capacity, client_bytes, hub_metrics),
             metrics: Arc::default(),
             reader: Arc::default(),
             replays: Replays::new(
@@ -702,6 +801,86 @@ mod tests {
     /// A running session and the client's end, past the welcome frame.
     async fn start(state: &WsState) -> Peer {
         start_as(state, None).await
+    }
+
+    /// A running session whose socket holds at most about `frames` unread frames.
+    async fn start_holding(state: &WsState, frames: usize) -> Peer {
+        let (sink, stream, mut peer) = crate::ws::socket::testing::socket_holding(frames);
+        let client = state.clients.register(Endpoint::Ws, None);
+        let mut session = Session::new(sink, stream, state.clone(), client, None);
+        tokio::spawn(async move { session.run().await });
+        assert_eq!(peer.next_json().await["type"], "welcome");
+        peer
+    }
+
+    /// A change whose `data` holds `n` bytes of text.
+    fn big(lsn: u64, n: usize) -> Change {
+        let mut c = Change::sample(lsn);
+        c.record
+            .as_mut()
+            .unwrap()
+            .values
+            .insert("data".into(), serde_json::json!({ "pad": "x".repeat(n) }));
+        c
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_client_over_its_byte_budget_is_cut_with_lagged_and_frees_the_ring() {
+        // 1 MiB budget, rows of 100 kB (charged about 200 kB with their /ws frame), a socket
+        // that holds 2 frames, and a ring that could hold a thousand of these rows.
+        let hub_metrics = Arc::new(Metrics::default());
+        let state = state_with(1024, 1 << 20, Arc::clone(&hub_metrics));
+        let mut peer = start_holding(&state, 2).await;
+        peer.send(r#"{"type":"subscribe","id":"all"}"#).await;
+        assert_eq!(peer.next_json().await["type"], "subscribed");
+        // The client stops reading; rows keep coming.
+        for lsn in 1..=40 {
+            state.hub.publish(big(lsn, 100_000));
+            tokio::task::yield_now().await;
+        }
+        // Cut while its socket is still full: the ring lets go of every row at once.
+        for _ in 0..1000 {
+            if state.metrics.clients_over_budget.get() == 1 && hub_metrics.hub_bytes.get() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(state.metrics.clients_over_budget.get(), 1);
+        assert_eq!(
+            hub_metrics.hub_bytes.get(),
+            0,
+            "rows still held after the cut"
+        );
+        // The client reads again: the rows its socket held, then `lagged` and 4008.
+        let mut events = Vec::new();
+        let lagged = loop {
+            let f = peer.next_json().await;
+            match f["type"].as_str() {
+                Some("event") => events.push(f["cursor"].as_str().unwrap().to_owned()),
+                Some("lagged") => break f,
+                _ => panic!("unexpected frame {f}"),
+            }
+        };
+        assert_eq!(peer.next_close().await, CLOSE_LAGGED);
+        assert!(!events.is_empty() && events.len() < 40, "{}", events.len());
+        // Its cursor is the last row it was sent: resuming from it loses nothing.
+        assert_eq!(lagged["cursor"].as_str(), events.last().map(String::as_str));
+        assert_eq!(state.metrics.clients_lagged.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reading_client_is_not_cut_by_rows_larger_than_its_budget_share() {
+        // Each row is charged about a third of the budget; the client reads as they come.
+        let state = state_with(1024, 1 << 20, Arc::default());
+        let mut peer = start(&state).await;
+        peer.send(r#"{"type":"subscribe","id":"all"}"#).await;
+        assert_eq!(peer.next_json().await["type"], "subscribed");
+        for lsn in 1..=50 {
+            state.hub.publish(big(lsn, 150_000));
+            let f = peer.next_json().await;
+            assert_eq!(f["type"], "event", "{f}");
+        }
+        assert_eq!(state.metrics.clients_over_budget.get(), 0);
     }
 
     /// Like [`start`], for a client that is not `service_role`.

@@ -13,10 +13,15 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream};
 
 use crate::admin::clients::ClientHandle;
+use crate::hub::Backlog;
 use crate::metrics::Metrics;
 
 /// Frames written per flush.
 pub const WRITE_BATCH: usize = 256;
+/// Bytes of changes a session takes from the hub for one batch (it stops at [`WRITE_BATCH`]
+/// frames or once it holds this much): with small rows a batch is 256 frames, with 1 MB rows
+/// it is one or two, so what a session holds privately stays small next to its byte budget.
+pub const WRITE_BATCH_BYTES: u64 = 1 << 20;
 /// A write that cannot complete in this time closes the connection (the peer stopped reading).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer per connection: clients send only small control frames, and the default
@@ -93,6 +98,9 @@ pub enum End {
     Gone,
     /// The session closed the socket (lag, shutdown, idle, fatal error).
     Closed,
+    /// The session's backlog went over its byte budget while it waited: it must let go of the
+    /// hub and be cut with `lagged` (the socket is still open).
+    OverBudget,
 }
 
 /// The write half of a client socket.
@@ -137,7 +145,10 @@ pub async fn close(sink: &mut impl ClientSink, code: u16, reason: &'static str) 
 }
 
 /// A session's write side: the socket's sink, with every frame counted in the client registry
-/// and every delivery in the metrics.
+/// and every delivery in the metrics. Every write (and whatever else the session wraps with
+/// [`Outbox::guarded`]) is raced against the session's byte budget: a session stuck on a full
+/// socket is told [`End::OverBudget`] as soon as its backlog passes the budget, not after the
+/// write timeout.
 pub struct Outbox<S> {
     /// The socket's write half.
     sink: S,
@@ -145,21 +156,88 @@ pub struct Outbox<S> {
     metrics: Arc<Metrics>,
     /// The session in the client registry (unregistered when the outbox is dropped).
     pub client: ClientHandle,
+    /// The session's backlog in the hub, while it has one.
+    budget: Option<Backlog>,
+    /// In soft mode (a replay), an exceeded budget does not stop the write: it is noted here
+    /// and the write goes on.
+    soft: bool,
+    /// The budget was exceeded during a soft-mode write.
+    exceeded: bool,
+}
+
+/// Runs `step`, unless `budget` is exceeded first ([`End::OverBudget`]). A step that completes
+/// at once never looks at the budget. In soft mode an exceeded budget sets `exceeded` and the
+/// step runs to its end.
+async fn within<T>(
+    budget: Option<&Backlog>,
+    soft: bool,
+    exceeded: &mut bool,
+    step: impl Future<Output = Result<T, End>>,
+) -> Result<T, End> {
+    let Some(b) = budget.filter(|_| !*exceeded) else {
+        return step.await;
+    };
+    let mut step = std::pin::pin!(step);
+    tokio::select! {
+        biased;
+        r = &mut step => return r,
+        () = b.exceeded() => {}
+    }
+    if !soft {
+        return Err(End::OverBudget);
+    }
+    *exceeded = true;
+    step.await
 }
 
 impl<S: ClientSink> Outbox<S> {
-    /// Writes to `sink`, counting in `metrics` and `client`.
-    pub fn new(sink: S, metrics: Arc<Metrics>, client: ClientHandle) -> Self {
+    /// Writes to `sink`, counting in `metrics` and `client`, within the byte budget of
+    /// `budget`.
+    pub fn new(sink: S, metrics: Arc<Metrics>, client: ClientHandle, budget: Backlog) -> Self {
         Outbox {
             sink,
             metrics,
             client,
+            budget: Some(budget),
+            soft: false,
+            exceeded: false,
         }
+    }
+
+    /// Stops watching the budget (the session is being cut and writes its last frames).
+    pub fn unguard(&mut self) {
+        self.budget = None;
+    }
+
+    /// Soft mode on or off: while on (a replay, which must run to its end), an exceeded budget
+    /// does not stop a step; [`Outbox::take_exceeded`] tells the session afterwards.
+    pub fn set_soft(&mut self, soft: bool) {
+        self.soft = soft;
+    }
+
+    /// Whether the budget was exceeded during a soft-mode step (once).
+    pub fn take_exceeded(&mut self) -> bool {
+        std::mem::take(&mut self.exceeded)
+    }
+
+    /// Runs `step` (a wait that could take long: a database check, a replay), unless the
+    /// session's budget is exceeded first.
+    pub async fn guarded<T>(
+        &mut self,
+        step: impl Future<Output = Result<T, End>>,
+    ) -> Result<T, End> {
+        within(self.budget.as_ref(), self.soft, &mut self.exceeded, step).await
     }
 
     /// Queues a frame without flushing (a delivery, counted at [`Outbox::flush`]).
     pub async fn feed(&mut self, msg: Message) -> Result<(), End> {
-        feed(&mut self.sink, msg).await
+        within(
+            self.budget.as_ref(),
+            self.soft,
+            &mut self.exceeded,
+            feed(&mut self.sink, msg),
+        )
+        .await
     }
 
     /// Flushes queued frames, counting `n` deliveries.
@@ -169,16 +247,28 @@ impl<S: ClientSink> Outbox<S> {
         }
         self.metrics.deliveries.add(n as u64);
         self.client.sent(n);
-        flush(&mut self.sink).await
+        within(
+            self.budget.as_ref(),
+            self.soft,
+            &mut self.exceeded,
+            flush(&mut self.sink),
+        )
+        .await
     }
 
     /// Sends one text frame now (a control frame, not a delivery).
     pub async fn send(&mut self, text: String) -> Result<(), End> {
         self.client.sent(1);
-        send_text(&mut self.sink, text).await
+        within(
+            self.budget.as_ref(),
+            self.soft,
+            &mut self.exceeded,
+            send_text(&mut self.sink, text),
+        )
+        .await
     }
 
-    /// Sends a close frame.
+    /// Sends a close frame (never cut short by the budget).
     pub async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
         close(&mut self.sink, code, reason).await
     }
@@ -234,8 +324,14 @@ pub(crate) mod testing {
 
     /// A session's socket halves and the client's end.
     pub(crate) fn socket() -> (impl ClientSink, impl ClientStream, Peer) {
+        socket_holding(1024)
+    }
+
+    /// Like [`socket`], where at most about `frames` frames wait for the client to read them
+    /// (then writes block, as on a full TCP socket).
+    pub(crate) fn socket_holding(frames: usize) -> (impl ClientSink, impl ClientStream, Peer) {
         let (to_session, from_client) = mpsc::channel(64);
-        let (to_client, from_session) = mpsc::channel(1024);
+        let (to_client, from_session) = mpsc::channel(frames);
         let sink = to_client.sink_map_err(axum::Error::new);
         (
             sink,

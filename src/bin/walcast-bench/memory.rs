@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,10 +20,51 @@ use tokio_util::sync::CancellationToken;
 use walcast::config::ServerConfig;
 
 use crate::support::{
-    BURST_SQL, EVENT_PREFIX, LAGGED_PREFIX, RUN_TIMEOUT, SETUP_TIMEOUT, Ws, bench_db,
+    BURST_SQL, EVENT_PREFIX, LAGGED_PREFIX, Outcome, RUN_TIMEOUT, SETUP_TIMEOUT, Ws, bench_db,
     bench_server_args, connect_pg, count_ws_events, drop_slot, emit, remove_spool, round3,
     server_version, wait_slot_active, ws_subscribed,
 };
+
+/// Large rows the writer may be in front of the reading client.
+const READER_AHEAD: u64 = 3;
+
+/// Like [`count_ws_events`], publishing the count in `progress`.
+async fn count_paced(
+    mut ws: Ws,
+    expect: u64,
+    deadline: tokio::time::Instant,
+    progress: Arc<AtomicU64>,
+) -> Outcome {
+    let mut out = Outcome {
+        rows: 0,
+        done: None,
+        lagged: false,
+    };
+    while out.rows < expect {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if t.as_str().starts_with(EVENT_PREFIX) {
+                    out.rows += 1;
+                    progress.store(out.rows, Ordering::Relaxed);
+                } else if t.as_str().starts_with(LAGGED_PREFIX) {
+                    out.lagged = true;
+                    break;
+                }
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    if out.rows >= expect {
+        out.done = Some(Instant::now());
+    }
+    out
+}
+
+/// One row of `$2` bytes of `data` text, autocommit.
+const BIG_ROW_SQL: &str = "insert into public.monitoring_events (id, event_type, source, data) \
+     values (gen_random_uuid(), 'big', 'bench', \
+             jsonb_build_object('seq', $1::bigint, 'pad', repeat('x', $2::int)))";
 
 /// How long the memory scenario keeps its stalled client stalled after the load (longer than
 /// walcast's 10 s write timeout, so walcast has decided what to do with it).
@@ -38,6 +79,10 @@ pub struct MemoryArgs {
     /// Rows written while one client is stalled.
     #[arg(long, default_value_t = 100_000)]
     pub rows: usize,
+    /// Bytes of text in each row's `data` (0: the small bench rows, written in 100
+    /// transactions; otherwise one row per transaction, e.g. `--rows 100 --row-bytes 1000000`).
+    #[arg(long, default_value_t = 0)]
+    pub row_bytes: usize,
     /// Write the result as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -49,8 +94,8 @@ pub struct MemoryArgs {
 /// allocator keeps freed memory: RSS does not drop back when clients leave).
 pub async fn run(args: MemoryArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.clients > 0 && args.rows >= 100,
-        "--clients must be at least 1 and --rows at least 100"
+        args.clients > 0 && args.rows >= 100 && args.row_bytes <= 1_000_000,
+        "--clients must be at least 1, --rows at least 100 and --row-bytes at most 1000000"
     );
     let exe = walcast_exe()?;
     let db = bench_db(None).await?;
@@ -67,7 +112,7 @@ pub async fn run(args: MemoryArgs) -> anyhow::Result<()> {
 
     // Phase 2 (fresh process): one stalled and one reading client while rows are written.
     let (config, mut child) = memory_child(&exe, &db.url).await?;
-    let result = stalled_phase(args.rows as u64, &pg, &config, &child).await;
+    let result = stalled_phase(args.rows as u64, args.row_bytes, &pg, &config, &child).await;
     child.stop().await;
     remove_spool(&config);
     drop_slot(&pg, &config.slot).await?;
@@ -80,7 +125,9 @@ pub async fn run(args: MemoryArgs) -> anyhow::Result<()> {
         "scenario": "memory",
         "clients": args.clients,
         "rows": args.rows,
+        "row_bytes": args.row_bytes,
         "client_queue": config.client_queue,
+        "client_queue_bytes": config.client_queue_bytes,
         "idle_clients_phase": {
             "rss_idle_kib": idle.rss_idle_kib,
             "rss_with_clients_kib": idle.rss_clients_kib,
@@ -93,6 +140,7 @@ pub async fn run(args: MemoryArgs) -> anyhow::Result<()> {
             "vmhwm_kib": load.hwm_kib,
             "sampled_peak_rss_kib": load.sampled_peak_kib,
             "rss_after_kib": load.rss_after_kib,
+            "rss_after_stalled_left_kib": load.rss_left_kib,
             "load_seconds": round3(load.load.as_secs_f64()),
             "reading_client_rows": load.reader_rows,
             "stalled": {
@@ -106,17 +154,24 @@ pub async fn run(args: MemoryArgs) -> anyhow::Result<()> {
         "date": chrono::Utc::now().to_rfc3339(),
     });
     println!(
-        "| scenario | RSS idle | per idle client | RSS with {} idle clients | peak RSS, {} rows, 1 stalled + 1 reading client | stalled client cut with `lagged` |",
-        args.clients, args.rows
+        "| scenario | RSS idle | per idle client | RSS with {} idle clients | peak RSS, {} rows{}, 1 stalled + 1 reading client | RSS 2 s after the stalled client left | stalled client cut with `lagged` |",
+        args.clients,
+        args.rows,
+        if args.row_bytes > 0 {
+            format!(" of {} B", args.row_bytes)
+        } else {
+            String::new()
+        }
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     println!(
-        "| memory | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} MiB (idle {:.1} MiB) | {} |",
+        "| memory | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} MiB (idle {:.1} MiB) | {:.1} MiB | {} |",
         idle.rss_idle_kib as f64 / 1024.0,
         per_client_kib,
         idle.rss_clients_kib as f64 / 1024.0,
         peak_kib as f64 / 1024.0,
         load.rss_idle_kib as f64 / 1024.0,
+        load.rss_left_kib as f64 / 1024.0,
         if load.stalled.lagged {
             "yes".to_owned()
         } else {
@@ -215,6 +270,8 @@ struct LoadResult {
     sampled_peak_kib: u64,
     /// After the load and the stall.
     rss_after_kib: u64,
+    /// 2 s after the stalled client read its socket and left.
+    rss_left_kib: u64,
     /// Writing the rows.
     load: Duration,
     /// Rows the reading client got.
@@ -224,9 +281,11 @@ struct LoadResult {
 }
 
 /// One stalled client (never reads after `subscribed`) and one reading client while `rows`
-/// rows are written in 100 transactions.
+/// rows are written in 100 transactions (or, with `row_bytes`, one row of that size per
+/// transaction).
 async fn stalled_phase(
     rows: u64,
+    row_bytes: usize,
     pg: &Client,
     config: &ServerConfig,
     child: &WalcastChild,
@@ -238,7 +297,19 @@ async fn stalled_phase(
     let stalled_ws = ws_subscribed(child.addr).await?;
     let reader_ws = ws_subscribed(child.addr).await?;
     let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
-    let reader = tokio::spawn(count_ws_events(reader_ws, rows, deadline));
+    // Large rows are paced by the reading client (at most READER_AHEAD rows in front), so
+    // that what is measured is the stalled client, not a reader that cannot keep up.
+    let progress = Arc::new(AtomicU64::new(0));
+    let reader = if row_bytes > 0 {
+        tokio::spawn(count_paced(
+            reader_ws,
+            rows,
+            deadline,
+            Arc::clone(&progress),
+        ))
+    } else {
+        tokio::spawn(count_ws_events(reader_ws, rows, deadline))
+    };
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
         let sampling = Arc::clone(&sampling);
@@ -258,12 +329,28 @@ async fn stalled_phase(
     );
     let t0 = Instant::now();
     let mut seq = 0i64;
-    let stmt = pg.prepare(BURST_SQL).await?;
-    for i in 0..100u64 {
-        let n = rows / 100 + u64::from(i < rows % 100);
-        let last = seq + n as i64 - 1;
-        pg.execute(&stmt, &[&seq, &last]).await?;
-        seq = last + 1;
+    if row_bytes > 0 {
+        let stmt = pg.prepare(BIG_ROW_SQL).await?;
+        for i in 0..rows {
+            while progress.load(Ordering::Relaxed) + READER_AHEAD < i {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline && !reader.is_finished(),
+                    "the reading client stopped at {} rows",
+                    progress.load(Ordering::Relaxed)
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            pg.execute(&stmt, &[&seq, &(row_bytes as i32)]).await?;
+            seq += 1;
+        }
+    } else {
+        let stmt = pg.prepare(BURST_SQL).await?;
+        for i in 0..100u64 {
+            let n = rows / 100 + u64::from(i < rows % 100);
+            let last = seq + n as i64 - 1;
+            pg.execute(&stmt, &[&seq, &last]).await?;
+            seq = last + 1;
+        }
     }
     let load = t0.elapsed();
     let reader_out = reader.await?;
@@ -278,7 +365,11 @@ async fn stalled_phase(
     let hwm_kib = proc_status_kib(pid, "VmHWM")?;
     let rss_after_kib = proc_status_kib(pid, "VmRSS")?;
     let stalled = read_stalled(stalled_ws).await;
+    // The stalled client has read its socket and left: what walcast keeps.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_left_kib = proc_status_kib(pid, "VmRSS")?;
     Ok(LoadResult {
+        rss_left_kib,
         rss_idle_kib,
         hwm_kib,
         sampled_peak_kib,

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::catalog::TableFacts;
 use crate::decode::{Change, Operation};
-use crate::filter::{Condition, FilterError};
+use crate::filter::{ColumnTexts, Condition, FilterError};
 use crate::json::push_str as push_json_str;
 
 /// One entry of `config.postgres_changes`, as the client sent it.
@@ -226,6 +226,17 @@ pub struct Binding {
 impl Binding {
     /// Whether the change matches this binding. TRUNCATE never does.
     pub fn matches(&self, change: &Change) -> bool {
+        self.matches_in(change, None)
+    }
+
+    /// Like [`Binding::matches`], with the change's shared cache of compact texts (the hub's,
+    /// shared by every binding of every socket).
+    pub fn matches_with(&self, change: &Change, texts: &ColumnTexts) -> bool {
+        self.matches_in(change, Some(texts))
+    }
+
+    /// The match, with or without a cache.
+    fn matches_in(&self, change: &Change, texts: Option<&ColumnTexts>) -> bool {
         if !self.event.accepts(change.op) {
             return false;
         }
@@ -248,7 +259,12 @@ impl Binding {
             Operation::Delete => change.old_record.as_ref(),
             Operation::Truncate => None,
         };
-        row.is_some_and(|row| self.conditions.iter().all(|c| c.matches(row)))
+        let texts = texts.map(|t| t.for_change(change));
+        row.is_some_and(|row| {
+            self.conditions
+                .iter()
+                .all(|c| c.matches_in(row, texts.as_ref()))
+        })
     }
 }
 

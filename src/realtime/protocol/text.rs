@@ -179,6 +179,14 @@ pub const TOO_MANY_MESSAGES: &str = "Too many messages per second";
 /// for its concurrent-users limit).
 pub const TOO_MANY_CONNECTED_USERS: &str = "Too many connected users";
 
+/// The `postgres_changes` `system` error when a join would give the socket more filter
+/// conditions than walcast matches per socket (walcast's own limit; Supabase has none to copy).
+pub fn too_many_conditions(asked: usize, max: usize) -> String {
+    format!(
+        "Too many filter conditions: this socket would have {asked}, at most {max} are allowed over all its channels' postgres_changes bindings"
+    )
+}
+
 /// The reply reason for a presence `track` whose payload is not an object.
 pub const PRESENCE_NOT_A_MAP: &str = "Presence track payload must be a map";
 

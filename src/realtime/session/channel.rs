@@ -14,6 +14,7 @@ use crate::access::GateError;
 use crate::admin::clients::SubscriptionInfo;
 use crate::catalog::{REALTIME_SCHEMA, REALTIME_TABLE};
 use crate::decode::Change;
+use crate::filter::ColumnTexts;
 use crate::realtime::TokenClaims;
 use crate::realtime::bus::{MemberId, TopicKey};
 use crate::realtime::protocol::binding::{self, Binding, BindingError, BindingRequest};
@@ -21,7 +22,7 @@ use crate::realtime::protocol::frame::{self, ClientMessage};
 use crate::realtime::protocol::join::{TopicError, parse_join, sub_topic};
 use crate::realtime::protocol::text::{self, JoinError, TokenProblem};
 use crate::realtime::protocol::{MAX_CHANNELS, TOKEN_REFRESH_WINDOW};
-use crate::ws::socket::{ClientSink, ClientStream, End};
+use crate::ws::socket::{ClientSink, ClientStream, End, MAX_CONDITIONS};
 
 /// How often a join with `postgres_changes_options.wait` asks a database that could not be
 /// asked again.
@@ -107,10 +108,10 @@ impl Channel {
     }
 
     /// Ids of the bindings matching a change, each once, in binding order.
-    pub(super) fn matching_ids(&self, change: &Change) -> Vec<u32> {
+    pub(super) fn matching_ids(&self, change: &Change, texts: &ColumnTexts) -> Vec<u32> {
         let mut ids: Vec<u32> = Vec::new();
         for b in &self.bindings {
-            if !ids.contains(&b.id) && b.matches(change) {
+            if !ids.contains(&b.id) && b.matches_with(change, texts) {
                 ids.push(b.id);
             }
         }
@@ -236,7 +237,10 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let subscription = if config.postgres_changes.is_empty() {
             None
         } else {
-            Some(self.subscribe(&config.postgres_changes, &claims).await)
+            Some(
+                self.subscribe(&config.postgres_changes, &claims, None)
+                    .await,
+            )
         };
         // `postgres_changes_options.wait`: the reply says whether the bindings are live. A
         // database that cannot be asked is asked again until the wait runs out; a binding that
@@ -248,7 +252,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     && Instant::now() < deadline
                 {
                     tokio::time::sleep(WAIT_RETRY.min(deadline - Instant::now())).await;
-                    result = self.subscribe(&config.postgres_changes, &claims).await;
+                    result = self
+                        .subscribe(&config.postgres_changes, &claims, None)
+                        .await;
                 }
                 match result {
                     Ok(s) => Some(Ok(s)),
@@ -344,10 +350,13 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     }
 
     /// Checks bindings against the published table and the role; the error is the client text.
+    /// `replacing` is the channel whose bindings these replace (its conditions are not counted
+    /// against [`MAX_CONDITIONS`] twice).
     pub(super) async fn subscribe(
         &self,
         requests: &[BindingRequest],
         claims: &TokenClaims,
+        replacing: Option<usize>,
     ) -> Result<Subscribed, String> {
         let facts = match self.state.gate.table_facts().await {
             Ok(f) => f,
@@ -360,6 +369,20 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         for r in requests {
             let b = binding::bind(r, std::slice::from_ref(&*facts)).map_err(|e| e.to_string())?;
             bindings.push(b);
+        }
+        // Every change is matched against every condition of the socket: their number bounds
+        // one socket's share of the matching work.
+        let held: usize = self
+            .channels
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != replacing)
+            .flat_map(|(_, c)| &c.bindings)
+            .map(|b| b.conditions.len())
+            .sum();
+        let asked: usize = bindings.iter().map(|b| b.conditions.len()).sum();
+        if held + asked > MAX_CONDITIONS {
+            return Err(text::too_many_conditions(held + asked, MAX_CONDITIONS));
         }
         let mut columns = None;
         if !claims.is_service_role() {
@@ -495,7 +518,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let requests = ch.requests.clone();
         self.channels[i].token = token.to_owned();
         if regroup {
-            let result = self.subscribe(&requests, &claims).await;
+            let result = self.subscribe(&requests, &claims, Some(i)).await;
             let subscribed = result.clone().unwrap_or_default();
             let ch = &mut self.channels[i];
             ch.claims = claims;

@@ -15,7 +15,7 @@ use crate::decode::{Change, Lsn, Operation};
 use crate::hub::HubItem;
 use crate::realtime::protocol::payload::{self, encode_change_data, encode_change_data_for};
 use crate::realtime::protocol::text;
-use crate::ws::socket::{ClientSink, ClientStream, End, WRITE_BATCH};
+use crate::ws::socket::{ClientSink, ClientStream, End, WRITE_BATCH, WRITE_BATCH_BYTES};
 
 /// A change matched by a channel, waiting for the gate.
 pub(super) struct Hit {
@@ -40,10 +40,18 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             Err(RecvError::Lagged(_)) => return self.lagged().await,
             Err(RecvError::Closed) => return Err(End::Closed),
         };
+        // More than its byte budget was published after the change it just took.
+        if self.hub.backlog().over() {
+            return Err(End::OverBudget);
+        }
         let mut lagged = false;
-        while items.len() < WRITE_BATCH {
-            match self.hub.rx.try_recv() {
-                Ok(i) => items.push(i),
+        let mut held = items[0].bytes();
+        while items.len() < WRITE_BATCH && held < WRITE_BATCH_BYTES {
+            match self.hub.try_recv() {
+                Ok(i) => {
+                    held += i.bytes();
+                    items.push(i);
+                }
                 Err(TryRecvError::Lagged(_)) => {
                     lagged = true;
                     break;
@@ -78,6 +86,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let mut hits: Vec<Hit> = Vec::new();
         let mut asks: HashMap<(Lsn, Arc<ClaimsGroup>), (u32, Vec<Uuid>)> = HashMap::new();
         for (ii, item) in items.iter().enumerate() {
+            // Matching is this task's work: let others run between changes when its share of
+            // the runtime is used up.
+            tokio::task::consume_budget().await;
             let change = &item.change;
             if &*change.relation.schema != REALTIME_SCHEMA
                 || &*change.relation.table != REALTIME_TABLE
@@ -85,7 +96,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 continue;
             }
             for (ci, ch) in self.channels.iter().enumerate() {
-                let ids = ch.matching_ids(change);
+                let ids = ch.matching_ids(change, &item.texts);
                 if ids.is_empty() {
                     continue;
                 }
@@ -125,7 +136,11 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 ids,
             })
             .collect();
-        let answers = self.state.gate.visible_all(&questions).await;
+        // A slow database holds the session here: its byte budget still counts.
+        let answers = self
+            .out
+            .guarded(async { Ok(self.state.gate.visible_all(&questions).await) })
+            .await?;
         for (((lsn, group), _), answer) in asks.iter().zip(answers) {
             match answer {
                 Ok(v) => {
@@ -137,9 +152,10 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 }
             }
         }
-        // 3. Encode and send.
+        // 3. Encode and send, one frame at a time (a frame is a copy of the change's data:
+        // building them all first would hold one copy per matching channel).
         let facts = self.state.gate.cached_table_facts();
-        let mut frames = Vec::with_capacity(hits.len());
+        let mut n = 0usize;
         for hit in hits {
             if let Some((lsn, group, id)) = hit.check {
                 let seen = visible
@@ -167,15 +183,14 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     encode_change_data(c, table_facts(c))
                 }),
             };
-            frames.push(if ch.legacy {
+            let frame = if ch.legacy {
                 payload::encode_legacy_change_frame(self.vsn, &ch.topic, item.change.op, &data)
             } else {
                 payload::encode_change_frame(self.vsn, &ch.topic, &hit.ids, &data)
-            });
-        }
-        let n = frames.len();
-        for f in frames {
-            self.feed(Message::Text(Utf8Bytes::from(f))).await?;
+            };
+            drop(data);
+            self.out.feed(Message::Text(Utf8Bytes::from(frame))).await?;
+            n += 1;
         }
         self.flush(n).await?;
         // 4. Channels whose rows could not be checked are closed: they would miss changes.

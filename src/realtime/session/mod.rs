@@ -30,7 +30,7 @@ use super::protocol::{IDLE_TIMEOUT, PHOENIX_TOPIC};
 use crate::admin::clients::ClientHandle;
 use crate::auth::Verifier;
 use crate::decode::Cursor;
-use crate::hub::Subscription;
+use crate::hub::{Format, Subscription};
 use crate::ws::socket::{
     self, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_LAGGED, CLOSE_POLICY, CLOSE_TOO_BIG, ClientSink,
     ClientStream, Clock, End, Outbox,
@@ -139,12 +139,12 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         connect_token: String,
         client: ClientHandle,
     ) -> Self {
-        let hub = state.hub.subscribe();
+        let hub = state.hub.subscribe(Format::Realtime);
         let position = hub.live_from;
         client.delivered(0, position);
         let (inbox, inbox_rx) = Inbox::new();
         Session {
-            out: Outbox::new(sink, Arc::clone(&state.metrics), client),
+            out: Outbox::new(sink, Arc::clone(&state.metrics), client, hub.backlog()),
             stream,
             state,
             vsn,
@@ -183,7 +183,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 // PRIORITY 3: broadcast and presence from other sockets.
                 Some(d) = self.inbox_rx.recv() => self.on_deliveries(d).await,
                 // PRIORITY 4: live changes.
-                item = self.hub.rx.recv() => self.on_live(item).await,
+                item = self.hub.recv() => self.on_live(item).await,
                 // PRIORITY 5: token expiry.
                 _ = tokio::time::sleep_until(expiry.unwrap_or(idle_at)), if expiry.is_some() => {
                     self.on_expiry().await
@@ -200,8 +200,15 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     Err(End::Closed)
                 }
             };
-            if step.is_err() {
-                return;
+            match step {
+                Ok(()) => {}
+                // Over the byte budget: cut like a lagged client (the socket is still open).
+                Err(End::OverBudget) => {
+                    self.state.metrics.clients_over_budget.inc();
+                    let _ = self.lagged().await;
+                    return;
+                }
+                Err(_) => return,
             }
             if self.inbox.overflowed() {
                 let _ = self.lagged().await;
@@ -380,8 +387,11 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         Ok(())
     }
 
-    /// The client fell behind: says so on every channel and closes the socket.
+    /// The client fell behind (in changes or bytes, or its broadcast inbox overflowed): lets
+    /// go of the hub, says so on every channel and closes the socket.
     async fn lagged(&mut self) -> Result<(), End> {
+        self.hub.release();
+        self.out.unguard();
         self.state.metrics.clients_lagged.inc();
         for i in 0..self.channels.len() {
             let _ = self.system(i, "system", false, text::CLIENT_LAGGED).await;

@@ -4,7 +4,6 @@
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use super::{ErrorCode, LAGGED_CLOSE_CODE, PROTOCOL_VERSION, ProtocolError};
 use crate::decode::{Change, Cursor, Row};
@@ -59,21 +58,11 @@ pub fn encode_event(change: &Change) -> String {
     out
 }
 
-/// A rough size of a row's JSON text, to size the output buffer once.
+/// The size of a row's JSON text, to size the output buffer once (exact but for numbers, which
+/// are counted at their longest): a buffer grown by doubling could hold up to twice the frame
+/// for as long as the frame is queued.
 fn estimate_row(row: &Row) -> usize {
-    row.values
-        .iter()
-        .map(|(name, value)| {
-            name.len()
-                + 4
-                + match value {
-                    Value::String(s) => s.len() + 2,
-                    Value::Array(_) | Value::Object(_) => 128,
-                    _ => 24,
-                }
-        })
-        .sum::<usize>()
-        + 2
+    row.json_len()
 }
 
 /// Encodes the `welcome` frame sent when a connection opens.
