@@ -526,7 +526,8 @@ fn rows_of(lines: &[Value], label: &str, event_type: &str) -> Vec<String> {
 }
 
 /// Each filter operator on its own channel: eq, neq, lt, lte, gt, gte, in, and filters made by
-/// realtime-js's filter builder (a quoted `in` item, two conditions).
+/// realtime-js's filter builder (a quoted `in` item, two conditions, and the 2026 operators
+/// like, ilike, match, imatch, isdistinct, is and the `not.` prefix).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_filters() {
     let db = support::fresh_db().await;
@@ -544,11 +545,20 @@ async fn realtime_js_filters() {
             ("end", "s1"),
             ("end", "s2"),
             ("end", "s3"),
+            ("end", "x,y"),
         ],
     )
     .await;
     s.go().await;
     let lines = s.finish().await;
+    assert_eq!(
+        one(&lines, "imatch", "filter")["filter"],
+        "source=imatch.\"^(S3|X,Y)$\""
+    );
+    assert_eq!(
+        one(&lines, "not_in", "filter")["filter"],
+        "source=not.in.(s1,s2)"
+    );
     assert_eq!(
         one(&lines, "in_quoted", "filter")["filter"],
         "source=in.(s3,\"x,y\")"
@@ -557,7 +567,15 @@ async fn realtime_js_filters() {
         one(&lines, "and", "filter")["filter"],
         "source=eq.s1,event_type=neq.zzz"
     );
-    let expect: [(&str, &[&str]); 9] = [
+    let expect: [(&str, &[&str]); 17] = [
+        ("like", &["s1", "s2", "s3"]),
+        ("ilike", &["s1", "s2", "s3"]),
+        ("match", &["s1", "s2"]),
+        ("imatch", &["s3", "x,y"]),
+        ("isdistinct", &["s1", "s3", "x,y"]),
+        ("not_in", &["s3", "x,y"]),
+        ("not_like", &["x,y"]),
+        ("not_is_null", &["s1", "s2", "s3", "x,y"]),
         ("eq", &["s2"]),
         ("neq", &["s1", "s3", "x,y"]),
         ("lt", &["s1"]),
@@ -597,7 +615,7 @@ async fn realtime_js_invalid_filter() {
                 "in_without_parens",
                 "Error parsing `filter` params: `in` filter value must be wrapped by parentheses",
             ),
-            ("unsupported_like", "like"),
+            ("bad_pattern", "invalid pattern in filter"),
             (
                 "unknown_table",
                 "Unable to subscribe to changes with given parameters. Please check Realtime is \

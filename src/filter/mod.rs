@@ -9,29 +9,49 @@
 //!
 //! # Filter syntax
 //!
-//! `column=op.value`, with `op` one of `eq`, `neq`, `lt`, `lte`, `gt`, `gte`, `in`:
+//! `column=op.value`, with `op` one of `eq`, `neq`, `lt`, `lte`, `gt`, `gte`, `in`, `like`,
+//! `ilike`, `is`, `match`, `imatch`, `isdistinct` (PostgREST's names), optionally prefixed with
+//! `not.` to negate it (`status=not.in.(draft,archived)`):
 //!
 //! - `source=eq.host-1`, `severity=gte.3`, `timestamp=lt.2026-11-23T18:00:00Z`
 //! - `event_type=in.(cpu,mem)`; items may be double-quoted to hold `,`, `(`, `)` or spaces:
 //!   `source=in.("rack 1,a",host-2)`, with `\"` and `\\` escaping inside quotes. Unquoted items
 //!   have surrounding spaces trimmed. At most [`MAX_IN_ITEMS`] items.
+//! - `source=like.host-%`, `source=ilike.HOST-_` (SQL `LIKE`: `%` any run, `_` one character,
+//!   `\` escapes; `ilike` ignores case).
+//! - `source=match.^host-[0-9]+$`, `source=imatch.^HOST` (POSIX-style regular expressions, `~`
+//!   and `~*`; at most [`MAX_PATTERN_LEN`] bytes, compiled with a size bound, matched in time
+//!   linear in the value).
+//! - `data=is.null`, `flag=is.true`, `flag=is.false`, `flag=is.unknown`.
+//! - `source=isdistinct.host-1` (`IS DISTINCT FROM`: like `neq`, but a `NULL` row value is
+//!   distinct, so it matches).
+//!
+//! A value may be double-quoted the PostgREST way (`source=eq."a,b"`), with `\"` and `\\`
+//! escaping inside the quotes.
 //!
 //! The column is `[A-Za-z_][A-Za-z0-9_]*`, at most [`MAX_COLUMN_LEN`] bytes (a Postgres
 //! identifier). Everything after the operator's `.` is the value, taken literally.
 //!
 //! # Matching
 //!
-//! A missing column or an SQL `NULL` never matches (not even `neq`). Otherwise the row value is
-//! compared with the filter value by the first rule that applies:
+//! A missing column never matches. An SQL `NULL` matches only `is.null`, `is.unknown` and
+//! `isdistinct` (as in SQL, where a comparison with `NULL` is unknown, and `not.` of unknown is
+//! still unknown). Otherwise the row value is compared with the filter value by the first rule
+//! that applies:
 //!
 //! 1. row value is a JSON number and the filter value is a number: numeric comparison;
 //! 2. row value is a boolean and the filter value is `true` or `false`: `false < true`;
-//! 3. row value is a string, and both it and the filter value are RFC 3339 timestamps:
-//!    chronological comparison (time zones are taken into account);
-//! 4. otherwise the row value's text (a string as is; anything else as compact JSON, the way
+//! 3. row value is a string, and both it and the filter value are timestamps (RFC 3339, or
+//!    Postgres' `2026-11-23 18:00:00+00`): chronological comparison (time zones are taken into
+//!    account);
+//! 4. row value is a string, and both it and the filter value are UUIDs: compared as UUIDs
+//!    (case does not matter);
+//! 5. otherwise the row value's text (a string as is; anything else as compact JSON, the way
 //!    walcast sends it) is compared with the filter text byte by byte.
 //!
-//! `in` matches when the row value equals any item under these rules.
+//! `in` matches when the row value equals any item under these rules. Patterns (`like`,
+//! `ilike`, `match`, `imatch`) look at the value's text as rule 5 defines it. Text comparison is
+//! byte order (Postgres' `C` collation); a column with another collation may order differently.
 //!
 //! # Cost per change
 //!
@@ -59,6 +79,13 @@ pub const MAX_COLUMN_LEN: usize = 63;
 
 /// Most items an `in.(...)` list may hold.
 pub const MAX_IN_ITEMS: usize = 100;
+
+/// Longest `like`/`ilike`/`match`/`imatch` pattern, in bytes.
+pub const MAX_PATTERN_LEN: usize = 512;
+
+/// Largest compiled pattern (the regex engine's size limit, in bytes): bounds the memory and
+/// the per-byte cost of matching.
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
 
 /// Why a filter string was rejected. Every message names the offending filter and says what is
 /// expected instead.
@@ -101,14 +128,17 @@ pub enum FilterError {
     /// No `op.` after the `=`.
     #[error(
         "filter `{filter}` has no operator: expected `column=op.value` with op one of eq, neq, \
-         lt, lte, gt, gte or in"
+         lt, lte, gt, gte, in, like, ilike, is, match, imatch or isdistinct"
     )]
     MissingOperator {
         /// The filter as given.
         filter: String,
     },
     /// The operator is not one walcast knows.
-    #[error("unknown operator `{op}` in filter `{filter}`: use eq, neq, lt, lte, gt, gte or in")]
+    #[error(
+        "unknown operator `{op}` in filter `{filter}`: use eq, neq, lt, lte, gt, gte, in, like, \
+         ilike, is, match, imatch or isdistinct (each may follow `not.`)"
+    )]
     UnknownOperator {
         /// The filter as given.
         filter: String,
@@ -168,6 +198,26 @@ pub enum FilterError {
         /// The first unexpected character.
         found: char,
     },
+    /// A `like`/`match` pattern that cannot be compiled or is too long.
+    #[error("invalid pattern in filter `{filter}`: {reason}")]
+    InvalidPattern {
+        /// The filter as given.
+        filter: String,
+        /// Why.
+        reason: String,
+    },
+    /// `is.` followed by something other than `null`, `true`, `false`, `unknown`.
+    #[error("`is` filter `{filter}` takes null, true, false or unknown")]
+    InvalidIsValue {
+        /// The filter as given.
+        filter: String,
+    },
+    /// A quoted value whose closing `"` is missing or followed by more text.
+    #[error("the quoted value of filter `{filter}` is not closed properly: end it with `\"`")]
+    BadQuotedValue {
+        /// The filter as given.
+        filter: String,
+    },
     /// A `"` inside an unquoted item.
     #[error(
         "item {item} of the `in` list in filter `{filter}` has a `\"` inside it: put the whole \
@@ -205,6 +255,18 @@ pub enum FilterOp {
     Gte,
     /// `in`: equal to one item of a list.
     In,
+    /// `like`: SQL `LIKE` pattern.
+    Like,
+    /// `ilike`: `LIKE` ignoring case.
+    Ilike,
+    /// `is`: `IS NULL`, `IS TRUE`, `IS FALSE`, `IS UNKNOWN`.
+    Is,
+    /// `match`: regular expression (`~`).
+    Match,
+    /// `imatch`: regular expression ignoring case (`~*`).
+    Imatch,
+    /// `isdistinct`: `IS DISTINCT FROM`.
+    IsDistinct,
 }
 
 impl FilterOp {
@@ -218,6 +280,12 @@ impl FilterOp {
             FilterOp::Gt => "gt",
             FilterOp::Gte => "gte",
             FilterOp::In => "in",
+            FilterOp::Like => "like",
+            FilterOp::Ilike => "ilike",
+            FilterOp::Is => "is",
+            FilterOp::Match => "match",
+            FilterOp::Imatch => "imatch",
+            FilterOp::IsDistinct => "isdistinct",
         }
     }
 
@@ -231,16 +299,27 @@ impl FilterOp {
             "gt" => FilterOp::Gt,
             "gte" => FilterOp::Gte,
             "in" => FilterOp::In,
+            "like" => FilterOp::Like,
+            "ilike" => FilterOp::Ilike,
+            "is" => FilterOp::Is,
+            "match" => FilterOp::Match,
+            "imatch" => FilterOp::Imatch,
+            "isdistinct" => FilterOp::IsDistinct,
             _ => return None,
         })
     }
 
     /// Whether an ordering of row value against filter value satisfies this operator
-    /// (`in` is treated as `eq` for each item).
+    /// (`in` is treated as `eq` for each item; the pattern and `is` operators never compare).
     fn accepts(self, ord: Ordering) -> bool {
         match self {
             FilterOp::Eq | FilterOp::In => ord == Ordering::Equal,
-            FilterOp::Neq => ord != Ordering::Equal,
+            FilterOp::Neq | FilterOp::IsDistinct => ord != Ordering::Equal,
+            FilterOp::Like
+            | FilterOp::Ilike
+            | FilterOp::Is
+            | FilterOp::Match
+            | FilterOp::Imatch => false,
             FilterOp::Lt => ord == Ordering::Less,
             FilterOp::Lte => ord != Ordering::Greater,
             FilterOp::Gt => ord == Ordering::Greater,
@@ -274,8 +353,31 @@ pub struct FilterScalar {
     number: Option<FilterNumber>,
     /// The value read as a boolean, when it is `true` or `false`.
     boolean: Option<bool>,
-    /// The value read as an RFC 3339 timestamp, when it is one.
+    /// The value read as a timestamp (RFC 3339 or Postgres' text form), when it is one.
     timestamp: Option<DateTime<FixedOffset>>,
+    /// The value read as a UUID, when it is one.
+    uuid: Option<uuid::Uuid>,
+}
+
+/// Reads a timestamp written the RFC 3339 way (`2026-11-23T18:00:00Z`) or the way Postgres
+/// prints `timestamptz` (`2026-11-23 18:00:00.5+00`, offsets with or without minutes).
+fn parse_timestamp(text: &str) -> Option<DateTime<FixedOffset>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t);
+    }
+    if text.len() < 19 || !text.is_char_boundary(10) || !text.is_char_boundary(11) {
+        return None;
+    }
+    let mut fixed = format!("{}T{}", &text[..10], &text[11..]);
+    // `+00` / `-05`: add the minutes RFC 3339 requires.
+    let tail = fixed.len().saturating_sub(3);
+    if fixed.is_char_boundary(tail)
+        && matches!(fixed.as_bytes()[tail], b'+' | b'-')
+        && fixed[tail + 1..].bytes().all(|b| b.is_ascii_digit())
+    {
+        fixed.push_str(":00");
+    }
+    DateTime::parse_from_rfc3339(&fixed).ok()
 }
 
 impl FilterScalar {
@@ -296,12 +398,14 @@ impl FilterScalar {
             "false" => Some(false),
             _ => None,
         };
-        let timestamp = DateTime::parse_from_rfc3339(&text).ok();
+        let timestamp = parse_timestamp(&text);
+        let uuid = uuid::Uuid::try_parse(&text).ok();
         FilterScalar {
             text,
             number,
             boolean,
             timestamp,
+            uuid,
         }
     }
 
@@ -330,7 +434,13 @@ impl FilterScalar {
             },
             Value::String(s) => {
                 if let Some(want) = &self.timestamp
-                    && let Ok(have) = DateTime::parse_from_rfc3339(s)
+                    && let Some(have) = parse_timestamp(s)
+                {
+                    return Some(have.cmp(want));
+                }
+                if let Some(want) = &self.uuid
+                    && s.len() == 36
+                    && let Ok(have) = uuid::Uuid::try_parse(s)
                 {
                     return Some(have.cmp(want));
                 }
@@ -413,20 +523,140 @@ impl io::Write for CompareSink<'_> {
     }
 }
 
-/// The right-hand side of a condition: one value, or the list of an `in` filter.
+/// The right-hand side of a condition: one value, the list of an `in` filter, a pattern, or
+/// what `is` tests.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FilterValue {
-    /// The value of `eq`, `neq`, `lt`, `lte`, `gt`, `gte`.
+    /// The value of `eq`, `neq`, `lt`, `lte`, `gt`, `gte`, `isdistinct`.
     Scalar(FilterScalar),
     /// The items of `in.(...)`, 1 to [`MAX_IN_ITEMS`] of them.
     List(Vec<FilterScalar>),
+    /// The pattern of `like`, `ilike`, `match`, `imatch`.
+    Pattern(Pattern),
+    /// What `is` tests.
+    Is(IsValue),
 }
 
-/// One column condition, `column=op.value`.
+/// What `is.` tests for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsValue {
+    /// `is.null`.
+    Null,
+    /// `is.true`.
+    True,
+    /// `is.false`.
+    False,
+    /// `is.unknown` (a `NULL` boolean).
+    Unknown,
+}
+
+impl IsValue {
+    /// The word after `is.`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IsValue::Null => "null",
+            IsValue::True => "true",
+            IsValue::False => "false",
+            IsValue::Unknown => "unknown",
+        }
+    }
+
+    /// Whether a row value passes the test (never unknown).
+    fn test(self, have: &Value) -> bool {
+        match self {
+            IsValue::Null | IsValue::Unknown => have.is_null(),
+            IsValue::True => *have == Value::Bool(true),
+            IsValue::False => *have == Value::Bool(false),
+        }
+    }
+}
+
+/// A compiled `like`/`ilike`/`match`/`imatch` pattern with its source text.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    /// The pattern as written (quotes and escapes removed).
+    source: String,
+    /// The compiled matcher.
+    regex: regex::Regex,
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source && self.regex.as_str() == other.regex.as_str()
+    }
+}
+
+impl Pattern {
+    /// Compiles a pattern for `op` (one of the four pattern operators).
+    fn new(op: FilterOp, source: &str) -> Result<Pattern, String> {
+        if source.len() > MAX_PATTERN_LEN {
+            return Err(format!(
+                "the pattern is {} bytes long: at most {MAX_PATTERN_LEN} are allowed",
+                source.len()
+            ));
+        }
+        let (expr, ignore_case) = match op {
+            FilterOp::Like => (like_to_regex(source)?, false),
+            FilterOp::Ilike => (like_to_regex(source)?, true),
+            FilterOp::Match => (source.to_owned(), false),
+            _ => (source.to_owned(), true),
+        };
+        let regex = regex::RegexBuilder::new(&expr)
+            .case_insensitive(ignore_case)
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .dfa_size_limit(PATTERN_SIZE_LIMIT)
+            .build()
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(_) => {
+                    "the pattern compiles to more than 1 MiB: simplify it".to_owned()
+                }
+                other => other.to_string(),
+            })?;
+        Ok(Pattern {
+            source: source.to_owned(),
+            regex,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether `text` matches.
+    fn is_match(&self, text: &str) -> bool {
+        self.regex.is_match(text)
+    }
+}
+
+/// An SQL `LIKE` pattern as an anchored regular expression: `%` any run of characters, `_` one
+/// character, `\` makes the next character literal.
+fn like_to_regex(pattern: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    out.push_str("(?s)\\A");
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => out.push_str(".*"),
+            '_' => out.push('.'),
+            '\\' => match chars.next() {
+                Some(next) => out.push_str(&regex::escape(&next.to_string())),
+                None => return Err("the pattern ends with an escape character `\\`".into()),
+            },
+            other => out.push_str(&regex::escape(&other.to_string())),
+        }
+    }
+    out.push_str("\\z");
+    Ok(out)
+}
+
+/// One column condition, `column=[not.]op.value`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Condition {
     /// The column the condition looks at.
     pub column: String,
+    /// `not.`: the condition holds when the comparison is false (unknown stays unknown).
+    pub negate: bool,
     /// How the column is compared.
     pub op: FilterOp,
     /// What it is compared with (a list exactly when `op` is [`FilterOp::In`]).
@@ -444,6 +674,10 @@ impl Condition {
             .split_once('=')
             .ok_or_else(|| FilterError::MissingEquals { filter: owned() })?;
         validate_column(filter, column)?;
+        let (negate, rest) = match rest.strip_prefix("not.") {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
         let (op_name, value) = match rest.split_once('.') {
             Some((op, value)) if !op.is_empty() => (op, value),
             _ => return Err(FilterError::MissingOperator { filter: owned() }),
@@ -452,13 +686,29 @@ impl Condition {
             filter: owned(),
             op: op_name.to_owned(),
         })?;
-        let value = if op == FilterOp::In {
-            FilterValue::List(parse_in_list(filter, value)?)
-        } else {
-            FilterValue::Scalar(FilterScalar::new(value))
+        let value = match op {
+            FilterOp::In => FilterValue::List(parse_in_list(filter, value)?),
+            FilterOp::Is => FilterValue::Is(match value.to_ascii_lowercase().as_str() {
+                "null" => IsValue::Null,
+                "true" => IsValue::True,
+                "false" => IsValue::False,
+                "unknown" => IsValue::Unknown,
+                _ => return Err(FilterError::InvalidIsValue { filter: owned() }),
+            }),
+            FilterOp::Like | FilterOp::Ilike | FilterOp::Match | FilterOp::Imatch => {
+                let text = unquote_value(filter, value)?;
+                FilterValue::Pattern(Pattern::new(op, &text).map_err(|reason| {
+                    FilterError::InvalidPattern {
+                        filter: owned(),
+                        reason,
+                    }
+                })?)
+            }
+            _ => FilterValue::Scalar(FilterScalar::new(unquote_value(filter, value)?)),
         };
         Ok(Condition {
             column: column.to_owned(),
+            negate,
             op,
             value,
         })
@@ -481,14 +731,25 @@ impl Condition {
             return false;
         };
         let compact = || texts.and_then(|t| t.get(&self.column, have));
-        match &self.value {
-            FilterValue::Scalar(want) => want
-                .compare(have, &compact)
-                .is_some_and(|o| self.op.accepts(o)),
-            FilterValue::List(items) => items
-                .iter()
-                .any(|want| want.compare(have, &compact) == Some(Ordering::Equal)),
-        }
+        // `None`: SQL unknown (a comparison with NULL), which no condition accepts, negated or not.
+        let verdict = match &self.value {
+            FilterValue::Is(test) => Some(test.test(have)),
+            _ if have.is_null() => (self.op == FilterOp::IsDistinct).then_some(true),
+            FilterValue::Scalar(want) => want.compare(have, &compact).map(|o| self.op.accepts(o)),
+            FilterValue::List(items) => Some(
+                items
+                    .iter()
+                    .any(|want| want.compare(have, &compact) == Some(Ordering::Equal)),
+            ),
+            FilterValue::Pattern(p) => Some(match have {
+                Value::String(s) => p.is_match(s),
+                other => match compact() {
+                    Some(text) => p.is_match(text),
+                    None => p.is_match(&other.to_string()),
+                },
+            }),
+        };
+        verdict.is_some_and(|v| v != self.negate)
     }
 }
 
@@ -572,9 +833,12 @@ impl FromStr for Condition {
 /// Writes the condition back in filter syntax; parsing the output gives the same condition.
 impl fmt::Display for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}.", self.column, self.op)?;
+        let not = if self.negate { "not." } else { "" };
+        write!(f, "{}={not}{}.", self.column, self.op)?;
         match &self.value {
-            FilterValue::Scalar(v) => f.write_str(&v.text),
+            FilterValue::Scalar(v) => write_value(f, &v.text),
+            FilterValue::Pattern(p) => write_value(f, &p.source),
+            FilterValue::Is(v) => f.write_str(v.as_str()),
             FilterValue::List(items) => {
                 f.write_str("(")?;
                 for (i, item) in items.iter().enumerate() {
@@ -700,6 +964,34 @@ fn parse_in_list(filter: &str, value: &str) -> Result<Vec<FilterScalar>, FilterE
         }
     }
     Ok(items)
+}
+
+/// A condition's value: PostgREST-quoted (`"a,b"`, with `\"` and `\\` escapes) or as written.
+fn unquote_value(filter: &str, value: &str) -> Result<String, FilterError> {
+    let Some(inner) = value.strip_prefix('"') else {
+        return Ok(value.to_owned());
+    };
+    match read_quoted(inner) {
+        Some((text, "")) => Ok(text),
+        _ => Err(FilterError::BadQuotedValue {
+            filter: filter.to_owned(),
+        }),
+    }
+}
+
+/// Writes a condition's value, quoting it when it would not read back (or split) unchanged.
+fn write_value(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    if !text.starts_with('"') && !text.contains([',', '(', ')']) {
+        return f.write_str(text);
+    }
+    f.write_str("\"")?;
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            f.write_str("\\")?;
+        }
+        write!(f, "{c}")?;
+    }
+    f.write_str("\"")
 }
 
 /// Reads a quoted item after its opening `"`: returns the unescaped text and what follows the

@@ -306,20 +306,17 @@ fn parse_errors_say_what_is_wrong() {
     assert_eq!(
         err("source=host-1"),
         "filter `source=host-1` has no operator: expected `column=op.value` with op one of \
-         eq, neq, lt, lte, gt, gte or in"
+         eq, neq, lt, lte, gt, gte, in, like, ilike, is, match, imatch or isdistinct"
     );
     assert_eq!(
         err("source=.x"),
         "filter `source=.x` has no operator: expected `column=op.value` with op one of \
-         eq, neq, lt, lte, gt, gte or in"
-    );
-    assert_eq!(
-        err("source=like.x"),
-        "unknown operator `like` in filter `source=like.x`: use eq, neq, lt, lte, gt, gte or in"
+         eq, neq, lt, lte, gt, gte, in, like, ilike, is, match, imatch or isdistinct"
     );
     assert_eq!(
         err("source=EQ.x"),
-        "unknown operator `EQ` in filter `source=EQ.x`: use eq, neq, lt, lte, gt, gte or in"
+        "unknown operator `EQ` in filter `source=EQ.x`: use eq, neq, lt, lte, gt, gte, in, \
+         like, ilike, is, match, imatch or isdistinct (each may follow `not.`)"
     );
     assert_eq!(
         err("source=in.a,b"),
@@ -555,4 +552,111 @@ fn a_columns_compact_text_is_made_once_per_change_for_every_filter_of_every_clie
     let fresh = ColumnTexts::new();
     assert!(by_source.matches_with(&change, &fresh));
     assert_eq!(fresh.made(), 0);
+}
+
+/// A row of `(column, value)` pairs.
+fn row_of(pairs: &[(&str, serde_json::Value)]) -> Row {
+    let mut r = Row::default();
+    for (k, v) in pairs {
+        r.values.insert((*k).into(), v.clone());
+    }
+    r
+}
+
+#[test]
+fn the_2026_operators_follow_sql() {
+    use serde_json::json;
+    let row = row_of(&[
+        ("source", json!("host-12")),
+        ("flag", json!(true)),
+        ("off", json!(false)),
+        ("nothing", json!(null)),
+        ("n", json!(42)),
+        ("data", json!({"k": "Value"})),
+        ("id", json!("0195c1de-0000-7000-8000-00000000000a")),
+        ("at", json!("2026-11-23T18:00:00.000000Z")),
+        ("multi", json!("a\nb")),
+    ]);
+    let m = |f: &str| Condition::parse(f).unwrap().matches(&row);
+    // like / ilike: % and _, escapes, case.
+    assert!(m("source=like.host-%"));
+    assert!(m("source=like.host-1_"));
+    assert!(!m("source=like.host-1"));
+    assert!(!m("source=like.HOST-%"));
+    assert!(m("source=ilike.HOST-%"));
+    assert!(m(r"source=like.host\-12"));
+    assert!(m("multi=like.a%b"), "% spans newlines");
+    assert!(!m("source=like.%.%"), "a regex dot is literal in LIKE");
+    // match / imatch.
+    assert!(m("source=match.^host-[0-9]+$"));
+    assert!(!m("source=match.^HOST"));
+    assert!(m("source=imatch.^HOST"));
+    assert!(
+        m("data=match.Value"),
+        "non-text values match on their JSON text"
+    );
+    // is.
+    assert!(m("nothing=is.null"));
+    assert!(!m("source=is.null"));
+    assert!(m("flag=is.true") && m("off=is.false") && m("nothing=is.unknown"));
+    assert!(!m("flag=is.false"));
+    assert!(m("source=not.is.null"));
+    // isdistinct: NULL is distinct from a value.
+    assert!(m("nothing=isdistinct.x"));
+    assert!(m("source=isdistinct.host-1"));
+    assert!(!m("source=isdistinct.host-12"));
+    // not.: negates; unknown (NULL) stays unknown.
+    assert!(m("source=not.eq.host-1"));
+    assert!(!m("source=not.eq.host-12"));
+    assert!(m("source=not.in.(a,b)"));
+    assert!(!m("nothing=not.eq.x"), "not of unknown is unknown");
+    assert!(!m("nothing=neq.x"));
+    assert!(m("n=not.gt.50") && !m("n=not.lt.50"));
+    assert!(m("source=not.like.db-%"));
+    // A missing column never matches, negated or not.
+    assert!(!m("absent=not.eq.x") && !m("absent=is.null"));
+    // Quoted values the PostgREST way.
+    let row2 = row_of(&[("source", json!("a,b")), ("q", json!("say \"hi\""))]);
+    let m2 = |f: &str| Condition::parse(f).unwrap().matches(&row2);
+    assert!(m2(r#"source=eq."a,b""#));
+    assert!(m2(r#"q=eq."say \"hi\"""#));
+    // UUIDs compare as UUIDs; Postgres-style timestamps compare as instants.
+    assert!(m("id=eq.0195C1DE-0000-7000-8000-00000000000A"));
+    assert!(m("at=eq.2026-11-23 18:00:00+00"));
+    assert!(m("at=gt.2026-11-23 17:59:59.5+00"));
+    assert!(m("at=lt.2026-11-23 13:00:01-05"));
+}
+
+#[test]
+fn the_2026_operators_refuse_bad_values_by_name() {
+    let err = |f: &str| Condition::parse(f).unwrap_err().to_string();
+    assert_eq!(
+        err("flag=is.maybe"),
+        "`is` filter `flag=is.maybe` takes null, true, false or unknown"
+    );
+    assert!(err("source=match.(unclosed").starts_with("invalid pattern in filter"));
+    assert!(err(r"source=like.ends\").contains("escape character"));
+    let long = format!("source=match.{}", "a".repeat(MAX_PATTERN_LEN + 1));
+    assert!(err(&long).contains("at most 512"));
+    // A pattern that compiles too big is refused, not run.
+    let big = format!("source=match.{}", "(a{1,1000}){1,1000}");
+    assert!(err(&big).contains("1 MiB"), "{}", err(&big));
+    assert!(err(r#"source=eq."open"#).contains("not closed"));
+    assert!(err(r#"source=eq."a"b"#).contains("not closed"));
+}
+
+#[test]
+fn the_2026_conditions_print_back() {
+    for f in [
+        "source=not.eq.x",
+        "source=like.host-%",
+        "flag=is.null",
+        "source=not.imatch.^a",
+        r#"source=eq."a,b""#,
+        "source=isdistinct.y",
+    ] {
+        let c = Condition::parse(f).unwrap();
+        assert_eq!(c.to_string(), f);
+        assert_eq!(Condition::parse(&c.to_string()).unwrap(), c);
+    }
 }

@@ -14,6 +14,15 @@ const filters = {
   in: 'source=in.(s1,s3)',
   in_quoted: postgresChangesFilter().in('source', ['s3', 'x,y']),
   and: postgresChangesFilter().eq('source', 's1').neq('event_type', 'zzz'),
+  // The 2026 operators, as the builder writes them.
+  like: postgresChangesFilter().like('source', 's%'),
+  ilike: postgresChangesFilter().ilike('source', 'S_'),
+  match: postgresChangesFilter().match('source', '^s[12]$'),
+  imatch: postgresChangesFilter().imatch('source', '^(S3|X,Y)$'),
+  isdistinct: postgresChangesFilter().isDistinct('source', 's2'),
+  not_in: postgresChangesFilter().not('source', 'in', ['s1', 's2']),
+  not_like: postgresChangesFilter().not('source', 'like', 's%'),
+  not_is_null: postgresChangesFilter().not('source', 'is', null),
 }
 
 const rt = client(env('TOKEN'), { vsn: process.env.VSN })

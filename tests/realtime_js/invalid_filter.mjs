@@ -8,7 +8,7 @@ const cases = {
   bad_op: { filter: 'source=foo.1' },
   bad_column: { filter: 'nope=eq.1' },
   in_without_parens: { filter: 'source=in.s1' },
-  unsupported_like: { filter: postgresChangesFilter().like('source', 's%') },
+  bad_pattern: { filter: postgresChangesFilter().match('source', '(unclosed') },
   unknown_table: { table: 'nope' },
 }
 
