@@ -93,6 +93,10 @@ pub enum Operation {
     Delete,
     /// The table was truncated (no record).
     Truncate,
+    /// Not a row change: a WAL message at this position could not be decoded, so a change may
+    /// be missing here. `record` holds `code`, `message` and `lsn`; the relation is empty. It
+    /// reaches every `/ws` subscription (whatever its filters) and no Realtime binding.
+    Gap,
 }
 
 impl Operation {
@@ -103,6 +107,7 @@ impl Operation {
             Operation::Update => "UPDATE",
             Operation::Delete => "DELETE",
             Operation::Truncate => "TRUNCATE",
+            Operation::Gap => "GAP",
         }
     }
 }

@@ -97,6 +97,20 @@ struct Transaction {
     change_count: u32,
 }
 
+/// The empty relation of [`Operation::Gap`] changes (shared).
+fn gap_relation() -> Arc<Relation> {
+    static GAP: std::sync::OnceLock<Arc<Relation>> = std::sync::OnceLock::new();
+    Arc::clone(GAP.get_or_init(|| {
+        Arc::new(Relation {
+            oid: 0,
+            schema: Arc::from(""),
+            table: Arc::from(""),
+            replica_identity: b'n',
+            columns: Arc::from(Vec::new()),
+        })
+    }))
+}
+
 /// Decodes a pgoutput stream, message by message.
 #[derive(Debug, Clone, Default)]
 pub struct Decoder {
@@ -245,6 +259,54 @@ impl Decoder {
             .relation(oid)
             .map(Arc::clone)
             .ok_or(DecodeError::UnknownRelation(oid))
+    }
+
+    /// A [`Operation::Gap`] for a message that could not be decoded (`error`) at WAL position
+    /// `at`: inside a transaction it takes the next cursor index, so the changes around it keep
+    /// their order and the cursor a client holds stays valid; outside one it sits at `at`, with
+    /// `now` (the caller's clock) as its time.
+    pub fn gap(&mut self, error: &DecodeError, at: Lsn, now: DateTime<Utc>) -> Change {
+        let (cursor, xid, commit_ts) = match self.transaction.as_mut() {
+            Some(t) => {
+                let index = t.change_count;
+                t.change_count = index.saturating_add(1);
+                (
+                    Cursor {
+                        commit_lsn: t.final_lsn,
+                        index,
+                    },
+                    t.xid,
+                    t.commit_ts,
+                )
+            }
+            None => (
+                Cursor {
+                    commit_lsn: at,
+                    index: 0,
+                },
+                0,
+                now,
+            ),
+        };
+        let mut record = Row::default();
+        record
+            .values
+            .insert("code".into(), Value::String(error.code().to_owned()));
+        record
+            .values
+            .insert("message".into(), Value::String(error.to_string()));
+        record
+            .values
+            .insert("lsn".into(), Value::String(at.to_string()));
+        Change {
+            cursor,
+            xid,
+            commit_ts,
+            relation: gap_relation(),
+            op: Operation::Gap,
+            record: Some(record),
+            old_record: None,
+        }
     }
 
     /// Builds the next change of the open transaction, taking the next cursor index.
@@ -920,5 +982,43 @@ mod tests {
         }
         // Both outcomes happen: the corruption is neither always fatal nor always harmless.
         assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+    }
+
+    #[test]
+    fn an_undecodable_message_is_a_gap_in_cursor_order() {
+        let mut d = Decoder::new();
+        d.decode(&begin()).unwrap();
+        d.decode(&events_relation()).unwrap();
+        let Decoded::Change(first) = d.decode(&insert("1")).unwrap() else {
+            panic!("change expected")
+        };
+        // An Insert for a relation never announced cannot be decoded.
+        let unknown = bytes(PgOutputMessage::Insert(InsertMessage {
+            relation_oid: 4242,
+            new: events_tuple("2"),
+        }));
+        let e = d.decode(&unknown).unwrap_err();
+        let gap = d.gap(&e, Lsn(LSN - 8), DateTime::<Utc>::UNIX_EPOCH);
+        assert_eq!(gap.op, Operation::Gap);
+        assert_eq!(gap.cursor.commit_lsn, Lsn(LSN));
+        assert_eq!(gap.cursor.index, first.cursor.index + 1);
+        assert_eq!(
+            gap.commit_ts, first.commit_ts,
+            "inside a transaction: its commit time"
+        );
+        let record = gap.record.as_ref().unwrap();
+        assert_eq!(record.values["code"], json!(e.code()));
+        assert_eq!(record.values["lsn"], json!(Lsn(LSN - 8).to_string()));
+        let Decoded::Change(next) = d.decode(&insert("3")).unwrap() else {
+            panic!("change expected")
+        };
+        assert_eq!(next.cursor.index, gap.cursor.index + 1);
+        d.decode(&commit()).unwrap();
+        // Outside a transaction it sits at the message's own position.
+        let gap = d.gap(&e, Lsn(LSN + 0x100), DateTime::<Utc>::UNIX_EPOCH);
+        assert_eq!(
+            (gap.cursor.commit_lsn, gap.cursor.index),
+            (Lsn(LSN + 0x100), 0)
+        );
     }
 }

@@ -1069,6 +1069,10 @@ impl Filter {
 
     /// The match, with or without a cache.
     fn matches_in(&self, change: &Change, texts: Option<&ColumnTexts>) -> bool {
+        // A gap may hide a change this filter wanted: every subscription hears of it.
+        if change.op == Operation::Gap {
+            return true;
+        }
         if !self.ops.is_empty() && !self.ops.contains(&change.op) {
             return false;
         }
@@ -1076,7 +1080,7 @@ impl Filter {
             return true;
         }
         let row = match change.op {
-            Operation::Truncate => return true,
+            Operation::Truncate | Operation::Gap => return true,
             Operation::Insert | Operation::Update => change.record.as_ref(),
             Operation::Delete => change.old_record.as_ref(),
         };

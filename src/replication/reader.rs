@@ -298,8 +298,10 @@ impl Reader {
                     Ok(_) => {}
                     Err(e) => {
                         self.metrics.decode_errors.add(e.code(), 1);
-                        tracing::error!(error = %e, lsn = %Lsn(wal_end.0), "a WAL message could not be decoded; storing it in the dead-letter queue");
+                        tracing::error!(error = %e, lsn = %Lsn(wal_end.0), "a WAL message could not be decoded; storing it in the dead-letter queue and telling /ws clients of the gap");
                         self.dead_letter(&data, wal_end.0, &e);
+                        let gap = decoder.gap(&e, Lsn(wal_end.0), chrono::Utc::now());
+                        self.publish(gap);
                     }
                 }
             }

@@ -224,11 +224,13 @@ async fn replay(
                 }
                 decoder.begin(Lsn(final_lsn.0), xid, commit_time_micros);
             }
-            ReplicationEvent::XLogData { data, .. } => {
-                let changes = match decoder.decode(&data).map_err(ReplicationError::Decode)? {
-                    Decoded::Change(c) => vec![c],
-                    Decoded::Changes(cs) => cs,
-                    _ => Vec::new(),
+            ReplicationEvent::XLogData { data, wal_end, .. } => {
+                // An undecodable message is a gap here too, at the same cursor as it was live.
+                let changes = match decoder.decode(&data) {
+                    Ok(Decoded::Change(c)) => vec![c],
+                    Ok(Decoded::Changes(cs)) => cs,
+                    Ok(_) => Vec::new(),
+                    Err(e) => vec![decoder.gap(&e, Lsn(wal_end.0), chrono::Utc::now())],
                 };
                 for c in changes {
                     if c.cursor > after && c.cursor <= until && !tx.send(c).await {

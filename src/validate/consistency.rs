@@ -349,7 +349,7 @@ pub fn check_change(change: &Change, facts: Option<&TableFacts>) -> Vec<Finding>
                     ),
                     None => f.push("record".to_owned()),
                 },
-                Operation::Delete | Operation::Truncate => {}
+                Operation::Delete | Operation::Truncate | Operation::Gap => {}
             }
             if matches!(change.op, Operation::Update | Operation::Delete) {
                 // The old image may be reduced to the primary key; what it has must be right.

@@ -341,7 +341,10 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             self.feed(Message::Text(frame)).await?;
             *done_to = Some(item.change.cursor);
             queued += 1;
-            rows += usize::from(item.change.op != Operation::Truncate);
+            rows += usize::from(!matches!(
+                item.change.op,
+                Operation::Truncate | Operation::Gap
+            ));
         }
         Ok((queued, rows))
     }
@@ -881,6 +884,31 @@ mod tests {
             assert_eq!(f["type"], "event", "{f}");
         }
         assert_eq!(state.metrics.clients_over_budget.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_reaches_every_subscription_whatever_its_filters() {
+        let state = state(16);
+        let mut peer = start(&state).await;
+        peer.send(r#"{"type":"subscribe","id":"narrow","event_type":"never","ops":["DELETE"]}"#)
+            .await;
+        assert_eq!(peer.next_json().await["type"], "subscribed");
+        let mut decoder = crate::decode::Decoder::new();
+        decoder.begin(crate::decode::Lsn(0x500), 7, 0);
+        let error = crate::decode::DecodeError::UnknownRelation(4242);
+        let gap = decoder.gap(
+            &error,
+            crate::decode::Lsn(0x4f0),
+            chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+        );
+        let cursor = gap.cursor.encode();
+        state.hub.publish(gap);
+        let f = peer.next_json().await;
+        assert_eq!(f["type"], "gap", "{f}");
+        assert_eq!(f["cursor"], cursor.as_str());
+        assert_eq!(f["code"], error.code());
+        assert_eq!(f["lsn"], "0/4F0");
+        assert!(f["message"].as_str().unwrap().contains("4242"), "{f}");
     }
 
     /// Like [`start`], for a client that is not `service_role`.

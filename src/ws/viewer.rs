@@ -146,11 +146,15 @@ pub async fn verdicts(
     Ok(changes
         .iter()
         .map(|c| {
+            // A gap carries no row: every role hears of it.
+            if c.op == Operation::Gap {
+                return Verdict::Shared;
+            }
             if !served(c) {
                 return Verdict::Skip;
             }
             match c.op {
-                Operation::Truncate => Verdict::Shared,
+                Operation::Truncate | Operation::Gap => Verdict::Shared,
                 Operation::Delete => {
                     Verdict::Own(restrict(c, view.columns.as_deref(), facts.as_deref()))
                 }

@@ -140,7 +140,7 @@ impl EventFilter {
     /// Whether a change operation passes. TRUNCATE never does.
     pub fn accepts(self, op: Operation) -> bool {
         match (self, op) {
-            (_, Operation::Truncate) => false,
+            (_, Operation::Truncate | Operation::Gap) => false,
             (EventFilter::All, _) => true,
             (EventFilter::Insert, Operation::Insert)
             | (EventFilter::Update, Operation::Update)
@@ -257,7 +257,7 @@ impl Binding {
         let row = match change.op {
             Operation::Insert | Operation::Update => change.record.as_ref(),
             Operation::Delete => change.old_record.as_ref(),
-            Operation::Truncate => None,
+            Operation::Truncate | Operation::Gap => None,
         };
         let texts = texts.map(|t| t.for_change(change));
         row.is_some_and(|row| {

@@ -163,7 +163,7 @@ pub fn encode_change_data_for(
             let only = rls_enabled.then_some(&pk);
             too_large |= push_record(&mut out, "old_record", columns, old, None, only);
         }
-        Operation::Truncate => {}
+        Operation::Truncate | Operation::Gap => {}
     }
     if too_large {
         out.push_str(",\"errors\":[\"Error 413: Payload Too Large\"]}");

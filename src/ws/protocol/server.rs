@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 
 use super::{ErrorCode, LAGGED_CLOSE_CODE, PROTOCOL_VERSION, ProtocolError};
-use crate::decode::{Change, Cursor, Row};
+use crate::decode::{Change, Cursor, Operation, Row};
 use crate::json::{push_opt_str, push_str as push_json_str};
 
 /// Encodes a change as an `event` frame.
@@ -16,6 +16,9 @@ use crate::json::{push_opt_str, push_str as push_json_str};
 /// columns left out of the row images because Postgres did not resend their unchanged TOAST
 /// value) only when there are any. The same change always gives the same text.
 pub fn encode_event(change: &Change) -> String {
+    if change.op == Operation::Gap {
+        return encode_gap(change);
+    }
     let capacity = 160
         + change.relation.schema.len()
         + change.relation.table.len()
@@ -158,6 +161,33 @@ pub fn encode_cursor_expired(requested: Cursor, oldest: Option<Cursor>) -> Strin
     push_error_start(&mut out, error.code, &error.message, None);
     out.push_str(",\"oldest\":");
     push_opt_cursor(&mut out, oldest);
+    out.push('}');
+    out
+}
+
+/// A `gap` frame: a WAL message at this position could not be decoded, so a change may be
+/// missing here (the message is kept in the dead-letter queue).
+/// `{"type":"gap","cursor":..,"commit_ts":..,"lsn":..,"code":..,"message":..}`.
+pub fn encode_gap(change: &Change) -> String {
+    let field = |name: &str| {
+        change
+            .record
+            .as_ref()
+            .and_then(|r| r.values.get(name))
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+    };
+    let mut out = String::with_capacity(160 + field("message").len());
+    out.push_str("{\"type\":\"gap\",\"cursor\":");
+    push_cursor(&mut out, change.cursor);
+    out.push_str(",\"commit_ts\":");
+    push_timestamp(&mut out, &change.commit_ts);
+    out.push_str(",\"lsn\":");
+    push_json_str(&mut out, field("lsn"));
+    out.push_str(",\"code\":");
+    push_json_str(&mut out, field("code"));
+    out.push_str(",\"message\":");
+    push_json_str(&mut out, field("message"));
     out.push('}');
     out
 }
