@@ -1093,3 +1093,63 @@ async fn metrics_can_require_a_token() {
     assert_eq!(status, 200);
     assert!(body.contains("walcast_"), "{body}");
 }
+
+/// When the row check cannot be made (the database fails), a `/ws` client of a role is told
+/// `internal` with the cursor to resume from and closed (1011); resuming from that cursor once
+/// the database answers again delivers the change it missed — nothing is lost.
+#[tokio::test]
+async fn a_failed_row_check_names_a_cursor_that_loses_nothing() {
+    let db = support::fresh_db().await;
+    support::use_own_rows_policy(&db).await;
+    let w = walcast(&db, &[]).await;
+    let c = db.client().await;
+    let mut alice =
+        support::ws::WsClient::connect(&ws_url(&w, &user("authenticated", "alice"))).await;
+    alice.subscribe("all", json!({})).await;
+    c.execute(
+        "insert into public.monitoring_events (event_type, source) values ('one', 'alice')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let first = alice
+        .next_frame(Duration::from_secs(10))
+        .await
+        .expect("the first row");
+    let signature = "walcast.realtime_visible_ids(bigint[], uuid[], text[], text[], integer)";
+    c.batch_execute(&format!(
+        "alter function {signature} rename to visible_gone"
+    ))
+    .await
+    .unwrap();
+    c.execute(
+        "insert into public.monitoring_events (event_type, source) values ('two', 'alice')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let error = alice
+        .next_non_event(Duration::from_secs(10))
+        .await
+        .expect("an error frame");
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["code"], "internal", "{error}");
+    let message = error["message"].as_str().unwrap();
+    let cursor = message
+        .rsplit(' ')
+        .next()
+        .expect("a cursor at the end of the message");
+    assert_eq!(cursor, first["cursor"].as_str().unwrap(), "{message}");
+    c.batch_execute("alter function walcast.visible_gone rename to realtime_visible_ids")
+        .await
+        .unwrap();
+    let mut again =
+        support::ws::WsClient::connect(&ws_url(&w, &user("authenticated", "alice"))).await;
+    again.subscribe("all", json!({})).await;
+    let (replayed, _) = again.resume(cursor, Duration::from_secs(20)).await;
+    let types: Vec<&str> = replayed
+        .iter()
+        .map(|f| f["record"]["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["two"]);
+}

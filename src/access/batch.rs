@@ -243,6 +243,9 @@ impl RlsGate {
                 for p in batch {
                     p.answer.fail(e.kind());
                 }
+                // The waiters of this round hold the failed answers; a later ask (a client
+                // resuming) gets a fresh one and asks Postgres again.
+                self.forget(batch.iter().map(|p| &p.answer));
             }
             call.batch = None;
             drop(call);
@@ -250,6 +253,22 @@ impl RlsGate {
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| Ok(HashSet::new())))
             .collect()
+    }
+
+    /// Drops these answers from the cache (the call that should have filled them failed).
+    fn forget<'a>(&self, failed: impl Iterator<Item = &'a Arc<Answer>>) {
+        let failed: Vec<&Arc<Answer>> = failed.collect();
+        let mut cache = lock(&self.answers);
+        let gone: Vec<(Lsn, Arc<ClaimsGroup>)> = cache
+            .entries
+            .iter()
+            .filter(|(_, a)| failed.iter().any(|f| Arc::ptr_eq(a, f)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &gone {
+            cache.entries.remove(key);
+        }
+        cache.order.retain(|k| !gone.contains(k));
     }
 
     /// The answer slot of a key, created (and the oldest evicted) when new.

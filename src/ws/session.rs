@@ -300,7 +300,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         // The newest change of the batch that was fed (or hidden from the role), for the
         // `lagged` cursor when the budget runs out halfway.
         let mut done_to = None;
-        let (queued, rows) = match self.feed_live(&items, &mut done_to).await {
+        let (queued, rows) = match self.feed_live(&items, &mut done_to, before).await {
             Ok(counts) => counts,
             Err(End::OverBudget) => {
                 self.position = done_to.or(before);
@@ -324,9 +324,10 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         &mut self,
         items: &[Arc<HubItem>],
         done_to: &mut Option<Cursor>,
+        before: Option<Cursor>,
     ) -> Result<(usize, usize), End> {
         let changes: Vec<&Change> = items.iter().map(|i| &i.change).collect();
-        let verdicts = self.verdicts(&changes).await?;
+        let verdicts = self.verdicts(&changes, before).await?;
         let mut queued = 0usize;
         let mut rows = 0usize;
         for (item, verdict) in items.iter().zip(verdicts) {
@@ -351,7 +352,11 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
 
     /// What this client may see of each change (everything without a role view). A failed
     /// check ends the session with an `internal` error: the client resumes from its cursor.
-    async fn verdicts(&mut self, changes: &[&Change]) -> Result<Vec<Verdict>, End> {
+    async fn verdicts(
+        &mut self,
+        changes: &[&Change],
+        resume: Option<Cursor>,
+    ) -> Result<Vec<Verdict>, End> {
         let Some(view) = &self.viewer else {
             return Ok(vec![Verdict::Shared; changes.len()]);
         };
@@ -364,8 +369,8 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             Ok(v) => Ok(v),
             Err(e) => {
                 tracing::warn!(error = %e, kind = e.kind(), "/ws: row level security check failed");
-                let resume_from = changes.first().map(|c| c.cursor);
-                let message = match resume_from {
+                // Nothing of this batch was sent: the client resumes after what came before it.
+                let message = match resume {
                     Some(c) => format!(
                         "the row level security check failed: reconnect and resume from cursor {}",
                         c.encode()
@@ -587,6 +592,8 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 1
             };
             let mut batch: Vec<Change> = Vec::new();
+            // Where a client resumes if the row check of the next batch fails.
+            let mut resume_point = Some(after);
             // Frames fed since the last flush.
             let mut queued = 0usize;
             loop {
@@ -618,7 +625,8 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     }
                 }
                 if !batch.is_empty() && (done || batch.len() >= batch_max) {
-                    let sent = self.feed_replayed(&batch).await?;
+                    let sent = self.feed_replayed(&batch, resume_point).await?;
+                    resume_point = batch.last().map(|c| c.cursor).or(resume_point);
                     batch.clear();
                     queued += sent;
                     replayed += sent as u64;
@@ -698,9 +706,13 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
 
     /// Feeds a batch of replayed changes (what this client may see of them), without flushing;
     /// returns how many frames were fed.
-    async fn feed_replayed(&mut self, batch: &[Change]) -> Result<usize, End> {
+    async fn feed_replayed(
+        &mut self,
+        batch: &[Change],
+        resume: Option<Cursor>,
+    ) -> Result<usize, End> {
         let changes: Vec<&Change> = batch.iter().collect();
-        let verdicts = self.verdicts(&changes).await?;
+        let verdicts = self.verdicts(&changes, resume).await?;
         let mut queued = 0usize;
         for (change, verdict) in batch.iter().zip(verdicts) {
             let text = match verdict {
