@@ -1943,3 +1943,88 @@ async fn rest_broadcast_respects_the_channel_budget() {
     rt.expect_none("a refused broadcast", |f| f.event == "broadcast")
         .await;
 }
+
+/// `select` limits what a change carries to the listed columns plus the primary key (record,
+/// old_record and `columns`); a column the role may not read is a binding error; an unknown
+/// column too.
+#[tokio::test]
+async fn select_limits_the_columns_a_change_carries() {
+    let db = support::fresh_db().await;
+    let role = format!("selrt_{}", db.name);
+    let c = db.client().await;
+    c.batch_execute(&format!(
+        "create role {role} nologin; \
+         grant select (id, event_type, source) on public.monitoring_events to {role}; \
+         create policy selrt_read on public.monitoring_events for select to {role} using (true);"
+    ))
+    .await
+    .unwrap();
+    let extra = format!("--extra-roles={role}");
+    let w =
+        Walcast::start_with_env(&db, &[&extra], &[("WALCAST_JWT_SECRET", support::SECRET)]).await;
+    let selecting = |select: Value| {
+        pg_join(
+            json!([{"event": "*", "schema": "public", "table": "monitoring_events",
+                        "select": select}]),
+        )
+    };
+    let mut service = Rt::connect(&w, &token("service_role", 600), true).await;
+    let (_, reply) = service
+        .join("realtime:sel", selecting(json!(["source"])))
+        .await;
+    assert_eq!(
+        reply.payload["response"]["postgres_changes"][0]["select"],
+        json!(["source"]),
+        "{reply:?}"
+    );
+    let sys = subscribed(&mut service, "realtime:sel").await;
+    assert_eq!(sys.payload["status"], "ok", "{sys:?}");
+    let id = insert(&db, "h-sel").await;
+    let f = change_for(&mut service, &id).await;
+    let data = &f.payload["data"];
+    assert_eq!(
+        data["record"],
+        json!({"id": id, "source": "h-sel"}),
+        "{data}"
+    );
+    let names: Vec<&str> = data["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["id", "source"]);
+
+    // A role that may read some columns: selecting one of them works, another is refused.
+    let narrow = sign(json!({"role": role, "exp": now() + 600}));
+    let mut rt = Rt::connect(&w, &narrow, true).await;
+    rt.join("realtime:ok", selecting(json!(["event_type"])))
+        .await;
+    let sys = subscribed(&mut rt, "realtime:ok").await;
+    assert_eq!(sys.payload["status"], "ok", "{sys:?}");
+    rt.join("realtime:no", selecting(json!(["data"]))).await;
+    let sys = subscribed(&mut rt, "realtime:no").await;
+    assert_eq!(sys.payload["status"], "error", "{sys:?}");
+    let message = sys.payload["message"].as_str().unwrap();
+    assert!(
+        message.contains("Exception: permission denied for column data"),
+        "{message}"
+    );
+    let id = insert(&db, "h-narrow").await;
+    let f = change_for(&mut rt, &id).await;
+    assert_eq!(
+        f.payload["data"]["record"],
+        json!({"id": id, "event_type": "cpu"}),
+        "{f:?}"
+    );
+    // An unknown column.
+    rt.join("realtime:bad", selecting(json!(["nope"]))).await;
+    let sys = subscribed(&mut rt, "realtime:bad").await;
+    assert!(
+        sys.payload["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid column for select nope"),
+        "{sys:?}"
+    );
+}

@@ -1316,3 +1316,34 @@ async fn realtime_js_wait_and_replication_ready() {
         );
     }
 }
+
+/// `select` through realtime-js: the callback's `new` holds the selected columns and the primary
+/// key, nothing else; the client reports SUBSCRIBED (its binding echo matches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_select() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let tok = token("service_role", None, 600);
+    let mut runs = VSNS.map(|vsn| Script::start("select", &w, &[("TOKEN", &tok), ("VSN", vsn)]));
+    for s in &mut runs {
+        s.ready("insert").await;
+    }
+    let id = insert_one(&db, "picked").await;
+    for s in &mut runs {
+        s.go().await;
+    }
+    for (vsn, s) in VSNS.iter().zip(runs) {
+        let lines = s.finish().await;
+        assert_eq!(
+            statuses(&lines, "select"),
+            ["SUBSCRIBED", "CLOSED"],
+            "{vsn}"
+        );
+        let rows = &one(&lines, "select", "rows")["rows"];
+        assert_eq!(
+            rows,
+            &json!([{"id": id, "event_type": "cpu", "source": "picked"}]),
+            "{vsn}"
+        );
+    }
+}

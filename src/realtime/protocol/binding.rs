@@ -27,7 +27,7 @@ pub struct BindingRequest {
     pub table: Option<String>,
     /// `filter`.
     pub filter: Option<String>,
-    /// `select` (column selection), which walcast does not support.
+    /// `select`: the columns a change carries (the primary key is always added).
     pub select: Option<Value>,
     /// The object exactly as sent; the join reply echoes it with an `id` added.
     pub echo: Map<String, Value>,
@@ -221,6 +221,8 @@ pub struct Binding {
     pub table: Option<String>,
     /// Conditions that must all hold (on `record`, or on `old_record` for DELETE).
     pub conditions: Vec<Condition>,
+    /// `select`: the columns its changes carry, primary key included; `None`: all.
+    pub select: Option<std::sync::Arc<[String]>>,
 }
 
 impl Binding {
@@ -286,17 +288,25 @@ pub fn bind(req: &BindingRequest, tables: &[TableFacts]) -> Result<Binding, Bind
         other => other,
     })?;
     let wild = |p: &str| (p != "*").then(|| p.to_owned());
-    let binding = Binding {
+    let mut binding = Binding {
         id: req.id(),
         event,
         schema: wild(schema),
         table: wild(table),
         conditions,
+        select: None,
     };
-    if req.select.is_some() {
+    let select = match &req.select {
+        None => None,
+        Some(v) => Some(parse_select(v).map_err(|cause| BindingError::Exception {
+            params: params.clone(),
+            cause,
+        })?),
+    };
+    if select.is_some() && (binding.schema.is_none() || binding.table.is_none()) {
         return Err(BindingError::Exception {
             params,
-            cause: "column selection (`select`) is not supported by walcast".into(),
+            cause: "`select` needs one table: name a schema and a table, not `*`".into(),
         });
     }
     let matched: Vec<&TableFacts> = tables
@@ -316,7 +326,42 @@ pub fn bind(req: &BindingRequest, tables: &[TableFacts]) -> Result<Binding, Bind
             });
         }
     }
+    if let Some(select) = select {
+        let facts = matched[0];
+        if let Some(bad) = select.iter().find(|c| !facts.has_column(c)) {
+            return Err(BindingError::Exception {
+                params,
+                cause: format!("invalid column for select {bad}"),
+            });
+        }
+        // The primary key always travels with the selected columns, in table order.
+        let columns: Vec<String> = facts
+            .columns
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| select.contains(name) || facts.primary_key.contains(name))
+            .cloned()
+            .collect();
+        binding.select = Some(columns.into());
+    }
     Ok(binding)
+}
+
+/// Reads `select`: a non-empty list of column names.
+fn parse_select(v: &Value) -> Result<Vec<String>, String> {
+    let items = v
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or("`select` must be a non-empty list of column names")?;
+    items
+        .iter()
+        .map(|i| {
+            i.as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("`select` holds {i}, not a column name"))
+        })
+        .collect()
 }
 
 /// Parses a filter: empty or blank means none; `,` before another `column=` starts another
@@ -559,8 +604,33 @@ mod tests {
         );
         let e = bind_err(json!({"schema":"public","select":["id"]}));
         assert!(
-            e.contains("select: [\"id\"]") && e.contains("Exception: column selection"),
+            e.contains("select: [\"id\"]") && e.contains("Exception: `select` needs one table"),
             "{e}"
+        );
+        let e = bind_err(json!({"schema":"public","table":"monitoring_events","select":["nope"]}));
+        assert!(
+            e.contains("Exception: invalid column for select nope"),
+            "{e}"
+        );
+        let e = bind_err(json!({"schema":"public","table":"monitoring_events","select":[]}));
+        assert!(e.contains("`select` must be a non-empty list"), "{e}");
+        let e = bind_err(json!({"schema":"public","table":"monitoring_events","select":[1]}));
+        assert!(e.contains("not a column name"), "{e}");
+        // The primary key always comes along, in table order.
+        let b = bind(
+            &req(json!({"schema":"public","table":"monitoring_events","select":["source","event_type"]})),
+            &[facts()],
+        )
+        .unwrap();
+        assert_eq!(
+            b.select.as_deref(),
+            Some(
+                &[
+                    "id".to_owned(),
+                    "event_type".to_owned(),
+                    "source".to_owned()
+                ][..]
+            )
         );
         let e = bind_err(json!({"schema":"public","filter":"id=in.()"}));
         assert!(e.contains("filters: [{\"id\", \"in\", \"()\"}]"), "{e}");

@@ -53,8 +53,11 @@ pub(super) struct Channel {
     pub(super) requests: Vec<BindingRequest>,
     /// The subscribed bindings (empty when the subscription failed).
     pub(super) bindings: Vec<Binding>,
-    /// The columns its role may read; `None`: all (the shared payload is sent).
+    /// The columns its changes carry (what its role may read, cut to its bindings' `select`);
+    /// `None`: all (the shared payload is sent).
     pub(super) columns: Option<Arc<[String]>>,
+    /// The columns its bindings `select` (primary key included); `None`: all.
+    pub(super) selected: Option<Arc<[String]>>,
     /// Times of recent presence calls, for the rate limit.
     pub(super) presence_calls: VecDeque<Instant>,
     /// `presence.enabled`.
@@ -124,8 +127,23 @@ impl Channel {
 pub(super) struct Subscribed {
     /// The bindings.
     bindings: Vec<Binding>,
-    /// The columns the role may read; `None`: all.
+    /// The columns changes carry; `None`: all.
     columns: Option<Arc<[String]>>,
+    /// The columns the bindings `select`; `None`: all.
+    selected: Option<Arc<[String]>>,
+}
+
+/// What a channel sends: the columns its role may read (`role`, `None`: all) cut to those its
+/// bindings select (`selected`, `None`: all).
+pub(super) fn combine(
+    role: Option<Arc<[String]>>,
+    selected: &Option<Arc<[String]>>,
+) -> Option<Arc<[String]>> {
+    match (role, selected) {
+        (role, None) => role,
+        (None, Some(s)) => Some(Arc::clone(s)),
+        (Some(r), Some(s)) => Some(s.iter().filter(|c| r.contains(c)).cloned().collect()),
+    }
 }
 
 impl<S: ClientSink, R: ClientStream> Session<S, R> {
@@ -317,6 +335,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             requests: config.postgres_changes,
             bindings: subscribed.bindings,
             columns: subscribed.columns,
+            selected: subscribed.selected,
             presence_calls: VecDeque::new(),
             presence: config.presence_enabled,
             may_broadcast: None,
@@ -402,7 +421,44 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 }
             }
         }
-        Ok(Subscribed { bindings, columns })
+        // `select`: the union of what the bindings select (a binding without `select` wants
+        // every column); each selected column must be one the role may read.
+        let selected: Option<Arc<[String]>> = if bindings.iter().all(|b| b.select.is_some()) {
+            let mut union: Vec<String> = Vec::new();
+            for b in &bindings {
+                for c in b.select.iter().flat_map(|s| s.iter()) {
+                    if !union.contains(c) {
+                        union.push(c.clone());
+                    }
+                }
+            }
+            Some(union.into())
+        } else {
+            None
+        };
+        if let (Some(role_cols), Some(sel)) = (&columns, &selected)
+            && let Some(denied) = sel.iter().find(|c| !role_cols.contains(c))
+        {
+            let params = requests
+                .iter()
+                .find(|r| r.select.is_some())
+                .map(|r| r.describe())
+                .unwrap_or_default();
+            return Err(BindingError::Exception {
+                params,
+                cause: format!(
+                    "permission denied for column {denied}: role {} may not select it",
+                    claims.role
+                ),
+            }
+            .to_string());
+        }
+        let columns = combine(columns, &selected);
+        Ok(Subscribed {
+            bindings,
+            columns,
+            selected,
+        })
     }
 
     /// Sends the `postgres_changes` system message for channel `i`.
@@ -524,6 +580,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             ch.claims = claims;
             ch.bindings = subscribed.bindings;
             ch.columns = subscribed.columns;
+            ch.selected = subscribed.selected;
             self.out.client.subscribe(self.channels[i].registry_info());
             self.announce_subscription(i, result.map(|_| ())).await?;
         } else {
@@ -547,7 +604,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             match self.state.gate.recheck_role(&group).await {
                 Ok(columns) => {
                     for ch in self.channels.iter_mut().filter(|c| c.claims.group == group) {
-                        ch.columns = columns.clone();
+                        ch.columns = combine(columns.clone(), &ch.selected);
                     }
                 }
                 Err(GateError::Denied { .. } | GateError::Privileged { .. }) => {
