@@ -1742,7 +1742,8 @@ async fn subscribe_with_since_replays_in_cursor_order() {
     let mut got = Vec::new();
     let mut resumed = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while got.len() < 8 && tokio::time::Instant::now() < deadline {
+    // Until every event and the `resumed` frame are in (it may come after the last event).
+    while (got.len() < 8 || resumed.is_none()) && tokio::time::Instant::now() < deadline {
         match c2.next_frame(Duration::from_secs(10)).await {
             Some(f) if f["type"] == "event" => got.push(f),
             Some(f) if f["type"] == "resumed" => resumed = Some(f),

@@ -290,10 +290,10 @@ fn subscribe_errors() {
         Some("a"),
     );
     assert_err(
-        r#"{"type":"subscribe","id":"a","filters":"source=like.x"}"#,
+        r#"{"type":"subscribe","id":"a","filters":"source=likes.x"}"#,
         ErrorCode::InvalidFilter,
-        "unknown operator `like` in filter `source=like.x`: use eq, neq, lt, lte, gt, gte \
-         or in",
+        "unknown operator `likes` in filter `source=likes.x`: use eq, neq, lt, lte, gt, gte, \
+         in, like, ilike, is, match, imatch or isdistinct (each may follow `not.`)",
         Some("a"),
     );
     assert_err(
