@@ -104,7 +104,7 @@ pub struct ServerConfig {
     /// Largest Realtime broadcast payload, in bytes.
     pub max_payload: usize,
     /// The bearer token `/metrics` needs, when set.
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<crate::auth::SecretText>,
     /// Per-socket Realtime rate limits.
     pub realtime_limits: RealtimeLimits,
     /// What Realtime joins may ask for.
@@ -440,7 +440,11 @@ impl ServerConfig {
             role_recheck,
             max_replays: usize::from(args.max_replays),
             max_payload,
-            metrics_token: args.metrics_token.clone().filter(|t| !t.is_empty()),
+            metrics_token: args
+                .metrics_token
+                .clone()
+                .filter(|t| !t.is_empty())
+                .map(crate::auth::SecretText::new),
             realtime_joins: RealtimeJoins {
                 private_only: args.private_only,
                 error_backoff: join_error_backoff,
@@ -800,6 +804,38 @@ fn parse_patterns(value: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_names_no_secret() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from([
+            "walcast",
+            "serve",
+            "--database-url",
+            "postgres://u@localhost/db",
+            "--jwt-secret",
+            "a-jwt-secret-long-enough-0123456789abcdef",
+            "--metrics-token",
+            "a-metrics-token-xyz",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-password",
+            "an-admin-password",
+        ])
+        .unwrap();
+        let crate::cli::Command::Serve(serve) = cli.command else {
+            panic!("serve expected")
+        };
+        let config = ServerConfig::from_args(&serve.db.database_url, &serve.server).unwrap();
+        let shown = format!("{config:?}");
+        for secret in [
+            "a-jwt-secret-long-enough-0123456789abcdef",
+            "a-metrics-token-xyz",
+            "an-admin-password",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
 
     #[test]
     fn tiers_and_identifiers() {

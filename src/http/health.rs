@@ -142,7 +142,7 @@ async fn readyz(State(state): State<Arc<NodeView>>) -> Response {
 
 /// `GET /metrics`: Prometheus text.
 async fn metrics(State(state): State<Arc<NodeView>>, headers: axum::http::HeaderMap) -> Response {
-    if let Some(want) = &state.config.metrics_token {
+    if let Some(want) = state.config.metrics_token.as_ref().map(|t| t.expose()) {
         let given = crate::auth::bearer_token(&headers).unwrap_or("");
         // Compared in constant time: the token is a shared secret.
         let same = given.len() == want.len()
