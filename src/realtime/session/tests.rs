@@ -176,3 +176,16 @@ async fn shutdown_says_so_on_every_channel_then_goes_away() {
     assert_eq!(peer.next_json().await["event"], "phx_close");
     assert_eq!(peer.next_close().await, CLOSE_GOING_AWAY);
 }
+
+#[test]
+fn a_sockets_future_stays_small() {
+    // Every connection holds its session's future: most of the per-connection cost. A
+    // blocking step wrapped for the byte budget must not copy the step into the future.
+    let state = state(16);
+    let (mut s, _peer) = session(&state);
+    let size = std::mem::size_of_val(&s.run());
+    assert!(
+        size < 6 << 10,
+        "a Realtime session's future is {size} bytes"
+    );
+}
