@@ -21,7 +21,8 @@ mod flags;
 mod gate;
 /// POST /v1/events: formats, errors, batching, idempotence, health and metrics endpoints.
 mod ingest;
-/// Memory bounded in bytes: a stalled client cut at its byte budget, readers unaffected, RSS back.
+/// Memory bounded in bytes: a stalled client (both endpoints) cut at its byte budget, readers
+/// unaffected, resume without loss, RSS back.
 mod memory;
 /// Migrations: apply, idempotence, the Supabase copy.
 mod migrations;
