@@ -4,7 +4,7 @@
 //! producers ─POST /v1/events─► ingest (validate, adaptive batches) ─► Postgres monitoring_events
 //!                               └ on failure: breaker → retry → spool → DLQ          │ WAL
 //! replication::reader (sole slot owner, confirms LSN only after hand-off) ◄───────────┘
-//!    └► decode (pgoutput → Change, pure) ─► hub (encode once per format, bounded ring)
+//!    └► decode (pgoutput → Change, pure) ─► hub (encode once per format, ring bounded in changes and bytes)
 //!          ├► ws       /ws                     plain JSON, cursors, resume     ┐ auth: one verifier
 //!          └► realtime /realtime/v1/websocket  Supabase Phoenix v1/v2          ┘ rows: access (RLS gate)
 //! side: flags (SQL, snapshot) · dlq (SQL) · metrics (/metrics) · validate · admin (pgwire, psql)
@@ -17,8 +17,9 @@
 //! - [`events`]: the event record and the only code that writes `public.monitoring_events`.
 //! - [`replication`]: the replication reader, the resume window, replays, slot checks.
 //! - [`decode`]: pgoutput bytes → [`decode::Change`]; pure, no I/O.
-//! - [`hub`]: the fan-out ring; frames encoded once per wire format by the encoder a session
-//!   passes in (the hub knows no protocol).
+//! - [`hub`]: the fan-out ring, bounded in changes and in bytes per client; frames encoded once
+//!   per wire format by the encoder a session passes in (the hub knows no protocol); filter
+//!   texts made once per change.
 //! - [`filter`]: subscription filters (`column=op.value`, event types, sources, operations),
 //!   shared by both endpoints and the validator.
 //! - [`ws`]: what both WebSocket endpoints share ([`ws::socket`]: limits, close codes, timed

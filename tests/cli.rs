@@ -303,6 +303,16 @@ fn config_errors_exit_2_with_one_line() {
             "invalid --tier-high (WALCAST_TIER_HIGH)",
         ),
         (
+            &["--database-url", url, "--client-queue-bytes", "64KiB"],
+            &[],
+            "invalid --client-queue-bytes (WALCAST_CLIENT_QUEUE_BYTES): must be between 1MiB and 1TiB",
+        ),
+        (
+            &["--database-url", url],
+            &[("WALCAST_CLIENT_QUEUE_BYTES", "lots")],
+            "invalid --client-queue-bytes (WALCAST_CLIENT_QUEUE_BYTES)",
+        ),
+        (
             &["--database-url", url, "--tier-low", "0@1s"],
             &[],
             "invalid --tier-low (WALCAST_TIER_LOW)",

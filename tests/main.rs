@@ -30,6 +30,8 @@ mod keys;
 /// walcast serving as a role that is neither a superuser nor bypasses row level security.
 mod least_privilege;
 /// Memory bounded in bytes: a stalled client cut at its byte budget, readers unaffected, RSS back.
+/// Memory bounded in bytes: a stalled client (both endpoints) cut at its byte budget, readers
+/// unaffected, resume without loss, RSS back.
 mod memory;
 /// Migrations: apply, idempotence, the Supabase copy.
 mod migrations;

@@ -1,6 +1,7 @@
 //! Memory bounded in bytes: a client that stops reading while rows of 1 MB stream is cut with
-//! `lagged` and 4008 once its backlog passes `--client-queue-bytes`, a reading client gets
-//! every row, the stalled client can resume without loss, and walcast's memory comes back.
+//! `lagged` and 4008 (on the Realtime endpoint: the lag `system` message and 4008) once its
+//! backlog passes `--client-queue-bytes`, a reading client gets every row, the stalled `/ws`
+//! client can resume without loss, and walcast's memory comes back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -233,5 +234,148 @@ async fn a_stalled_client_is_cut_at_its_byte_budget_while_a_reader_gets_every_ro
     assert!(
         settled,
         "RSS {after_kib} KiB stayed above idle {baseline_kib} KiB + 3 x {BUDGET_MIB} MiB after the cut (peak {peak_kib} KiB)"
+    );
+}
+
+/// Connects to the Realtime endpoint as `service_role` (serializer 1.0.0), with a 4 KiB receive
+/// buffer when `small`, and joins `realtime:mem` for every INSERT.
+async fn realtime_client(addr: &str, small: bool) -> Socket {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    if small {
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    }
+    let stream = socket
+        .connect(addr.parse().expect("addr"))
+        .await
+        .expect("connect");
+    let url = format!(
+        "ws://{addr}/realtime/v1/websocket?apikey={}&vsn=1.0.0",
+        support::service_key()
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("upgrade");
+    let join = json!({
+        "topic": "realtime:mem", "event": "phx_join", "ref": "1", "join_ref": "1",
+        "payload": {"config": {"postgres_changes": [
+            {"event": "INSERT", "schema": "public", "table": "monitoring_events"}
+        ]}},
+    });
+    ws.send(Message::text(join.to_string()))
+        .await
+        .expect("join");
+    loop {
+        let f = next_json(&mut ws).await.expect("join answers");
+        if f["event"] == "system" {
+            assert_eq!(f["payload"]["status"], "ok", "{f}");
+            return ws;
+        }
+    }
+}
+
+/// What a Realtime client read: the `i` of each change, the `system` error, the close code.
+#[derive(Debug, Default)]
+struct RtRead {
+    /// `data.i` of each change, in order.
+    rows: Vec<u64>,
+    /// The `system` error message, if any.
+    system_error: Option<String>,
+    /// Close code.
+    close: Option<u16>,
+}
+
+/// Reads Realtime frames until the close (or `until` changes), counting in `progress`.
+async fn read_realtime(ws: &mut Socket, until: usize, progress: &AtomicUsize) -> RtRead {
+    let mut read = RtRead::default();
+    while read.rows.len() < until {
+        let msg = match tokio::time::timeout(Duration::from_secs(120), ws.next()).await {
+            Ok(Some(Ok(m))) => m,
+            _ => break,
+        };
+        match msg {
+            Message::Text(t) if t.contains(r#""event":"postgres_changes""#) => {
+                let at = t.find(r#""i":"#).expect("row number") + 4;
+                let digits: String = t[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+                read.rows.push(digits.parse().expect("number"));
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                if v["event"] == "system" && v["payload"]["status"] == "error" {
+                    read.system_error = v["payload"]["message"].as_str().map(str::to_owned);
+                }
+            }
+            Message::Close(f) => {
+                read.close = f.map(|f| u16::from(f.code));
+                break;
+            }
+            _ => {}
+        }
+    }
+    read
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_realtime_socket_is_cut_at_its_byte_budget_while_a_reader_gets_every_row() {
+    let db = support::fresh_db().await;
+    let budget = format!("{BUDGET_MIB}MiB");
+    let w = Walcast::start_with_env(
+        &db,
+        &["--client-queue-bytes", &budget],
+        &[("WALCAST_JWT_SECRET", support::SECRET)],
+    )
+    .await;
+    let mut stalled = realtime_client(&w.addr, true).await;
+    let mut reader = realtime_client(&w.addr, false).await;
+    let got = Arc::new(AtomicUsize::new(0));
+    let reader_task = {
+        let got = Arc::clone(&got);
+        tokio::spawn(async move { read_realtime(&mut reader, ROWS, &got).await })
+    };
+    let sql = db.client().await;
+    for i in 0..ROWS {
+        let caught_up = wait_until(Duration::from_secs(120), || {
+            let got = Arc::clone(&got);
+            async move { got.load(Ordering::Relaxed) + AHEAD >= i }
+        })
+        .await;
+        assert!(
+            caught_up,
+            "the reading socket stopped at {} rows",
+            got.load(Ordering::Relaxed)
+        );
+        sql.execute(
+            "insert into public.monitoring_events (event_type, source, data) \
+             values ('big', 'memory-test', jsonb_build_object('i', $1::int, 'pad', repeat('x', $2::int)))",
+            &[&(i as i32), &(ROW_BYTES as i32)],
+        )
+        .await
+        .expect("insert");
+    }
+    let read = reader_task.await.expect("reader");
+    assert_eq!(
+        read.rows,
+        (0..ROWS as u64).collect::<Vec<_>>(),
+        "{:?}",
+        read.system_error
+    );
+    let none = AtomicUsize::new(0);
+    let cut = read_realtime(&mut stalled, ROWS, &none).await;
+    assert_eq!(cut.close, Some(4008), "{cut:?}");
+    assert!(
+        cut.system_error
+            .as_deref()
+            .is_some_and(|m| m.starts_with("Too many messages: this client fell behind")),
+        "{cut:?}"
+    );
+    assert!(
+        cut.rows.len() < ROWS / 2,
+        "cut after {} rows",
+        cut.rows.len()
+    );
+    let (_, metrics) = support::get_as(&w.url("/metrics"), None).await;
+    assert_eq!(
+        support::metric(&metrics, "walcast_clients_over_budget_total"),
+        Some(1.0)
     );
 }

@@ -625,6 +625,45 @@ async fn binding_errors_keep_the_channel_open() {
     .await;
 }
 
+/// Filter conditions are capped per socket (256 over all channels): a join beyond gets a
+/// `postgres_changes` system error and no subscription; the socket and its other channels stay.
+#[tokio::test]
+async fn filter_conditions_are_capped_per_socket() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let mut rt = Rt::connect(&w, &token("service_role", 600), true).await;
+    let bindings = |n: usize, tag: &str| -> Value {
+        Value::Array(
+            (0..n)
+                .map(|i| {
+                    json!({"event": "INSERT", "schema": "public", "table": "monitoring_events",
+                           "filter": format!("source=eq.{tag}-{i}")})
+                })
+                .collect(),
+        )
+    };
+    rt.join("realtime:a", pg_join(bindings(200, "a"))).await;
+    let sys = subscribed(&mut rt, "realtime:a").await;
+    assert_eq!(sys.payload["status"], "ok", "{sys:?}");
+    rt.join("realtime:b", pg_join(bindings(57, "b"))).await;
+    let sys = subscribed(&mut rt, "realtime:b").await;
+    assert_eq!(sys.payload["status"], "error", "{sys:?}");
+    assert!(
+        sys.payload["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Too many filter conditions: this socket would have 257, at most 256"),
+        "{sys:?}"
+    );
+    // Up to the cap is fine, and channel `a` still receives its rows.
+    rt.join("realtime:c", pg_join(bindings(56, "c"))).await;
+    let sys = subscribed(&mut rt, "realtime:c").await;
+    assert_eq!(sys.payload["status"], "ok", "{sys:?}");
+    let id = insert(&db, "a-7").await;
+    let f = change_for(&mut rt, &id).await;
+    assert_eq!(f.topic, "realtime:a");
+}
+
 /// Heartbeats, bad topics, bad join tokens, private channels, duplicate joins.
 #[tokio::test]
 async fn topics_heartbeat_and_join_errors() {

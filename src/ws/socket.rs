@@ -5,6 +5,7 @@
 //! server they are axum's split `WebSocket`; in unit tests, channels. Both write through an
 //! [`Outbox`], which counts what they send.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -168,19 +169,21 @@ pub struct Outbox<S> {
 /// Runs `step`, unless `budget` is exceeded first ([`End::OverBudget`]). A step that completes
 /// at once never looks at the budget. In soft mode an exceeded budget sets `exceeded` and the
 /// step runs to its end.
-async fn within<T>(
+///
+/// `step` is pinned by the caller: moved in here, it would take its room in this future twice
+/// (the argument and the pinned copy), in every session's future.
+async fn within<T, F: Future<Output = Result<T, End>>>(
     budget: Option<&Backlog>,
     soft: bool,
     exceeded: &mut bool,
-    step: impl Future<Output = Result<T, End>>,
+    mut step: Pin<&mut F>,
 ) -> Result<T, End> {
     let Some(b) = budget.filter(|_| !*exceeded) else {
         return step.await;
     };
-    let mut step = std::pin::pin!(step);
     tokio::select! {
         biased;
-        r = &mut step => return r,
+        r = step.as_mut() => return r,
         () = b.exceeded() => {}
     }
     if !soft {
@@ -222,22 +225,18 @@ impl<S: ClientSink> Outbox<S> {
 
     /// Runs `step` (a wait that could take long: a database check, a replay), unless the
     /// session's budget is exceeded first.
-    pub async fn guarded<T>(
+    /// `step` is pinned by the caller (see [`within`]).
+    pub async fn guarded<T, F: Future<Output = Result<T, End>>>(
         &mut self,
-        step: impl Future<Output = Result<T, End>>,
+        step: Pin<&mut F>,
     ) -> Result<T, End> {
         within(self.budget.as_ref(), self.soft, &mut self.exceeded, step).await
     }
 
     /// Queues a frame without flushing (a delivery, counted at [`Outbox::flush`]).
     pub async fn feed(&mut self, msg: Message) -> Result<(), End> {
-        within(
-            self.budget.as_ref(),
-            self.soft,
-            &mut self.exceeded,
-            feed(&mut self.sink, msg),
-        )
-        .await
+        let step = std::pin::pin!(feed(&mut self.sink, msg));
+        within(self.budget.as_ref(), self.soft, &mut self.exceeded, step).await
     }
 
     /// Flushes queued frames, counting `n` deliveries.
@@ -247,25 +246,15 @@ impl<S: ClientSink> Outbox<S> {
         }
         self.metrics.deliveries.add(n as u64);
         self.client.sent(n);
-        within(
-            self.budget.as_ref(),
-            self.soft,
-            &mut self.exceeded,
-            flush(&mut self.sink),
-        )
-        .await
+        let step = std::pin::pin!(flush(&mut self.sink));
+        within(self.budget.as_ref(), self.soft, &mut self.exceeded, step).await
     }
 
     /// Sends one text frame now (a control frame, not a delivery).
     pub async fn send(&mut self, text: String) -> Result<(), End> {
         self.client.sent(1);
-        within(
-            self.budget.as_ref(),
-            self.soft,
-            &mut self.exceeded,
-            send_text(&mut self.sink, text),
-        )
-        .await
+        let step = std::pin::pin!(send_text(&mut self.sink, text));
+        within(self.budget.as_ref(), self.soft, &mut self.exceeded, step).await
     }
 
     /// Sends a close frame (never cut short by the budget).

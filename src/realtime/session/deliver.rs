@@ -137,10 +137,10 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             })
             .collect();
         // A slow database holds the session here: its byte budget still counts.
-        let answers = self
-            .out
-            .guarded(async { Ok(self.state.gate.visible_all(&questions).await) })
-            .await?;
+        let answers = {
+            let step = std::pin::pin!(async { Ok(self.state.gate.visible_all(&questions).await) });
+            self.out.guarded(step).await?
+        };
         for (((lsn, group), _), answer) in asks.iter().zip(answers) {
             match answer {
                 Ok(v) => {

@@ -260,3 +260,16 @@ async fn a_track_turns_presence_on_and_sends_the_state() {
     assert_eq!(peer.next_json().await["payload"]["status"], "ok");
     assert_eq!(peer.next_json().await["event"], "presence_diff");
 }
+
+#[test]
+fn a_sockets_future_stays_small() {
+    // Every connection holds its session's future: most of the per-connection cost. A
+    // blocking step wrapped for the byte budget must not copy the step into the future.
+    let state = state(16);
+    let (mut s, _peer) = session(&state);
+    let size = std::mem::size_of_val(&s.run());
+    assert!(
+        size < 6 << 10,
+        "a Realtime session's future is {size} bytes"
+    );
+}
