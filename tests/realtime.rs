@@ -728,7 +728,7 @@ async fn row_level_security_per_role() {
     }
     anon.expect_none("a row anon may not read", |f| f.event == "postgres_changes")
         .await;
-    // Those checks were answered by calls of walcast.realtime_visible_ids, counted on /metrics.
+    // Those checks were answered by calls of walcast.realtime_visible_rows, counted on /metrics.
     let metrics_url = w.url("/metrics");
     let gate_counted = |text: &str| {
         ["calls_total", "checks_total", "call_seconds_count"]
@@ -819,9 +819,14 @@ async fn gate_asks_once_per_commit_and_claims_group() {
     let db = support::fresh_db().await;
     let pool = walcast::db::pool(&db.url, 4, "test").unwrap();
     let gate = std::sync::Arc::new(walcast::access::RlsGate::new(pool, "walcast_events"));
-    let facts = gate.table_facts().await.unwrap();
+    let tables = gate.tables().await.unwrap();
+    let facts = tables.named("public", "monitoring_events").unwrap();
     assert!(facts.published && facts.rls_enabled);
     assert_eq!(facts.primary_key, vec!["id".to_string()]);
+    let key = |id: &uuid::Uuid| walcast::access::RowKey {
+        table: facts.oid,
+        key: json!({ "id": id }).to_string().into(),
+    };
     let c = db.client().await;
     let rows = c
         .query(
@@ -830,7 +835,8 @@ async fn gate_asks_once_per_commit_and_claims_group() {
         )
         .await
         .unwrap();
-    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let uuids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let ids: Vec<walcast::access::RowKey> = uuids.iter().map(key).collect();
     let xid = u32::try_from(rows[0].get::<_, i64>(1)).unwrap();
     let claims = |role: &str| {
         walcast::realtime::verify_token(&any_role_verifier(), &token(role, 600), now())
@@ -888,7 +894,7 @@ async fn gate_asks_once_per_commit_and_claims_group() {
     // Deleted rows are not visible (the check reads the current table).
     c.execute(
         "delete from public.monitoring_events where id = $1",
-        &[&ids[0]],
+        &[&uuids[0]],
     )
     .await
     .unwrap();
@@ -909,11 +915,13 @@ async fn gate_asks_once_per_commit_and_claims_group() {
         .await
         .unwrap();
     let (late, late_xid): (uuid::Uuid, i64) = (row.get(0), row.get(1));
+    let late = key(&late);
     let ask = {
         let (gate, group) = (
             std::sync::Arc::clone(&gate),
             std::sync::Arc::clone(&authenticated),
         );
+        let late = late.clone();
         tokio::spawn(async move {
             gate.visible(
                 &group,
@@ -929,8 +937,9 @@ async fn gate_asks_once_per_commit_and_claims_group() {
     tx.commit().await.unwrap();
     assert!(ask.await.unwrap().contains(&late));
 
-    assert_eq!(gate.check_role(&authenticated).await.unwrap(), None);
-    assert!(gate.check_role(&claims("no_such_role")).await.is_err());
+    let access = gate.check_role("authenticated").await.unwrap();
+    assert_eq!(access.get(facts.oid).unwrap().columns, None);
+    assert!(gate.check_role("no_such_role").await.is_err());
 }
 
 /// Many claims groups asking about one commit at once share one or two calls; each group gets
@@ -950,12 +959,18 @@ async fn gate_checks_many_groups_in_few_calls() {
         )
         .await
         .unwrap();
-    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
-    let owner: std::collections::HashMap<uuid::Uuid, String> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let xid = u32::try_from(rows[0].get::<_, i64>(2)).unwrap();
     let pool = walcast::db::pool(&db.url, 4, "test").unwrap();
     let gate = std::sync::Arc::new(walcast::access::RlsGate::new(pool, "walcast_events"));
+    let table = gate.tables().await.unwrap();
+    let table = table.named("public", "monitoring_events").unwrap().oid;
+    let key = |id: uuid::Uuid| walcast::access::RowKey {
+        table,
+        key: json!({ "id": id }).to_string().into(),
+    };
+    let ids: Vec<walcast::access::RowKey> = rows.iter().map(|r| key(r.get(0))).collect();
+    let owner: std::collections::HashMap<walcast::access::RowKey, String> =
+        rows.iter().map(|r| (key(r.get(0)), r.get(1))).collect();
+    let xid = u32::try_from(rows[0].get::<_, i64>(2)).unwrap();
     // One expiry for all tokens: equal claims make equal groups.
     let exp = now() + 600;
     let group = |role: &str, sub: &str| {
@@ -1481,8 +1496,8 @@ async fn a_failing_row_check_closes_the_channels_that_needed_it() {
     db.client()
         .await
         .batch_execute(
-            "alter function walcast.realtime_visible_ids(bigint[], uuid[], text[], text[], integer) \
-             rename to realtime_visible_ids_gone",
+            "alter function walcast.realtime_visible_rows(bigint[], oid[], jsonb[], text[], text[], \
+             integer[], oid[], integer) rename to realtime_visible_rows_gone",
         )
         .await
         .unwrap();

@@ -215,15 +215,23 @@ pub struct Binding {
     pub id: u32,
     /// Which operations.
     pub event: EventFilter,
-    /// Schema, or `None` for any.
+    /// Schema pattern, or `None` for any (`*`). Matched like Supabase Realtime matches it
+    /// against its publication: SQL `LIKE` without an escape character (`%` any run of
+    /// characters, `_` any one), see [`like`].
     pub schema: Option<String>,
-    /// Table, or `None` for any.
+    /// Table pattern, or `None` for any (`*`); matched like `schema`.
     pub table: Option<String>,
     /// Conditions that must all hold (on `record`, or on `old_record` for DELETE).
     pub conditions: Vec<Condition>,
 }
 
 impl Binding {
+    /// Whether the binding's schema and table patterns cover the table `schema.table`.
+    pub fn covers(&self, schema: &str, table: &str) -> bool {
+        self.schema.as_deref().is_none_or(|p| like(p, schema))
+            && self.table.as_deref().is_none_or(|p| like(p, table))
+    }
+
     /// Whether the change matches this binding. TRUNCATE never does.
     pub fn matches(&self, change: &Change) -> bool {
         self.matches_in(change, None)
@@ -240,15 +248,7 @@ impl Binding {
         if !self.event.accepts(change.op) {
             return false;
         }
-        if self
-            .schema
-            .as_deref()
-            .is_some_and(|s| s != &*change.relation.schema)
-            || self
-                .table
-                .as_deref()
-                .is_some_and(|t| t != &*change.relation.table)
-        {
+        if !self.covers(&change.relation.schema, &change.relation.table) {
             return false;
         }
         if self.conditions.is_empty() {
@@ -301,9 +301,7 @@ pub fn bind(req: &BindingRequest, tables: &[TableFacts]) -> Result<Binding, Bind
     }
     let matched: Vec<&TableFacts> = tables
         .iter()
-        .filter(|t| t.published)
-        .filter(|t| binding.schema.as_deref().is_none_or(|s| s == t.schema))
-        .filter(|t| binding.table.as_deref().is_none_or(|n| n == t.table))
+        .filter(|t| t.published && binding.covers(&t.schema, &t.table))
         .collect();
     if matched.is_empty() {
         return Err(BindingError::NotPublished { params });
@@ -317,6 +315,38 @@ pub fn bind(req: &BindingRequest, tables: &[TableFacts]) -> Result<Binding, Bind
         }
     }
     Ok(binding)
+}
+
+/// SQL `LIKE` without an escape character, as Supabase Realtime matches a binding's schema and
+/// table against its publication: `%` matches any run of characters, `_` any one character,
+/// everything else itself (case-sensitive). `public`, `order_` and `%_log` are patterns.
+pub fn like(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Greedy match with backtracking to the last `%` (linear in practice, bounded by the
+    // lengths of two identifiers).
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('%') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(c) if *c == '_' || *c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|c| *c == '%')
 }
 
 /// Parses a filter: empty or blank means none; `,` before another `column=` starts another
@@ -572,6 +602,66 @@ mod tests {
             bind(&req(json!({"schema":"public"})), &[f]),
             Err(BindingError::NotPublished { .. })
         ));
+    }
+
+    #[test]
+    fn like_patterns() {
+        for (p, t, want) in [
+            ("public", "public", true),
+            ("public", "Public", false),
+            ("pub%", "public", true),
+            ("%", "", true),
+            ("%lic", "public", true),
+            ("order_", "orders", true),
+            ("order_", "order", false),
+            ("o%_s", "orders", true),
+            ("o%x", "orders", false),
+            ("a%b%c", "aXbYbZc", true),
+            ("", "", true),
+            ("", "a", false),
+            ("*", "x", false),
+        ] {
+            assert_eq!(like(p, t), want, "{p:?} like {t:?}");
+        }
+    }
+
+    #[test]
+    fn bindings_cover_tables_like_supabase() {
+        let table = |oid: u32, schema: &str, name: &str| TableFacts {
+            oid,
+            schema: schema.into(),
+            table: name.into(),
+            published: true,
+            columns: vec![("id".into(), "int8".into())],
+            primary_key: vec!["id".into()],
+            ..TableFacts::default()
+        };
+        let tables = [
+            table(1, "public", "orders"),
+            table(2, "public", "order_lines"),
+            table(3, "app", "notes"),
+        ];
+        let covered = |v: Value| {
+            let b = bind(&req(v), &tables).unwrap();
+            tables
+                .iter()
+                .filter(|t| b.covers(&t.schema, &t.table))
+                .map(|t| t.oid)
+                .collect::<Vec<_>>()
+        };
+        // Schema only: every table of it; table only: schema public; `*` anything.
+        assert_eq!(covered(json!({"schema": "public"})), [1, 2]);
+        assert_eq!(covered(json!({"table": "orders"})), [1]);
+        assert_eq!(covered(json!({"schema": "*"})), [1, 2, 3]);
+        assert_eq!(covered(json!({"schema": "*", "table": "notes"})), [3]);
+        assert_eq!(covered(json!({"schema": "app", "table": "*"})), [3]);
+        // LIKE patterns, as Supabase matches them against its publication.
+        assert_eq!(
+            covered(json!({"schema": "public", "table": "order%"})),
+            [1, 2]
+        );
+        assert_eq!(covered(json!({"schema": "%", "table": "note_"})), [3]);
+        assert!(bind(&req(json!({"table": "notes"})), &tables).is_err());
     }
 
     #[test]
