@@ -6,6 +6,7 @@
 //! protocols use them to type values and to check bindings.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// Schema of the events table: the default table of both endpoints and the home of ingest.
 pub const REALTIME_SCHEMA: &str = "public";
@@ -60,23 +61,47 @@ impl TableFacts {
 }
 
 /// The facts of every table in walcast's publication, read at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tables {
     /// The tables, ordered by schema and name.
     list: Vec<TableFacts>,
     /// Index into `list` by OID.
     by_oid: HashMap<u32, usize>,
+    /// When the catalog read started: a table published before then is in `list`.
+    read_at: Instant,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables::new(Vec::new())
+    }
 }
 
 impl Tables {
-    /// A snapshot of these tables (each marked published).
-    pub fn new(mut list: Vec<TableFacts>) -> Self {
+    /// A snapshot of these tables (each marked published), read now.
+    pub fn new(list: Vec<TableFacts>) -> Self {
+        Tables::read_at(list, Instant::now())
+    }
+
+    /// A snapshot of these tables (each marked published) whose catalog read started at
+    /// `read_at`.
+    pub fn read_at(mut list: Vec<TableFacts>, read_at: Instant) -> Self {
         list.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
         for t in &mut list {
             t.published = true;
         }
         let by_oid = list.iter().enumerate().map(|(i, t)| (t.oid, i)).collect();
-        Tables { list, by_oid }
+        Tables {
+            list,
+            by_oid,
+            read_at,
+        }
+    }
+
+    /// When the catalog read of these facts started: every table published before then is
+    /// known to them.
+    pub fn started(&self) -> Instant {
+        self.read_at
     }
 
     /// Every published table.

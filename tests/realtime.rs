@@ -24,22 +24,22 @@ const QUIET: Duration = Duration::from_millis(1500);
 
 /// A frame from the server, either serializer.
 #[derive(Debug, Clone)]
-struct Frame {
+pub(crate) struct Frame {
     /// Join ref (never present in 1.0.0).
     join_ref: Option<String>,
     /// Ref.
     r#ref: Option<String>,
     /// Topic.
-    topic: String,
+    pub(crate) topic: String,
     /// Event.
-    event: String,
+    pub(crate) event: String,
     /// Payload.
-    payload: Value,
+    pub(crate) payload: Value,
 }
 
 /// What the server sent.
 #[derive(Debug, Clone)]
-enum In {
+pub(crate) enum In {
     /// A text frame.
     Text(Frame),
     /// A binary frame.
@@ -47,7 +47,7 @@ enum In {
 }
 
 /// A raw Realtime client.
-struct Rt {
+pub(crate) struct Rt {
     /// The socket.
     socket: Socket,
     /// Speaks 2.0.0 (arrays) rather than 1.0.0 (objects).
@@ -129,7 +129,7 @@ fn parse(v2: bool, text: &str) -> Frame {
 
 impl Rt {
     /// Connects with `token`, serializer 2.0.0 when `v2`.
-    async fn connect(w: &Walcast, token: &str, v2: bool) -> Rt {
+    pub(crate) async fn connect(w: &Walcast, token: &str, v2: bool) -> Rt {
         let vsn = if v2 { "2.0.0" } else { "1.0.0" };
         let (socket, _) = tokio_tungstenite::connect_async(url(w, Some(token), Some(vsn)))
             .await
@@ -172,7 +172,7 @@ impl Rt {
     }
 
     /// The next frame, or `None` on timeout or close.
-    async fn next(&mut self, timeout: Duration) -> Option<In> {
+    pub(crate) async fn next(&mut self, timeout: Duration) -> Option<In> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.socket.next())
@@ -188,7 +188,7 @@ impl Rt {
     }
 
     /// The next text frame matching `pred`, skipping others; panics on timeout.
-    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) -> Frame {
+    pub(crate) async fn wait_for(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) -> Frame {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut skipped = Vec::new();
         loop {
@@ -215,7 +215,7 @@ impl Rt {
     }
 
     /// Asserts that no text frame matching `pred` arrives within [`QUIET`].
-    async fn expect_none(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) {
+    pub(crate) async fn expect_none(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) {
         let deadline = tokio::time::Instant::now() + QUIET;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -228,7 +228,7 @@ impl Rt {
     }
 
     /// Joins `topic`; returns the join ref and the reply.
-    async fn join(&mut self, topic: &str, payload: Value) -> (String, Frame) {
+    pub(crate) async fn join(&mut self, topic: &str, payload: Value) -> (String, Frame) {
         self.next += 1;
         let join_ref = self.next.to_string();
         self.next -= 1;
@@ -257,7 +257,7 @@ impl Rt {
 }
 
 /// A join payload with `postgres_changes` bindings.
-fn pg_join(bindings: Value) -> Value {
+pub(crate) fn pg_join(bindings: Value) -> Value {
     json!({"config": {
         "broadcast": {"ack": false, "self": false},
         "presence": {"key": "", "enabled": false},
@@ -285,7 +285,7 @@ async fn insert(db: &TestDb, source: &str) -> String {
 }
 
 /// Waits for the `system` message of a postgres_changes subscription.
-async fn subscribed(rt: &mut Rt, topic: &str) -> Frame {
+pub(crate) async fn subscribed(rt: &mut Rt, topic: &str) -> Frame {
     rt.wait_for("system message", |f| {
         f.topic == topic && f.event == "system"
     })

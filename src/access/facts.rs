@@ -35,7 +35,7 @@ pub struct RoleTables {
     privileged: bool,
     /// The tables it may read, by OID.
     tables: HashMap<u32, TableAccess>,
-    /// When it was asked.
+    /// When the asking started.
     at: Instant,
 }
 
@@ -50,15 +50,6 @@ impl RoleTables {
     pub fn is_empty(&self) -> bool {
         self.tables.is_empty()
     }
-}
-
-/// Table facts and when they were read.
-#[derive(Debug, Clone)]
-pub(super) struct CachedFacts {
-    /// When they were read.
-    at: Instant,
-    /// The facts.
-    tables: Arc<Tables>,
 }
 
 impl RlsGate {
@@ -94,52 +85,53 @@ impl RlsGate {
 
     /// The last facts read, if any (no I/O; used when encoding changes).
     pub fn tables_now(&self) -> Option<Arc<Tables>> {
-        lock(&self.facts).as_ref().map(|c| Arc::clone(&c.tables))
+        lock(&self.facts).clone()
     }
 
     /// Facts about every published table, read at most every [`TABLE_FACTS_TTL`].
     pub async fn tables(&self) -> Result<Arc<Tables>, GateError> {
-        self.tables_younger_than(TABLE_FACTS_TTL).await
+        self.load_unless(|t| t.started().elapsed() < TABLE_FACTS_TTL)
+            .await
     }
 
-    /// Facts that know the table of a change (`oid` named `schema.table`): read again when they
-    /// do not and are older than [`TABLE_FACTS_MISS_INTERVAL`]. The table may still be missing
-    /// (not published, or dropped).
+    /// Facts that know the table of a change (`oid` named `schema.table`) that this session
+    /// had received at `seen`: read again when they do not and their catalog read started
+    /// before `seen` (the table was published when the change was committed, so facts read
+    /// after it know the table unless it left the publication since). The table may still be
+    /// missing (not published any more, or dropped).
     pub async fn tables_knowing(
         &self,
         oid: u32,
         schema: &str,
         table: &str,
+        seen: Instant,
     ) -> Result<Arc<Tables>, GateError> {
         let tables = self.tables().await?;
         if tables.of(oid, schema, table).is_some() {
             return Ok(tables);
         }
-        self.tables_younger_than(TABLE_FACTS_MISS_INTERVAL).await
+        self.tables_read_after(seen).await
     }
 
-    /// Facts read again when older than [`TABLE_FACTS_MISS_INTERVAL`]: for a binding or a
-    /// table filter that names no table the facts know.
-    pub async fn tables_after_miss(&self) -> Result<Arc<Tables>, GateError> {
-        self.tables_younger_than(TABLE_FACTS_MISS_INTERVAL).await
+    /// Facts whose catalog read started after `seen` (read now if needed): for a binding or a
+    /// table filter received at `seen` that names no table the facts know.
+    pub async fn tables_read_after(&self, seen: Instant) -> Result<Arc<Tables>, GateError> {
+        self.load_unless(|t| t.started() >= seen).await
     }
 
-    /// The facts if read less than `age` ago, else read now (one reload at a time). A reload
-    /// that failed less than [`TABLE_FACTS_MISS_INTERVAL`] ago is not tried again: the facts
-    /// read last are used meanwhile (or its failure returned), so a database that cannot be
-    /// reached does not hold every delivery.
-    async fn tables_younger_than(&self, age: Duration) -> Result<Arc<Tables>, GateError> {
-        let fresh = |c: &Option<CachedFacts>| {
-            c.as_ref()
-                .filter(|c| c.at.elapsed() < age)
-                .map(|c| Arc::clone(&c.tables))
-        };
-        if let Some(f) = fresh(&lock(&self.facts)) {
-            return Ok(f);
+    /// The facts read last if `good` accepts them, else read now (one reload at a time: a
+    /// caller that waited for another's reload takes it if `good` accepts it). A reload that
+    /// failed less than [`TABLE_FACTS_MISS_INTERVAL`] ago is not tried again: the facts read
+    /// last are used meanwhile (or the failure returned), so a database that cannot be reached
+    /// does not hold every delivery.
+    async fn load_unless(&self, good: impl Fn(&Tables) -> bool) -> Result<Arc<Tables>, GateError> {
+        let accepted = || self.tables_now().filter(|t| good(t));
+        if let Some(t) = accepted() {
+            return Ok(t);
         }
         let mut loading = self.facts_load.lock().await;
-        if let Some(f) = fresh(&lock(&self.facts)) {
-            return Ok(f);
+        if let Some(t) = accepted() {
+            return Ok(t);
         }
         if let Some((at, kind)) = *loading
             && at.elapsed() < TABLE_FACTS_MISS_INTERVAL
@@ -154,15 +146,13 @@ impl RlsGate {
             }
         };
         *loading = None;
-        *lock(&self.facts) = Some(CachedFacts {
-            at: Instant::now(),
-            tables: Arc::clone(&tables),
-        });
+        *lock(&self.facts) = Some(Arc::clone(&tables));
         Ok(tables)
     }
 
     /// Reads the facts from the catalog.
     async fn load_facts(&self) -> Result<Tables, GateError> {
+        let started = Instant::now();
         let run = async {
             let client = self.pool.get().await.map_err(GateError::Pool)?;
             let stmt = client
@@ -193,7 +183,7 @@ impl RlsGate {
                 }
             })
             .collect();
-        Ok(Tables::new(list))
+        Ok(Tables::read_at(list, started))
     }
 
     /// Which published tables the role may read, with which columns. Refuses a role that is a
@@ -208,15 +198,16 @@ impl RlsGate {
     }
 
     /// [`RlsGate::role_tables`], asked again when the answer does not know the table with this
-    /// OID and is older than [`TABLE_FACTS_MISS_INTERVAL`] (the table was added to the
-    /// publication since).
+    /// OID and was asked before `known_since`, when the facts that know the table were read
+    /// (the table was added to the publication since the role was asked).
     pub async fn role_tables_knowing(
         &self,
         role: &str,
         oid: u32,
+        known_since: Instant,
     ) -> Result<Arc<RoleTables>, GateError> {
         let tables = self.role_tables(role).await?;
-        if tables.get(oid).is_some() || tables.at.elapsed() < TABLE_FACTS_MISS_INTERVAL {
+        if tables.get(oid).is_some() || tables.at >= known_since {
             return Ok(tables);
         }
         Self::usable(self.recheck_tables(role).await?)
@@ -262,6 +253,7 @@ impl RlsGate {
     async fn run_role_check(&self, role: &str) -> Result<RoleTables, GateError> {
         let run = async {
             let client = self.pool.get().await.map_err(GateError::Pool)?;
+            // Started before the catalog is read: tables published before then are answered.
             let mut answer = RoleTables {
                 role: role.to_owned(),
                 privileged: false,

@@ -17,9 +17,10 @@
 //!
 //! [`facts`] reads what the gate and the encoders need to know about each published table
 //! (columns, types, primary key, RLS; [`crate::catalog::Tables`]), reloaded every
-//! [`TABLE_FACTS_TTL`] and when a change names a table the snapshot does not know (a table added
-//! with `ALTER PUBLICATION ... ADD TABLE` is served within seconds), and which tables a role may
-//! read at all, with which columns ([`RoleTables`]). The statements live in `sql/access/`.
+//! [`TABLE_FACTS_TTL`] and when a change (or a binding) names a table facts read before it
+//! arrived do not know (a table added with `ALTER PUBLICATION ... ADD TABLE` is served at once),
+//! and which tables a role may read at all, with which columns ([`RoleTables`]). The statements
+//! live in `sql/access/`.
 //!
 //! It never logs tokens or row values, never lets database error text reach a client, and
 //! holds no lock across an await (waiters for a call park on a notification, not a lock).
@@ -47,9 +48,8 @@ pub use facts::{RoleTables, TableAccess};
 /// or a policy switched on, is seen within this time even when no change of it arrives.
 pub const TABLE_FACTS_TTL: Duration = Duration::from_secs(10);
 
-/// Least time between two reloads of the table facts caused by a table they do not know (a
-/// change of a table added to the publication since, a binding naming one): a stream of
-/// unknown names costs at most one catalog read per interval.
+/// How long a failed read of the table facts is not tried again (the facts read last are used
+/// meanwhile), so a database that cannot be reached does not hold every delivery.
 pub const TABLE_FACTS_MISS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a role check (may this role read the table at all) is reused.
@@ -155,8 +155,8 @@ pub struct RlsGate {
     publication: String,
     /// Visibility queries run.
     queries: AtomicU64,
-    /// Table facts of every published table.
-    facts: Mutex<Option<facts::CachedFacts>>,
+    /// Table facts of every published table, read last.
+    facts: Mutex<Option<Arc<crate::catalog::Tables>>>,
     /// Serialises facts reloads; holds when the last reload failed, and why.
     facts_load: tokio::sync::Mutex<Option<(std::time::Instant, &'static str)>>,
     /// Visibility answers.

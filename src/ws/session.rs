@@ -434,6 +434,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     /// a `schema.*` item must cover a published table (one the role may read).
     async fn check_tables(&self, names: &[TableName]) -> Result<(), ProtocolError> {
         let gate = &self.state.gate;
+        let asked = std::time::Instant::now();
         let unavailable = |e: GateError| {
             tracing::warn!(error = %e, kind = e.kind(), "/ws: table check failed");
             ProtocolError::new(
@@ -454,7 +455,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             let mut on = covered(&tables, name);
             if on.is_empty() {
                 // Perhaps added to the publication since the facts were read.
-                tables = gate.tables_after_miss().await.map_err(unavailable)?;
+                tables = gate.tables_read_after(asked).await.map_err(unavailable)?;
                 on = covered(&tables, name);
             }
             if on.is_empty() {
@@ -479,7 +480,10 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             let Some(view) = &self.viewer else { continue };
             let mut readable = false;
             for t in &on {
-                let access = match gate.role_tables_knowing(&view.role, t.oid).await {
+                let access = match gate
+                    .role_tables_knowing(&view.role, t.oid, tables.started())
+                    .await
+                {
                     Ok(a) => a,
                     Err(e @ GateError::Privileged { .. }) => {
                         return Err(ProtocolError::new(ErrorCode::Forbidden, e.to_string()));

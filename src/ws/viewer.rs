@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::http::{HeaderMap, StatusCode};
 
@@ -108,17 +109,19 @@ enum Readable {
     Yes(TableFacts, TableAccess),
 }
 
-/// What the role may read of `change`'s table (facts read again when they do not know it).
+/// What the role may read of `change`'s table, received by the session before `seen` (facts
+/// read again when they do not know it).
 async fn readable(
     gate: &RlsGate,
     role: &str,
     tables: &mut Arc<Tables>,
     change: &Change,
+    seen: Instant,
 ) -> Result<Readable, GateError> {
     let rel = &change.relation;
     if tables.of(rel.oid, &rel.schema, &rel.table).is_none() {
         *tables = gate
-            .tables_knowing(rel.oid, &rel.schema, &rel.table)
+            .tables_knowing(rel.oid, &rel.schema, &rel.table, seen)
             .await?;
     }
     let Some(facts) = tables.of(rel.oid, &rel.schema, &rel.table) else {
@@ -127,7 +130,9 @@ async fn readable(
     if !facts.has_primary_key() {
         return Ok(Readable::No);
     }
-    let access = gate.role_tables_knowing(role, facts.oid).await?;
+    let access = gate
+        .role_tables_knowing(role, facts.oid, tables.started())
+        .await?;
     Ok(match access.get(facts.oid) {
         Some(a) => Readable::Yes(facts.clone(), a.clone()),
         None => Readable::No,
@@ -141,6 +146,7 @@ pub async fn verdicts(
     changes: &[&Change],
 ) -> Result<Vec<Verdict>, GateError> {
     // 1. What the role may read of each change's table, and the rows to ask about, by commit.
+    let seen = Instant::now();
     let mut tables = gate.tables().await?;
     let mut known: HashMap<u32, Readable> = HashMap::new();
     let mut reads: Vec<Option<(TableFacts, TableAccess)>> = Vec::with_capacity(changes.len());
@@ -149,7 +155,7 @@ pub async fn verdicts(
         let r = match known.get(&c.relation.oid) {
             Some(r) => r.clone(),
             None => {
-                let r = readable(gate, &view.role, &mut tables, c).await?;
+                let r = readable(gate, &view.role, &mut tables, c, seen).await?;
                 known.insert(c.relation.oid, r.clone());
                 r
             }

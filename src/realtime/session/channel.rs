@@ -363,6 +363,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         claims: &TokenClaims,
         replacing: Option<usize>,
     ) -> Result<Subscribed, String> {
+        let asked = std::time::Instant::now();
         let unavailable = |e: GateError| {
             tracing::warn!(error = %e, kind = e.kind(), "realtime: cannot read table facts");
             text::DATABASE_UNAVAILABLE.to_owned()
@@ -376,7 +377,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     tables = self
                         .state
                         .gate
-                        .tables_after_miss()
+                        .tables_read_after(asked)
                         .await
                         .map_err(unavailable)?;
                     binding::bind(r, tables.all())
@@ -427,7 +428,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     let role = self
                         .state
                         .gate
-                        .role_tables_knowing(&claims.role, t.oid)
+                        .role_tables_knowing(&claims.role, t.oid, tables.started())
                         .await
                         .map_err(|e| refused(r, e))?;
                     readable |= role.get(t.oid).is_some();

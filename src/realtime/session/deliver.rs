@@ -94,6 +94,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         }
         // 1. Match.
         let gate = &self.state.gate;
+        let seen = std::time::Instant::now();
         let mut tables = match gate.tables().await {
             Ok(t) => Some(t),
             Err(e) => {
@@ -116,13 +117,16 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             if tables
                 .as_ref()
                 .is_none_or(|t| t.of(rel.oid, &rel.schema, &rel.table).is_none())
-                && let Ok(t) = gate.tables_knowing(rel.oid, &rel.schema, &rel.table).await
+                && let Ok(t) = gate
+                    .tables_knowing(rel.oid, &rel.schema, &rel.table, seen)
+                    .await
             {
                 tables = Some(t);
             }
             let facts = tables
                 .as_ref()
                 .and_then(|t| t.of(rel.oid, &rel.schema, &rel.table));
+            let known_since = tables.as_ref().map_or(seen, |t| t.started());
             for (ci, ch) in self.channels.iter().enumerate() {
                 let ids = ch.matching_ids(change, &item.texts);
                 if ids.is_empty() {
@@ -145,7 +149,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 let allowed = match access.get(&(role, facts.oid)) {
                     Some(a) => a.clone(),
                     None => {
-                        let a = match gate.role_tables_knowing(role, facts.oid).await {
+                        let a = match gate.role_tables_knowing(role, facts.oid, known_since).await {
                             Ok(tables) => Some(tables.get(facts.oid).cloned()),
                             Err(e) => {
                                 tracing::debug!(error = %e, kind = e.kind(), "realtime: role check failed");
