@@ -194,7 +194,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 });
             }
         }
-        if hits.is_empty() {
+        if hits.is_empty() && failed.is_empty() {
             return Ok(0);
         }
         // 2. Ask the gate.
