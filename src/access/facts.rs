@@ -106,7 +106,7 @@ impl RlsGate {
         table: &str,
         seen: Instant,
     ) -> Result<Arc<Tables>, GateError> {
-        let tables = self.tables().await?;
+        let tables = self.tables_for_delivery().await?;
         if tables.of(oid, schema, table).is_some() {
             return Ok(tables);
         }
@@ -120,10 +120,7 @@ impl RlsGate {
     }
 
     /// The facts read last if `good` accepts them, else read now (one reload at a time: a
-    /// caller that waited for another's reload takes it if `good` accepts it). A reload that
-    /// failed less than [`TABLE_FACTS_MISS_INTERVAL`] ago is not tried again: the facts read
-    /// last are used meanwhile (or the failure returned), so a database that cannot be reached
-    /// does not hold every delivery.
+    /// caller that waited for another's reload takes it if `good` accepts it).
     async fn load_unless(&self, good: impl Fn(&Tables) -> bool) -> Result<Arc<Tables>, GateError> {
         let accepted = || self.tables_now().filter(|t| good(t));
         if let Some(t) = accepted() {
@@ -133,6 +130,40 @@ impl RlsGate {
         if let Some(t) = accepted() {
             return Ok(t);
         }
+        self.reload(&mut loading).await
+    }
+
+    /// Facts for a delivery: the ones read last, even when older than [`TABLE_FACTS_TTL`]; when
+    /// they are, the one caller that finds no reload running reads them again (the others go on
+    /// with the old ones meanwhile, so 500 sessions never queue behind one catalog read).
+    /// Read now only when there are none yet.
+    pub async fn tables_for_delivery(&self) -> Result<Arc<Tables>, GateError> {
+        let Some(now) = self.tables_now() else {
+            return self.tables().await;
+        };
+        if now.started().elapsed() < TABLE_FACTS_TTL {
+            return Ok(now);
+        }
+        let Ok(mut loading) = self.facts_load.try_lock() else {
+            return Ok(now);
+        };
+        if let Some(t) = self
+            .tables_now()
+            .filter(|t| t.started().elapsed() < TABLE_FACTS_TTL)
+        {
+            return Ok(t);
+        }
+        Ok(self.reload(&mut loading).await.unwrap_or(now))
+    }
+
+    /// Reads the facts now, with the reload lock held. A reload that failed less than
+    /// [`TABLE_FACTS_MISS_INTERVAL`] ago is not tried again: the facts read last are used
+    /// meanwhile (or the failure returned), so a database that cannot be reached does not hold
+    /// every delivery.
+    async fn reload(
+        &self,
+        loading: &mut Option<(Instant, &'static str)>,
+    ) -> Result<Arc<Tables>, GateError> {
         if let Some((at, kind)) = *loading
             && at.elapsed() < TABLE_FACTS_MISS_INTERVAL
         {

@@ -147,7 +147,7 @@ pub async fn verdicts(
 ) -> Result<Vec<Verdict>, GateError> {
     // 1. What the role may read of each change's table, and the rows to ask about, by commit.
     let seen = Instant::now();
-    let mut tables = gate.tables().await?;
+    let mut tables = gate.tables_for_delivery().await?;
     let mut known: HashMap<u32, Readable> = HashMap::new();
     let mut reads: Vec<Option<(TableFacts, TableAccess)>> = Vec::with_capacity(changes.len());
     let mut asks: HashMap<Lsn, (u32, Vec<RowKey>)> = HashMap::new();

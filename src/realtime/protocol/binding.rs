@@ -321,32 +321,43 @@ pub fn bind(req: &BindingRequest, tables: &[TableFacts]) -> Result<Binding, Bind
 /// table against its publication: `%` matches any run of characters, `_` any one character,
 /// everything else itself (case-sensitive). `public`, `order_` and `%_log` are patterns.
 pub fn like(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    // Greedy match with backtracking to the last `%` (linear in practice, bounded by the
-    // lengths of two identifiers).
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('%') => {
-                star = Some((pi, ti));
-                pi += 1;
+    // Names are usually given exactly: one comparison, no scan (matching runs for every change
+    // and binding).
+    if pattern == text {
+        return true;
+    }
+    if !pattern.contains(['%', '_']) {
+        return false;
+    }
+    // Greedy match, backtracking to the last `%`; no allocation.
+    let (mut p, mut t) = (pattern.chars(), text.chars());
+    // The pattern after the last `%`, and where in the text that `%` stops matching.
+    let mut back: Option<(std::str::Chars<'_>, std::str::Chars<'_>)> = None;
+    loop {
+        if p.clone().next() == Some('%') {
+            p.next();
+            back = Some((p.clone(), t.clone()));
+            continue;
+        }
+        match (p.clone().next(), t.clone().next()) {
+            (None, None) => return true,
+            (Some(c), Some(x)) if c == '_' || c == x => {
+                p.next();
+                t.next();
             }
-            Some(c) if *c == '_' || *c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
+            _ => match &mut back {
+                // Let the last `%` take one more character and try again.
+                Some((bp, bt)) => {
+                    if bt.next().is_none() {
+                        return false;
+                    }
+                    p = bp.clone();
+                    t = bt.clone();
                 }
                 None => return false,
             },
         }
     }
-    p[pi..].iter().all(|c| *c == '%')
 }
 
 /// Parses a filter: empty or blank means none; `,` before another `column=` starts another
@@ -620,6 +631,14 @@ mod tests {
             ("", "", true),
             ("", "a", false),
             ("*", "x", false),
+            ("monitoring_events", "monitoring_events", true),
+            ("monitoring_events", "monitoringXevents", true),
+            ("%%", "ab", true),
+            ("_%_", "a", false),
+            ("_%_", "ab", true),
+            ("é_", "éx", true),
+            ("%s", "orders", true),
+            ("%s", "orderz", false),
         ] {
             assert_eq!(like(p, t), want, "{p:?} like {t:?}");
         }

@@ -95,7 +95,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         // 1. Match.
         let gate = &self.state.gate;
         let seen = std::time::Instant::now();
-        let mut tables = match gate.tables().await {
+        let mut tables = match gate.tables_for_delivery().await {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::debug!(error = %e, kind = e.kind(), "realtime: table facts not read");
@@ -103,7 +103,10 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             }
         };
         let mut hits: Vec<Hit> = Vec::new();
-        let mut asks: HashMap<(Lsn, Arc<ClaimsGroup>), (u32, Vec<RowKey>)> = HashMap::new();
+        // Per (commit, group): the xid, the rows to ask about, and the batch item asked last
+        // (each row is asked once per group, whatever the number of its channels).
+        type Asked = (u32, Vec<RowKey>, Option<usize>);
+        let mut asks: HashMap<(Lsn, Arc<ClaimsGroup>), Asked> = HashMap::new();
         let mut failed: HashSet<Arc<ClaimsGroup>> = HashSet::new();
         // What each role may read of each table, asked once per batch.
         let mut access: HashMap<(&str, u32), Option<Option<TableAccess>>> = HashMap::new();
@@ -127,6 +130,8 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 .as_ref()
                 .and_then(|t| t.of(rel.oid, &rel.schema, &rel.table));
             let known_since = tables.as_ref().map_or(seen, |t| t.started());
+            // The row's key, made once per change when a channel needs it.
+            let mut key: Option<Option<RowKey>> = None;
             for (ci, ch) in self.channels.iter().enumerate() {
                 let ids = ch.matching_ids(change, &item.texts);
                 if ids.is_empty() {
@@ -174,14 +179,18 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     (None, true)
                 } else {
                     // A row without its whole key cannot be checked, so it is not sent.
-                    let Some(key) = row_key(change, facts) else {
+                    let Some(key) = key.get_or_insert_with(|| row_key(change, facts)).clone()
+                    else {
                         continue;
                     };
                     let ask = (change.cursor.commit_lsn, Arc::clone(&ch.claims.group));
-                    asks.entry(ask.clone())
-                        .or_insert_with(|| (change.xid, Vec::new()))
-                        .1
-                        .push(key.clone());
+                    let asked = asks
+                        .entry(ask.clone())
+                        .or_insert_with(|| (change.xid, Vec::new(), None));
+                    if asked.2 != Some(ii) {
+                        asked.1.push(key.clone());
+                        asked.2 = Some(ii);
+                    }
                     (Some((ask.0, ask.1, key)), false)
                 };
                 hits.push(Hit {
@@ -202,7 +211,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         let asks: Vec<_> = asks.into_iter().collect();
         let questions: Vec<Ask<'_>> = asks
             .iter()
-            .map(|((lsn, group), (xid, ids))| Ask {
+            .map(|((lsn, group), (xid, ids, _))| Ask {
                 group,
                 lsn: *lsn,
                 xid: *xid,
