@@ -21,6 +21,7 @@ mod fixture;
 fn facts() -> TableFacts {
     let column = |name: &str, type_name: &str| (name.to_owned(), type_name.to_owned());
     TableFacts {
+        oid: 1,
         schema: "public".into(),
         table: "monitoring_events".into(),
         published: true,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use walcast::access::{ClaimsGroup, RlsGate};
+use walcast::access::{ClaimsGroup, RlsGate, RowKey};
 use walcast::auth::Verifier;
 use walcast::decode::Lsn;
 use walcast::realtime::verify_token;
@@ -50,18 +50,24 @@ async fn a_call_whose_asker_goes_away_is_taken_over() {
         .unwrap();
     let (id, xid): (uuid::Uuid, i64) = (row.get(0), row.get(1));
     let xid = u32::try_from(xid).unwrap();
+    let table = gate.tables().await.unwrap();
+    let table = table.named("public", "monitoring_events").unwrap().oid;
+    let id = RowKey {
+        table,
+        key: json!({ "id": id }).to_string().into(),
+    };
     let exp = chrono::Utc::now().timestamp() + 600;
     let (leader_group, waiter_group) = (group("leader", exp), group("waiter", exp));
     let lsn = Lsn(0x77);
 
     let leader = {
-        let (gate, g) = (Arc::clone(&gate), Arc::clone(&leader_group));
+        let (gate, g, id) = (Arc::clone(&gate), Arc::clone(&leader_group), id.clone());
         tokio::spawn(async move { gate.visible(&g, lsn, xid, &[id]).await })
     };
     let started = support::wait_until(Duration::from_secs(10), || async { gate.queries() == 1 });
     assert!(started.await, "the leader's call did not start");
     let waiter = {
-        let (gate, g) = (Arc::clone(&gate), Arc::clone(&waiter_group));
+        let (gate, g, id) = (Arc::clone(&gate), Arc::clone(&waiter_group), id.clone());
         tokio::spawn(async move { gate.visible(&g, lsn, xid, &[id]).await })
     };
     leader.abort();
@@ -76,7 +82,10 @@ async fn a_call_whose_asker_goes_away_is_taken_over() {
     assert!(seen.contains(&id), "the committed row is visible");
     assert_eq!(gate.queries(), 2, "the waiter ran one call for both checks");
     // The leader's check was answered by that call: asking again needs no call.
-    let again = gate.visible(&leader_group, lsn, xid, &[id]).await.unwrap();
+    let again = gate
+        .visible(&leader_group, lsn, xid, std::slice::from_ref(&id))
+        .await
+        .unwrap();
     assert!(again.contains(&id));
     assert_eq!(gate.queries(), 2);
 }

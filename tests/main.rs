@@ -44,6 +44,10 @@ mod realtime_js;
 mod resilience;
 /// WAL → /ws: filters, operations, resume, lag, faults, cursor expiry.
 mod stream;
+/// Every table of the publication on both endpoints: per-table policies and column
+/// privileges, bindings on schema/table/`*`, the `/ws` table filter, a table without a primary
+/// key, `ALTER PUBLICATION ... ADD TABLE` while running, one gate call for many tables.
+mod tables;
 /// Trust at the edge: each attack on an endpoint and the refusal it gets.
 mod trust;
 /// `walcast validate` (clean run, injected gap, quiet window) and the server's continuous check.

@@ -24,22 +24,22 @@ const QUIET: Duration = Duration::from_millis(1500);
 
 /// A frame from the server, either serializer.
 #[derive(Debug, Clone)]
-struct Frame {
+pub(crate) struct Frame {
     /// Join ref (never present in 1.0.0).
     join_ref: Option<String>,
     /// Ref.
     r#ref: Option<String>,
     /// Topic.
-    topic: String,
+    pub(crate) topic: String,
     /// Event.
-    event: String,
+    pub(crate) event: String,
     /// Payload.
-    payload: Value,
+    pub(crate) payload: Value,
 }
 
 /// What the server sent.
 #[derive(Debug, Clone)]
-enum In {
+pub(crate) enum In {
     /// A text frame.
     Text(Frame),
     /// A binary frame.
@@ -47,7 +47,7 @@ enum In {
 }
 
 /// A raw Realtime client.
-struct Rt {
+pub(crate) struct Rt {
     /// The socket.
     socket: Socket,
     /// Speaks 2.0.0 (arrays) rather than 1.0.0 (objects).
@@ -129,7 +129,7 @@ fn parse(v2: bool, text: &str) -> Frame {
 
 impl Rt {
     /// Connects with `token`, serializer 2.0.0 when `v2`.
-    async fn connect(w: &Walcast, token: &str, v2: bool) -> Rt {
+    pub(crate) async fn connect(w: &Walcast, token: &str, v2: bool) -> Rt {
         let vsn = if v2 { "2.0.0" } else { "1.0.0" };
         let (socket, _) = tokio_tungstenite::connect_async(url(w, Some(token), Some(vsn)))
             .await
@@ -172,7 +172,7 @@ impl Rt {
     }
 
     /// The next frame, or `None` on timeout or close.
-    async fn next(&mut self, timeout: Duration) -> Option<In> {
+    pub(crate) async fn next(&mut self, timeout: Duration) -> Option<In> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.socket.next())
@@ -188,7 +188,7 @@ impl Rt {
     }
 
     /// The next text frame matching `pred`, skipping others; panics on timeout.
-    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) -> Frame {
+    pub(crate) async fn wait_for(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) -> Frame {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut skipped = Vec::new();
         loop {
@@ -215,7 +215,7 @@ impl Rt {
     }
 
     /// Asserts that no text frame matching `pred` arrives within [`QUIET`].
-    async fn expect_none(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) {
+    pub(crate) async fn expect_none(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) {
         let deadline = tokio::time::Instant::now() + QUIET;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -228,7 +228,7 @@ impl Rt {
     }
 
     /// Joins `topic`; returns the join ref and the reply.
-    async fn join(&mut self, topic: &str, payload: Value) -> (String, Frame) {
+    pub(crate) async fn join(&mut self, topic: &str, payload: Value) -> (String, Frame) {
         self.next += 1;
         let join_ref = self.next.to_string();
         self.next -= 1;
@@ -257,7 +257,7 @@ impl Rt {
 }
 
 /// A join payload with `postgres_changes` bindings.
-fn pg_join(bindings: Value) -> Value {
+pub(crate) fn pg_join(bindings: Value) -> Value {
     json!({"config": {
         "broadcast": {"ack": false, "self": false},
         "presence": {"key": "", "enabled": false},
@@ -285,7 +285,7 @@ async fn insert(db: &TestDb, source: &str) -> String {
 }
 
 /// Waits for the `system` message of a postgres_changes subscription.
-async fn subscribed(rt: &mut Rt, topic: &str) -> Frame {
+pub(crate) async fn subscribed(rt: &mut Rt, topic: &str) -> Frame {
     rt.wait_for("system message", |f| {
         f.topic == topic && f.event == "system"
     })
@@ -767,7 +767,7 @@ async fn row_level_security_per_role() {
     }
     anon.expect_none("a row anon may not read", |f| f.event == "postgres_changes")
         .await;
-    // Those checks were answered by calls of walcast.realtime_visible_ids, counted on /metrics.
+    // Those checks were answered by calls of walcast.realtime_visible_rows, counted on /metrics.
     let metrics_url = w.url("/metrics");
     let gate_counted = |text: &str| {
         ["calls_total", "checks_total", "call_seconds_count"]
@@ -858,9 +858,14 @@ async fn gate_asks_once_per_commit_and_claims_group() {
     let db = support::fresh_db().await;
     let pool = walcast::db::pool(&db.url, 4, "test").unwrap();
     let gate = std::sync::Arc::new(walcast::access::RlsGate::new(pool, "walcast_events"));
-    let facts = gate.table_facts().await.unwrap();
+    let tables = gate.tables().await.unwrap();
+    let facts = tables.named("public", "monitoring_events").unwrap();
     assert!(facts.published && facts.rls_enabled);
     assert_eq!(facts.primary_key, vec!["id".to_string()]);
+    let key = |id: &uuid::Uuid| walcast::access::RowKey {
+        table: facts.oid,
+        key: json!({ "id": id }).to_string().into(),
+    };
     let c = db.client().await;
     let rows = c
         .query(
@@ -869,7 +874,8 @@ async fn gate_asks_once_per_commit_and_claims_group() {
         )
         .await
         .unwrap();
-    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let uuids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let ids: Vec<walcast::access::RowKey> = uuids.iter().map(key).collect();
     let xid = u32::try_from(rows[0].get::<_, i64>(1)).unwrap();
     let claims = |role: &str| {
         walcast::realtime::verify_token(&any_role_verifier(), &token(role, 600), now())
@@ -927,7 +933,7 @@ async fn gate_asks_once_per_commit_and_claims_group() {
     // Deleted rows are not visible (the check reads the current table).
     c.execute(
         "delete from public.monitoring_events where id = $1",
-        &[&ids[0]],
+        &[&uuids[0]],
     )
     .await
     .unwrap();
@@ -948,11 +954,13 @@ async fn gate_asks_once_per_commit_and_claims_group() {
         .await
         .unwrap();
     let (late, late_xid): (uuid::Uuid, i64) = (row.get(0), row.get(1));
+    let late = key(&late);
     let ask = {
         let (gate, group) = (
             std::sync::Arc::clone(&gate),
             std::sync::Arc::clone(&authenticated),
         );
+        let late = late.clone();
         tokio::spawn(async move {
             gate.visible(
                 &group,
@@ -968,8 +976,9 @@ async fn gate_asks_once_per_commit_and_claims_group() {
     tx.commit().await.unwrap();
     assert!(ask.await.unwrap().contains(&late));
 
-    assert_eq!(gate.check_role(&authenticated).await.unwrap(), None);
-    assert!(gate.check_role(&claims("no_such_role")).await.is_err());
+    let access = gate.check_role("authenticated").await.unwrap();
+    assert_eq!(access.get(facts.oid).unwrap().columns, None);
+    assert!(gate.check_role("no_such_role").await.is_err());
 }
 
 /// Many claims groups asking about one commit at once share one or two calls; each group gets
@@ -989,12 +998,18 @@ async fn gate_checks_many_groups_in_few_calls() {
         )
         .await
         .unwrap();
-    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
-    let owner: std::collections::HashMap<uuid::Uuid, String> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let xid = u32::try_from(rows[0].get::<_, i64>(2)).unwrap();
     let pool = walcast::db::pool(&db.url, 4, "test").unwrap();
     let gate = std::sync::Arc::new(walcast::access::RlsGate::new(pool, "walcast_events"));
+    let table = gate.tables().await.unwrap();
+    let table = table.named("public", "monitoring_events").unwrap().oid;
+    let key = |id: uuid::Uuid| walcast::access::RowKey {
+        table,
+        key: json!({ "id": id }).to_string().into(),
+    };
+    let ids: Vec<walcast::access::RowKey> = rows.iter().map(|r| key(r.get(0))).collect();
+    let owner: std::collections::HashMap<walcast::access::RowKey, String> =
+        rows.iter().map(|r| (key(r.get(0)), r.get(1))).collect();
+    let xid = u32::try_from(rows[0].get::<_, i64>(2)).unwrap();
     // One expiry for all tokens: equal claims make equal groups.
     let exp = now() + 600;
     let group = |role: &str, sub: &str| {
@@ -1520,8 +1535,8 @@ async fn a_failing_row_check_closes_the_channels_that_needed_it() {
     db.client()
         .await
         .batch_execute(
-            "alter function walcast.realtime_visible_ids(bigint[], uuid[], text[], text[], integer) \
-             rename to realtime_visible_ids_gone",
+            "alter function walcast.realtime_visible_rows(bigint[], oid[], jsonb[], text[], text[], \
+             integer[], oid[], integer) rename to realtime_visible_rows_gone",
         )
         .await
         .unwrap();

@@ -674,6 +674,149 @@ fn seen_changes(lines: &[Value], label: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// Tables other than the events table, each with its own policies and column privileges,
+/// added to the publication while walcast runs: two users see their own orders and notes (the
+/// notes without the column they may not read), anon the public orders and no notes (no USAGE
+/// on schema `app`), service_role everything; a binding on schema `app` alone covers its table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_tables() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "create function public.jwt_sub() returns text language sql stable as $$ \
+           select nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub' $$;
+         create table public.orders (id bigint primary key, owner text not null, amount int);
+         alter table public.orders enable row level security;
+         grant select on public.orders to anon, authenticated;
+         create policy orders_own on public.orders for select to authenticated
+           using (owner = public.jwt_sub());
+         create policy orders_public on public.orders for select to anon using (owner = 'public');
+         create schema app;
+         grant usage on schema app to authenticated;
+         create table app.notes (
+           tenant text, slug text, body text, secret text, primary key (tenant, slug));
+         alter table app.notes enable row level security;
+         grant select (tenant, slug, body) on app.notes to authenticated;
+         create policy notes_tenant on app.notes for select to authenticated
+           using (tenant = public.jwt_sub());
+         insert into public.orders values (99, 'nobody', 0);
+         insert into app.notes values ('nobody', 'sentinel', '', '');
+         alter publication walcast_events add table public.orders, app.notes;",
+    )
+    .await
+    .expect("tables");
+    let (alice, bob) = (
+        token("authenticated", Some("alice"), 600),
+        token("authenticated", Some("bob"), 600),
+    );
+    let (anon, service) = (token("anon", None, 600), token("service_role", None, 600));
+    let mut s = Script::start(
+        "tables",
+        &w,
+        &[
+            ("TOKEN_ALICE", &alice),
+            ("TOKEN_BOB", &bob),
+            ("TOKEN_ANON", &anon),
+            ("TOKEN_SERVICE", &service),
+            ("ORDER_SENTINEL", "99"),
+            ("NOTE_SENTINEL", "sentinel"),
+        ],
+    );
+    s.ready("phase0").await;
+    c.batch_execute(
+        "begin;
+         insert into public.orders values (1, 'alice', 10), (2, 'bob', 20), (3, 'public', 30);
+         insert into app.notes values ('alice', 'a', 'hi', 's1'), ('bob', 'b', 'yo', 's2');
+         commit;
+         delete from public.orders where id = 99;
+         delete from app.notes where slug = 'sentinel';",
+    )
+    .await
+    .expect("rows");
+    s.go().await;
+    let lines = s.finish().await;
+    let key = |c: &Value| {
+        let row = if c["eventType"] == "DELETE" {
+            &c["old"]
+        } else {
+            &c["new"]
+        };
+        match c["table"].as_str() {
+            Some("notes") => format!(
+                "notes:{}:{}/{}",
+                c["eventType"].as_str().unwrap(),
+                row["tenant"].as_str().unwrap_or("-"),
+                row["slug"].as_str().unwrap_or("-")
+            ),
+            _ => format!("orders:{}:{}", c["eventType"].as_str().unwrap(), row["id"]),
+        }
+    };
+    let seen = |label: &str| {
+        let mut v: Vec<String> = changes_of(&lines, label).iter().map(key).collect();
+        v.sort();
+        v
+    };
+    for label in ["alice", "bob", "anon", "service"] {
+        assert_eq!(statuses(&lines, label), ["SUBSCRIBED", "CLOSED"], "{label}");
+    }
+    assert_eq!(
+        seen("alice"),
+        [
+            "notes:DELETE:nobody/sentinel",
+            "notes:INSERT:alice/a",
+            "orders:DELETE:99",
+            "orders:INSERT:1"
+        ]
+    );
+    assert_eq!(
+        seen("bob"),
+        [
+            "notes:DELETE:nobody/sentinel",
+            "notes:INSERT:bob/b",
+            "orders:DELETE:99",
+            "orders:INSERT:2"
+        ]
+    );
+    assert_eq!(seen("anon"), ["orders:DELETE:99", "orders:INSERT:3"]);
+    assert_eq!(
+        seen("service"),
+        [
+            "notes:DELETE:nobody/sentinel",
+            "notes:INSERT:alice/a",
+            "notes:INSERT:bob/b",
+            "orders:DELETE:99",
+            "orders:INSERT:1",
+            "orders:INSERT:2",
+            "orders:INSERT:3"
+        ]
+    );
+    // realtime-js typed the bigint key from `columns`; users never see `secret`.
+    let alice_note = changes_of(&lines, "alice")
+        .into_iter()
+        .find(|c| c["table"] == "notes" && c["eventType"] == "INSERT")
+        .unwrap();
+    assert_eq!(
+        alice_note["new"],
+        json!({"tenant": "alice", "slug": "a", "body": "hi"})
+    );
+    assert_eq!(alice_note["schema"], "app");
+    let service_note = changes_of(&lines, "service")
+        .into_iter()
+        .find(|c| c["table"] == "notes" && c["eventType"] == "INSERT")
+        .unwrap();
+    assert!(service_note["new"]["secret"].is_string(), "{service_note}");
+    let order = changes_of(&lines, "alice")
+        .into_iter()
+        .find(|c| c["table"] == "orders" && c["eventType"] == "INSERT")
+        .unwrap();
+    assert_eq!(
+        order["new"],
+        json!({"id": 1, "owner": "alice", "amount": 10})
+    );
+    assert_eq!(order["errors"], Value::Null);
+}
+
 /// Row level security with the subscriber's claims: two users see their own rows, anon sees
 /// no inserts or updates, service_role sees everything; DELETEs reach everyone, key only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

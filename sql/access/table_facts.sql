@@ -1,7 +1,7 @@
-select c.relrowsecurity,
-       exists (select 1 from pg_publication_tables p
-               where p.pubname = $1 and p.schemaname = 'public'
-                 and p.tablename = 'monitoring_events') as published,
+select c.oid,
+       n.nspname::text,
+       c.relname::text,
+       c.relrowsecurity,
        array(select a.attname::text from pg_attribute a
              where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
              order by a.attnum) as names,
@@ -12,5 +12,7 @@ select c.relrowsecurity,
              join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
              where i.indrelid = c.oid and i.indisprimary
              order by a.attnum) as pk
-from pg_class c
-where c.oid = to_regclass('public.monitoring_events')
+from pg_publication_tables p
+join pg_namespace n on n.nspname = p.schemaname
+join pg_class c on c.relnamespace = n.oid and c.relname = p.tablename
+where p.pubname = $1

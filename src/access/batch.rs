@@ -6,13 +6,44 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use uuid::Uuid;
-
 use super::{ClaimsGroup, GATE_TIMEOUT, GateError, RlsGate, lock, statement_timeout};
-use crate::decode::Lsn;
+use crate::decode::{Lsn, Row};
 
-/// The batched visibility check: `$1` xids, `$2` ids, `$3` roles, `$4` claims, `$5` wait (ms).
-const VISIBLE_IDS_SQL: &str = include_str!("../../sql/access/visible_ids.sql");
+/// The batched visibility check: `$1` xids, `$2` each row's table, `$3` each row's key (JSON
+/// text), `$4` roles, `$5` claims, `$6`/`$7` the (group, table) pairs to check, `$8` wait (ms).
+const VISIBLE_ROWS_SQL: &str = include_str!("../../sql/access/visible_rows.sql");
+
+/// One row the gate asks about: its table's OID and its primary key as a compact JSON object
+/// (`{"id":5}`, `{"tenant":"a","slug":"b"}`), which Postgres casts to the key's column types.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RowKey {
+    /// The table (`pg_class.oid`).
+    pub table: u32,
+    /// The primary key values as a compact JSON object (keys sorted by name).
+    pub key: Arc<str>,
+}
+
+impl RowKey {
+    /// The key of a row of table `table` whose primary key columns are `key_columns`; `None`
+    /// when there are none or the row lacks one of them (an unchanged TOAST key, say).
+    pub fn of(table: u32, key_columns: &[String], row: &Row) -> Option<RowKey> {
+        if key_columns.is_empty() {
+            return None;
+        }
+        let mut key = serde_json::Map::new();
+        for column in key_columns {
+            let value = row.values.get(column)?;
+            if value.is_null() {
+                return None;
+            }
+            key.insert(column.clone(), value.clone());
+        }
+        Some(RowKey {
+            table,
+            key: serde_json::Value::Object(key).to_string().into(),
+        })
+    }
+}
 
 /// How long the gate waits for a committed transaction to become visible to new snapshots.
 /// Postgres may stream a commit a moment before the committing backend has published it to
@@ -27,21 +58,21 @@ pub const MAX_CACHED_ANSWERS: usize = 4096;
 /// The cached answer for one (commit LSN, claims group).
 #[derive(Debug, Default)]
 struct Answer {
-    /// Ids checked so far and whether each is visible.
-    known: Mutex<HashMap<Uuid, bool>>,
+    /// Rows checked so far and whether each is visible.
+    known: Mutex<HashMap<RowKey, bool>>,
     /// Set when the check that covered this key failed.
     failed: Mutex<Option<&'static str>>,
 }
 
 impl Answer {
-    /// The visible ids among `ids`, or `None` when some are not known yet.
-    fn lookup(&self, ids: &[Uuid]) -> Option<HashSet<Uuid>> {
+    /// The visible rows among `ids`, or `None` when some are not known yet.
+    fn lookup(&self, ids: &[RowKey]) -> Option<HashSet<RowKey>> {
         let known = lock(&self.known);
         let mut visible = HashSet::new();
         for id in ids {
             match known.get(id) {
                 Some(true) => {
-                    visible.insert(*id);
+                    visible.insert(id.clone());
                 }
                 Some(false) => {}
                 None => return None,
@@ -50,21 +81,21 @@ impl Answer {
         Some(visible)
     }
 
-    /// The ids among `ids` not known yet (each once).
-    fn missing(&self, ids: &[Uuid]) -> Vec<Uuid> {
+    /// The rows among `ids` not known yet (each once).
+    fn missing(&self, ids: &[RowKey]) -> Vec<RowKey> {
         let known = lock(&self.known);
         let mut seen = HashSet::new();
         ids.iter()
-            .filter(|id| !known.contains_key(id) && seen.insert(**id))
-            .copied()
+            .filter(|id| !known.contains_key(*id) && seen.insert(*id))
+            .cloned()
             .collect()
     }
 
-    /// Records a query's result.
-    fn record(&self, asked: &[Uuid], visible: &HashSet<Uuid>) {
+    /// Records a query's result: of the rows asked, those whose index is in `visible`.
+    fn record(&self, asked: &[(usize, &RowKey)], visible: &HashSet<usize>) {
         let mut known = lock(&self.known);
-        for id in asked {
-            known.insert(*id, visible.contains(id));
+        for (j, id) in asked {
+            known.insert((*id).clone(), visible.contains(j));
         }
     }
 
@@ -74,8 +105,8 @@ impl Answer {
     }
 }
 
-/// One check asked of [`RlsGate::visible_all`]: may `group` see rows `ids` of transaction
-/// `xid`, committed at `lsn`?
+/// One check asked of [`RlsGate::visible_all`]: may `group` see rows `ids` (of any tables) of
+/// transaction `xid`, committed at `lsn`?
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
     /// Who asks.
@@ -85,7 +116,7 @@ pub struct Ask<'a> {
     /// The transaction that wrote the rows.
     pub xid: u32,
     /// The rows.
-    pub ids: &'a [Uuid],
+    pub ids: &'a [RowKey],
 }
 
 /// A check waiting for the next call.
@@ -97,8 +128,8 @@ struct Pending {
     answer: Arc<Answer>,
     /// The transaction that wrote the rows.
     xid: u32,
-    /// The ids not known yet.
-    ids: Vec<Uuid>,
+    /// The rows not known yet.
+    ids: Vec<RowKey>,
 }
 
 /// The checks waiting, and whether a call is running.
@@ -152,16 +183,16 @@ pub(super) struct AnswerCache {
 }
 
 impl RlsGate {
-    /// The ids among `ids` (rows of transaction `xid`, committed at `lsn`) that the group may
-    /// see. Ids already answered for this key come from the cache; the rest wait for the next
+    /// The rows among `ids` (rows of transaction `xid`, committed at `lsn`) that the group may
+    /// see. Rows already answered for this key come from the cache; the rest wait for the next
     /// batched call (see the module docs).
     pub async fn visible(
         &self,
         group: &Arc<ClaimsGroup>,
         lsn: Lsn,
         xid: u32,
-        ids: &[Uuid],
-    ) -> Result<HashSet<Uuid>, GateError> {
+        ids: &[RowKey],
+    ) -> Result<HashSet<RowKey>, GateError> {
         let ask = Ask {
             group,
             lsn,
@@ -174,9 +205,9 @@ impl RlsGate {
 
     /// [`RlsGate::visible`] for several checks at once (a session's commits and groups): all are
     /// queued together, so one call answers them all. One result per ask, in order.
-    pub async fn visible_all(&self, asks: &[Ask<'_>]) -> Vec<Result<HashSet<Uuid>, GateError>> {
+    pub async fn visible_all(&self, asks: &[Ask<'_>]) -> Vec<Result<HashSet<RowKey>, GateError>> {
         let answers: Vec<Arc<Answer>> = asks.iter().map(|a| self.answer(a.group, a.lsn)).collect();
-        let mut out: Vec<Option<Result<HashSet<Uuid>, GateError>>> =
+        let mut out: Vec<Option<Result<HashSet<RowKey>, GateError>>> =
             asks.iter().map(|_| None).collect();
         let queue = &self.queue;
         {
@@ -289,20 +320,23 @@ impl RlsGate {
         a
     }
 
-    /// One call of `walcast.realtime_visible_ids` for every check in `batch`, recording each
-    /// (commit, group) answer for all the ids asked; a group whose check failed in Postgres is
-    /// marked failed ("denied") without failing the others.
+    /// One call of `walcast.realtime_visible_rows` for every check in `batch`, recording each
+    /// (commit, group) answer for all the rows asked; a (group, table) whose check failed in
+    /// Postgres marks that group's answers failed ("denied") without failing the others.
     async fn check_batch(&self, batch: &[Pending]) -> Result<(), GateError> {
         if batch.is_empty() {
             return Ok(());
         }
-        // Distinct groups, each with its distinct answers (one per commit) and the ids asked of
-        // each; all ids and xids.
-        type Asked<'b> = (&'b Arc<Answer>, Vec<Uuid>);
+        // Distinct groups, each with its distinct answers (one per commit) and the rows asked of
+        // each; every distinct row once (its index in the call), every xid once, and the
+        // (group, table) pairs to check.
+        type Asked<'b> = (&'b Arc<Answer>, Vec<(usize, &'b RowKey)>);
         let mut index: HashMap<&ClaimsGroup, usize> = HashMap::new();
         let mut groups: Vec<(&ClaimsGroup, Vec<Asked<'_>>)> = Vec::new();
         let mut slot: HashMap<usize, usize> = HashMap::new();
-        let (mut ids, mut seen): (Vec<Uuid>, _) = (Vec::new(), HashSet::new());
+        let mut rows: HashMap<&RowKey, usize> = HashMap::new();
+        let (mut row_tables, mut row_keys): (Vec<u32>, Vec<&str>) = (Vec::new(), Vec::new());
+        let mut pairs: HashSet<(usize, u32)> = HashSet::new();
         let (mut xids, mut seen_xids): (Vec<i64>, _) = (Vec::new(), HashSet::new());
         for p in batch {
             let i = *index.entry(&*p.group).or_insert_with(|| {
@@ -316,14 +350,25 @@ impl RlsGate {
                     answers.push((&p.answer, Vec::new()));
                     answers.len() - 1
                 });
-            answers[j].1.extend_from_slice(&p.ids);
-            ids.extend(p.ids.iter().filter(|id| seen.insert(**id)));
+            for id in &p.ids {
+                let n = *rows.entry(id).or_insert_with(|| {
+                    row_tables.push(id.table);
+                    row_keys.push(&id.key);
+                    row_tables.len()
+                });
+                answers[j].1.push((n, id));
+                pairs.insert((i, id.table));
+            }
             if seen_xids.insert(p.xid) {
                 xids.push(i64::from(p.xid));
             }
         }
         let roles: Vec<&str> = groups.iter().map(|(g, _)| g.role.as_str()).collect();
         let claims: Vec<&str> = groups.iter().map(|(g, _)| g.claims_json.as_str()).collect();
+        let mut pairs: Vec<(usize, u32)> = pairs.into_iter().collect();
+        pairs.sort_unstable();
+        let pair_groups: Vec<i32> = pairs.iter().map(|(g, _)| *g as i32 + 1).collect();
+        let pair_tables: Vec<u32> = pairs.iter().map(|(_, t)| *t).collect();
         let wait_ms = COMMIT_VISIBLE_WAIT.as_millis() as i32;
         self.queries.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
@@ -333,7 +378,7 @@ impl RlsGate {
         let run = async {
             let client = self.pool.get().await.map_err(GateError::Pool)?;
             let stmt = client
-                .prepare_cached(VISIBLE_IDS_SQL)
+                .prepare_cached(VISIBLE_ROWS_SQL)
                 .await
                 .map_err(GateError::Db)?;
             // Opens the transaction with the time limit.
@@ -341,8 +386,16 @@ impl RlsGate {
                 "begin; select set_config('statement_timeout', '{}', true)",
                 statement_timeout()
             );
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-                [&xids, &ids, &roles, &claims, &wait_ms];
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+                &xids,
+                &row_tables,
+                &row_keys,
+                &roles,
+                &claims,
+                &pair_groups,
+                &pair_tables,
+                &wait_ms,
+            ];
             // Polled in order on first poll, so the three are sent together: one round trip.
             let (began, rows, ended) = futures::future::join3(
                 client.batch_execute(&begin),
@@ -373,18 +426,19 @@ impl RlsGate {
                 Err(_) => m.realtime_rls_errors.inc(),
             }
         }
-        let rows = result?;
+        let result_rows = result?;
         tracing::debug!(
             checks = batch.len(),
             groups = groups.len(),
-            ids = ids.len(),
+            rows = row_tables.len(),
+            pairs = pairs.len(),
             xids = xids.len(),
             ms = started.elapsed().as_secs_f64() * 1000.0,
             "realtime gate: call"
         );
-        let mut visible: Vec<HashSet<Uuid>> = vec![HashSet::new(); groups.len()];
+        let mut visible: Vec<HashSet<usize>> = vec![HashSet::new(); groups.len()];
         let mut problems: Vec<bool> = vec![false; groups.len()];
-        for row in rows {
+        for row in result_rows {
             let Some(i) = usize::try_from(row.get::<_, i32>(0))
                 .ok()
                 .and_then(|i| i.checked_sub(1))
@@ -393,14 +447,17 @@ impl RlsGate {
                 continue;
             };
             match (
-                row.get::<_, Option<Uuid>>(1),
-                row.get::<_, Option<String>>(2),
+                row.get::<_, Option<i32>>(2),
+                row.get::<_, Option<String>>(3),
             ) {
-                (Some(id), None) => {
-                    visible[i].insert(id);
+                (Some(n), None) => {
+                    if let Ok(n) = usize::try_from(n) {
+                        visible[i].insert(n);
+                    }
                 }
                 (_, Some(sqlstate)) => {
-                    tracing::debug!(role = %groups[i].0.role, sqlstate, "realtime gate: a group's check failed");
+                    let table: Option<u32> = row.get(1);
+                    tracing::debug!(role = %groups[i].0.role, sqlstate, table, "realtime gate: a group's check failed");
                     problems[i] = true;
                 }
                 (None, None) => {}
@@ -421,16 +478,53 @@ impl RlsGate {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
+    fn key(table: u32, id: i64) -> RowKey {
+        RowKey {
+            table,
+            key: format!("{{\"id\":{id}}}").into(),
+        }
+    }
+
     #[test]
-    fn answers_track_known_ids() {
+    fn answers_track_known_rows() {
         let a = Answer::default();
-        let (x, y) = (Uuid::from_u128(1), Uuid::from_u128(2));
-        assert_eq!(a.lookup(&[x]), None);
-        assert_eq!(a.missing(&[x, x, y]), vec![x, y]);
-        a.record(&[x, y], &HashSet::from([x]));
-        assert_eq!(a.lookup(&[x, y]), Some(HashSet::from([x])));
+        let (x, y) = (key(1, 1), key(2, 1));
+        assert_eq!(a.lookup(std::slice::from_ref(&x)), None);
+        assert_eq!(
+            a.missing(&[x.clone(), x.clone(), y.clone()]),
+            vec![x.clone(), y.clone()]
+        );
+        a.record(&[(1, &x), (2, &y)], &HashSet::from([1]));
+        assert_eq!(
+            a.lookup(&[x.clone(), y.clone()]),
+            Some(HashSet::from([x.clone()]))
+        );
         assert!(a.missing(&[x, y]).is_empty());
+    }
+
+    #[test]
+    fn row_keys_follow_the_primary_key() {
+        let row = |v: serde_json::Value| Row {
+            values: v.as_object().unwrap().clone(),
+            unchanged_toast: Vec::new(),
+        };
+        let pk = |cols: &[&str]| cols.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        let r = row(json!({"slug": "b", "body": "x", "tenant": "a"}));
+        let k = RowKey::of(9, &pk(&["tenant", "slug"]), &r).unwrap();
+        assert_eq!((k.table, &*k.key), (9, r#"{"slug":"b","tenant":"a"}"#));
+        // No primary key, a missing or null key column: cannot be asked about.
+        assert_eq!(RowKey::of(9, &[], &r), None);
+        assert_eq!(RowKey::of(9, &pk(&["id"]), &r), None);
+        assert_eq!(RowKey::of(9, &pk(&["id"]), &row(json!({"id": null}))), None);
+        assert_eq!(
+            &*RowKey::of(9, &pk(&["id"]), &row(json!({"id": 5})))
+                .unwrap()
+                .key,
+            r#"{"id":5}"#
+        );
     }
 }

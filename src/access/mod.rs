@@ -1,21 +1,26 @@
 //! Row visibility: which changed rows a role may see, asked of Postgres with that role's own
-//! row level security policies and column privileges.
+//! row level security policies and column privileges, for every table of walcast's publication.
 //!
 //! `service_role` sees everything and never reaches the gate. For any other role, INSERT and
-//! UPDATE rows are checked in Postgres by `walcast.realtime_visible_ids` (a migration), which
-//! for each claims group sets `role` and `request.jwt.claims` transaction-locally and selects
-//! the asked ids from `public.monitoring_events` under that role's policies. One call covers
-//! every check waiting, across commits and claims groups ([`batch`]): a session whose check is
-//! not answered yet queues it and takes its turn; the turn's holder runs one call for
-//! everything queued, so checks that arrive while a call runs are all answered by the next
-//! one. However many subscribers, distinct users and commits there are, one call is in flight
-//! at a time. Answers are cached per (claims group, commit LSN), so every subscriber of a group
-//! reuses them. The check reads the row's *current* version, not the version in the WAL (see
-//! `docs/realtime.md`).
+//! UPDATE rows are checked in Postgres by `walcast.realtime_visible_rows` (a migration), which
+//! for each (claims group, table) sets `role` and `request.jwt.claims` transaction-locally and
+//! selects the asked rows from that table by primary key under that role's policies ([`RowKey`]:
+//! the table's OID and the key as JSON, cast to the key's column types in Postgres). One call
+//! covers every check waiting, across commits, tables and claims groups ([`batch`]): a session
+//! whose check is not answered yet queues it and takes its turn; the turn's holder runs one call
+//! for everything queued, so checks that arrive while a call runs are all answered by the next
+//! one. However many subscribers, distinct users, tables and commits there are, one call is in
+//! flight at a time. Answers are cached per (claims group, commit LSN), so every subscriber of a
+//! group reuses them. The check reads the row's *current* version, not the version in the WAL
+//! (see `docs/realtime.md`). A table without a primary key cannot be asked about: its rows reach
+//! `service_role` only (the endpoints decide what others get).
 //!
-//! [`facts`] reads what the gate and the encoders need to know about the table (columns,
-//! types, primary key, RLS, publication membership) and whether a role may read it at all,
-//! with which columns. The statements live in `sql/access/`.
+//! [`facts`] reads what the gate and the encoders need to know about each published table
+//! (columns, types, primary key, RLS; [`crate::catalog::Tables`]), reloaded every
+//! [`TABLE_FACTS_TTL`] and when a change (or a binding) names a table facts read before it
+//! arrived do not know (a table added with `ALTER PUBLICATION ... ADD TABLE` is served at once),
+//! and which tables a role may read at all, with which columns ([`RoleTables`]). The statements
+//! live in `sql/access/`.
 //!
 //! It never logs tokens or row values, never lets database error text reach a client, and
 //! holds no lock across an await (waiters for a call park on a notification, not a lock).
@@ -35,11 +40,17 @@ use crate::auth::Token;
 use crate::metrics::Metrics;
 use cache::TtlCache;
 
-pub use batch::{Ask, COMMIT_VISIBLE_WAIT, MAX_CACHED_ANSWERS};
+pub use batch::{Ask, COMMIT_VISIBLE_WAIT, MAX_CACHED_ANSWERS, RowKey};
+pub use facts::{RoleTables, TableAccess};
 
-/// How long table facts (columns, primary key, RLS flag, publication membership) are reused
-/// before they are read again.
-pub const TABLE_FACTS_TTL: Duration = Duration::from_secs(30);
+/// How long table facts (which tables are published, their columns, primary key, RLS flag) are
+/// reused before they are read again. Short: a table added to or dropped from the publication,
+/// or a policy switched on, is seen within this time even when no change of it arrives.
+pub const TABLE_FACTS_TTL: Duration = Duration::from_secs(10);
+
+/// How long a failed read of the table facts is not tried again (the facts read last are used
+/// meanwhile), so a database that cannot be reached does not hold every delivery.
+pub const TABLE_FACTS_MISS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a role check (may this role read the table at all) is reused.
 pub const ROLE_CHECK_TTL: Duration = Duration::from_secs(60);
@@ -56,16 +67,14 @@ pub(crate) fn statement_timeout() -> String {
     format!("{}ms", GATE_TIMEOUT.as_millis())
 }
 
-/// The primary key of a change's new row: the id the gate asks about.
-pub fn row_id(change: &crate::decode::Change) -> Option<uuid::Uuid> {
-    change
-        .record
-        .as_ref()?
-        .values
-        .get("id")?
-        .as_str()?
-        .parse()
-        .ok()
+/// The primary key of a change's new row, as the gate asks about it: `None` when the table has
+/// no primary key or the row does not carry every key column (such a row cannot be checked).
+pub fn row_key(
+    change: &crate::decode::Change,
+    facts: &crate::catalog::TableFacts,
+) -> Option<RowKey> {
+    let row = change.record.as_ref()?;
+    RowKey::of(facts.oid, &facts.primary_key, row)
 }
 
 /// Who a subscriber is, for row level security: the role and the full claims. Subscribers with
@@ -101,10 +110,12 @@ pub enum GateError {
     #[error("the row level security check timed out")]
     Timeout,
     /// The role may not read the table (or does not exist).
-    #[error("role {role:?} may not read public.monitoring_events")]
+    #[error("role {role:?} may not read {what}")]
     Denied {
         /// The role.
         role: String,
+        /// What it may not read: `public.orders`, or "any table of walcast's publication".
+        what: String,
     },
     /// The role is a superuser or bypasses row level security: refused whatever it may read.
     #[error("role {role:?} is a superuser or bypasses row level security: walcast refuses it")]
@@ -144,16 +155,16 @@ pub struct RlsGate {
     publication: String,
     /// Visibility queries run.
     queries: AtomicU64,
-    /// Table facts.
-    facts: Mutex<Option<facts::CachedFacts>>,
-    /// Serialises facts reloads.
-    facts_load: tokio::sync::Mutex<()>,
+    /// Table facts of every published table, read last.
+    facts: Mutex<Option<Arc<crate::catalog::Tables>>>,
+    /// Serialises facts reloads; holds when the last reload failed, and why.
+    facts_load: tokio::sync::Mutex<Option<(std::time::Instant, &'static str)>>,
     /// Visibility answers.
     answers: Mutex<batch::AnswerCache>,
     /// Checks waiting for a call.
     queue: batch::CheckQueue,
-    /// Role checks: what the role may read.
-    roles: TtlCache<Arc<ClaimsGroup>, facts::RoleAccess>,
+    /// Role checks: which tables (and columns) each role may read.
+    roles: TtlCache<String, Arc<RoleTables>>,
     /// Whether a role is a superuser or bypasses row level security.
     privileged: TtlCache<String, bool>,
     /// Where calls, checks, durations and failures are counted (`walcast_realtime_rls_*`).
@@ -174,7 +185,7 @@ impl RlsGate {
             publication: publication.to_owned(),
             queries: AtomicU64::new(0),
             facts: Mutex::new(None),
-            facts_load: tokio::sync::Mutex::new(()),
+            facts_load: tokio::sync::Mutex::new(None),
             answers: Mutex::new(batch::AnswerCache::default()),
             queue: batch::CheckQueue::default(),
             roles: TtlCache::new(ROLE_CHECK_TTL, MAX_CACHED_ROLE_CHECKS),
@@ -189,24 +200,13 @@ impl RlsGate {
         self
     }
 
+    /// walcast's publication: the tables the gate knows.
+    pub fn publication(&self) -> &str {
+        &self.publication
+    }
+
     /// Visibility calls run so far.
     pub fn queries(&self) -> u64 {
         self.queries.load(Ordering::Relaxed)
     }
-}
-
-/// Sets role and claims for the rest of the transaction.
-const SET_CLAIMS_SQL: &str = include_str!("../../sql/access/set_claims.sql");
-
-/// Sets role, claims and the statement timeout for the rest of the transaction.
-pub(crate) async fn set_claims(
-    tx: &deadpool_postgres::Transaction<'_>,
-    group: &ClaimsGroup,
-) -> Result<(), tokio_postgres::Error> {
-    tx.query(
-        SET_CLAIMS_SQL,
-        &[&group.role, &group.claims_json, &statement_timeout()],
-    )
-    .await
-    .map(|_| ())
 }

@@ -10,7 +10,8 @@ use crate::decode::{Change, Operation, Row};
 
 /// The change as a role sees it: `columns` are the columns it may read (`None`: all);
 /// `facts` describe the change's table (unknown facts: row level security is assumed on and
-/// the replica identity key stands in for the primary key).
+/// the replica identity key stands in for the primary key). A DELETE of a table with row level
+/// security and no primary key keeps no old values at all.
 pub fn restrict(change: &Change, columns: Option<&[String]>, facts: Option<&TableFacts>) -> Change {
     let mut out = change.clone();
     let readable = |name: &str| columns.is_none_or(|c| c.iter().any(|c| c == name));
@@ -20,12 +21,12 @@ pub fn restrict(change: &Change, columns: Option<&[String]>, facts: Option<&Tabl
     };
     if change.op == Operation::Delete && facts.is_none_or(|f| f.rls_enabled) {
         let key: Vec<Arc<str>> = match facts {
-            Some(f) if !f.primary_key.is_empty() => f
+            Some(f) => f
                 .primary_key
                 .iter()
                 .map(|k| Arc::from(k.as_str()))
                 .collect(),
-            _ => change
+            None => change
                 .relation
                 .columns
                 .iter()
@@ -56,6 +57,7 @@ mod tests {
 
     fn facts(rls: bool) -> TableFacts {
         TableFacts {
+            oid: 1,
             schema: "public".into(),
             table: "monitoring_events".into(),
             published: true,
@@ -99,5 +101,10 @@ mod tests {
         // Unknown facts: the stricter choice, key columns only.
         let seen = restrict(&delete, None, None);
         assert_eq!(seen.old_record.unwrap().values.len(), 1);
+        // No primary key under row level security: nothing of the old row.
+        let mut keyless = facts(true);
+        keyless.primary_key.clear();
+        let seen = restrict(&delete, None, Some(&keyless));
+        assert!(seen.old_record.unwrap().values.is_empty());
     }
 }

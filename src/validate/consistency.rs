@@ -507,7 +507,13 @@ impl ConsistencyTask {
             let now = self.clients.snapshot(DELIVERY_CLIENTS_MAX);
             let delivery = check_delivery(&before, &now);
             before = progress_map(&now);
-            let outcome = self.check(&sample, delivery);
+            // The facts the Realtime sessions encode with (read again when stale; without a
+            // database, whatever was read last).
+            let tables = match self.gate.tables().await {
+                Ok(t) => Some(t),
+                Err(_) => self.gate.tables_now(),
+            };
+            let outcome = self.check(&sample, delivery, tables.as_deref());
             self.consistency.record(&outcome);
             if !outcome.findings.is_empty() {
                 tracing::warn!(
@@ -546,15 +552,18 @@ impl ConsistencyTask {
     }
 
     /// Checks a sample and records the counters.
-    fn check(&self, sample: &[Arc<HubItem>], delivery: DeliveryCheck) -> RunOutcome {
-        let facts = self.gate.cached_table_facts();
+    fn check(
+        &self,
+        sample: &[Arc<HubItem>],
+        delivery: DeliveryCheck,
+        tables: Option<&crate::catalog::Tables>,
+    ) -> RunOutcome {
         let mut findings = Vec::new();
         let mut mismatched = 0;
         for item in sample {
             let c = &item.change;
-            let table_facts = facts
-                .as_deref()
-                .filter(|f| f.schema == *c.relation.schema && f.table == *c.relation.table);
+            let rel = &c.relation;
+            let table_facts = tables.and_then(|t| t.of(rel.oid, &rel.schema, &rel.table));
             let found = check_change(c, table_facts);
             if !found.is_empty() {
                 mismatched += 1;

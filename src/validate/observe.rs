@@ -43,12 +43,14 @@ pub struct SubscribeSpec {
 }
 
 impl SubscribeSpec {
-    /// The `/ws` subscribe frame (INSERT, UPDATE and DELETE: the Realtime path has no TRUNCATE).
+    /// The `/ws` subscribe frame (INSERT, UPDATE and DELETE: the Realtime path has no TRUNCATE;
+    /// the events table only, like the Realtime binding).
     pub fn ws_frame(&self) -> Value {
         let mut frame = json!({
             "type": "subscribe",
             "id": SUBSCRIPTION_ID,
             "ops": ["INSERT", "UPDATE", "DELETE"],
+            "table": "public.monitoring_events",
         });
         if !self.event_types.is_empty() {
             frame["event_type"] = json!(self.event_types);

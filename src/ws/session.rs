@@ -17,7 +17,7 @@ use futures::StreamExt;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use super::protocol::{self as json, ClientFrame, ErrorCode, ProtocolError};
+use super::protocol::{self as json, ClientFrame, ErrorCode, ProtocolError, TableName};
 use super::socket::{
     self, CLOSE_GOING_AWAY, CLOSE_LAGGED, CLOSE_POLICY, CLOSE_TOO_BIG, ClientSink, ClientStream,
     Clock, End, MAX_CLIENT_MESSAGE, MAX_CONDITIONS, MAX_SUBSCRIPTIONS, MAX_WRITE_BUFFER, Outbox,
@@ -29,6 +29,7 @@ use super::viewer::{self, RoleView, Verdict};
 use crate::access::{GateError, RlsGate};
 use crate::admin::clients::{self, ClientHandle, SubscriptionInfo};
 use crate::auth::Auth;
+use crate::catalog::{REALTIME_SCHEMA, REALTIME_TABLE};
 use crate::decode::{Change, Cursor, Operation};
 use crate::endpoint::Endpoint;
 use crate::filter::{ColumnTexts, Filter};
@@ -137,6 +138,28 @@ pub async fn ws_handler(
         })
 }
 
+/// One subscription of a connection.
+#[derive(Debug)]
+struct Sub {
+    /// The client's id for it.
+    id: String,
+    /// Which changes (event types, sources, operations, column conditions).
+    filter: Filter,
+    /// Which tables (`table`); `None`: every table.
+    tables: Option<Vec<TableName>>,
+}
+
+impl Sub {
+    /// Whether the change passes the subscription's tables and filter.
+    fn matches(&self, change: &Change, texts: &ColumnTexts) -> bool {
+        let rel = &change.relation;
+        self.tables
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|n| n.covers(&rel.schema, &rel.table)))
+            && self.filter.matches_with(change, texts)
+    }
+}
+
 /// One connected `/ws` client, over any socket halves.
 struct Session<S, R> {
     /// Outgoing half, counted.
@@ -152,8 +175,8 @@ struct Session<S, R> {
     /// Oldest change examined live on this connection: changes from it up to `position` were
     /// already delivered (or filtered out) here, so a later `resume` does not send them again.
     live_first: Option<Cursor>,
-    /// Subscriptions by id.
-    filters: Vec<(String, Filter)>,
+    /// Subscriptions, in the order they were made.
+    filters: Vec<Sub>,
     /// What the client may see: `None`, everything; a role, what its policies allow.
     viewer: Option<RoleView>,
     /// The session's wall clock (token expiry).
@@ -280,7 +303,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 if self
                     .filters
                     .iter()
-                    .any(|(_, f)| f.matches_with(&item.change, &item.texts))
+                    .any(|f| f.matches(&item.change, &item.texts))
                 {
                     held += item.bytes();
                     items.push(item);
@@ -392,27 +415,135 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         }
     }
 
-    /// Asks the role's privileges again: a revoked column stops now; a role that may no longer
-    /// read the table is disconnected.
+    /// Asks the role's privileges again: a revoked column or table stops now (deliveries read
+    /// the answer); a role that may no longer read any published table is disconnected.
     async fn on_recheck(&mut self) -> Result<(), End> {
         let Some(view) = &self.viewer else {
             return Ok(());
         };
-        match self.state.gate.recheck_role(&view.group).await {
-            Ok(columns) => {
-                if let Some(v) = self.viewer.as_mut() {
-                    v.columns = columns;
-                }
-                Ok(())
-            }
-            Err(e @ (GateError::Denied { .. } | GateError::Privileged { .. })) => {
-                self.refuse(ErrorCode::Forbidden, &e.to_string()).await
-            }
-            // A transient failure keeps the columns known: the next check asks again.
+        let refused = match self.state.gate.recheck_role(&view.role).await {
+            Ok(tables) if !tables.is_empty() => return Ok(()),
+            Ok(_) => GateError::Denied {
+                role: view.role.clone(),
+                what: "any table of walcast's publication".to_owned(),
+            },
+            Err(e @ (GateError::Denied { .. } | GateError::Privileged { .. })) => e,
+            // A transient failure keeps what is known: the next check asks again.
             Err(e) => {
                 tracing::warn!(error = %e, kind = e.kind(), "/ws: role re-check failed");
-                Ok(())
+                return Ok(());
             }
+        };
+        self.refuse(ErrorCode::Forbidden, &refused.to_string())
+            .await
+    }
+
+    /// Checks a subscription's `table` field against the publication and the role: every
+    /// table it names must be published (`invalid_filter`), and a role other than
+    /// `service_role` must be able to read it and it must have a primary key (`forbidden`);
+    /// a `schema.*` item must cover a published table (one the role may read).
+    async fn check_tables(&self, names: &[TableName]) -> Result<(), ProtocolError> {
+        let gate = &self.state.gate;
+        let asked = std::time::Instant::now();
+        let unavailable = |e: GateError| {
+            tracing::warn!(error = %e, kind = e.kind(), "/ws: table check failed");
+            ProtocolError::new(
+                ErrorCode::Internal,
+                "the table check cannot reach Postgres: subscribe again shortly",
+            )
+        };
+        let mut tables = gate.tables().await.map_err(unavailable)?;
+        let covered = |tables: &crate::catalog::Tables, n: &TableName| {
+            tables
+                .all()
+                .iter()
+                .filter(|t| n.covers(&t.schema, &t.table))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        for name in names {
+            let mut on = covered(&tables, name);
+            if on.is_empty() {
+                // Perhaps added to the publication since the facts were read.
+                tables = gate.tables_read_after(asked).await.map_err(unavailable)?;
+                on = covered(&tables, name);
+            }
+            if on.is_empty() {
+                let (what, hint) = match &name.table {
+                    Some(_) => (
+                        "is not in",
+                        format!(
+                            "add it with ALTER PUBLICATION {} ADD TABLE {name}, or check the name (names are compared exactly; quote one holding a dot)",
+                            gate.publication()
+                        ),
+                    ),
+                    None => ("has no table in", "check the schema name".to_owned()),
+                };
+                return Err(ProtocolError::new(
+                    ErrorCode::InvalidFilter,
+                    format!(
+                        "table {name} {what} walcast's publication {}: {hint}",
+                        gate.publication()
+                    ),
+                ));
+            }
+            let Some(view) = &self.viewer else { continue };
+            let mut readable = false;
+            for t in &on {
+                let access = match gate
+                    .role_tables_knowing(&view.role, t.oid, tables.started())
+                    .await
+                {
+                    Ok(a) => a,
+                    Err(e @ GateError::Privileged { .. }) => {
+                        return Err(ProtocolError::new(ErrorCode::Forbidden, e.to_string()));
+                    }
+                    Err(e) => return Err(unavailable(e)),
+                };
+                let ok = access.get(t.oid).is_some() && t.has_primary_key();
+                if name.is_one_table() && !ok {
+                    let why = if access.get(t.oid).is_none() {
+                        format!("role {:?} may not read {}", view.role, t.qualified())
+                    } else {
+                        format!(
+                            "{} has no primary key, so its rows cannot be checked against the \
+                             row level security policies of role {:?}: only service_role \
+                             receives them",
+                            t.qualified(),
+                            view.role
+                        )
+                    };
+                    return Err(ProtocolError::new(ErrorCode::Forbidden, why));
+                }
+                readable |= ok;
+            }
+            if !readable {
+                return Err(ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "role {:?} may not read any table of {name} that has a primary key",
+                        view.role
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a subscription with these tables receives the events table and nothing else
+    /// (what the client registry calls "everything"); without a `table` field, when the events
+    /// table is the only published one as far as walcast knows.
+    fn events_table_only(&self, tables: Option<&[TableName]>) -> bool {
+        match tables {
+            Some([one]) => {
+                one.table.as_deref() == Some(REALTIME_TABLE) && one.schema == REALTIME_SCHEMA
+            }
+            Some(_) => false,
+            None => self.state.gate.tables_now().is_none_or(|t| {
+                t.all()
+                    .iter()
+                    .all(|f| f.schema == REALTIME_SCHEMA && f.table == REALTIME_TABLE)
+            }),
         }
     }
 
@@ -450,7 +581,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         };
         match frame {
             ClientFrame::Subscribe(req) => {
-                if self.filters.iter().any(|(id, _)| *id == req.id) {
+                if self.filters.iter().any(|f| f.id == req.id) {
                     return self
                         .send_error(ProtocolError {
                             code: ErrorCode::DuplicateSubscription,
@@ -473,7 +604,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 let conditions: usize = self
                     .filters
                     .iter()
-                    .map(|(_, f)| f.conditions.len())
+                    .map(|f| f.filter.conditions.len())
                     .sum::<usize>()
                     + req.filter.conditions.len();
                 if conditions > MAX_CONDITIONS {
@@ -487,25 +618,37 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                         })
                         .await;
                 }
+                if let Some(tables) = &req.tables
+                    && let Err(e) = self.check_tables(tables).await
+                {
+                    return self.send_error(e.with_ref(Some(req.id))).await;
+                }
                 let reply = json::encode_subscribed(&req.id);
+                let mut filter = clients::describe_filter(&req.filter);
+                if let Some(tables) = &req.tables {
+                    let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+                    filter = format!("table in ({}) {filter}", names.join(", "));
+                }
                 // A role other than service_role sees only what its policies allow: never
                 // "everything", and the registry names the role.
                 let (filter, everything) = match &self.viewer {
                     None => (
-                        clients::describe_filter(&req.filter),
-                        clients::filter_is_everything(&req.filter),
+                        filter,
+                        clients::filter_is_everything(&req.filter)
+                            && self.events_table_only(req.tables.as_deref()),
                     ),
-                    Some(v) => (
-                        format!("role={} {}", v.role, clients::describe_filter(&req.filter)),
-                        false,
-                    ),
+                    Some(v) => (format!("role={} {filter}", v.role), false),
                 };
                 self.out.client.subscribe(SubscriptionInfo {
                     id: req.id.clone(),
                     filter,
                     everything,
                 });
-                self.filters.push((req.id, req.filter));
+                self.filters.push(Sub {
+                    id: req.id,
+                    filter: req.filter,
+                    tables: req.tables,
+                });
                 // Changes examined so far were checked without this subscription, so they were
                 // not all sent: only changes examined from now on count as delivered to a
                 // later `resume`.
@@ -520,7 +663,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             }
             ClientFrame::Unsubscribe { id } => {
                 let before = self.filters.len();
-                self.filters.retain(|(i, _)| *i != id);
+                self.filters.retain(|f| f.id != id);
                 if self.filters.len() == before {
                     return self
                         .send_error(ProtocolError {
@@ -618,12 +761,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                         && self.position.is_some_and(|p| change.cursor <= p);
                     // One text cache per replayed change, shared by the connection's filters.
                     let texts = ColumnTexts::new();
-                    if !seen
-                        && self
-                            .filters
-                            .iter()
-                            .any(|(_, f)| f.matches_with(&change, &texts))
-                    {
+                    if !seen && self.filters.iter().any(|f| f.matches(&change, &texts)) {
                         batch.push(change);
                     }
                 }
@@ -958,7 +1096,6 @@ mod tests {
                 role: "authenticated".into(),
                 claims_json: "{}".into(),
             }),
-            columns: None,
         };
         let started = Instant::now();
         let mut peer = start_as(&state, Some(view)).await;

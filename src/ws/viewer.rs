@@ -4,24 +4,26 @@
 //! read like every HTTP API's ([`crate::auth::Credentials`]): a user JWT (`Authorization:
 //! Bearer`, or the `access_token` query parameter for browsers) and/or an API key (an `apikey`
 //! header or query parameter: a JWT, or a configured `sb_publishable_…` / `sb_secret_…` key).
-//! `service_role` sees every change. Any other role sees exactly what
-//! its row level security policies and column privileges let it read, asked of Postgres by the
-//! same batched gate as the Realtime endpoint ([`crate::access`]): an INSERT or UPDATE only if
-//! the row (its current version) is visible to the role, with the columns it may read; a
-//! DELETE with the old row cut to the primary key when the table has row level security (the
-//! row is gone and cannot be checked); a TRUNCATE (the role may read the table). Changes of
-//! other tables are not sent to such roles.
+//! `service_role` sees every change of every table of walcast's publication. Any other role
+//! sees exactly what its row level security policies and privileges let it read, table by
+//! table, asked of Postgres by the same batched gate as the Realtime endpoint
+//! ([`crate::access`]): changes of a table only if it may read that table (USAGE on the schema,
+//! SELECT on the primary key), with the columns it may read; an INSERT or UPDATE only if the row
+//! (its current version) is visible to the role; a DELETE with the old row cut to the primary
+//! key when the table has row level security (the row is gone and cannot be checked); a
+//! TRUNCATE. Tables it may not read, and tables without a primary key (their rows cannot be
+//! checked), are left out of its stream.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::http::{HeaderMap, StatusCode};
-use uuid::Uuid;
 
 use crate::access::view::restrict;
-use crate::access::{Ask, ClaimsGroup, GateError, RlsGate, row_id};
+use crate::access::{Ask, ClaimsGroup, GateError, RlsGate, RowKey, TableAccess, row_key};
 use crate::auth::{Auth, Credentials, TokenProblem, authenticate};
-use crate::catalog::{REALTIME_SCHEMA, REALTIME_TABLE};
+use crate::catalog::{TableFacts, Tables};
 use crate::decode::{Change, Lsn, Operation};
 use crate::error::ApiError;
 
@@ -34,8 +36,6 @@ pub struct RoleView {
     pub exp: i64,
     /// Role and claims, as the gate asks with them.
     pub group: Arc<ClaimsGroup>,
-    /// The columns the role may read; `None`: all.
-    pub columns: Option<Arc<[String]>>,
 }
 
 /// What to send for one change.
@@ -75,12 +75,11 @@ pub async fn authorize(
         return Ok(None);
     }
     let group = ClaimsGroup::of(&token);
-    let columns = gate.check_role(&group).await.map_err(refusal)?;
+    gate.check_role(&token.role).await.map_err(refusal)?;
     Ok(Some(RoleView {
         role: token.role,
         exp: token.exp,
         group,
-        columns,
     }))
 }
 
@@ -101,29 +100,83 @@ pub fn refusal(e: GateError) -> ApiError {
     }
 }
 
+/// What the role may read of one change's table, once known.
+#[derive(Debug, Clone)]
+enum Readable {
+    /// Nothing: the table is unknown, not readable by the role, or has no primary key.
+    No,
+    /// The table, with the columns the role may read.
+    Yes(TableFacts, TableAccess),
+}
+
+/// What the role may read of `change`'s table, received by the session before `seen` (facts
+/// read again when they do not know it).
+async fn readable(
+    gate: &RlsGate,
+    role: &str,
+    tables: &mut Arc<Tables>,
+    change: &Change,
+    seen: Instant,
+) -> Result<Readable, GateError> {
+    let rel = &change.relation;
+    if tables.of(rel.oid, &rel.schema, &rel.table).is_none() {
+        *tables = gate
+            .tables_knowing(rel.oid, &rel.schema, &rel.table, seen)
+            .await?;
+    }
+    let Some(facts) = tables.of(rel.oid, &rel.schema, &rel.table) else {
+        return Ok(Readable::No);
+    };
+    if !facts.has_primary_key() {
+        return Ok(Readable::No);
+    }
+    let access = gate
+        .role_tables_knowing(role, facts.oid, tables.started())
+        .await?;
+    Ok(match access.get(facts.oid) {
+        Some(a) => Readable::Yes(facts.clone(), a.clone()),
+        None => Readable::No,
+    })
+}
+
 /// What `view` may see of each change: one call of the gate for every commit among them.
 pub async fn verdicts(
     gate: &RlsGate,
     view: &RoleView,
     changes: &[&Change],
 ) -> Result<Vec<Verdict>, GateError> {
-    let served =
-        |c: &Change| &*c.relation.schema == REALTIME_SCHEMA && &*c.relation.table == REALTIME_TABLE;
-    // 1. The rows to ask about, by commit.
-    let mut asks: HashMap<Lsn, (u32, Vec<Uuid>)> = HashMap::new();
+    // 1. What the role may read of each change's table, and the rows to ask about, by commit.
+    let seen = Instant::now();
+    let mut tables = gate.tables_for_delivery().await?;
+    let mut known: HashMap<u32, Readable> = HashMap::new();
+    let mut reads: Vec<Option<(TableFacts, TableAccess)>> = Vec::with_capacity(changes.len());
+    let mut asks: HashMap<Lsn, (u32, Vec<RowKey>)> = HashMap::new();
     for c in changes {
-        if served(c)
+        let r = match known.get(&c.relation.oid) {
+            Some(r) => r.clone(),
+            None => {
+                let r = readable(gate, &view.role, &mut tables, c, seen).await?;
+                known.insert(c.relation.oid, r.clone());
+                r
+            }
+        };
+        let read = match r {
+            Readable::No => None,
+            Readable::Yes(facts, access) => Some((facts, access)),
+        };
+        if let Some((facts, _)) = &read
             && matches!(c.op, Operation::Insert | Operation::Update)
-            && let Some(id) = row_id(c)
+            && let Some(key) = row_key(c, facts)
         {
             asks.entry(c.cursor.commit_lsn)
                 .or_insert_with(|| (c.xid, Vec::new()))
                 .1
-                .push(id);
+                .push(key);
         }
+        reads.push(read);
     }
     // 2. Ask.
-    let asks: Vec<(Lsn, (u32, Vec<Uuid>))> = asks.into_iter().collect();
+    let asks: Vec<(Lsn, (u32, Vec<RowKey>))> = asks.into_iter().collect();
     let questions: Vec<Ask<'_>> = asks
         .iter()
         .map(|(lsn, (xid, ids))| Ask {
@@ -133,43 +186,36 @@ pub async fn verdicts(
             ids,
         })
         .collect();
-    let mut visible: HashMap<Lsn, std::collections::HashSet<Uuid>> = HashMap::new();
+    let mut visible: HashMap<Lsn, HashSet<RowKey>> = HashMap::new();
     for ((lsn, _), answer) in asks.iter().zip(gate.visible_all(&questions).await) {
         visible.insert(*lsn, answer?);
     }
     // 3. Decide.
-    let facts = if asks.is_empty() && !changes.iter().any(|c| c.op == Operation::Delete) {
-        None
-    } else {
-        Some(gate.table_facts().await?)
-    };
     Ok(changes
         .iter()
-        .map(|c| {
+        .zip(reads)
+        .map(|(c, read)| {
             // A gap carries no row: every role hears of it.
             if c.op == Operation::Gap {
                 return Verdict::Shared;
             }
-            if !served(c) {
+            let Some((facts, access)) = read else {
                 return Verdict::Skip;
-            }
+            };
+            let columns = access.columns.as_deref();
             match c.op {
                 Operation::Truncate | Operation::Gap => Verdict::Shared,
-                Operation::Delete => {
-                    Verdict::Own(restrict(c, view.columns.as_deref(), facts.as_deref()))
-                }
+                Operation::Delete => Verdict::Own(restrict(c, columns, Some(&facts))),
                 Operation::Insert | Operation::Update => {
-                    let seen = row_id(c).is_some_and(|id| {
+                    let seen = row_key(c, &facts).is_some_and(|key| {
                         visible
                             .get(&c.cursor.commit_lsn)
-                            .is_some_and(|v| v.contains(&id))
+                            .is_some_and(|v| v.contains(&key))
                     });
-                    match (seen, &view.columns) {
+                    match (seen, columns) {
                         (false, _) => Verdict::Skip,
                         (true, None) => Verdict::Shared,
-                        (true, Some(cols)) => {
-                            Verdict::Own(restrict(c, Some(cols), facts.as_deref()))
-                        }
+                        (true, Some(cols)) => Verdict::Own(restrict(c, Some(cols), Some(&facts))),
                     }
                 }
             }

@@ -5,7 +5,10 @@
 //! `/realtime/v1/websocket` (serializer 2.0.0), join `realtime:bench` with one `postgres_changes`
 //! binding (INSERT on `public.monitoring_events`) and wait for the join reply and the
 //! "Subscribed to PostgreSQL" system message. With `--endpoint ws` they connect to `/ws` instead
-//! and subscribe to INSERTs (same tokens, same row gate). Two phases:
+//! and subscribe to INSERTs (same tokens, same row gate). With `--table orders` the rows go to a
+//! second table the bench creates and publishes, `public.orders` (bigint key, its own policy that
+//! reads the subscriber's claims; see [`ORDERS_SETUP_SQL`]), instead of the events table. Two
+//! phases:
 //!
 //! - phase 1, RLS off: every client holds a `service_role` token (no row check).
 //! - phase 2, RLS on: every client holds an `authenticated` token, so each commit goes through
@@ -63,6 +66,56 @@ const BASELINE_TIME: Duration = Duration::from_secs(3);
 /// The two phases: name and the role every client's token carries.
 const PHASES: [(&str, &str); 2] = [("RLS off", "service_role"), ("RLS on", "authenticated")];
 
+/// The second table of `--table orders`: a bigint key, row level security with a policy that
+/// reads the subscriber's JWT claims for every row (a user sees the rows it owns and the
+/// team's rows; the bench writes team rows, so every subscriber gets every row and the rates
+/// compare with the events table's), in walcast's publication.
+const ORDERS_SETUP_SQL: &str = "
+    create table public.orders (
+      id bigint primary key,
+      owner text not null,
+      amount int not null,
+      data jsonb not null default '{}',
+      created_at timestamptz not null default now());
+    alter table public.orders enable row level security;
+    grant select on public.orders to authenticated, service_role;
+    create policy orders_own_or_team on public.orders for select to authenticated
+      using (owner = 'team'
+             or owner = nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub');
+    alter publication walcast_events add table public.orders";
+
+/// Rows of `--table orders`: `$1..=$2` as ids, team rows.
+const ORDERS_BURST_SQL: &str = "insert into public.orders (id, owner, amount, data) \
+     select g, 'team', (g % 1000)::int, jsonb_build_object('seq', g, 'host', 'bench', 'value', 0.5) \
+     from generate_series($1::bigint, $2::bigint) g";
+
+/// Which table the rows go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Table {
+    /// `public.monitoring_events` (uuid key, the default `authenticated` policy).
+    Events,
+    /// `public.orders`, created and published by the bench ([`ORDERS_SETUP_SQL`]).
+    Orders,
+}
+
+impl Table {
+    /// The table name (schema `public`).
+    fn name(self) -> &'static str {
+        match self {
+            Table::Events => "monitoring_events",
+            Table::Orders => "orders",
+        }
+    }
+
+    /// The statement that writes rows `$1..=$2`.
+    fn insert_sql(self) -> &'static str {
+        match self {
+            Table::Events => BURST_SQL,
+            Table::Orders => ORDERS_BURST_SQL,
+        }
+    }
+}
+
 /// Which endpoint the clients use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Endpoint {
@@ -116,6 +169,10 @@ pub struct RealtimeArgs {
     /// group, so the row check runs once per commit per user.
     #[arg(long, default_value_t = 1)]
     pub users: usize,
+    /// The table the rows go to: the events table, or `orders`, a second table the bench
+    /// creates and adds to walcast's publication (bigint key, its own claims-reading policy).
+    #[arg(long, value_enum, default_value = "events")]
+    pub table: Table,
     /// Instead of the rate search: one burst of --rows rows in --txns transactions.
     #[arg(long)]
     pub burst: bool,
@@ -147,6 +204,11 @@ pub async fn run(args: RealtimeArgs) -> anyhow::Result<()> {
     let db = bench_db(None).await?;
     let pg = connect_pg(&db.url).await?;
     let version = server_version(&pg).await?;
+    if args.table == Table::Orders {
+        pg.batch_execute(ORDERS_SETUP_SQL)
+            .await
+            .context("creating public.orders")?;
+    }
 
     let mut server_args = bench_server_args();
     server_args.jwt_secret = Some(SECRET.to_owned());
@@ -168,6 +230,7 @@ pub async fn run(args: RealtimeArgs) -> anyhow::Result<()> {
     let mut report = result?;
     report["subscribers"] = json!(args.subscribers);
     report["endpoint"] = json!(format!("{:?}", args.endpoint).to_lowercase());
+    report["table"] = json!(format!("public.{}", args.table.name()));
     report["client_queue"] = json!(server_args.client_queue);
     report["sample_every"] = json!(SAMPLE_EVERY);
     report["postgres"] = json!(version);
@@ -187,7 +250,7 @@ fn target(role: &str) -> f64 {
 /// The rate search: both phases, each climbing `--rates` until a rate does not hold.
 async fn paced(addr: SocketAddr, pg: &Client, args: &RealtimeArgs) -> anyhow::Result<Value> {
     let n = args.subscribers as u64;
-    let stmt = pg.prepare(BURST_SQL).await?;
+    let stmt = pg.prepare(args.table.insert_sql()).await?;
     let mut seq = 0i64;
     let step = Duration::from_secs(args.step_secs);
     println!(
@@ -207,15 +270,23 @@ async fn paced(addr: SocketAddr, pg: &Client, args: &RealtimeArgs) -> anyhow::Re
         let baseline = if role == "service_role" {
             None
         } else {
-            let b =
-                per_subscriber_baseline(pg, role, args.subscribers, users, BASELINE_TIME).await?;
+            let b = per_subscriber_baseline(
+                pg,
+                args.table,
+                role,
+                args.subscribers,
+                users,
+                BASELINE_TIME,
+            )
+            .await?;
             eprintln!(
                 "realtime {name}: baseline, one check per change for every subscriber: at most {b:.0} msgs/s"
             );
             Some(b)
         };
         let jwts = tokens(role, users)?;
-        let clients = Clients::join(addr, args.endpoint, &jwts, args.subscribers).await?;
+        let clients =
+            Clients::join(addr, args.endpoint, args.table, &jwts, args.subscribers).await?;
         // Clients count from 0: rows written before they joined are not theirs.
         let base = seq;
         // Warm-up: a second at the lowest rate, not reported.
@@ -308,26 +379,18 @@ async fn paced(addr: SocketAddr, pg: &Client, args: &RealtimeArgs) -> anyhow::Re
 
 /// Baseline, same run: the per-subscriber check of a Realtime server that asks Postgres once per
 /// change for all subscribers (one statement per change, each subscriber's claims checked in
-/// turn, as Supabase Realtime's `apply_rls` does). Runs `walcast.realtime_visible_ids` with one
-/// row and one entry per subscriber for `dur` and returns the messages/s this alone allows
+/// turn, as Supabase Realtime's `apply_rls` does). Runs walcast's row check with one row and one
+/// claims group per subscriber for `dur` (`walcast.realtime_visible_ids` on the events table,
+/// `walcast.realtime_visible_rows` on `orders`) and returns the messages/s this alone allows
 /// (changes checked/s × subscribers); delivery is not included, so it is an upper bound.
 async fn per_subscriber_baseline(
     pg: &Client,
+    table: Table,
     role: &str,
     subscribers: usize,
     users: usize,
     dur: Duration,
 ) -> anyhow::Result<f64> {
-    let ids: Vec<uuid::Uuid> = pg
-        .query(
-            "select id from public.monitoring_events order by id desc limit 1000",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    anyhow::ensure!(!ids.is_empty(), "no rows to check");
     let roles: Vec<&str> = vec![role; subscribers];
     let claims: Vec<String> = (0..subscribers)
         .map(|i| {
@@ -338,15 +401,62 @@ async fn per_subscriber_baseline(
             c.to_string()
         })
         .collect();
-    let stmt = pg
-        .prepare("select count(*) from walcast.realtime_visible_ids('{}', $1, $2, $3, 0)")
-        .await?;
     let t0 = Instant::now();
     let mut checked = 0u64;
-    while t0.elapsed() < dur {
-        let one = [ids[checked as usize % ids.len()]];
-        pg.query_one(&stmt, &[&&one[..], &roles, &claims]).await?;
-        checked += 1;
+    match table {
+        Table::Events => {
+            let ids: Vec<uuid::Uuid> = pg
+                .query(
+                    "select id from public.monitoring_events order by id desc limit 1000",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            anyhow::ensure!(!ids.is_empty(), "no rows to check");
+            let stmt = pg
+                .prepare("select count(*) from walcast.realtime_visible_ids('{}', $1, $2, $3, 0)")
+                .await?;
+            while t0.elapsed() < dur {
+                let one = [ids[checked as usize % ids.len()]];
+                pg.query_one(&stmt, &[&&one[..], &roles, &claims]).await?;
+                checked += 1;
+            }
+        }
+        Table::Orders => {
+            let ids: Vec<i64> = pg
+                .query(
+                    "select id from public.orders order by id desc limit 1000",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            anyhow::ensure!(!ids.is_empty(), "no rows to check");
+            let oid: u32 = pg
+                .query_one("select 'public.orders'::regclass::oid", &[])
+                .await?
+                .get(0);
+            let groups: Vec<i32> = (1..=subscribers as i32).collect();
+            let tables: Vec<u32> = vec![oid; subscribers];
+            let stmt = pg
+                .prepare(
+                    "select count(*) from walcast.realtime_visible_rows('{}', $1, $2::text[]::jsonb[], \
+                     $3, $4, $5, $6, 0)",
+                )
+                .await?;
+            while t0.elapsed() < dur {
+                let key = [json!({ "id": ids[checked as usize % ids.len()] }).to_string()];
+                pg.query_one(
+                    &stmt,
+                    &[&&[oid][..], &&key[..], &roles, &claims, &groups, &tables],
+                )
+                .await?;
+                checked += 1;
+            }
+        }
     }
     Ok(checked as f64 * subscribers as f64 / t0.elapsed().as_secs_f64())
 }
@@ -423,15 +533,16 @@ struct Clients {
 }
 
 impl Clients {
-    /// Connects and joins `n` clients, client i with `jwts[i % jwts.len()]`.
+    /// Connects and joins `n` clients to `table`, client i with `jwts[i % jwts.len()]`.
     async fn join(
         addr: SocketAddr,
         endpoint: Endpoint,
+        table: Table,
         jwts: &[String],
         n: usize,
     ) -> anyhow::Result<Self> {
         let sockets = futures::stream::iter(0..n)
-            .map(|i| joined(addr, endpoint, &jwts[i % jwts.len()]))
+            .map(|i| joined(addr, endpoint, table, &jwts[i % jwts.len()]))
             .buffer_unordered(32)
             .collect::<Vec<_>>()
             .await
@@ -684,7 +795,7 @@ async fn phase(
 ) -> anyhow::Result<Phase> {
     let total = args.rows as u64;
     let clients = futures::stream::iter(0..args.subscribers)
-        .map(|_| joined(addr, args.endpoint, jwt))
+        .map(|_| joined(addr, args.endpoint, args.table, jwt))
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await
@@ -696,7 +807,7 @@ async fn phase(
         .map(|ws| tokio::spawn(count(ws, args.endpoint, total, deadline)))
         .collect();
 
-    let stmt = pg.prepare(BURST_SQL).await?;
+    let stmt = pg.prepare(args.table.insert_sql()).await?;
     let t0 = Instant::now();
     for i in 0..args.txns {
         let n = (args.rows / args.txns + usize::from(i < args.rows % args.txns)) as i64;
@@ -812,21 +923,26 @@ fn latency_ms(frame: &str, key: &str) -> Option<f64> {
     Some(d.num_microseconds()? as f64 / 1000.0)
 }
 
-/// Connects with `jwt` to `endpoint` and waits until changes flow to it.
-async fn joined(addr: SocketAddr, endpoint: Endpoint, jwt: &str) -> anyhow::Result<Ws> {
+/// Connects with `jwt` to `endpoint` and waits until changes of `table` flow to it.
+async fn joined(
+    addr: SocketAddr,
+    endpoint: Endpoint,
+    table: Table,
+    jwt: &str,
+) -> anyhow::Result<Ws> {
     match endpoint {
-        Endpoint::Realtime => joined_realtime(addr, jwt).await,
-        Endpoint::Ws => subscribed_ws(addr, jwt).await,
+        Endpoint::Realtime => joined_realtime(addr, table, jwt).await,
+        Endpoint::Ws => subscribed_ws(addr, table, jwt).await,
     }
 }
 
-/// Connects to `/ws` with `jwt`, subscribes to INSERTs and waits for `subscribed`.
-async fn subscribed_ws(addr: SocketAddr, jwt: &str) -> anyhow::Result<Ws> {
+/// Connects to `/ws` with `jwt`, subscribes to INSERTs of `table` and waits for `subscribed`.
+async fn subscribed_ws(addr: SocketAddr, table: Table, jwt: &str) -> anyhow::Result<Ws> {
     let url = format!("ws://{addr}/ws?apikey={jwt}");
     let (mut ws, _) = tokio::time::timeout(SETUP_TIMEOUT, tokio_tungstenite::connect_async(url))
         .await
         .context("connecting to /ws timed out")??;
-    let sub = json!({"type": "subscribe", "id": "bench", "ops": ["INSERT"]});
+    let sub = json!({"type": "subscribe", "id": "bench", "ops": ["INSERT"], "table": table.name()});
     ws.send(Message::text(sub.to_string())).await?;
     let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
     loop {
@@ -849,9 +965,9 @@ async fn subscribed_ws(addr: SocketAddr, jwt: &str) -> anyhow::Result<Ws> {
     }
 }
 
-/// Connects with `jwt` (vsn 2.0.0), joins [`TOPIC`] with an INSERT binding, waits for the ok
-/// reply and the "Subscribed to PostgreSQL" system message.
-async fn joined_realtime(addr: SocketAddr, jwt: &str) -> anyhow::Result<Ws> {
+/// Connects with `jwt` (vsn 2.0.0), joins [`TOPIC`] with an INSERT binding on `table`, waits for
+/// the ok reply and the "Subscribed to PostgreSQL" system message.
+async fn joined_realtime(addr: SocketAddr, table: Table, jwt: &str) -> anyhow::Result<Ws> {
     let url = format!("ws://{addr}/realtime/v1/websocket?apikey={jwt}&vsn=2.0.0");
     let (mut ws, _) = tokio::time::timeout(SETUP_TIMEOUT, tokio_tungstenite::connect_async(url))
         .await
@@ -859,7 +975,7 @@ async fn joined_realtime(addr: SocketAddr, jwt: &str) -> anyhow::Result<Ws> {
     let payload = json!({"config": {
         "broadcast": {"ack": false, "self": false},
         "presence": {"key": "", "enabled": false},
-        "postgres_changes": [{"event": "INSERT", "schema": "public", "table": "monitoring_events"}],
+        "postgres_changes": [{"event": "INSERT", "schema": "public", "table": table.name()}],
         "private": false
     }});
     ws.send(Message::text(

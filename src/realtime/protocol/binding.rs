@@ -215,9 +215,11 @@ pub struct Binding {
     pub id: u32,
     /// Which operations.
     pub event: EventFilter,
-    /// Schema, or `None` for any.
+    /// Schema pattern, or `None` for any (`*`). Matched like Supabase Realtime matches it
+    /// against its publication: SQL `LIKE` without an escape character (`%` any run of
+    /// characters, `_` any one), see [`like`].
     pub schema: Option<String>,
-    /// Table, or `None` for any.
+    /// Table pattern, or `None` for any (`*`); matched like `schema`.
     pub table: Option<String>,
     /// Conditions that must all hold (on `record`, or on `old_record` for DELETE).
     pub conditions: Vec<Condition>,
@@ -226,6 +228,12 @@ pub struct Binding {
 }
 
 impl Binding {
+    /// Whether the binding's schema and table patterns cover the table `schema.table`.
+    pub fn covers(&self, schema: &str, table: &str) -> bool {
+        self.schema.as_deref().is_none_or(|p| like(p, schema))
+            && self.table.as_deref().is_none_or(|p| like(p, table))
+    }
+
     /// Whether the change matches this binding. TRUNCATE never does.
     pub fn matches(&self, change: &Change) -> bool {
         self.matches_in(change, None)
@@ -242,15 +250,7 @@ impl Binding {
         if !self.event.accepts(change.op) {
             return false;
         }
-        if self
-            .schema
-            .as_deref()
-            .is_some_and(|s| s != &*change.relation.schema)
-            || self
-                .table
-                .as_deref()
-                .is_some_and(|t| t != &*change.relation.table)
-        {
+        if !self.covers(&change.relation.schema, &change.relation.table) {
             return false;
         }
         if self.conditions.is_empty() {
@@ -311,9 +311,7 @@ pub fn bind(req: &BindingRequest, tables: &[TableFacts]) -> Result<Binding, Bind
     }
     let matched: Vec<&TableFacts> = tables
         .iter()
-        .filter(|t| t.published)
-        .filter(|t| binding.schema.as_deref().is_none_or(|s| s == t.schema))
-        .filter(|t| binding.table.as_deref().is_none_or(|n| n == t.table))
+        .filter(|t| t.published && binding.covers(&t.schema, &t.table))
         .collect();
     if matched.is_empty() {
         return Err(BindingError::NotPublished { params });
@@ -362,6 +360,49 @@ fn parse_select(v: &Value) -> Result<Vec<String>, String> {
                 .ok_or_else(|| format!("`select` holds {i}, not a column name"))
         })
         .collect()
+}
+
+/// SQL `LIKE` without an escape character, as Supabase Realtime matches a binding's schema and
+/// table against its publication: `%` matches any run of characters, `_` any one character,
+/// everything else itself (case-sensitive). `public`, `order_` and `%_log` are patterns.
+pub fn like(pattern: &str, text: &str) -> bool {
+    // Names are usually given exactly: one comparison, no scan (matching runs for every change
+    // and binding).
+    if pattern == text {
+        return true;
+    }
+    if !pattern.contains(['%', '_']) {
+        return false;
+    }
+    // Greedy match, backtracking to the last `%`; no allocation.
+    let (mut p, mut t) = (pattern.chars(), text.chars());
+    // The pattern after the last `%`, and where in the text that `%` stops matching.
+    let mut back: Option<(std::str::Chars<'_>, std::str::Chars<'_>)> = None;
+    loop {
+        if p.clone().next() == Some('%') {
+            p.next();
+            back = Some((p.clone(), t.clone()));
+            continue;
+        }
+        match (p.clone().next(), t.clone().next()) {
+            (None, None) => return true,
+            (Some(c), Some(x)) if c == '_' || c == x => {
+                p.next();
+                t.next();
+            }
+            _ => match &mut back {
+                // Let the last `%` take one more character and try again.
+                Some((bp, bt)) => {
+                    if bt.next().is_none() {
+                        return false;
+                    }
+                    p = bp.clone();
+                    t = bt.clone();
+                }
+                None => return false,
+            },
+        }
+    }
 }
 
 /// Parses a filter: empty or blank means none; `,` before another `column=` starts another
@@ -642,6 +683,74 @@ mod tests {
             bind(&req(json!({"schema":"public"})), &[f]),
             Err(BindingError::NotPublished { .. })
         ));
+    }
+
+    #[test]
+    fn like_patterns() {
+        for (p, t, want) in [
+            ("public", "public", true),
+            ("public", "Public", false),
+            ("pub%", "public", true),
+            ("%", "", true),
+            ("%lic", "public", true),
+            ("order_", "orders", true),
+            ("order_", "order", false),
+            ("o%_s", "orders", true),
+            ("o%x", "orders", false),
+            ("a%b%c", "aXbYbZc", true),
+            ("", "", true),
+            ("", "a", false),
+            ("*", "x", false),
+            ("monitoring_events", "monitoring_events", true),
+            ("monitoring_events", "monitoringXevents", true),
+            ("%%", "ab", true),
+            ("_%_", "a", false),
+            ("_%_", "ab", true),
+            ("é_", "éx", true),
+            ("%s", "orders", true),
+            ("%s", "orderz", false),
+        ] {
+            assert_eq!(like(p, t), want, "{p:?} like {t:?}");
+        }
+    }
+
+    #[test]
+    fn bindings_cover_tables_like_supabase() {
+        let table = |oid: u32, schema: &str, name: &str| TableFacts {
+            oid,
+            schema: schema.into(),
+            table: name.into(),
+            published: true,
+            columns: vec![("id".into(), "int8".into())],
+            primary_key: vec!["id".into()],
+            ..TableFacts::default()
+        };
+        let tables = [
+            table(1, "public", "orders"),
+            table(2, "public", "order_lines"),
+            table(3, "app", "notes"),
+        ];
+        let covered = |v: Value| {
+            let b = bind(&req(v), &tables).unwrap();
+            tables
+                .iter()
+                .filter(|t| b.covers(&t.schema, &t.table))
+                .map(|t| t.oid)
+                .collect::<Vec<_>>()
+        };
+        // Schema only: every table of it; table only: schema public; `*` anything.
+        assert_eq!(covered(json!({"schema": "public"})), [1, 2]);
+        assert_eq!(covered(json!({"table": "orders"})), [1]);
+        assert_eq!(covered(json!({"schema": "*"})), [1, 2, 3]);
+        assert_eq!(covered(json!({"schema": "*", "table": "notes"})), [3]);
+        assert_eq!(covered(json!({"schema": "app", "table": "*"})), [3]);
+        // LIKE patterns, as Supabase matches them against its publication.
+        assert_eq!(
+            covered(json!({"schema": "public", "table": "order%"})),
+            [1, 2]
+        );
+        assert_eq!(covered(json!({"schema": "%", "table": "note_"})), [3]);
+        assert!(bind(&req(json!({"table": "notes"})), &tables).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::decode::{Change, Column, Cursor, Lsn, Operation, Relation, Row};
 
 pub(super) fn facts() -> TableFacts {
     TableFacts {
+        oid: 1,
         schema: "public".into(),
         table: "monitoring_events".into(),
         published: true,

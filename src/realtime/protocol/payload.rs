@@ -160,7 +160,13 @@ pub fn encode_change_data_for(
         }
         Operation::Delete => {
             let old = change.old_record.as_ref().unwrap_or(&empty);
-            let only = rls_enabled.then_some(&pk);
+            // Under row level security a DELETE keeps the primary key only: nothing at all for
+            // a table without one (whatever its replica identity sends).
+            let no_key = Vec::new();
+            let only = match facts {
+                Some(f) if f.primary_key.is_empty() => rls_enabled.then_some(&no_key),
+                _ => rls_enabled.then_some(&pk),
+            };
             too_large |= push_record(&mut out, "old_record", columns, old, None, only);
         }
         Operation::Truncate | Operation::Gap => {}
@@ -170,6 +176,33 @@ pub fn encode_change_data_for(
     } else {
         out.push_str(",\"errors\":null}");
     }
+    out
+}
+
+/// The error Supabase Realtime puts in `errors` for an INSERT or UPDATE of a table without a
+/// primary key: the row cannot be checked against a role's policies.
+pub const NO_PRIMARY_KEY_ERROR: &str = "Error 400: Bad Request, no primary key";
+
+/// The change object a role other than `service_role` gets for an INSERT or UPDATE of a table
+/// without a primary key, as Supabase Realtime sends it: no values at all (`columns` empty,
+/// `record` and an UPDATE's `old_record` empty objects, `commit_timestamp` null) and
+/// `errors: ["Error 400: Bad Request, no primary key"]`.
+pub fn encode_no_primary_key(change: &Change) -> String {
+    let rel = &change.relation;
+    let mut out = String::with_capacity(160);
+    out.push_str("{\"schema\":");
+    push_json_str(&mut out, &rel.schema);
+    out.push_str(",\"table\":");
+    push_json_str(&mut out, &rel.table);
+    out.push_str(",\"commit_timestamp\":null,\"type\":\"");
+    out.push_str(change.op.as_str());
+    out.push_str("\",\"columns\":[],\"record\":{}");
+    if change.op == Operation::Update {
+        out.push_str(",\"old_record\":{}");
+    }
+    out.push_str(",\"errors\":[");
+    push_json_str(&mut out, NO_PRIMARY_KEY_ERROR);
+    out.push_str("]}");
     out
 }
 
@@ -374,6 +407,24 @@ mod tests {
         assert_eq!(data["errors"], json!(["Error 413: Payload Too Large"]));
         assert!(data["record"].get("data").is_none());
         assert_eq!(data["record"]["source"], "host-1");
+    }
+
+    #[test]
+    fn tables_without_a_primary_key() {
+        let c = change(Operation::Update, Some(row(full_row())), None);
+        let data: Value = serde_json::from_str(&encode_no_primary_key(&c)).unwrap();
+        assert_eq!(
+            data,
+            json!({"schema":"public","table":"monitoring_events","commit_timestamp":null,
+                   "type":"UPDATE","columns":[],"record":{},"old_record":{},
+                   "errors":["Error 400: Bad Request, no primary key"]})
+        );
+        // A DELETE under row level security keeps nothing of the old row.
+        let mut keyless = facts();
+        keyless.primary_key.clear();
+        let c = change(Operation::Delete, None, Some(row(full_row())));
+        let data: Value = serde_json::from_str(&encode_change_data(&c, Some(&keyless))).unwrap();
+        assert_eq!(data["old_record"], json!({}));
     }
 
     #[test]

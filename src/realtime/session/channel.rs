@@ -1,6 +1,6 @@
 //! Joined channels: `phx_join` (topic, token, private-channel policies, bindings, presence
-//! state), the `postgres_changes` subscription against the table facts and the role's
-//! privileges, and `access_token` refresh.
+//! state), the `postgres_changes` subscription against the published tables and the role's
+//! privileges on each, and `access_token` refresh.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -53,9 +53,9 @@ pub(super) struct Channel {
     pub(super) requests: Vec<BindingRequest>,
     /// The subscribed bindings (empty when the subscription failed).
     pub(super) bindings: Vec<Binding>,
-    /// The columns its changes carry (what its role may read, cut to its bindings' `select`);
-    /// `None`: all (the shared payload is sent).
-    pub(super) columns: Option<Arc<[String]>>,
+    /// Whether its bindings covered the events table and no other published table when they
+    /// were subscribed (the registry's "everything").
+    pub(super) events_only: bool,
     /// The columns its bindings `select` (primary key included); `None`: all.
     pub(super) selected: Option<Arc<[String]>>,
     /// Times of recent presence calls, for the rate limit.
@@ -79,14 +79,14 @@ impl Channel {
         self.key.private && !self.claims.is_service_role()
     }
 
-    /// Whether the channel receives rows through the gate: its role's column privileges are
-    /// asked again while it is joined.
+    /// Whether the channel receives rows through the gate: its role's table and column
+    /// privileges are asked again while it is joined.
     pub(super) fn recheckable(&self) -> bool {
         !self.claims.is_service_role() && !self.bindings.is_empty()
     }
 
     /// How the client registry shows this channel: its bindings and role, and whether it
-    /// receives every change of the events table with every column.
+    /// receives every change of the events table with every column, and nothing else.
     pub(super) fn registry_info(&self) -> SubscriptionInfo {
         let bindings: Vec<String> = self.requests.iter().map(|r| r.describe()).collect();
         let filter = if bindings.is_empty() {
@@ -96,12 +96,11 @@ impl Channel {
         };
         let everything = !self.legacy
             && self.claims.is_service_role()
-            && self.columns.is_none()
+            && self.events_only
             && self.bindings.iter().any(|b| {
                 b.event == binding::EventFilter::All
                     && b.conditions.is_empty()
-                    && b.schema.as_deref().is_none_or(|s| s == REALTIME_SCHEMA)
-                    && b.table.as_deref().is_none_or(|t| t == REALTIME_TABLE)
+                    && b.covers(REALTIME_SCHEMA, REALTIME_TABLE)
             });
         SubscriptionInfo {
             id: self.topic.clone(),
@@ -127,14 +126,14 @@ impl Channel {
 pub(super) struct Subscribed {
     /// The bindings.
     bindings: Vec<Binding>,
-    /// The columns changes carry; `None`: all.
-    columns: Option<Arc<[String]>>,
+    /// Whether they cover the events table and no other published table.
+    events_only: bool,
     /// The columns the bindings `select`; `None`: all.
     selected: Option<Arc<[String]>>,
 }
 
-/// What a channel sends: the columns its role may read (`role`, `None`: all) cut to those its
-/// bindings select (`selected`, `None`: all).
+/// What a channel sends of a change: the columns its role may read of the table (`role`,
+/// `None`: all) cut to those its bindings select (`selected`, `None`: all).
 pub(super) fn combine(
     role: Option<Arc<[String]>>,
     selected: &Option<Arc<[String]>>,
@@ -334,7 +333,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             claims,
             requests: config.postgres_changes,
             bindings: subscribed.bindings,
-            columns: subscribed.columns,
+            events_only: subscribed.events_only,
             selected: subscribed.selected,
             presence_calls: VecDeque::new(),
             presence: config.presence_enabled,
@@ -368,26 +367,43 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         Ok(())
     }
 
-    /// Checks bindings against the published table and the role; the error is the client text.
-    /// `replacing` is the channel whose bindings these replace (its conditions are not counted
-    /// against [`MAX_CONDITIONS`] twice).
+    /// Checks bindings against the published tables and the role; the error is the client
+    /// text. `replacing` is the channel whose bindings these replace (its conditions are not
+    /// counted against [`MAX_CONDITIONS`] twice).
+    ///
+    /// A binding must cover at least one published table (like Supabase Realtime, whose
+    /// publication is matched with `LIKE`); a table added to the publication a moment ago is
+    /// found by reading the facts again. A role other than `service_role` must be able to read
+    /// at least one of the tables each binding covers; the others are left out of its stream
+    /// (rows of tables it may not read never reach it).
     pub(super) async fn subscribe(
         &self,
         requests: &[BindingRequest],
         claims: &TokenClaims,
         replacing: Option<usize>,
     ) -> Result<Subscribed, String> {
-        let facts = match self.state.gate.table_facts().await {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %e, kind = e.kind(), "realtime: cannot read table facts");
-                return Err(text::DATABASE_UNAVAILABLE.to_owned());
-            }
+        let asked = std::time::Instant::now();
+        let unavailable = |e: GateError| {
+            tracing::warn!(error = %e, kind = e.kind(), "realtime: cannot read table facts");
+            text::DATABASE_UNAVAILABLE.to_owned()
         };
+        let mut tables = self.state.gate.tables().await.map_err(unavailable)?;
         let mut bindings = Vec::with_capacity(requests.len());
         for r in requests {
-            let b = binding::bind(r, std::slice::from_ref(&*facts)).map_err(|e| e.to_string())?;
-            bindings.push(b);
+            let b = match binding::bind(r, tables.all()) {
+                Err(BindingError::NotPublished { .. }) => {
+                    // Perhaps added to the publication since the facts were read.
+                    tables = self
+                        .state
+                        .gate
+                        .tables_read_after(asked)
+                        .await
+                        .map_err(unavailable)?;
+                    binding::bind(r, tables.all())
+                }
+                other => other,
+            };
+            bindings.push(b.map_err(|e| e.to_string())?);
         }
         // Every change is matched against every condition of the socket: their number bounds
         // one socket's share of the matching work.
@@ -403,21 +419,49 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         if held + asked > MAX_CONDITIONS {
             return Err(text::too_many_conditions(held + asked, MAX_CONDITIONS));
         }
-        let mut columns = None;
+        let covered = |b: &Binding| {
+            tables
+                .all()
+                .iter()
+                .filter(|t| b.covers(&t.schema, &t.table))
+                .collect::<Vec<_>>()
+        };
         if !claims.is_service_role() {
-            match self.state.gate.check_role(&claims.group).await {
-                Ok(c) => columns = c,
-                Err(e @ (GateError::Denied { .. } | GateError::Privileged { .. })) => {
-                    let params = requests.first().map(|r| r.describe()).unwrap_or_default();
-                    return Err(BindingError::Exception {
-                        params,
+            let refused = |r: &BindingRequest, e: GateError| match e {
+                GateError::Denied { .. } | GateError::Privileged { .. } => {
+                    BindingError::Exception {
+                        params: r.describe(),
                         cause: e.to_string(),
                     }
-                    .to_string());
+                    .to_string()
                 }
-                Err(e) => {
+                e => {
                     tracing::warn!(error = %e, kind = e.kind(), "realtime: role check failed");
-                    return Err(text::DATABASE_UNAVAILABLE.to_owned());
+                    text::DATABASE_UNAVAILABLE.to_owned()
+                }
+            };
+            for (r, b) in requests.iter().zip(&bindings) {
+                let on = covered(b);
+                let mut readable = false;
+                for t in &on {
+                    let role = self
+                        .state
+                        .gate
+                        .role_tables_knowing(&claims.role, t.oid, tables.started())
+                        .await
+                        .map_err(|e| refused(r, e))?;
+                    readable |= role.get(t.oid).is_some();
+                }
+                if !readable {
+                    let what = match on.as_slice() {
+                        [one] => one.qualified(),
+                        _ => "any table these parameters name".to_owned(),
+                    };
+                    let denied = GateError::Denied {
+                        role: claims.role.clone(),
+                        what,
+                    };
+                    return Err(refused(r, denied));
                 }
             }
         }
@@ -436,27 +480,43 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         } else {
             None
         };
-        if let (Some(role_cols), Some(sel)) = (&columns, &selected)
-            && let Some(denied) = sel.iter().find(|c| !role_cols.contains(c))
-        {
-            let params = requests
-                .iter()
-                .find(|r| r.select.is_some())
-                .map(|r| r.describe())
-                .unwrap_or_default();
-            return Err(BindingError::Exception {
-                params,
-                cause: format!(
-                    "permission denied for column {denied}: role {} may not select it",
-                    claims.role
-                ),
+        if !claims.is_service_role() {
+            for (r, b) in requests.iter().zip(&bindings) {
+                let Some(sel) = &b.select else { continue };
+                for t in covered(b) {
+                    let role = self
+                        .state
+                        .gate
+                        .role_tables_knowing(&claims.role, t.oid, tables.started())
+                        .await
+                        .map_err(|e| {
+                            tracing::warn!(error = %e, kind = e.kind(), "realtime: role check failed");
+                            text::DATABASE_UNAVAILABLE.to_owned()
+                        })?;
+                    let readable = role.get(t.oid).and_then(|a| a.columns.clone());
+                    if let Some(cols) = readable
+                        && let Some(denied) = sel.iter().find(|c| !cols.contains(c))
+                    {
+                        return Err(BindingError::Exception {
+                            params: r.describe(),
+                            cause: format!(
+                                "permission denied for column {denied}: role {} may not select it",
+                                claims.role
+                            ),
+                        }
+                        .to_string());
+                    }
+                }
             }
-            .to_string());
         }
-        let columns = combine(columns, &selected);
+        let events_only = bindings.iter().all(|b| {
+            covered(b)
+                .iter()
+                .all(|t| t.schema == REALTIME_SCHEMA && t.table == REALTIME_TABLE)
+        });
         Ok(Subscribed {
             bindings,
-            columns,
+            events_only,
             selected,
         })
     }
@@ -579,7 +639,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             let ch = &mut self.channels[i];
             ch.claims = claims;
             ch.bindings = subscribed.bindings;
-            ch.columns = subscribed.columns;
+            ch.events_only = subscribed.events_only;
             ch.selected = subscribed.selected;
             self.out.client.subscribe(self.channels[i].registry_info());
             self.announce_subscription(i, result.map(|_| ())).await?;
@@ -590,36 +650,56 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         Ok(())
     }
 
-    /// Asks again what each joined channel's role may read: a revoked column stops now; a role
-    /// that may no longer read the table closes the channel with Supabase's text. A transient
-    /// failure keeps what is known until the next check.
+    /// Asks again what each joined channel's role may read: a revoked column or table stops
+    /// now (deliveries read the answer); a channel none of whose covered tables its role may
+    /// read any more is closed with Supabase's text. A transient failure keeps what is known
+    /// until the next check.
     pub(super) async fn on_recheck(&mut self) -> Result<(), End> {
-        let mut groups: Vec<Arc<crate::access::ClaimsGroup>> = Vec::new();
+        let mut roles: Vec<String> = Vec::new();
         for ch in self.channels.iter().filter(|c| c.recheckable()) {
-            if !groups.contains(&ch.claims.group) {
-                groups.push(Arc::clone(&ch.claims.group));
+            if !roles.contains(&ch.claims.role) {
+                roles.push(ch.claims.role.clone());
             }
         }
-        for group in groups {
-            match self.state.gate.recheck_role(&group).await {
-                Ok(columns) => {
-                    for ch in self.channels.iter_mut().filter(|c| c.claims.group == group) {
-                        ch.columns = combine(columns.clone(), &ch.selected);
-                    }
-                }
-                Err(GateError::Denied { .. } | GateError::Privileged { .. }) => {
-                    while let Some(i) = self
-                        .channels
-                        .iter()
-                        .position(|c| c.claims.group == group && c.recheckable())
-                    {
-                        let message = text::read_revoked(&self.channels[i].sub_topic);
-                        self.fail_channel(i, &message).await?;
-                    }
-                }
+        if roles.is_empty() {
+            return Ok(());
+        }
+        let tables = match self.state.gate.tables().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, kind = e.kind(), "realtime: table facts re-read failed");
+                return Ok(());
+            }
+        };
+        for role in roles {
+            let readable = match self.state.gate.recheck_role(&role).await {
+                Ok(access) => Some(access),
+                Err(GateError::Denied { .. } | GateError::Privileged { .. }) => None,
                 Err(e) => {
                     tracing::warn!(error = %e, kind = e.kind(), "realtime: role re-check failed");
+                    continue;
                 }
+            };
+            // A channel is kept while its role may read one of the published tables it covers
+            // (a channel whose tables all left the publication has nothing to check).
+            let kept = |c: &Channel| {
+                let mut covered = tables
+                    .all()
+                    .iter()
+                    .filter(|t| c.bindings.iter().any(|b| b.covers(&t.schema, &t.table)))
+                    .peekable();
+                covered.peek().is_none()
+                    || readable
+                        .as_ref()
+                        .is_some_and(|access| covered.any(|t| access.get(t.oid).is_some()))
+            };
+            while let Some(i) = self
+                .channels
+                .iter()
+                .position(|c| c.claims.role == role && c.recheckable() && !kept(c))
+            {
+                let message = text::read_revoked(&self.channels[i].sub_topic);
+                self.fail_channel(i, &message).await?;
             }
         }
         Ok(())

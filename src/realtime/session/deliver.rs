@@ -1,16 +1,21 @@
 //! Live changes: from the hub, matched against every channel's bindings, through the row
 //! gate (one ask per commit and claims group), encoded once per change and wrapped per channel.
+//!
+//! Every table of walcast's publication is served. `service_role` gets every matching change.
+//! Any other role gets a change only when walcast knows its table (facts read again when a
+//! change names a table they do not know) and the role may read that table, with the columns it
+//! may read; INSERT and UPDATE rows also pass the gate by primary key. A table without one
+//! cannot be checked: such a role gets Supabase's "Error 400: Bad Request, no primary key"
+//! change object instead of the row.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use uuid::Uuid;
 
 use super::Session;
-use crate::access::{Ask, ClaimsGroup, row_id};
-use crate::catalog::{REALTIME_SCHEMA, REALTIME_TABLE};
+use crate::access::{Ask, ClaimsGroup, RowKey, TableAccess, row_key};
 use crate::decode::{Change, Lsn, Operation};
 use crate::hub::HubItem;
 use crate::realtime::protocol::payload::{self, encode_change_data, encode_change_data_for};
@@ -26,7 +31,12 @@ pub(super) struct Hit {
     /// Matching binding ids.
     ids: Vec<u32>,
     /// The gate question, when the role is not `service_role` and the row is not a DELETE.
-    check: Option<(Lsn, Arc<ClaimsGroup>, Uuid)>,
+    check: Option<(Lsn, Arc<ClaimsGroup>, RowKey)>,
+    /// The columns the channel's role may read of the change's table; `None`: all.
+    columns: Option<Arc<[String]>>,
+    /// The table has no primary key and the role is not `service_role`: Supabase's error
+    /// change object is sent instead of the row.
+    no_key: bool,
 }
 
 impl<S: ClientSink, R: ClientStream> Session<S, R> {
@@ -83,53 +93,125 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             return Ok(0);
         }
         // 1. Match.
+        let gate = &self.state.gate;
+        let seen = std::time::Instant::now();
+        let mut tables = match gate.tables_for_delivery().await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::debug!(error = %e, kind = e.kind(), "realtime: table facts not read");
+                gate.tables_now()
+            }
+        };
         let mut hits: Vec<Hit> = Vec::new();
-        let mut asks: HashMap<(Lsn, Arc<ClaimsGroup>), (u32, Vec<Uuid>)> = HashMap::new();
+        // Per (commit, group): the xid, the rows to ask about, and the batch item asked last
+        // (each row is asked once per group, whatever the number of its channels).
+        type Asked = (u32, Vec<RowKey>, Option<usize>);
+        let mut asks: HashMap<(Lsn, Arc<ClaimsGroup>), Asked> = HashMap::new();
+        let mut failed: HashSet<Arc<ClaimsGroup>> = HashSet::new();
+        // What each role may read of each table, asked once per batch.
+        let mut access: HashMap<(&str, u32), Option<Option<TableAccess>>> = HashMap::new();
         for (ii, item) in items.iter().enumerate() {
             // Matching is this task's work: let others run between changes when its share of
             // the runtime is used up.
             tokio::task::consume_budget().await;
             let change = &item.change;
-            if &*change.relation.schema != REALTIME_SCHEMA
-                || &*change.relation.table != REALTIME_TABLE
+            let rel = &change.relation;
+            // A table added to the publication since the facts were read: read them again.
+            if tables
+                .as_ref()
+                .is_none_or(|t| t.of(rel.oid, &rel.schema, &rel.table).is_none())
+                && let Ok(t) = gate
+                    .tables_knowing(rel.oid, &rel.schema, &rel.table, seen)
+                    .await
             {
-                continue;
+                tables = Some(t);
             }
+            let facts = tables
+                .as_ref()
+                .and_then(|t| t.of(rel.oid, &rel.schema, &rel.table));
+            let known_since = tables.as_ref().map_or(seen, |t| t.started());
+            // The row's key, made once per change when a channel needs it.
+            let mut key: Option<Option<RowKey>> = None;
             for (ci, ch) in self.channels.iter().enumerate() {
                 let ids = ch.matching_ids(change, &item.texts);
                 if ids.is_empty() {
                     continue;
                 }
-                let check = if ch.claims.is_service_role() || change.op == Operation::Delete {
-                    None
+                if ch.claims.is_service_role() {
+                    hits.push(Hit {
+                        item: ii,
+                        channel: ci,
+                        ids,
+                        check: None,
+                        columns: ch.selected.clone(),
+                        no_key: false,
+                    });
+                    continue;
+                }
+                // Others: only tables walcast knows, and that the role may read.
+                let Some(facts) = facts else { continue };
+                let role = ch.claims.role.as_str();
+                let allowed = match access.get(&(role, facts.oid)) {
+                    Some(a) => a.clone(),
+                    None => {
+                        let a = match gate.role_tables_knowing(role, facts.oid, known_since).await {
+                            Ok(tables) => Some(tables.get(facts.oid).cloned()),
+                            Err(e) => {
+                                tracing::debug!(error = %e, kind = e.kind(), "realtime: role check failed");
+                                None
+                            }
+                        };
+                        access.insert((role, facts.oid), a.clone());
+                        a
+                    }
+                };
+                let columns = match allowed {
+                    None => {
+                        failed.insert(Arc::clone(&ch.claims.group));
+                        continue;
+                    }
+                    Some(None) => continue,
+                    Some(Some(a)) => super::channel::combine(a.columns, &ch.selected),
+                };
+                let (check, no_key) = if change.op == Operation::Delete {
+                    (None, false)
+                } else if !facts.has_primary_key() {
+                    (None, true)
                 } else {
-                    // A row without a readable id cannot be checked, so it is not sent.
-                    let Some(id) = row_id(change) else { continue };
-                    let key = (change.cursor.commit_lsn, Arc::clone(&ch.claims.group));
-                    asks.entry(key.clone())
-                        .or_insert_with(|| (change.xid, Vec::new()))
-                        .1
-                        .push(id);
-                    Some((key.0, key.1, id))
+                    // A row without its whole key cannot be checked, so it is not sent.
+                    let Some(key) = key.get_or_insert_with(|| row_key(change, facts)).clone()
+                    else {
+                        continue;
+                    };
+                    let ask = (change.cursor.commit_lsn, Arc::clone(&ch.claims.group));
+                    let asked = asks
+                        .entry(ask.clone())
+                        .or_insert_with(|| (change.xid, Vec::new(), None));
+                    if asked.2 != Some(ii) {
+                        asked.1.push(key.clone());
+                        asked.2 = Some(ii);
+                    }
+                    (Some((ask.0, ask.1, key)), false)
                 };
                 hits.push(Hit {
                     item: ii,
                     channel: ci,
                     ids,
                     check,
+                    columns,
+                    no_key,
                 });
             }
         }
-        if hits.is_empty() {
+        if hits.is_empty() && failed.is_empty() {
             return Ok(0);
         }
         // 2. Ask the gate.
-        let mut visible: HashMap<(Lsn, Arc<ClaimsGroup>), HashSet<Uuid>> = HashMap::new();
-        let mut failed: HashSet<Arc<ClaimsGroup>> = HashSet::new();
+        let mut visible: HashMap<(Lsn, Arc<ClaimsGroup>), HashSet<RowKey>> = HashMap::new();
         let asks: Vec<_> = asks.into_iter().collect();
         let questions: Vec<Ask<'_>> = asks
             .iter()
-            .map(|((lsn, group), (xid, ids))| Ask {
+            .map(|((lsn, group), (xid, ids, _))| Ask {
                 group,
                 lsn: *lsn,
                 xid: *xid,
@@ -154,13 +236,12 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         }
         // 3. Encode and send, one frame at a time (a frame is a copy of the change's data:
         // building them all first would hold one copy per matching channel).
-        let facts = self.state.gate.cached_table_facts();
         let mut n = 0usize;
         for hit in hits {
-            if let Some((lsn, group, id)) = hit.check {
+            if let Some((lsn, group, key)) = hit.check {
                 let seen = visible
                     .get(&(lsn, group))
-                    .is_some_and(|set| set.contains(&id));
+                    .is_some_and(|set| set.contains(&key));
                 if !seen {
                     continue;
                 }
@@ -168,11 +249,13 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             let item = &items[hit.item];
             let ch = &self.channels[hit.channel];
             let table_facts = |c: &Change| {
-                facts
+                let rel = &c.relation;
+                tables
                     .as_deref()
-                    .filter(|f| f.schema == *c.relation.schema && f.table == *c.relation.table)
+                    .and_then(|t| t.of(rel.oid, &rel.schema, &rel.table))
             };
-            let data: Arc<str> = match &ch.columns {
+            let data: Arc<str> = match &hit.columns {
+                _ if hit.no_key => Arc::from(payload::encode_no_primary_key(&item.change)),
                 // Column privileges differ from the shared payload: encode for this channel.
                 Some(cols) => Arc::from(encode_change_data_for(
                     &item.change,

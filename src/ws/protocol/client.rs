@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use super::table::TableName;
 use super::{CLIENT_TYPES, ErrorCode, MAX_FILTERS, MAX_ID_CHARS, MAX_LIST_ITEMS, ProtocolError};
 use crate::decode::{Cursor, Operation};
 use crate::filter::Filter;
@@ -38,6 +39,8 @@ pub struct SubscribeRequest {
     pub filter: Filter,
     /// Resume after this cursor as part of the subscribe (replay, then live, in order).
     pub since: Option<Cursor>,
+    /// The tables it wants (`table`); `None`: every table its role may read.
+    pub tables: Option<Vec<TableName>>,
 }
 
 /// Parses one text frame sent by a client.
@@ -148,15 +151,48 @@ fn parse_subscribe(mut f: Fields) -> Result<ClientFrame, ProtocolError> {
         ops,
         &f.string_list("filters", MAX_FILTERS)?,
     )?;
+    let tables = parse_tables(&f.string_list("table", MAX_LIST_ITEMS)?)?;
     let since = f
         .optional_cursor("since")
         .map_err(|e| e.with_ref(Some(id.clone())))?;
-    f.reject_unknown("type, id, event_type, source, ops, filters and since")?;
+    f.reject_unknown("type, id, event_type, source, ops, filters, table and since")?;
     Ok(ClientFrame::Subscribe(SubscribeRequest {
         id,
         since,
         filter,
+        tables,
     }))
+}
+
+/// Reads the items of a `table` field: `None` when absent or when one item is `*` (every
+/// table); duplicates are dropped.
+fn parse_tables(items: &[String]) -> Result<Option<Vec<TableName>>, ProtocolError> {
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let mut names: Vec<TableName> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match TableName::parse(item) {
+            Ok(None) => return Ok(None),
+            Ok(Some(name)) => {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            Err(why) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::InvalidFilter,
+                    format!(
+                        "item {} of field `table` in subscribe frame is `{}` ({why}): use \
+                         `schema.table`, `table` (schema public), `schema.*` or `*`",
+                        i + 1,
+                        shorten(item)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Some(names))
 }
 
 /// Reads an unsubscribe frame.

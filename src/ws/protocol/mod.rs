@@ -13,6 +13,7 @@
 mod client;
 mod read;
 mod server;
+mod table;
 
 use std::fmt;
 
@@ -22,6 +23,7 @@ pub use super::socket::CLOSE_LAGGED as LAGGED_CLOSE_CODE;
 pub use client::{ClientFrame, SubscribeRequest, parse_client_frame, parse_operation};
 pub use read::{ErrorFrame, EventFrame, ServerFrame, parse_server_frame};
 pub use server::*;
+pub use table::TableName;
 
 /// Version of this protocol, sent in the `welcome` frame.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -107,6 +107,7 @@ fn subscribe_minimal_matches_everything() {
             id: "x".into(),
             filter: Filter::default(),
             since: None,
+            tables: None,
         })
     );
     // `since` resumes as part of the subscribe; a malformed one is `invalid_cursor`.
@@ -316,7 +317,52 @@ fn subscribe_errors() {
         r#"{"type":"subscribe","id":"a","filter":"source=eq.x"}"#,
         ErrorCode::BadRequest,
         "unknown field `filter` in subscribe frame: its fields are type, id, event_type, \
-         source, ops, filters and since",
+         source, ops, filters, table and since",
+        Some("a"),
+    );
+}
+
+#[test]
+fn subscribe_with_tables() {
+    let tables = |text: &str| match parse_client_frame(text).unwrap() {
+        ClientFrame::Subscribe(req) => req.tables,
+        other => panic!("not a subscribe: {other:?}"),
+    };
+    let names = |v: Option<Vec<TableName>>| {
+        v.map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    assert_eq!(
+        names(tables(r#"{"type":"subscribe","id":"a","table":"orders"}"#)),
+        Some(vec!["public.orders".to_owned()])
+    );
+    assert_eq!(
+        names(tables(
+            r#"{"type":"subscribe","id":"a","table":["app.notes","app.*","orders","public.orders"]}"#
+        )),
+        Some(vec![
+            "app.notes".to_owned(),
+            "app.*".to_owned(),
+            "public.orders".to_owned()
+        ])
+    );
+    // `*` is every table, like leaving the field out.
+    assert_eq!(
+        tables(r#"{"type":"subscribe","id":"a","table":["orders","*"]}"#),
+        None
+    );
+    assert_eq!(tables(r#"{"type":"subscribe","id":"a"}"#), None);
+    assert_err(
+        r#"{"type":"subscribe","id":"a","table":["orders","a.b.c"]}"#,
+        ErrorCode::InvalidFilter,
+        "item 2 of field `table` in subscribe frame is `a.b.c` (unexpected `.c` after the \
+         table name: use schema.table): use `schema.table`, `table` (schema public), \
+         `schema.*` or `*`",
+        Some("a"),
+    );
+    assert_err(
+        r#"{"type":"subscribe","id":"a","table":[]}"#,
+        ErrorCode::BadRequest,
+        "field `table` in subscribe frame is an empty array: leave it out to match everything",
         Some("a"),
     );
 }

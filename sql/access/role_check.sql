@@ -1,1 +1,0 @@
-select id from public.monitoring_events limit 0
