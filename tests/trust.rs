@@ -1116,7 +1116,7 @@ async fn a_failed_row_check_names_a_cursor_that_loses_nothing() {
         .next_frame(Duration::from_secs(10))
         .await
         .expect("the first row");
-    let signature = "walcast.realtime_visible_ids(bigint[], uuid[], text[], text[], integer)";
+    let signature = "walcast.realtime_visible_rows(bigint[], oid[], jsonb[], text[], text[], integer[], oid[], integer)";
     c.batch_execute(&format!(
         "alter function {signature} rename to visible_gone"
     ))
@@ -1140,7 +1140,7 @@ async fn a_failed_row_check_names_a_cursor_that_loses_nothing() {
         .next()
         .expect("a cursor at the end of the message");
     assert_eq!(cursor, first["cursor"].as_str().unwrap(), "{message}");
-    c.batch_execute("alter function walcast.visible_gone rename to realtime_visible_ids")
+    c.batch_execute("alter function walcast.visible_gone rename to realtime_visible_rows")
         .await
         .unwrap();
     let mut again =
