@@ -7,7 +7,8 @@
 -- jsonb object ({"id": 5}, {"tenant": "a", "slug": "b"}); the key is cast to the table's column
 -- types by jsonb_populate_record, so any key type works. Group i is (roles[i], claims[i]). Pair p
 -- asks whether group pair_groups[p] may see the rows of table pair_tables[p] (a group is only
--- asked about the tables it asked about). The result has one row (group, table, j, null) per
+-- asked about the tables it asked about); pairs of one table should be consecutive (walcast
+-- sends them ordered by table), so each table's rows are gathered once. The result has one row (group, table, j, null) per
 -- visible row, and one row (group, table, null, problem) for a pair whose check failed (unknown
 -- role, permission denied: the SQLSTATE; `no_primary_key` for a table without one), so one bad
 -- pair never hides the answers of the others.
@@ -18,6 +19,12 @@
 -- function takes a fresh snapshot. Role and claims are set transaction-locally for each pair
 -- and reset at the end. Only walcast's own connection should call this (it can switch to these
 -- roles).
+--
+-- Each table's check is a prepared statement of the session (`walcast_rows_<oid>_<hash of its
+-- text>`, prepared on first use), so that it is planned once per role, not once per group: the
+-- plan cache plans a statement again when the role differs from the one it was planned for,
+-- which applies the table's row level security policies for that role; the claims are read by
+-- the policies when the statement runs.
 --
 -- walcast.realtime_visible_ids (public.monitoring_events by uuid) stays for older callers;
 -- walcast itself calls this function.
@@ -36,14 +43,18 @@ as $$
 declare
   deadline timestamptz := clock_timestamp() + make_interval(secs => greatest(wait_ms, 0) / 1000.0);
   committed boolean;
-  -- One statement per distinct table: tabs[k] is checked by stmts[k] (null: no primary key).
+  -- One prepared statement per distinct table: tabs[k] is checked by stmts[k] (its name; null:
+  -- no primary key).
   tabs oid[] := '{}';
   stmts text[] := '{}';
   one_table oid;
   stmt text;
+  stmt_name text;
   g integer;
-  keys_of jsonb[];
-  rows_of integer[];
+  -- The table whose rows `rows_tail` holds: `<oid>, '<keys>', '<row numbers>')`, the end of
+  -- its prepared statement's EXECUTE.
+  rows_table oid;
+  rows_tail text;
 begin
   loop
     select coalesce(bool_and(pg_visible_in_snapshot(
@@ -74,27 +85,38 @@ begin
       join pg_attribute att on att.attrelid = cls.oid and att.attnum = any(idx.indkey)
      where cls.oid = one_table
      group by nsp.nspname, cls.relname;
+    stmt_name := null;
+    if stmt is not null then
+      stmt_name := format('walcast_rows_%s_%s', one_table, left(md5(stmt), 12));
+      if not exists (select 1 from pg_prepared_statements ps where ps.name = stmt_name) then
+        execute format('prepare %I(integer, oid, jsonb[], integer[]) as %s', stmt_name, stmt);
+      end if;
+    end if;
     tabs := tabs || one_table;
-    stmts := stmts || stmt;
+    stmts := stmts || stmt_name;
     stmt := null;
   end loop;
 
   for p in 1 .. coalesce(array_length(pair_groups, 1), 0) loop
     g := pair_groups[p];
     one_table := pair_tables[p];
-    stmt := stmts[array_position(tabs, one_table)];
-    if stmt is null then
+    stmt_name := stmts[array_position(tabs, one_table)];
+    if stmt_name is null then
       return query select g, one_table, null::integer, 'no_primary_key'::text;
       continue;
     end if;
-    select array_agg(row_keys[j] order by j), array_agg(j order by j)
-      into keys_of, rows_of
-      from generate_subscripts(row_tables, 1) as s(j)
-     where row_tables[j] = one_table;
+    if rows_table is distinct from one_table then
+      select format('%s, %L, %L)', one_table,
+                    array_agg(row_keys[j] order by j), array_agg(j order by j))
+        into rows_tail
+        from generate_subscripts(row_tables, 1) as s(j)
+       where row_tables[j] = one_table;
+      rows_table := one_table;
+    end if;
     begin
       perform set_config('role', roles[g], true);
       perform set_config('request.jwt.claims', claims[g], true);
-      return query execute stmt using g, one_table, keys_of, rows_of;
+      return query execute format('execute %I(%s, ', stmt_name, g) || rows_tail;
       perform set_config('role', 'none', true);
     exception when others then
       -- The failed block's settings are rolled back with it.

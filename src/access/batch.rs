@@ -365,8 +365,9 @@ impl RlsGate {
         }
         let roles: Vec<&str> = groups.iter().map(|(g, _)| g.role.as_str()).collect();
         let claims: Vec<&str> = groups.iter().map(|(g, _)| g.claims_json.as_str()).collect();
+        // Ordered by table: the function gathers each table's rows once.
         let mut pairs: Vec<(usize, u32)> = pairs.into_iter().collect();
-        pairs.sort_unstable();
+        pairs.sort_unstable_by_key(|&(g, t)| (t, g));
         let pair_groups: Vec<i32> = pairs.iter().map(|(g, _)| *g as i32 + 1).collect();
         let pair_tables: Vec<u32> = pairs.iter().map(|(_, t)| *t).collect();
         let wait_ms = COMMIT_VISIBLE_WAIT.as_millis() as i32;
