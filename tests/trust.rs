@@ -1116,10 +1116,13 @@ async fn a_failed_row_check_names_a_cursor_that_loses_nothing() {
         .next_frame(Duration::from_secs(10))
         .await
         .expect("the first row");
-    let signature = "walcast.realtime_visible_rows(bigint[], oid[], jsonb[], text[], text[], integer[], oid[], integer)";
-    c.batch_execute(&format!(
-        "alter function {signature} rename to visible_gone"
-    ))
+    // Both forms of the check fail: the events table's and the per-table one.
+    c.batch_execute(
+        "alter function walcast.realtime_visible_ids(bigint[], uuid[], text[], text[], integer) \
+           rename to ids_gone; \
+         alter function walcast.realtime_visible_rows(bigint[], oid[], jsonb[], text[], text[], \
+           integer[], oid[], integer) rename to rows_gone",
+    )
     .await
     .unwrap();
     c.execute(
@@ -1140,9 +1143,12 @@ async fn a_failed_row_check_names_a_cursor_that_loses_nothing() {
         .next()
         .expect("a cursor at the end of the message");
     assert_eq!(cursor, first["cursor"].as_str().unwrap(), "{message}");
-    c.batch_execute("alter function walcast.visible_gone rename to realtime_visible_rows")
-        .await
-        .unwrap();
+    c.batch_execute(
+        "alter function walcast.ids_gone rename to realtime_visible_ids; \
+         alter function walcast.rows_gone rename to realtime_visible_rows",
+    )
+    .await
+    .unwrap();
     let mut again =
         support::ws::WsClient::connect(&ws_url(&w, &user("authenticated", "alice"))).await;
     again.subscribe("all", json!({})).await;
