@@ -24,7 +24,9 @@
 -- text>`, prepared on first use), so that it is planned once per role, not once per group: the
 -- plan cache plans a statement again when the role differs from the one it was planned for,
 -- which applies the table's row level security policies for that role; the claims are read by
--- the policies when the statement runs.
+-- the policies when the statement runs. The events table, `public.monitoring_events` (key `id
+-- uuid`), most of the traffic, is checked by a static statement of this function instead (plpgsql
+-- caches its plan the same way, without the cost of an EXECUTE).
 --
 -- walcast.realtime_visible_ids (public.monitoring_events by uuid) stays for older callers;
 -- walcast itself calls this function.
@@ -47,6 +49,11 @@ declare
   -- no primary key).
   tabs oid[] := '{}';
   stmts text[] := '{}';
+  -- The events table when asked about and its key is `id uuid` (checked by the static
+  -- statement below).
+  events oid;
+  events_ids uuid[];
+  events_rows integer[];
   one_table oid;
   stmt text;
   stmt_name text;
@@ -72,6 +79,16 @@ begin
   -- Built once per table, before any role switch: schema-qualified names (the search path may
   -- name other schemas once the role changes), each key column compared with its own type.
   foreach one_table in array coalesce((select array_agg(distinct x) from unnest(pair_tables) x), '{}') loop
+    if one_table = to_regclass('public.monitoring_events')
+       and (select count(*) = 1 and bool_and(att.attname = 'id' and att.atttypid = 'uuid'::regtype)
+              from pg_index idx
+              join pg_attribute att on att.attrelid = idx.indrelid and att.attnum = any(idx.indkey)
+             where idx.indrelid = one_table and idx.indisprimary) then
+      events := one_table;
+      tabs := tabs || one_table;
+      stmts := stmts || 'events'::text;
+      continue;
+    end if;
     select format(
              'select $1, $2, k.j, null::text from unnest($3, $4) as k(key, j) '
              'cross join lateral jsonb_populate_record(null::%1$s, k.key) as r '
@@ -105,7 +122,13 @@ begin
       return query select g, one_table, null::integer, 'no_primary_key'::text;
       continue;
     end if;
-    if rows_table is distinct from one_table then
+    if rows_table is distinct from one_table and one_table = events then
+      select array_agg((row_keys[j] ->> 'id')::uuid order by j), array_agg(j order by j)
+        into events_ids, events_rows
+        from generate_subscripts(row_tables, 1) as s(j)
+       where row_tables[j] = one_table;
+      rows_table := one_table;
+    elsif rows_table is distinct from one_table then
       select format('%s, %L, %L)', one_table,
                     array_agg(row_keys[j] order by j), array_agg(j order by j))
         into rows_tail
@@ -116,7 +139,14 @@ begin
     begin
       perform set_config('role', roles[g], true);
       perform set_config('request.jwt.claims', claims[g], true);
-      return query execute format('execute %I(%s, ', stmt_name, g) || rows_tail;
+      if one_table = events then
+        return query
+          select g, one_table, k.j, null::text
+            from unnest(events_ids, events_rows) as k(id, j)
+            join public.monitoring_events e on e.id = k.id;
+      else
+        return query execute format('execute %I(%s, ', stmt_name, g) || rows_tail;
+      end if;
       perform set_config('role', 'none', true);
     exception when others then
       -- The failed block's settings are rolled back with it.

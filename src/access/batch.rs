@@ -29,7 +29,7 @@ type Found = (i32, Option<i32>, Option<String>, Option<u32>);
 pub struct RowKey {
     /// The table (`pg_class.oid`).
     pub table: u32,
-    /// The primary key values as a compact JSON object (keys sorted by name).
+    /// The primary key values as a compact JSON object, in primary key order.
     pub key: Arc<str>,
 }
 
@@ -37,20 +37,30 @@ impl RowKey {
     /// The key of a row of table `table` whose primary key columns are `key_columns`; `None`
     /// when there are none or the row lacks one of them (an unchanged TOAST key, say).
     pub fn of(table: u32, key_columns: &[String], row: &Row) -> Option<RowKey> {
+        use std::fmt::Write as _;
         if key_columns.is_empty() {
             return None;
         }
-        let mut key = serde_json::Map::new();
-        for column in key_columns {
+        // Written directly (this runs for every row and subscriber session): the columns in
+        // primary key order, each value as compact JSON.
+        let mut key = String::with_capacity(16 + 48 * key_columns.len());
+        key.push('{');
+        for (i, column) in key_columns.iter().enumerate() {
             let value = row.values.get(column)?;
             if value.is_null() {
                 return None;
             }
-            key.insert(column.clone(), value.clone());
+            if i > 0 {
+                key.push(',');
+            }
+            crate::json::push_str(&mut key, column);
+            key.push(':');
+            let _ = write!(key, "{value}");
         }
+        key.push('}');
         Some(RowKey {
             table,
-            key: serde_json::Value::Object(key).to_string().into(),
+            key: key.into(),
         })
     }
 }
@@ -579,7 +589,7 @@ mod tests {
         let pk = |cols: &[&str]| cols.iter().map(|c| c.to_string()).collect::<Vec<_>>();
         let r = row(json!({"slug": "b", "body": "x", "tenant": "a"}));
         let k = RowKey::of(9, &pk(&["tenant", "slug"]), &r).unwrap();
-        assert_eq!((k.table, &*k.key), (9, r#"{"slug":"b","tenant":"a"}"#));
+        assert_eq!((k.table, &*k.key), (9, r#"{"tenant":"a","slug":"b"}"#));
         // No primary key, a missing or null key column: cannot be asked about.
         assert_eq!(RowKey::of(9, &[], &r), None);
         assert_eq!(RowKey::of(9, &pk(&["id"]), &r), None);
