@@ -564,6 +564,17 @@ mod tests {
     }
 
     #[test]
+    fn events_keys_read_as_uuids_and_nothing_else_does() {
+        let id = "0195c1de-0000-7000-8000-000000000001";
+        assert_eq!(
+            events_id(&format!("{{\"id\":\"{id}\"}}")),
+            Some(uuid::Uuid::parse_str(id).unwrap())
+        );
+        assert_eq!(events_id("{\"id\":5}"), None);
+        assert_eq!(events_id(&format!("{{\"id\":\"{id}\",\"b\":1}}")), None);
+    }
+
+    #[test]
     fn answers_track_known_rows() {
         let a = Answer::default();
         let (x, y) = (key(1, 1), key(2, 1));
