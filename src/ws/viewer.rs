@@ -106,7 +106,7 @@ enum Readable {
     /// Nothing: the table is unknown, not readable by the role, or has no primary key.
     No,
     /// The table, with the columns the role may read.
-    Yes(TableFacts, TableAccess),
+    Yes(Arc<TableFacts>, TableAccess),
 }
 
 /// What the role may read of `change`'s table, received by the session before `seen` (facts
@@ -134,7 +134,8 @@ async fn readable(
         .role_tables_knowing(role, facts.oid, tables.started())
         .await?;
     Ok(match access.get(facts.oid) {
-        Some(a) => Readable::Yes(facts.clone(), a.clone()),
+        // Shared by every change of the batch on this table (facts hold the column lists).
+        Some(a) => Readable::Yes(Arc::new(facts.clone()), a.clone()),
         None => Readable::No,
     })
 }
@@ -149,7 +150,7 @@ pub async fn verdicts(
     let seen = Instant::now();
     let mut tables = gate.tables_for_delivery().await?;
     let mut known: HashMap<u32, Readable> = HashMap::new();
-    let mut reads: Vec<Option<(TableFacts, TableAccess)>> = Vec::with_capacity(changes.len());
+    let mut reads: Vec<Option<(Arc<TableFacts>, TableAccess)>> = Vec::with_capacity(changes.len());
     let mut asks: HashMap<Lsn, (u32, Vec<RowKey>)> = HashMap::new();
     for c in changes {
         let r = match known.get(&c.relation.oid) {
@@ -205,7 +206,7 @@ pub async fn verdicts(
             let columns = access.columns.as_deref();
             match c.op {
                 Operation::Truncate | Operation::Gap => Verdict::Shared,
-                Operation::Delete => Verdict::Own(restrict(c, columns, Some(&facts))),
+                Operation::Delete => Verdict::Own(restrict(c, columns, Some(&*facts))),
                 Operation::Insert | Operation::Update => {
                     let seen = row_key(c, &facts).is_some_and(|key| {
                         visible
@@ -215,7 +216,7 @@ pub async fn verdicts(
                     match (seen, columns) {
                         (false, _) => Verdict::Skip,
                         (true, None) => Verdict::Shared,
-                        (true, Some(cols)) => Verdict::Own(restrict(c, Some(cols), Some(&facts))),
+                        (true, Some(cols)) => Verdict::Own(restrict(c, Some(cols), Some(&*facts))),
                     }
                 }
             }
