@@ -1729,6 +1729,23 @@ async fn rest_broadcast_reaches_joined_sockets() {
         (422, &json!("invalid_message")),
         "{reply}"
     );
+    // More messages in one batch than walcast takes: refused whole, nothing sent.
+    let many: Vec<Value> = (0..101)
+        .map(|n| json!({"topic": "rest-room", "event": "x", "payload": {"n": n}}))
+        .collect();
+    let (status, reply) = rest(
+        &w,
+        "/realtime/v1/api/broadcast",
+        "application/json",
+        Some(&key),
+        json!({ "messages": many }).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, &reply["code"]),
+        (422, &json!("batch_too_large")),
+        "{reply}"
+    );
     let big = json!({"s": "x".repeat(300 * 1024)})
         .to_string()
         .into_bytes();

@@ -15,7 +15,7 @@
 //! answer is `202 Accepted` with an empty body.
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRef, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -50,9 +50,21 @@ where
             )
             .route(&format!("{prefix}/ping"), get(ping));
     }
-    // Bodies are checked against the payload limit by the handlers; this only stops a body far
-    // beyond any acceptable request before it is read.
-    router.layer(DefaultBodyLimit::max(16 << 20))
+    // Each handler reads its body itself, after the token, up to its own limit (`read_body`).
+    router.layer(DefaultBodyLimit::disable())
+}
+
+/// Reads a request body of at most `limit` bytes (read only after the credentials were
+/// checked, so an unauthenticated client cannot make walcast read anything); `what` names the
+/// limit in the refusal.
+async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_size_exceeded",
+            format!("{what} is larger than {limit} bytes"),
+        )
+    })
 }
 
 /// Why a request is refused.
@@ -222,20 +234,17 @@ async fn batch(
     State(state): State<RealtimeState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let claims = match authenticate(&state, &headers, query.as_deref()).await {
         Ok(c) => c,
         Err(refused) => return refused.into_response(),
     };
     let max_body = state.max_payload.saturating_mul(4).max(1 << 20);
-    if body.len() > max_body {
-        return refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_size_exceeded",
-            format!("the request body is larger than {max_body} bytes"),
-        );
-    }
+    let body = match read_body(body, max_body, "the request body").await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
     let batch: Batch = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -251,7 +260,7 @@ async fn batch(
     if batch.messages.len() > MAX_BATCH_MESSAGES {
         return refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "too_many_messages",
+            "batch_too_large",
             format!("at most {MAX_BATCH_MESSAGES} messages per request"),
         );
     }
@@ -330,7 +339,7 @@ async fn one(
     Path((topic, event)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let claims = match authenticate(&state, &headers, query.as_deref()).await {
         Ok(c) => c,
@@ -348,13 +357,10 @@ async fn one(
             _ => {}
         }
     }
-    if body.len() > state.max_payload {
-        return refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_size_exceeded",
-            format!("the payload is larger than {} bytes", state.max_payload),
-        );
-    }
+    let body = match read_body(body, state.max_payload, "the payload").await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
     let binary = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

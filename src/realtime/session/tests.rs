@@ -273,3 +273,26 @@ fn a_sockets_future_stays_small() {
         "a Realtime session's future is {size} bytes"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waited_join_the_database_cannot_serve_times_out_with_supabases_reason() {
+    let state = state(16);
+    let (mut s, mut peer) = session(&state);
+    tokio::spawn(async move { s.run().await });
+    // The database behind `state` is never reached: the bindings cannot be checked.
+    let frame = json!({
+        "topic": "realtime:room", "event": "phx_join", "ref": "1", "join_ref": "1",
+        "payload": {"config": {
+            "postgres_changes": [{"event": "*", "schema": "public", "table": "monitoring_events"}],
+            "postgres_changes_options": {"wait": true, "timeout": 1500}},
+            "access_token": token("service_role", 3600)},
+    });
+    peer.send(&frame.to_string()).await;
+    let reply = peer.next_json().await;
+    assert_eq!(reply["payload"]["status"], "error", "{reply}");
+    assert_eq!(
+        reply["payload"]["response"]["reason"],
+        "PostgresChangesSubscribeTimeout: Timed out after 1500ms waiting for the \
+         postgres_changes subscription"
+    );
+}
