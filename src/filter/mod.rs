@@ -83,9 +83,10 @@ pub const MAX_IN_ITEMS: usize = 100;
 /// Longest `like`/`ilike`/`match`/`imatch` pattern, in bytes.
 pub const MAX_PATTERN_LEN: usize = 512;
 
-/// Largest compiled pattern (the regex engine's size limit, in bytes): bounds the memory and
-/// the per-byte cost of matching.
-const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+/// Largest compiled pattern, and largest lazy-DFA cache per pattern (the regex engine's size
+/// limits, in bytes): bounds the memory a connection's patterns hold (at most
+/// `MAX_CONDITIONS` of them) and the per-byte cost of matching.
+const PATTERN_SIZE_LIMIT: usize = 64 << 10;
 
 /// Why a filter string was rejected. Every message names the offending filter and says what is
 /// expected instead.
@@ -608,7 +609,7 @@ impl Pattern {
             .build()
             .map_err(|e| match e {
                 regex::Error::CompiledTooBig(_) => {
-                    "the pattern compiles to more than 1 MiB: simplify it".to_owned()
+                    "the pattern compiles to more than 64 KiB: simplify it".to_owned()
                 }
                 other => other.to_string(),
             })?;
