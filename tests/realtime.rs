@@ -1535,8 +1535,8 @@ async fn a_failing_row_check_closes_the_channels_that_needed_it() {
     db.client()
         .await
         .batch_execute(
-            "alter function walcast.realtime_visible_rows(bigint[], oid[], jsonb[], text[], text[], \
-             integer[], oid[], integer) rename to realtime_visible_rows_gone",
+            "alter function walcast.realtime_visible_sets(bigint[], oid[], jsonb[], text[], text[], \
+             integer[], oid[], integer) rename to realtime_visible_sets_gone",
         )
         .await
         .unwrap();

@@ -607,6 +607,139 @@ async fn a_table_added_while_running_is_served_within_seconds() {
     ws_u1.expect_no_event(QUIET).await;
 }
 
+/// The check function on its own: pairs run in one go, and a pair that fails (a role without
+/// the privilege, an unknown role, a key that does not parse) is answered with its SQLSTATE
+/// while every pair before and after it keeps its right answer; a table without a primary key
+/// is named; the session's role and claims are reset afterwards.
+#[tokio::test]
+async fn a_failing_pair_is_answered_alone_and_the_others_stay_right() {
+    let db = support::fresh_db().await;
+    create_tables(&db).await;
+    let c = db.client().await;
+    c.batch_execute(&format!(
+        "create role no_orders_{0} nologin; grant no_orders_{0} to current_user;
+         insert into public.orders values (1, 'u1', 1), (2, 'u2', 2), (3, 'u1', 3);",
+        db.name
+    ))
+    .await
+    .unwrap();
+    let event: String = c
+        .query_one(
+            "insert into public.monitoring_events (event_type, source) values ('e', 't')
+             returning jsonb_build_object('id', id)::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let no_orders = format!("no_orders_{}", db.name);
+    let rows = c
+        .query(
+            "select grp, tbl::regclass::text, visible, cardinality(visible_ids), problem
+               from walcast.realtime_visible_sets(
+                 '{}',
+                 array['public.orders', 'public.orders', 'public.orders',
+                       'public.monitoring_events', 'public.monitoring_events',
+                       'public.log']::regclass[]::oid[],
+                 array['{\"id\":1}', '{\"id\":2}', '{\"id\":3}', $1::text,
+                       '{\"id\":\"not a uuid\"}', '{}']::jsonb[],
+                 array['authenticated', $2::text, 'authenticated', 'no_such_role'],
+                 array['{\"sub\":\"u1\"}', '{\"sub\":\"u1\"}', '{\"sub\":\"u2\"}', '{}'],
+                 array[1, 2, 3, 4, 1, 2, 3, 4, 1],
+                 array['public.orders', 'public.orders', 'public.orders', 'public.orders',
+                       'public.monitoring_events', 'public.monitoring_events',
+                       'public.monitoring_events', 'public.monitoring_events',
+                       'public.log']::regclass[]::oid[],
+                 0)",
+            &[&event, &no_orders],
+        )
+        .await
+        .unwrap();
+    /// Group, table, visible row numbers, count of visible ids, problem.
+    type Answer = (i32, String, Option<Vec<i32>>, Option<i32>, Option<String>);
+    let got: Vec<Answer> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    let denied = Some("42501".to_owned());
+    let expected = vec![
+        (1, "orders".to_owned(), Some(vec![1, 3]), None, None),
+        (2, "orders".to_owned(), None, None, denied.clone()),
+        (3, "orders".to_owned(), Some(vec![2]), None, None),
+        (4, "orders".to_owned(), None, None, Some("22023".to_owned())),
+        // The events table answers with ids; its second key is not a uuid: every pair of
+        // that table fails with the cast error.
+        (
+            1,
+            "monitoring_events".to_owned(),
+            None,
+            None,
+            Some("22P02".to_owned()),
+        ),
+        (
+            2,
+            "monitoring_events".to_owned(),
+            None,
+            None,
+            Some("22P02".to_owned()),
+        ),
+        (
+            3,
+            "monitoring_events".to_owned(),
+            None,
+            None,
+            Some("22P02".to_owned()),
+        ),
+        (
+            4,
+            "monitoring_events".to_owned(),
+            None,
+            None,
+            Some("22P02".to_owned()),
+        ),
+        (
+            1,
+            "log".to_owned(),
+            None,
+            None,
+            Some("no_primary_key".to_owned()),
+        ),
+    ];
+    assert_eq!(got, expected);
+    // With good keys the events table answers each group by id.
+    let rows = c
+        .query(
+            "select grp, cardinality(visible_ids), problem
+               from walcast.realtime_visible_sets('{}',
+                 array['public.monitoring_events']::regclass[]::oid[], array[$1::text]::jsonb[],
+                 array['authenticated', $2::text, 'anon'], array['{}', '{}', '{}'],
+                 array[1, 2, 3],
+                 array['public.monitoring_events', 'public.monitoring_events',
+                       'public.monitoring_events']::regclass[]::oid[],
+                 0)",
+            &[&event, &no_orders],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i32, Option<i32>, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(1, Some(1), None), (2, None, denied), (3, Some(0), None)]
+    );
+    let settings = c
+        .query_one(
+            "select current_setting('role'), current_setting('request.jwt.claims', true)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(settings.get::<_, String>(0), "none");
+    assert_eq!(settings.get::<_, Option<String>>(1).unwrap_or_default(), "");
+}
+
 /// The gate on its own: one call answers rows of two tables for two users, each under its
 /// table's policy; asking again costs nothing.
 #[tokio::test]
@@ -669,10 +802,9 @@ async fn one_gate_call_for_several_tables_and_users() {
     let answers = gate.visible_all(&asks).await;
     assert_eq!(gate.queries(), 1, "one call for two users and two tables");
     let seen = |i: usize| -> BTreeSet<usize> {
-        let set = answers[i].as_ref().unwrap();
-        (0..rows.len())
-            .filter(|j| set.contains(&rows[*j]))
-            .collect()
+        let seen = answers[i].as_ref().unwrap();
+        assert_eq!(seen.len(), rows.len(), "one answer per row asked");
+        (0..rows.len()).filter(|j| seen[*j]).collect()
     };
     assert_eq!(seen(0), BTreeSet::from([0, 2]));
     assert_eq!(seen(1), BTreeSet::from([1, 3]));

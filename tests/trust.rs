@@ -1116,12 +1116,10 @@ async fn a_failed_row_check_names_a_cursor_that_loses_nothing() {
         .next_frame(Duration::from_secs(10))
         .await
         .expect("the first row");
-    // Both forms of the check fail: the events table's and the per-table one.
+    // The check fails.
     c.batch_execute(
-        "alter function walcast.realtime_visible_ids(bigint[], uuid[], text[], text[], integer) \
-           rename to ids_gone; \
-         alter function walcast.realtime_visible_rows(bigint[], oid[], jsonb[], text[], text[], \
-           integer[], oid[], integer) rename to rows_gone",
+        "alter function walcast.realtime_visible_sets(bigint[], oid[], jsonb[], text[], text[], \
+           integer[], oid[], integer) rename to sets_gone",
     )
     .await
     .unwrap();
@@ -1143,12 +1141,9 @@ async fn a_failed_row_check_names_a_cursor_that_loses_nothing() {
         .next()
         .expect("a cursor at the end of the message");
     assert_eq!(cursor, first["cursor"].as_str().unwrap(), "{message}");
-    c.batch_execute(
-        "alter function walcast.ids_gone rename to realtime_visible_ids; \
-         alter function walcast.rows_gone rename to realtime_visible_rows",
-    )
-    .await
-    .unwrap();
+    c.batch_execute("alter function walcast.sets_gone rename to realtime_visible_sets")
+        .await
+        .unwrap();
     let mut again =
         support::ws::WsClient::connect(&ws_url(&w, &user("authenticated", "alice"))).await;
     again.subscribe("all", json!({})).await;

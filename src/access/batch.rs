@@ -2,26 +2,29 @@
 //! queued, answers are cached per (commit, claims group). See the [module docs](super).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{ClaimsGroup, GATE_TIMEOUT, GateError, RlsGate, lock, statement_timeout};
-use crate::catalog::{REALTIME_SCHEMA, REALTIME_TABLE};
 use crate::decode::{Lsn, Row};
 
 /// The batched visibility check: `$1` xids, `$2` each row's table, `$3` each row's key (JSON
 /// text), `$4` roles, `$5` claims, `$6`/`$7` the (group, table) pairs to check, `$8` wait (ms).
-const VISIBLE_ROWS_SQL: &str = include_str!("../../sql/access/visible_rows.sql");
+/// One answer row per pair: group (1-based), the numbers (1-based) of the rows it may see, or
+/// for the events table their ids, the SQLSTATE of a pair whose check failed, and the table.
+const VISIBLE_SETS_SQL: &str = include_str!("../../sql/access/visible_sets.sql");
 
-/// The same check for rows of `public.monitoring_events` only (the common case): `$1` xids,
-/// `$2` ids, `$3` roles, `$4` claims, `$5` wait (ms). One static statement per group inside
-/// the function, planned once: much cheaper than the per-table statements for many groups.
-const VISIBLE_IDS_SQL: &str = include_str!("../../sql/access/visible_ids.sql");
-
-/// A row of either call's answer: group (1-based), the row's number in the call (1-based;
-/// `None` on a problem row), the SQLSTATE of a group whose check failed, and the table.
-type Found = (i32, Option<i32>, Option<String>, Option<u32>);
+/// One answer row of [`VISIBLE_SETS_SQL`].
+type Found = (
+    i32,
+    Option<Vec<i32>>,
+    Option<Vec<uuid::Uuid>>,
+    Option<String>,
+    Option<u32>,
+);
 
 /// One row the gate asks about: its table's OID and its primary key as a compact JSON object
 /// (`{"id":5}`, `{"tenant":"a","slug":"b"}`), which Postgres casts to the key's column types.
@@ -79,32 +82,22 @@ pub const MAX_CACHED_ANSWERS: usize = 4096;
 #[derive(Debug, Default)]
 struct Answer {
     /// Rows checked so far and whether each is visible.
-    known: Mutex<HashMap<RowKey, bool>>,
+    known: Mutex<FxHashMap<RowKey, bool>>,
     /// Set when the check that covered this key failed.
     failed: Mutex<Option<&'static str>>,
 }
 
 impl Answer {
-    /// The visible rows among `ids`, or `None` when some are not known yet.
-    fn lookup(&self, ids: &[RowKey]) -> Option<HashSet<RowKey>> {
+    /// Whether each of `ids` is visible, in order, or `None` when some are not known yet.
+    fn lookup(&self, ids: &[RowKey]) -> Option<Vec<bool>> {
         let known = lock(&self.known);
-        let mut visible = HashSet::new();
-        for id in ids {
-            match known.get(id) {
-                Some(true) => {
-                    visible.insert(id.clone());
-                }
-                Some(false) => {}
-                None => return None,
-            }
-        }
-        Some(visible)
+        ids.iter().map(|id| known.get(id).copied()).collect()
     }
 
     /// The rows among `ids` not known yet (each once).
     fn missing(&self, ids: &[RowKey]) -> Vec<RowKey> {
         let known = lock(&self.known);
-        let mut seen = HashSet::new();
+        let mut seen = FxHashSet::default();
         ids.iter()
             .filter(|id| !known.contains_key(*id) && seen.insert(*id))
             .cloned()
@@ -112,7 +105,7 @@ impl Answer {
     }
 
     /// Records a query's result: of the rows asked, those whose index is in `visible`.
-    fn record(&self, asked: &[(usize, &RowKey)], visible: &HashSet<usize>) {
+    fn record(&self, asked: &[(usize, &RowKey)], visible: &FxHashSet<usize>) {
         let mut known = lock(&self.known);
         for (j, id) in asked {
             known.insert((*id).clone(), visible.contains(j));
@@ -197,7 +190,7 @@ impl Drop for InFlight<'_> {
 #[derive(Debug, Default)]
 pub(super) struct AnswerCache {
     /// The answers.
-    entries: HashMap<(Lsn, Arc<ClaimsGroup>), Arc<Answer>>,
+    entries: FxHashMap<(Lsn, Arc<ClaimsGroup>), Arc<Answer>>,
     /// Insertion order.
     order: VecDeque<(Lsn, Arc<ClaimsGroup>)>,
 }
@@ -220,14 +213,21 @@ impl RlsGate {
             ids,
         };
         let mut out = self.visible_all(std::slice::from_ref(&ask)).await;
-        out.pop().unwrap_or_else(|| Ok(HashSet::new()))
+        let seen = out.pop().unwrap_or_else(|| Ok(Vec::new()))?;
+        Ok(ids
+            .iter()
+            .zip(seen)
+            .filter(|(_, v)| *v)
+            .map(|(id, _)| id.clone())
+            .collect())
     }
 
     /// [`RlsGate::visible`] for several checks at once (a session's commits and groups): all are
-    /// queued together, so one call answers them all. One result per ask, in order.
-    pub async fn visible_all(&self, asks: &[Ask<'_>]) -> Vec<Result<HashSet<RowKey>, GateError>> {
+    /// queued together, so one call answers them all. One result per ask, in order: whether
+    /// each of its rows is visible, in the order of its `ids`.
+    pub async fn visible_all(&self, asks: &[Ask<'_>]) -> Vec<Result<Vec<bool>, GateError>> {
         let answers: Vec<Arc<Answer>> = asks.iter().map(|a| self.answer(a.group, a.lsn)).collect();
-        let mut out: Vec<Option<Result<HashSet<RowKey>, GateError>>> =
+        let mut out: Vec<Option<Result<Vec<bool>, GateError>>> =
             asks.iter().map(|_| None).collect();
         let queue = &self.queue;
         {
@@ -302,7 +302,8 @@ impl RlsGate {
             drop(call);
         }
         out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Ok(HashSet::new())))
+            .zip(asks)
+            .map(|(r, ask)| r.unwrap_or_else(|| Ok(vec![false; ask.ids.len()])))
             .collect()
     }
 
@@ -340,7 +341,7 @@ impl RlsGate {
         a
     }
 
-    /// One call of `walcast.realtime_visible_rows` for every check in `batch`, recording each
+    /// One call of `walcast.realtime_visible_sets` for every check in `batch`, recording each
     /// (commit, group) answer for all the rows asked; a (group, table) whose check failed in
     /// Postgres marks that group's answers failed ("denied") without failing the others.
     async fn check_batch(&self, batch: &[Pending]) -> Result<(), GateError> {
@@ -391,17 +392,6 @@ impl RlsGate {
         let pair_groups: Vec<i32> = pairs.iter().map(|(g, _)| *g as i32 + 1).collect();
         let pair_tables: Vec<u32> = pairs.iter().map(|(_, t)| *t).collect();
         let wait_ms = COMMIT_VISIBLE_WAIT.as_millis() as i32;
-        // Rows of the events table only: the events call, by uuid.
-        let events_ids: Option<Vec<uuid::Uuid>> = match self.tables().await {
-            Ok(tables) => tables
-                .all()
-                .iter()
-                .find(|t| t.schema == REALTIME_SCHEMA && t.table == REALTIME_TABLE)
-                .map(|t| t.oid)
-                .filter(|oid| row_tables.iter().all(|t| t == oid))
-                .and_then(|_| row_keys.iter().map(|k| events_id(k)).collect()),
-            Err(_) => None,
-        };
         self.queries.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             m.realtime_rls_calls.inc();
@@ -410,7 +400,7 @@ impl RlsGate {
         let run = async {
             let client = self.pool.get().await.map_err(GateError::Pool)?;
             let stmt = client
-                .prepare_cached(VISIBLE_ROWS_SQL)
+                .prepare_cached(VISIBLE_SETS_SQL)
                 .await
                 .map_err(GateError::Db)?;
             // Opens the transaction with the time limit.
@@ -418,66 +408,37 @@ impl RlsGate {
                 "begin; select set_config('statement_timeout', '{}', true)",
                 statement_timeout()
             );
-            let found: Result<Vec<Found>, tokio_postgres::Error> = if let Some(ids) = &events_ids {
-                let stmt = client
-                    .prepare_cached(VISIBLE_IDS_SQL)
-                    .await
-                    .map_err(GateError::Db)?;
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-                    [&xids, ids, &roles, &claims, &wait_ms];
-                let number: HashMap<&uuid::Uuid, i32> = ids
-                    .iter()
-                    .enumerate()
-                    .map(|(j, id)| (id, j as i32 + 1))
-                    .collect();
-                // Polled in order on first poll, so the three are sent together: one round trip.
-                let (began, rows, ended) = futures::future::join3(
-                    client.batch_execute(&begin),
-                    client.query(&stmt, &params),
-                    client.batch_execute("commit"),
-                )
-                .await;
-                began.and(rows).and_then(|r| ended.map(|()| r)).map(|rows| {
-                    rows.iter()
-                        .map(|r| {
-                            let id: Option<uuid::Uuid> = r.get(1);
-                            let n = id.and_then(|id| number.get(&id).copied());
-                            (r.get::<_, i32>(0), n, r.get::<_, Option<String>>(2), None)
-                        })
-                        .collect()
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+                &xids,
+                &row_tables,
+                &row_keys,
+                &roles,
+                &claims,
+                &pair_groups,
+                &pair_tables,
+                &wait_ms,
+            ];
+            // Polled in order on first poll, so the three are sent together: one round trip.
+            let (began, rows, ended) = futures::future::join3(
+                client.batch_execute(&begin),
+                client.query(&stmt, &params),
+                client.batch_execute("commit"),
+            )
+            .await;
+            let rows = began.and(rows).and_then(|r| ended.map(|()| r));
+            rows.map_err(GateError::Db)?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                    ))
                 })
-            } else {
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-                    &xids,
-                    &row_tables,
-                    &row_keys,
-                    &roles,
-                    &claims,
-                    &pair_groups,
-                    &pair_tables,
-                    &wait_ms,
-                ];
-                // Polled in order on first poll, so the three are sent together: one round trip.
-                let (began, rows, ended) = futures::future::join3(
-                    client.batch_execute(&begin),
-                    client.query(&stmt, &params),
-                    client.batch_execute("commit"),
-                )
-                .await;
-                began.and(rows).and_then(|r| ended.map(|()| r)).map(|rows| {
-                    rows.iter()
-                        .map(|r| {
-                            (
-                                r.get::<_, i32>(0),
-                                r.get::<_, Option<i32>>(2),
-                                r.get::<_, Option<String>>(3),
-                                r.get::<_, Option<u32>>(1),
-                            )
-                        })
-                        .collect()
-                })
-            };
-            found.map_err(GateError::Db)
+                .collect::<Result<Vec<Found>, tokio_postgres::Error>>()
+                .map_err(GateError::Db)
         };
         let result = tokio::time::timeout(
             GATE_TIMEOUT + COMMIT_VISIBLE_WAIT + Duration::from_secs(1),
@@ -507,9 +468,11 @@ impl RlsGate {
             ms = started.elapsed().as_secs_f64() * 1000.0,
             "realtime gate: call"
         );
-        let mut visible: Vec<HashSet<usize>> = vec![HashSet::new(); groups.len()];
+        let mut visible: Vec<FxHashSet<usize>> = vec![FxHashSet::default(); groups.len()];
         let mut problems: Vec<bool> = vec![false; groups.len()];
-        for (grp, n, problem, table) in result_rows {
+        // Rows of the events table are answered by id: their numbers, made when first needed.
+        let mut numbers: Option<FxHashMap<uuid::Uuid, usize>> = None;
+        for (grp, rows, ids, problem, table) in result_rows {
             let Some(i) = usize::try_from(grp)
                 .ok()
                 .and_then(|i| i.checked_sub(1))
@@ -517,17 +480,25 @@ impl RlsGate {
             else {
                 continue;
             };
-            match (n, problem) {
-                (Some(n), None) => {
-                    if let Ok(n) = usize::try_from(n) {
-                        visible[i].insert(n);
-                    }
-                }
-                (_, Some(sqlstate)) => {
-                    tracing::debug!(role = %groups[i].0.role, sqlstate, table, "realtime gate: a group's check failed");
-                    problems[i] = true;
-                }
-                (None, None) => {}
+            if let Some(sqlstate) = problem {
+                tracing::debug!(role = %groups[i].0.role, sqlstate, table, "realtime gate: a group's check failed");
+                problems[i] = true;
+                continue;
+            }
+            visible[i].extend(
+                rows.unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|n| usize::try_from(n).ok()),
+            );
+            if let Some(ids) = ids.filter(|ids| !ids.is_empty()) {
+                let numbers = numbers.get_or_insert_with(|| {
+                    row_keys
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, k)| Some((events_id(k)?, j + 1)))
+                        .collect()
+                });
+                visible[i].extend(ids.iter().filter_map(|id| numbers.get(id).copied()));
             }
         }
         for (i, (_, answers)) in groups.iter().enumerate() {
@@ -583,11 +554,9 @@ mod tests {
             a.missing(&[x.clone(), x.clone(), y.clone()]),
             vec![x.clone(), y.clone()]
         );
-        a.record(&[(1, &x), (2, &y)], &HashSet::from([1]));
-        assert_eq!(
-            a.lookup(&[x.clone(), y.clone()]),
-            Some(HashSet::from([x.clone()]))
-        );
+        a.record(&[(1, &x), (2, &y)], &FxHashSet::from_iter([1]));
+        assert_eq!(a.lookup(&[x.clone(), y.clone()]), Some(vec![true, false]));
+        assert_eq!(a.lookup(&[y.clone(), x.clone()]), Some(vec![false, true]));
         assert!(a.missing(&[x, y]).is_empty());
     }
 

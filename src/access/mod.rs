@@ -2,10 +2,13 @@
 //! row level security policies and column privileges, for every table of walcast's publication.
 //!
 //! `service_role` sees everything and never reaches the gate. For any other role, INSERT and
-//! UPDATE rows are checked in Postgres by `walcast.realtime_visible_rows` (a migration), which
+//! UPDATE rows are checked in Postgres by `walcast.realtime_visible_sets` (a migration), which
 //! for each (claims group, table) sets `role` and `request.jwt.claims` transaction-locally and
 //! selects the asked rows from that table by primary key under that role's policies ([`RowKey`]:
-//! the table's OID and the key as JSON, cast to the key's column types in Postgres). One call
+//! the table's OID and the key as JSON, cast to the key's column types in Postgres), answering
+//! one row per pair with the visible rows as an array. The pairs run without a subtransaction
+//! each; only a pair that fails (a role that lost a privilege, say) is run again alone in its
+//! own, so one bad pair costs the others nothing and hides nothing from them. One call
 //! covers every check waiting, across commits, tables and claims groups ([`batch`]): a session
 //! whose check is not answered yet queues it and takes its turn; the turn's holder runs one call
 //! for everything queued, so checks that arrive while a call runs are all answered by the next

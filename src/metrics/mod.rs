@@ -425,10 +425,10 @@ declare_metrics! {
     consistency_match_ratio_ppm: RatioGauge = RatioGauge::with_ppm(1_000_000)
         => "walcast_consistency_match_ratio",
            "Share of the last consistency sample without a mismatch (1 when empty)";
-    /// Calls of `walcast.realtime_visible_rows` by the row level security gate.
+    /// Calls of `walcast.realtime_visible_sets` by the row level security gate.
     realtime_rls_calls: Counter
         => "walcast_realtime_rls_calls_total",
-           "Calls of walcast.realtime_visible_rows by the row level security gate";
+           "Calls of walcast.realtime_visible_sets by the row level security gate";
     /// (commit, claims group) checks answered by those calls.
     realtime_rls_checks: Counter
         => "walcast_realtime_rls_checks_total",

@@ -14,7 +14,7 @@
 //! TRUNCATE. Tables it may not read, and tables without a primary key (their rows cannot be
 //! checked), are left out of its stream.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -105,8 +105,18 @@ pub fn refusal(e: GateError) -> ApiError {
 enum Readable {
     /// Nothing: the table is unknown, not readable by the role, or has no primary key.
     No,
-    /// The table, with the columns the role may read.
-    Yes(Arc<TableFacts>, TableAccess),
+    /// The table (the facts that know it, and its OID), with the columns the role may read.
+    Yes(Arc<Tables>, u32, TableAccess),
+}
+
+impl Readable {
+    /// The facts of the table and what the role may read of it, if it may.
+    fn read(&self) -> Option<(&TableFacts, &TableAccess)> {
+        match self {
+            Readable::No => None,
+            Readable::Yes(tables, oid, access) => Some((tables.by_oid(*oid)?, access)),
+        }
+    }
 }
 
 /// What the role may read of `change`'s table, received by the session before `seen` (facts
@@ -134,8 +144,8 @@ async fn readable(
         .role_tables_knowing(role, facts.oid, tables.started())
         .await?;
     Ok(match access.get(facts.oid) {
-        // Shared by every change of the batch on this table (facts hold the column lists).
-        Some(a) => Readable::Yes(Arc::new(facts.clone()), a.clone()),
+        // Shared by every change of the batch on this table (the facts hold the column lists).
+        Some(a) => Readable::Yes(Arc::clone(tables), facts.oid, a.clone()),
         None => Readable::No,
     })
 }
@@ -146,12 +156,14 @@ pub async fn verdicts(
     view: &RoleView,
     changes: &[&Change],
 ) -> Result<Vec<Verdict>, GateError> {
-    // 1. What the role may read of each change's table, and the rows to ask about, by commit.
+    // 1. What the role may read of each change's table, and the rows to ask about, by commit:
+    // each change's row is at (ask, position) of the asks.
     let seen = Instant::now();
     let mut tables = gate.tables_for_delivery().await?;
     let mut known: HashMap<u32, Readable> = HashMap::new();
-    let mut reads: Vec<Option<(Arc<TableFacts>, TableAccess)>> = Vec::with_capacity(changes.len());
-    let mut asks: HashMap<Lsn, (u32, Vec<RowKey>)> = HashMap::new();
+    let mut reads: Vec<(Readable, Option<(usize, usize)>)> = Vec::with_capacity(changes.len());
+    let mut asks: Vec<(Lsn, u32, Vec<RowKey>)> = Vec::new();
+    let mut ask_of: HashMap<Lsn, usize> = HashMap::new();
     for c in changes {
         let r = match known.get(&c.relation.oid) {
             Some(r) => r.clone(),
@@ -161,62 +173,58 @@ pub async fn verdicts(
                 r
             }
         };
-        let read = match r {
-            Readable::No => None,
-            Readable::Yes(facts, access) => Some((facts, access)),
-        };
-        if let Some((facts, _)) = &read
+        let mut at = None;
+        if let Some((facts, _)) = r.read()
             && matches!(c.op, Operation::Insert | Operation::Update)
             && let Some(key) = row_key(c, facts)
         {
-            asks.entry(c.cursor.commit_lsn)
-                .or_insert_with(|| (c.xid, Vec::new()))
-                .1
-                .push(key);
+            let lsn = c.cursor.commit_lsn;
+            let a = *ask_of.entry(lsn).or_insert_with(|| {
+                asks.push((lsn, c.xid, Vec::new()));
+                asks.len() - 1
+            });
+            asks[a].2.push(key);
+            at = Some((a, asks[a].2.len() - 1));
         }
-        reads.push(read);
+        reads.push((r, at));
     }
     // 2. Ask.
-    let asks: Vec<(Lsn, (u32, Vec<RowKey>))> = asks.into_iter().collect();
     let questions: Vec<Ask<'_>> = asks
         .iter()
-        .map(|(lsn, (xid, ids))| Ask {
+        .map(|(lsn, xid, ids)| Ask {
             group: &view.group,
             lsn: *lsn,
             xid: *xid,
             ids,
         })
         .collect();
-    let mut visible: HashMap<Lsn, HashSet<RowKey>> = HashMap::new();
-    for ((lsn, _), answer) in asks.iter().zip(gate.visible_all(&questions).await) {
-        visible.insert(*lsn, answer?);
-    }
+    let answers = gate
+        .visible_all(&questions)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<Vec<bool>>, GateError>>()?;
     // 3. Decide.
     Ok(changes
         .iter()
         .zip(reads)
-        .map(|(c, read)| {
+        .map(|(c, (r, at))| {
             // A gap carries no row: every role hears of it.
             if c.op == Operation::Gap {
                 return Verdict::Shared;
             }
-            let Some((facts, access)) = read else {
+            let Some((facts, access)) = r.read() else {
                 return Verdict::Skip;
             };
             let columns = access.columns.as_deref();
             match c.op {
                 Operation::Truncate | Operation::Gap => Verdict::Shared,
-                Operation::Delete => Verdict::Own(restrict(c, columns, Some(&*facts))),
+                Operation::Delete => Verdict::Own(restrict(c, columns, Some(facts))),
                 Operation::Insert | Operation::Update => {
-                    let seen = row_key(c, &facts).is_some_and(|key| {
-                        visible
-                            .get(&c.cursor.commit_lsn)
-                            .is_some_and(|v| v.contains(&key))
-                    });
+                    let seen = at.is_some_and(|(a, p)| answers[a].get(p).copied() == Some(true));
                     match (seen, columns) {
                         (false, _) => Verdict::Skip,
                         (true, None) => Verdict::Shared,
-                        (true, Some(cols)) => Verdict::Own(restrict(c, Some(cols), Some(&*facts))),
+                        (true, Some(cols)) => Verdict::Own(restrict(c, Some(cols), Some(facts))),
                     }
                 }
             }

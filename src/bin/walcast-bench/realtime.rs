@@ -40,8 +40,8 @@ use tokio_util::sync::CancellationToken;
 use walcast::config::ServerConfig;
 
 use crate::support::{
-    BURST_SQL, SETUP_TIMEOUT, Ws, bench_db, bench_server_args, connect_pg, emit, percentile,
-    remove_spool, round3, server_version, start_server, stop_server, wait_slot_active,
+    BURST_SQL, SETUP_TIMEOUT, Ws, bench_db, bench_server_args, connect, connect_pg, emit,
+    percentile, remove_spool, round3, server_version, start_server, stop_server, wait_slot_active,
 };
 
 /// The secret the in-process server verifies tokens with (bench only).
@@ -380,8 +380,8 @@ async fn paced(addr: SocketAddr, pg: &Client, args: &RealtimeArgs) -> anyhow::Re
 /// Baseline, same run: the per-subscriber check of a Realtime server that asks Postgres once per
 /// change for all subscribers (one statement per change, each subscriber's claims checked in
 /// turn, as Supabase Realtime's `apply_rls` does). Runs walcast's row check with one row and one
-/// claims group per subscriber for `dur` (`walcast.realtime_visible_ids` on the events table,
-/// `walcast.realtime_visible_rows` on `orders`) and returns the messages/s this alone allows
+/// claims group per subscriber for `dur` (`walcast.realtime_visible_sets`, the check walcast
+/// itself calls) and returns the messages/s this alone allows
 /// (changes checked/s × subscribers); delivery is not included, so it is an upper bound.
 async fn per_subscriber_baseline(
     pg: &Client,
@@ -403,60 +403,40 @@ async fn per_subscriber_baseline(
         .collect();
     let t0 = Instant::now();
     let mut checked = 0u64;
-    match table {
-        Table::Events => {
-            let ids: Vec<uuid::Uuid> = pg
-                .query(
-                    "select id from public.monitoring_events order by id desc limit 1000",
-                    &[],
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            anyhow::ensure!(!ids.is_empty(), "no rows to check");
-            let stmt = pg
-                .prepare("select count(*) from walcast.realtime_visible_ids('{}', $1, $2, $3, 0)")
-                .await?;
-            while t0.elapsed() < dur {
-                let one = [ids[checked as usize % ids.len()]];
-                pg.query_one(&stmt, &[&&one[..], &roles, &claims]).await?;
-                checked += 1;
-            }
-        }
-        Table::Orders => {
-            let ids: Vec<i64> = pg
-                .query(
-                    "select id from public.orders order by id desc limit 1000",
-                    &[],
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            anyhow::ensure!(!ids.is_empty(), "no rows to check");
-            let oid: u32 = pg
-                .query_one("select 'public.orders'::regclass::oid", &[])
-                .await?
-                .get(0);
-            let groups: Vec<i32> = (1..=subscribers as i32).collect();
-            let tables: Vec<u32> = vec![oid; subscribers];
-            let stmt = pg
-                .prepare(
-                    "select count(*) from walcast.realtime_visible_rows('{}', $1, $2::text[]::jsonb[], \
-                     $3, $4, $5, $6, 0)",
-                )
-                .await?;
-            while t0.elapsed() < dur {
-                let key = [json!({ "id": ids[checked as usize % ids.len()] }).to_string()];
-                pg.query_one(
-                    &stmt,
-                    &[&&[oid][..], &&key[..], &roles, &claims, &groups, &tables],
-                )
-                .await?;
-                checked += 1;
-            }
-        }
+    let name = table.name();
+    let keys: Vec<String> = pg
+        .query(
+            &format!(
+                "select jsonb_build_object('id', id)::text from public.{name} order by id desc \
+                 limit 1000"
+            ),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    anyhow::ensure!(!keys.is_empty(), "no rows to check");
+    let oid: u32 = pg
+        .query_one(&format!("select 'public.{name}'::regclass::oid"), &[])
+        .await?
+        .get(0);
+    let groups: Vec<i32> = (1..=subscribers as i32).collect();
+    let tables: Vec<u32> = vec![oid; subscribers];
+    let stmt = pg
+        .prepare(
+            "select count(*) from walcast.realtime_visible_sets('{}', $1, $2::text[]::jsonb[], \
+             $3, $4, $5, $6, 0)",
+        )
+        .await?;
+    while t0.elapsed() < dur {
+        let key = [keys[checked as usize % keys.len()].as_str()];
+        pg.query_one(
+            &stmt,
+            &[&&[oid][..], &&key[..], &roles, &claims, &groups, &tables],
+        )
+        .await?;
+        checked += 1;
     }
     Ok(checked as f64 * subscribers as f64 / t0.elapsed().as_secs_f64())
 }
@@ -939,9 +919,7 @@ async fn joined(
 /// Connects to `/ws` with `jwt`, subscribes to INSERTs of `table` and waits for `subscribed`.
 async fn subscribed_ws(addr: SocketAddr, table: Table, jwt: &str) -> anyhow::Result<Ws> {
     let url = format!("ws://{addr}/ws?apikey={jwt}");
-    let (mut ws, _) = tokio::time::timeout(SETUP_TIMEOUT, tokio_tungstenite::connect_async(url))
-        .await
-        .context("connecting to /ws timed out")??;
+    let mut ws = connect(&url).await?;
     let sub = json!({"type": "subscribe", "id": "bench", "ops": ["INSERT"], "table": table.name()});
     ws.send(Message::text(sub.to_string())).await?;
     let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
@@ -969,9 +947,7 @@ async fn subscribed_ws(addr: SocketAddr, table: Table, jwt: &str) -> anyhow::Res
 /// the ok reply and the "Subscribed to PostgreSQL" system message.
 async fn joined_realtime(addr: SocketAddr, table: Table, jwt: &str) -> anyhow::Result<Ws> {
     let url = format!("ws://{addr}/realtime/v1/websocket?apikey={jwt}&vsn=2.0.0");
-    let (mut ws, _) = tokio::time::timeout(SETUP_TIMEOUT, tokio_tungstenite::connect_async(url))
-        .await
-        .context("connecting to the Realtime endpoint timed out")??;
+    let mut ws = connect(&url).await?;
     let payload = json!({"config": {
         "broadcast": {"ack": false, "self": false},
         "presence": {"key": "", "enabled": false},

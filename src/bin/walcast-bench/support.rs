@@ -251,14 +251,33 @@ pub async fn drop_slot(pg: &Client, slot: &str) -> anyhow::Result<()> {
 // /ws clients
 // ---------------------------------------------------------------------------------------------
 
-/// Connects to `/ws`, reads `welcome`, subscribes to everything, reads `subscribed`.
-pub async fn ws_subscribed(addr: SocketAddr) -> anyhow::Result<Ws> {
-    let (mut ws, _) = tokio::time::timeout(
+/// Bytes a bench client reads from its socket at once. The library's default (128 KiB) is
+/// zero-filled before every read; with the many small frames of a fan-out that filling costs the
+/// clients more CPU than decoding the frames, and the clients share the machine with walcast.
+const CLIENT_READ_BUFFER: usize = 16 * 1024;
+
+/// Opens a WebSocket to `url` (within [`SETUP_TIMEOUT`]), reading [`CLIENT_READ_BUFFER`] bytes
+/// at a time.
+pub async fn connect(url: &str) -> anyhow::Result<Ws> {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(CLIENT_READ_BUFFER);
+    let (ws, _) = tokio::time::timeout(
         SETUP_TIMEOUT,
-        tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+        tokio_tungstenite::connect_async_with_config(url, Some(config), false),
     )
     .await
-    .context("connecting to /ws timed out")??;
+    .with_context(|| {
+        format!(
+            "connecting to {} timed out",
+            url.split('?').next().unwrap_or(url)
+        )
+    })??;
+    Ok(ws)
+}
+
+/// Connects to `/ws`, reads `welcome`, subscribes to everything, reads `subscribed`.
+pub async fn ws_subscribed(addr: SocketAddr) -> anyhow::Result<Ws> {
+    let mut ws = connect(&format!("ws://{addr}/ws")).await?;
     next_frame(&mut ws, "welcome").await?;
     ws.send(Message::text(r#"{"type":"subscribe","id":"b"}"#))
         .await?;

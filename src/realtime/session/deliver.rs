@@ -30,8 +30,9 @@ pub(super) struct Hit {
     channel: usize,
     /// Matching binding ids.
     ids: Vec<u32>,
-    /// The gate question, when the role is not `service_role` and the row is not a DELETE.
-    check: Option<(Lsn, Arc<ClaimsGroup>, RowKey)>,
+    /// Where the gate's answer for the row is (the ask and the row's position in it), when
+    /// the role is not `service_role` and the row is not a DELETE.
+    check: Option<(usize, usize)>,
     /// The columns the channel's role may read of the change's table; `None`: all.
     columns: Option<Arc<[String]>>,
     /// The table has no primary key and the role is not `service_role`: Supabase's error
@@ -104,9 +105,11 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         };
         let mut hits: Vec<Hit> = Vec::new();
         // Per (commit, group): the xid, the rows to ask about, and the batch item asked last
-        // (each row is asked once per group, whatever the number of its channels).
-        type Asked = (u32, Vec<RowKey>, Option<usize>);
-        let mut asks: HashMap<(Lsn, Arc<ClaimsGroup>), Asked> = HashMap::new();
+        // (each row is asked once per group, whatever the number of its channels); found by
+        // commit and the group's address (channels of one claims group share it).
+        type Asked = (Lsn, Arc<ClaimsGroup>, u32, Vec<RowKey>, Option<usize>);
+        let mut asks: Vec<Asked> = Vec::new();
+        let mut ask_of: HashMap<(Lsn, usize), usize> = HashMap::new();
         let mut failed: HashSet<Arc<ClaimsGroup>> = HashSet::new();
         // What each role may read of each table, asked once per batch.
         let mut access: HashMap<(&str, u32), Option<Option<TableAccess>>> = HashMap::new();
@@ -183,15 +186,20 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     else {
                         continue;
                     };
-                    let ask = (change.cursor.commit_lsn, Arc::clone(&ch.claims.group));
-                    let asked = asks
-                        .entry(ask.clone())
-                        .or_insert_with(|| (change.xid, Vec::new(), None));
-                    if asked.2 != Some(ii) {
-                        asked.1.push(key.clone());
-                        asked.2 = Some(ii);
+                    let lsn = change.cursor.commit_lsn;
+                    let group = &ch.claims.group;
+                    let a = *ask_of
+                        .entry((lsn, Arc::as_ptr(group) as usize))
+                        .or_insert_with(|| {
+                            asks.push((lsn, Arc::clone(group), change.xid, Vec::new(), None));
+                            asks.len() - 1
+                        });
+                    let asked = &mut asks[a];
+                    if asked.4 != Some(ii) {
+                        asked.3.push(key);
+                        asked.4 = Some(ii);
                     }
-                    (Some((ask.0, ask.1, key)), false)
+                    (Some((a, asked.3.len() - 1)), false)
                 };
                 hits.push(Hit {
                     item: ii,
@@ -207,11 +215,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             return Ok(0);
         }
         // 2. Ask the gate.
-        let mut visible: HashMap<(Lsn, Arc<ClaimsGroup>), HashSet<RowKey>> = HashMap::new();
-        let asks: Vec<_> = asks.into_iter().collect();
         let questions: Vec<Ask<'_>> = asks
             .iter()
-            .map(|((lsn, group), (xid, ids, _))| Ask {
+            .map(|(lsn, group, xid, ids, _)| Ask {
                 group,
                 lsn: *lsn,
                 xid: *xid,
@@ -223,14 +229,14 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             let step = std::pin::pin!(async { Ok(self.state.gate.visible_all(&questions).await) });
             self.out.guarded(step).await?
         };
-        for (((lsn, group), _), answer) in asks.iter().zip(answers) {
+        let mut visible: Vec<Vec<bool>> = Vec::with_capacity(answers.len());
+        for ((lsn, group, ..), answer) in asks.iter().zip(answers) {
             match answer {
-                Ok(v) => {
-                    visible.insert((*lsn, Arc::clone(group)), v);
-                }
+                Ok(v) => visible.push(v),
                 Err(e) => {
                     tracing::debug!(error = %e, kind = e.kind(), lsn = %lsn, "realtime: row level security check failed");
                     failed.insert(Arc::clone(group));
+                    visible.push(Vec::new());
                 }
             }
         }
@@ -238,10 +244,8 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         // building them all first would hold one copy per matching channel).
         let mut n = 0usize;
         for hit in hits {
-            if let Some((lsn, group, key)) = hit.check {
-                let seen = visible
-                    .get(&(lsn, group))
-                    .is_some_and(|set| set.contains(&key));
+            if let Some((a, p)) = hit.check {
+                let seen = visible[a].get(p).copied() == Some(true);
                 if !seen {
                     continue;
                 }
