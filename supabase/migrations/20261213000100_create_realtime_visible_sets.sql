@@ -17,7 +17,8 @@
 -- The pairs are checked in one go, without a subtransaction each; a pair that fails is checked
 -- again alone in its own subtransaction, which tells its problem, and the rest go on in one go
 -- (the answers returned before it stay right). Role and claims are set transaction-locally
--- (the role only when it changes) and reset at the end. Only walcast's own connection should
+-- (the role only when it changes) and reset at the end; the function's own plan_cache_mode
+-- setting ends with it too. Only walcast's own connection should
 -- call this (it can switch to these roles).
 --
 -- Postgres may stream a commit a moment before the committing session has published it to
@@ -68,6 +69,9 @@ create or replace function walcast.realtime_visible_sets(
   wait_ms integer default 2000
 ) returns table (grp integer, tbl oid, visible integer[], visible_ids uuid[], problem text)
 language plpgsql volatile
+-- One plan per statement and role, reused for every group: without this the plan cache may
+-- plan the `= any` statements again for every group (planning costs more than the check).
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   -- One prepared statement per distinct table: tabs[k] is checked by stmts[k] (its name;
@@ -89,6 +93,8 @@ declare
   -- Pairs answered so far, and the pair checked alone after it failed.
   done integer := 0;
   isolated integer;
+  -- What set_config returns (assigned, not PERFORMed: evaluated without a query).
+  setting text;
   npairs integer := coalesce(array_length(pair_groups, 1), 0);
 begin
   perform walcast.await_visible_xids(xids, wait_ms);
@@ -166,8 +172,8 @@ begin
         end if;
         if p = isolated then
           begin
-            perform set_config('role', roles[g], true);
-            perform set_config('request.jwt.claims', claims[g], true);
+            setting := set_config('role', roles[g], true);
+            setting := set_config('request.jwt.claims', claims[g], true);
             if stmt_name = 'events' then
               visible_ids := array(select e.id from public.monitoring_events e where e.id = any(tab_ids));
             else
@@ -180,10 +186,10 @@ begin
           role_now := null;
         else
           if role_now is distinct from roles[g] then
-            perform set_config('role', roles[g], true);
+            setting := set_config('role', roles[g], true);
             role_now := roles[g];
           end if;
-          perform set_config('request.jwt.claims', claims[g], true);
+          setting := set_config('request.jwt.claims', claims[g], true);
           if stmt_name = 'events' then
             visible_ids := array(select e.id from public.monitoring_events e where e.id = any(tab_ids));
           else
@@ -211,8 +217,8 @@ begin
       end if;
     end;
   end loop;
-  perform set_config('role', 'none', true);
-  perform set_config('request.jwt.claims', '', true);
+  setting := set_config('role', 'none', true);
+  setting := set_config('request.jwt.claims', '', true);
 end
 $$;
 
