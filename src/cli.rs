@@ -399,10 +399,11 @@ pub struct ServerArgs {
     // Memory bounded in bytes (issue 12): the client byte budget.
     /// Bytes of changes a client may fall behind before it gets `lagged` and is closed, like
     /// --client-queue but in bytes (e.g. 16MiB, 256MiB). A change is charged its decoded row
-    /// plus one encoded frame per wire format in use, once however many clients hold it: the
-    /// changes are shared, so this is also about the most memory stalled clients pin together.
-    /// Keep it at least 4x the largest change (a 1 MiB row costs about 3 MiB) so readers are not
-    /// cut by one large row; raise it to let slow clients ride out longer bursts.
+    /// plus its encoded texts (one for /ws, two for Realtime), once however many clients hold
+    /// it: the changes are shared, so this is also about the most memory stalled clients pin
+    /// together. Keep it at least 4x the largest change (a 1 MiB row costs up to 4 MiB) so
+    /// readers are not cut by one large row; raise it to let slow clients ride out longer
+    /// bursts.
     #[arg(long, env = "WALCAST_CLIENT_QUEUE_BYTES", default_value = "16MiB")]
     pub client_queue_bytes: String,
 

@@ -13,7 +13,8 @@
 //! the backlog of the slowest session, and nothing else.
 //! - **Count.** A session that falls more than `capacity` changes behind sees `Lagged`.
 //! - **Bytes.** Every change is charged what it holds when it is published ([`HubItem::bytes`]:
-//!   its decoded rows plus one frame per wire format in use, estimated by [`Change::size`]),
+//!   its decoded rows plus the texts of the wire formats in use, one for `/ws` and two for
+//!   Realtime (the `data` object and one shared whole frame), estimated by [`Change::size`]),
 //!   and the hub counts the bytes published so far. A session's [`Backlog`] is the bytes
 //!   published after the newest change it took; over the client byte budget, the session must
 //!   be cut exactly like a lagged one. A session stuck writing to a full socket cannot see the
@@ -59,6 +60,10 @@ pub struct HubItem {
     ws: OnceLock<Frame>,
     /// The Realtime change `data` object, encoded on first use.
     realtime: OnceLock<Arc<str>>,
+    /// A whole Realtime frame of the change, with what it was made for (topic, binding ids,
+    /// serializer: a key the Realtime sessions define), kept for every channel that would send
+    /// the same text: typically every subscriber of one topic with the same bindings.
+    realtime_frame: OnceLock<(Box<dyn std::any::Any + Send + Sync>, Frame)>,
     /// Bytes charged for this item.
     bytes: u64,
     /// Bytes published up to and including this item.
@@ -91,7 +96,29 @@ impl HubItem {
         }))
     }
 
-    /// Bytes charged for this item: its rows and one frame per wire format in use.
+    /// A Realtime frame of this change for the channel whose key `matches`: the one kept on the
+    /// item when it was made for an equal key, else `make`'s (kept when none is yet). `make`
+    /// returns the key and the frame's text.
+    pub fn realtime_frame<K: std::any::Any + Send + Sync>(
+        &self,
+        matches: impl FnOnce(&K) -> bool,
+        make: impl FnOnce() -> (K, String),
+    ) -> Frame {
+        if let Some((key, frame)) = self.realtime_frame.get() {
+            if key.downcast_ref::<K>().is_some_and(matches) {
+                return frame.clone();
+            }
+            return Frame::from(make().1);
+        }
+        let (key, text) = make();
+        let frame = Frame::from(text);
+        // Another session may have kept its own meanwhile: either is right for its own key.
+        let _ = self.realtime_frame.set((Box::new(key), frame.clone()));
+        frame
+    }
+
+    /// Bytes charged for this item: its rows and the texts of the wire formats in use (one for
+    /// `/ws`, two for Realtime: the `data` object and one whole frame).
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -286,10 +313,9 @@ impl Hub {
     pub fn publish(&self, change: Change) -> bool {
         let inner = &self.inner;
         let size = change.size();
-        let formats = [&inner.ws_subscribers, &inner.realtime_subscribers]
-            .iter()
-            .filter(|n| n.load(Ordering::Relaxed) > 0)
-            .count();
+        // Realtime keeps two texts: the change's `data` and one whole frame.
+        let formats = usize::from(inner.ws_subscribers.load(Ordering::Relaxed) > 0)
+            + 2 * usize::from(inner.realtime_subscribers.load(Ordering::Relaxed) > 0);
         let bytes = ITEM_OVERHEAD + (size.heap + formats * size.text) as u64;
         let mut pos = self.lock();
         if pos.last.is_some_and(|l| change.cursor <= l) {
@@ -306,6 +332,7 @@ impl Hub {
             texts: ColumnTexts::new(),
             ws: OnceLock::new(),
             realtime: OnceLock::new(),
+            realtime_frame: OnceLock::new(),
             bytes,
             end,
             metrics: Arc::clone(&inner.metrics),
@@ -401,7 +428,41 @@ mod tests {
     }
 
     #[test]
-    fn an_item_is_charged_its_rows_and_one_frame_per_format_in_use() {
+    fn a_realtime_frame_is_shared_by_equal_keys_only() {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(16, 1 << 20, Arc::clone(&metrics));
+        let mut rt = hub.subscribe(Format::Realtime);
+        hub.publish(big(1, 10));
+        let item = rt.try_recv().unwrap();
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        let frame = |topic: &'static str| {
+            item.realtime_frame(
+                |k: &&str| *k == topic,
+                || {
+                    made.fetch_add(1, Ordering::Relaxed);
+                    (topic, format!("frame for {topic}"))
+                },
+            )
+        };
+        let a = frame("realtime:a");
+        let again = frame("realtime:a");
+        assert_eq!(made.load(Ordering::Relaxed), 1, "made once for one key");
+        assert_eq!(
+            a.as_str().as_ptr(),
+            again.as_str().as_ptr(),
+            "the same bytes"
+        );
+        // Another key gets its own text, every time (only the first key is kept).
+        assert_eq!(frame("realtime:b").as_str(), "frame for realtime:b");
+        assert_eq!(frame("realtime:b").as_str(), "frame for realtime:b");
+        assert_eq!(made.load(Ordering::Relaxed), 3);
+        // A key of another type never matches.
+        let other = item.realtime_frame(|_: &u32| true, || (7u32, "other".to_owned()));
+        assert_eq!(other.as_str(), "other");
+    }
+
+    #[test]
+    fn an_item_is_charged_its_rows_and_the_frames_of_the_formats_in_use() {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(16, 1 << 20, Arc::clone(&metrics));
         let mut none = hub.subscribe(Format::None);
@@ -414,8 +475,9 @@ mod tests {
         assert!((20_000..23_000).contains(&with_ws), "{with_ws}");
         let _rt = hub.subscribe(Format::Realtime);
         hub.publish(big(3, 10_000));
+        // Realtime keeps two texts: the `data` object and one whole frame.
         let with_both = ws.try_recv().unwrap().bytes();
-        assert!((30_000..34_000).contains(&with_both), "{with_both}");
+        assert!((40_000..45_000).contains(&with_both), "{with_both}");
         drop(ws);
         drop(_rt);
         drop(none);

@@ -40,8 +40,9 @@ use tokio_util::sync::CancellationToken;
 use walcast::config::ServerConfig;
 
 use crate::support::{
-    BURST_SQL, SETUP_TIMEOUT, Ws, bench_db, bench_server_args, connect, connect_pg, emit,
-    percentile, remove_spool, round3, server_version, start_server, stop_server, wait_slot_active,
+    BURST_SQL, CLIENT_THREAD, ClientRuntime, SETUP_TIMEOUT, Ws, bench_db, bench_server_args,
+    connect, connect_pg, cpu_seconds, emit, percentile, remove_spool, round3, server_version,
+    start_server, stop_server, wait_slot_active,
 };
 
 /// The secret the in-process server verifies tokens with (bench only).
@@ -121,15 +122,29 @@ impl Table {
 pub enum Endpoint {
     /// `/realtime/v1/websocket`, serializer 2.0.0, one `postgres_changes` binding.
     Realtime,
+    /// `/realtime/v1/websocket`, serializer 1.0.0 (JSON objects, what realtime-js sends
+    /// without a `vsn` option), one `postgres_changes` binding.
+    RealtimeV1,
     /// `/ws`, one `subscribe` to INSERTs.
     Ws,
 }
 
 impl Endpoint {
+    /// A Phoenix heartbeat with reference `r`, for the Realtime endpoints.
+    fn heartbeat(self, r: u64) -> Option<String> {
+        match self {
+            Endpoint::Realtime => Some(format!(r#"[null,"{r}","phoenix","heartbeat",{{}}]"#)),
+            Endpoint::RealtimeV1 => Some(format!(
+                r#"{{"topic":"phoenix","event":"heartbeat","payload":{{}},"ref":"{r}"}}"#
+            )),
+            Endpoint::Ws => None,
+        }
+    }
+
     /// What every change frame of this endpoint contains (frames are counted unparsed).
     fn change_marker(self) -> &'static str {
         match self {
-            Endpoint::Realtime => "\"postgres_changes\"",
+            Endpoint::Realtime | Endpoint::RealtimeV1 => "\"postgres_changes\"",
             Endpoint::Ws => "\"type\":\"event\"",
         }
     }
@@ -137,7 +152,7 @@ impl Endpoint {
     /// The commit time field of a change frame.
     fn commit_key(self) -> &'static str {
         match self {
-            Endpoint::Realtime => "\"commit_timestamp\":\"",
+            Endpoint::Realtime | Endpoint::RealtimeV1 => "\"commit_timestamp\":\"",
             Endpoint::Ws => "\"commit_ts\":\"",
         }
     }
@@ -182,6 +197,15 @@ pub struct RealtimeArgs {
     /// Transactions the burst is split into (--burst only).
     #[arg(long, default_value_t = 20)]
     pub txns: usize,
+    /// The server's --client-queue (changes a client may fall behind). The bench raises it
+    /// from walcast's default (8192) so that the rate search measures delivery, not the cut of
+    /// a client behind by more; pass 8192 to measure walcast's defaults.
+    #[arg(long, default_value_t = 262_144)]
+    pub client_queue: usize,
+    /// Worker threads of the clients' own runtime in --burst mode (their CPU is reported
+    /// apart from walcast's).
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
     /// Write the result as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -213,7 +237,7 @@ pub async fn run(args: RealtimeArgs) -> anyhow::Result<()> {
     let mut server_args = bench_server_args();
     server_args.jwt_secret = Some(SECRET.to_owned());
     server_args.insecure_no_auth = false;
-    server_args.client_queue = 262_144;
+    server_args.client_queue = args.client_queue;
     let config = ServerConfig::from_args(&db.url, &server_args)?;
     let (addr, token, handle) = start_server(&db.url, &server_args).await?;
     let result = async {
@@ -621,12 +645,11 @@ async fn listen(
             m = ws.next() => m,
             _ = heartbeat.tick() => {
                 hb_ref += 1;
-                if endpoint == Endpoint::Realtime {
-                    let f = format!(r#"[null,"{hb_ref}","phoenix","heartbeat",{{}}]"#);
-                    if ws.send(Message::text(f)).await.is_err() {
-                        tally.closed.store(true, Ordering::Relaxed);
-                        break;
-                    }
+                if let Some(f) = endpoint.heartbeat(hb_ref)
+                    && ws.send(Message::text(f)).await.is_err()
+                {
+                    tally.closed.store(true, Ordering::Relaxed);
+                    break;
                 }
                 continue;
             }
@@ -675,6 +698,22 @@ async fn burst(addr: SocketAddr, pg: &Client, args: &RealtimeArgs) -> anyhow::Re
             p.p(0.5),
             p.p(0.99)
         );
+        for (why, n) in &p.closed_why {
+            eprintln!("realtime {name}: {n} clients closed: {why}");
+        }
+        eprintln!(
+            "realtime {name}: {:.0} msgs/s from the first frame to the last client ({:.2} s)",
+            p.rate_over(p.from_first, n, total),
+            p.from_first.as_secs_f64()
+        );
+        eprintln!(
+            "realtime {name}: CPU from the burst's start to the last client: clients {:.2} s \
+             ({} thread(s)), walcast and the writer {:.2} s, over {:.2} s",
+            p.client_cpu,
+            args.client_threads,
+            p.server_cpu,
+            p.elapsed.as_secs_f64()
+        );
         phases.push((name, role, p));
     }
     println!(
@@ -708,11 +747,17 @@ async fn burst(addr: SocketAddr, pg: &Client, args: &RealtimeArgs) -> anyhow::Re
             "role": role,
             "msgs_per_s": rate.round(),
             "elapsed_s": round3(p.elapsed.as_secs_f64()),
+            "msgs_per_s_from_first_frame": p.rate_over(p.from_first, n, total).round(),
+            "from_first_frame_s": round3(p.from_first.as_secs_f64()),
             "burst_write_s": round3(p.write.as_secs_f64()),
             "delivered": p.delivered,
             "expected": n * total,
             "complete_clients": p.complete,
             "closed_clients": p.closed,
+            "closed_why": p.closed_why,
+            "client_threads": args.client_threads,
+            "client_cpu_s": round3(p.client_cpu),
+            "server_cpu_s": round3(p.server_cpu),
             "latency_samples": p.samples.len(),
             "p50_ms": p.p(0.5),
             "p95_ms": p.p(0.95),
@@ -736,6 +781,8 @@ async fn burst(addr: SocketAddr, pg: &Client, args: &RealtimeArgs) -> anyhow::Re
 struct Phase {
     /// Burst start to the last complete client (or to the timeout).
     elapsed: Duration,
+    /// The first change frame any client received to the last complete client.
+    from_first: Duration,
     /// Writing the burst.
     write: Duration,
     /// Change frames received, all clients.
@@ -744,14 +791,25 @@ struct Phase {
     complete: usize,
     /// Clients the server closed (or whose connection failed) before the end.
     closed: usize,
+    /// Why they were closed, and how many each time.
+    closed_why: std::collections::BTreeMap<String, usize>,
+    /// CPU seconds of the clients' threads from the burst's start to the end.
+    client_cpu: f64,
+    /// CPU seconds of the rest of the process (walcast, the writer) over the same time.
+    server_cpu: f64,
     /// Sorted latency samples, ms.
     samples: Vec<f64>,
 }
 
 impl Phase {
-    /// Delivered messages per second.
+    /// Delivered messages per second, from the burst's start.
     fn rate(&self, n: u64, total: u64) -> f64 {
-        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        self.rate_over(self.elapsed, n, total)
+    }
+
+    /// Delivered messages per second over `time`.
+    fn rate_over(&self, time: Duration, n: u64, total: u64) -> f64 {
+        let secs = time.as_secs_f64().max(1e-9);
         if self.complete as u64 == n {
             (n * total) as f64 / secs
         } else {
@@ -774,18 +832,27 @@ async fn phase(
     seq: &mut i64,
 ) -> anyhow::Result<Phase> {
     let total = args.rows as u64;
+    // The clients run on their own threads, so their CPU can be told from walcast's.
+    let runtime = ClientRuntime::new(args.client_threads)?;
+    let on_clients = runtime.handle();
+    let (endpoint, table) = (args.endpoint, args.table);
     let clients = futures::stream::iter(0..args.subscribers)
-        .map(|_| joined(addr, args.endpoint, args.table, jwt))
+        .map(|_| {
+            let jwt = jwt.to_owned();
+            on_clients.spawn(async move { joined(addr, endpoint, table, &jwt).await })
+        })
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await
         .into_iter()
+        .map(|r| r.context("a client task failed")?)
         .collect::<Result<Vec<_>, _>>()?;
     let deadline = tokio::time::Instant::now() + PHASE_TIMEOUT;
     let tasks: Vec<_> = clients
         .into_iter()
-        .map(|ws| tokio::spawn(count(ws, args.endpoint, total, deadline)))
+        .map(|ws| on_clients.spawn(count(ws, endpoint, total, deadline)))
         .collect();
+    let (client_cpu0, process_cpu0) = (cpu_seconds(Some(CLIENT_THREAD)), cpu_seconds(None));
 
     let stmt = pg.prepare(args.table.insert_sql()).await?;
     let t0 = Instant::now();
@@ -799,17 +866,28 @@ async fn phase(
 
     let mut p = Phase {
         elapsed: Duration::ZERO,
+        from_first: Duration::ZERO,
         write,
         delivered: 0,
         complete: 0,
         closed: 0,
+        closed_why: std::collections::BTreeMap::new(),
+        client_cpu: 0.0,
+        server_cpu: 0.0,
         samples: Vec::new(),
     };
     let mut last_done = None::<Instant>;
+    let mut first = None::<Instant>;
     for t in tasks {
         let o = t.await?;
+        if let Some(f) = o.first {
+            first = Some(first.map_or(f, |x| x.min(f)));
+        }
         p.delivered += o.rows;
         p.closed += usize::from(o.closed);
+        if let Some(why) = o.why {
+            *p.closed_why.entry(why).or_default() += 1;
+        }
         p.samples.extend(o.samples);
         match o.done {
             Some(d) => {
@@ -819,7 +897,11 @@ async fn phase(
             None => last_done = Some(Instant::now()),
         }
     }
-    p.elapsed = last_done.unwrap_or_else(Instant::now).duration_since(t0);
+    let end = last_done.unwrap_or_else(Instant::now);
+    p.elapsed = end.duration_since(t0);
+    p.from_first = end.duration_since(first.unwrap_or(t0));
+    p.client_cpu = cpu_seconds(Some(CLIENT_THREAD)) - client_cpu0;
+    p.server_cpu = (cpu_seconds(None) - process_cpu0 - p.client_cpu).max(0.0);
     p.samples.sort_by(f64::total_cmp);
     Ok(p)
 }
@@ -828,10 +910,15 @@ async fn phase(
 struct Outcome {
     /// Change frames.
     rows: u64,
+    /// When the first one arrived.
+    first: Option<Instant>,
     /// When it had all of them.
     done: Option<Instant>,
     /// The server closed it (or the connection failed) first.
     closed: bool,
+    /// Why: the close frame's code and reason, the last system/error frame before it, or the
+    /// connection error.
+    why: Option<String>,
     /// Latency samples, ms.
     samples: Vec<f64>,
 }
@@ -845,10 +932,13 @@ async fn count(
 ) -> Outcome {
     let mut o = Outcome {
         rows: 0,
+        first: None,
         done: None,
         closed: false,
+        why: None,
         samples: Vec::with_capacity((total / SAMPLE_EVERY + 1) as usize),
     };
+    let mut last_notice: Option<String> = None;
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
     heartbeat.tick().await;
     let mut hb_ref = 100u64;
@@ -857,12 +947,11 @@ async fn count(
             m = tokio::time::timeout_at(deadline, ws.next()) => m,
             _ = heartbeat.tick() => {
                 hb_ref += 1;
-                if endpoint == Endpoint::Realtime {
-                    let f = format!(r#"[null,"{hb_ref}","phoenix","heartbeat",{{}}]"#);
-                    if ws.send(Message::text(f)).await.is_err() {
-                        o.closed = true;
-                        break;
-                    }
+                if let Some(f) = endpoint.heartbeat(hb_ref)
+                    && ws.send(Message::text(f)).await.is_err()
+                {
+                    o.closed = true;
+                    break;
                 }
                 continue;
             }
@@ -873,6 +962,9 @@ async fn count(
                 let s = t.as_str();
                 if s.contains(endpoint.change_marker()) {
                     o.rows += 1;
+                    if o.rows == 1 {
+                        o.first = Some(Instant::now());
+                    }
                     if o.rows.is_multiple_of(SAMPLE_EVERY)
                         && let Some(ms) = latency_ms(s, endpoint.commit_key())
                     {
@@ -881,10 +973,35 @@ async fn count(
                     if o.rows == total {
                         o.done = Some(Instant::now());
                     }
+                } else if s.contains("\"system\"")
+                    || s.contains("\"error\"")
+                    || s.contains("lagged")
+                {
+                    last_notice = Some(s.chars().take(300).collect());
                 }
             }
-            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => {
+            Ok(Some(Ok(Message::Close(f)))) => {
                 o.closed = true;
+                o.why = Some(match (f, last_notice.take()) {
+                    (Some(f), n) => format!(
+                        "close {} {}{}",
+                        u16::from(f.code),
+                        f.reason,
+                        n.map(|n| format!(" after {n}")).unwrap_or_default()
+                    ),
+                    (None, Some(n)) => format!("close after {n}"),
+                    (None, None) => "close".to_owned(),
+                });
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                o.closed = true;
+                o.why = Some(format!("connection error: {e}"));
+                break;
+            }
+            Ok(None) => {
+                o.closed = true;
+                o.why = Some("connection ended".to_owned());
                 break;
             }
             Ok(Some(Ok(_))) => {}
@@ -911,7 +1028,8 @@ async fn joined(
     jwt: &str,
 ) -> anyhow::Result<Ws> {
     match endpoint {
-        Endpoint::Realtime => joined_realtime(addr, table, jwt).await,
+        Endpoint::Realtime => joined_realtime(addr, table, jwt, false).await,
+        Endpoint::RealtimeV1 => joined_realtime(addr, table, jwt, true).await,
         Endpoint::Ws => subscribed_ws(addr, table, jwt).await,
     }
 }
@@ -945,8 +1063,14 @@ async fn subscribed_ws(addr: SocketAddr, table: Table, jwt: &str) -> anyhow::Res
 
 /// Connects with `jwt` (vsn 2.0.0), joins [`TOPIC`] with an INSERT binding on `table`, waits for
 /// the ok reply and the "Subscribed to PostgreSQL" system message.
-async fn joined_realtime(addr: SocketAddr, table: Table, jwt: &str) -> anyhow::Result<Ws> {
-    let url = format!("ws://{addr}/realtime/v1/websocket?apikey={jwt}&vsn=2.0.0");
+async fn joined_realtime(
+    addr: SocketAddr,
+    table: Table,
+    jwt: &str,
+    v1: bool,
+) -> anyhow::Result<Ws> {
+    let vsn = if v1 { "1.0.0" } else { "2.0.0" };
+    let url = format!("ws://{addr}/realtime/v1/websocket?apikey={jwt}&vsn={vsn}");
     let mut ws = connect(&url).await?;
     let payload = json!({"config": {
         "broadcast": {"ack": false, "self": false},
@@ -954,10 +1078,12 @@ async fn joined_realtime(addr: SocketAddr, table: Table, jwt: &str) -> anyhow::R
         "postgres_changes": [{"event": "INSERT", "schema": "public", "table": table.name()}],
         "private": false
     }});
-    ws.send(Message::text(
-        json!(["1", "1", TOPIC, "phx_join", payload]).to_string(),
-    ))
-    .await?;
+    let join = if v1 {
+        json!({"topic": TOPIC, "event": "phx_join", "payload": payload, "ref": "1", "join_ref": "1"})
+    } else {
+        json!(["1", "1", TOPIC, "phx_join", payload])
+    };
+    ws.send(Message::text(join.to_string())).await?;
     let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
     let (mut replied, mut subscribed) = (false, false);
     while !(replied && subscribed) {
@@ -972,8 +1098,12 @@ async fn joined_realtime(addr: SocketAddr, table: Table, jwt: &str) -> anyhow::R
             None => anyhow::bail!("connection closed during the join"),
         };
         let v: Value = serde_json::from_str(text.as_str())?;
-        let (event, payload) = (&v[3], &v[4]);
-        if event == "phx_reply" && v[1] == "1" {
+        let (event, reference, payload) = if v1 {
+            (&v["event"], &v["ref"], &v["payload"])
+        } else {
+            (&v[3], &v[1], &v[4])
+        };
+        if event == "phx_reply" && reference == "1" {
             anyhow::ensure!(payload["status"] == "ok", "join refused: {text}");
             replied = true;
         } else if event == "system" {

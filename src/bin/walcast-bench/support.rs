@@ -251,6 +251,76 @@ pub async fn drop_slot(pg: &Client, slot: &str) -> anyhow::Result<()> {
 // /ws clients
 // ---------------------------------------------------------------------------------------------
 
+/// Name of the threads the bench's clients run on, apart from walcast's, so that their CPU can
+/// be read on its own ([`threads_cpu`]).
+pub const CLIENT_THREAD: &str = "bench-client";
+
+/// A runtime of its own for the bench's clients (threads named [`CLIENT_THREAD`]); shut down
+/// in the background when dropped.
+pub struct ClientRuntime(Option<tokio::runtime::Runtime>);
+
+impl ClientRuntime {
+    /// A runtime with `threads` worker threads.
+    pub fn new(threads: usize) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name(CLIENT_THREAD)
+            .enable_all()
+            .build()
+            .context("starting the clients' runtime")?;
+        Ok(ClientRuntime(Some(rt)))
+    }
+
+    /// Where client tasks are spawned.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => unreachable!("the runtime lives until drop"),
+        }
+    }
+}
+
+impl Drop for ClientRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// CPU seconds (user + system) used so far by this process's threads named `name`, or by the
+/// whole process when `name` is `None` (Linux `/proc`, in clock ticks of 1/100 s).
+pub fn cpu_seconds(name: Option<&str>) -> f64 {
+    // Fields after the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let ticks = |stat: &str| -> u64 {
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let at = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        at(11) + at(12)
+    };
+    let total = match name {
+        None => std::fs::read_to_string("/proc/self/stat")
+            .map(|s| ticks(&s))
+            .unwrap_or(0),
+        Some(name) => std::fs::read_dir("/proc/self/task")
+            .map(|dir| {
+                dir.flatten()
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim_end() == name)
+                    })
+                    .map(|t| {
+                        std::fs::read_to_string(t.path().join("stat"))
+                            .map(|s| ticks(&s))
+                            .unwrap_or(0)
+                    })
+                    .sum()
+            })
+            .unwrap_or(0),
+    };
+    total as f64 / 100.0
+}
+
 /// Bytes a bench client reads from its socket at once. The library's default (128 KiB) is
 /// zero-filled before every read; with the many small frames of a fan-out that filling costs the
 /// clients more CPU than decoding the frames, and the clients share the machine with walcast.

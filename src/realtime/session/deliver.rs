@@ -18,9 +18,23 @@ use super::Session;
 use crate::access::{Ask, ClaimsGroup, RowKey, TableAccess, row_key};
 use crate::decode::{Change, Lsn, Operation};
 use crate::hub::HubItem;
+use crate::realtime::protocol::frame::Vsn;
 use crate::realtime::protocol::payload::{self, encode_change_data, encode_change_data_for};
 use crate::realtime::protocol::text;
 use crate::ws::socket::{ClientSink, ClientStream, End, WRITE_BATCH, WRITE_BATCH_BYTES};
+
+/// What a Realtime change frame of the shared data depends on besides the change (the key of
+/// the frame kept on the hub item).
+struct FrameKey {
+    /// Serializer.
+    vsn: Vsn,
+    /// The channel's legacy (pre-bindings) form.
+    legacy: bool,
+    /// The channel's topic.
+    topic: String,
+    /// The matching binding ids.
+    ids: Vec<u32>,
+}
 
 /// A change matched by a channel, waiting for the gate.
 pub(super) struct Hit {
@@ -270,13 +284,39 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     encode_change_data(c, table_facts(c))
                 }),
             };
-            let frame = if ch.legacy {
-                payload::encode_legacy_change_frame(self.vsn, &ch.topic, item.change.op, &data)
+            let encode = || {
+                if ch.legacy {
+                    payload::encode_legacy_change_frame(self.vsn, &ch.topic, item.change.op, &data)
+                } else {
+                    payload::encode_change_frame(self.vsn, &ch.topic, &hit.ids, &data)
+                }
+            };
+            let frame = if hit.columns.is_none() && !hit.no_key {
+                // The shared data: every channel of this topic, serializer and bindings sends
+                // the same text, made once.
+                let vsn = self.vsn;
+                item.realtime_frame(
+                    |k: &FrameKey| {
+                        k.vsn == vsn
+                            && k.legacy == ch.legacy
+                            && k.topic == ch.topic
+                            && k.ids == hit.ids
+                    },
+                    || {
+                        let key = FrameKey {
+                            vsn,
+                            legacy: ch.legacy,
+                            topic: ch.topic.clone(),
+                            ids: hit.ids.clone(),
+                        };
+                        (key, encode())
+                    },
+                )
             } else {
-                payload::encode_change_frame(self.vsn, &ch.topic, &hit.ids, &data)
+                Utf8Bytes::from(encode())
             };
             drop(data);
-            self.out.feed(Message::Text(Utf8Bytes::from(frame))).await?;
+            self.out.feed(Message::Text(frame)).await?;
             n += 1;
         }
         self.flush(n).await?;
