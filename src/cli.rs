@@ -393,7 +393,7 @@ pub struct ServerArgs {
     pub retention_bytes: String,
 
     /// Frames a client may fall behind before it gets `lagged` and is closed.
-    #[arg(long, env = "WALCAST_CLIENT_QUEUE", default_value_t = 8192)]
+    #[arg(long, env = "WALCAST_CLIENT_QUEUE", default_value_t = 65536)]
     pub client_queue: usize,
 
     // Memory bounded in bytes (issue 12): the client byte budget.
@@ -404,7 +404,7 @@ pub struct ServerArgs {
     /// together. Keep it at least 4x the largest change (a 1 MiB row costs up to 4 MiB) so
     /// readers are not cut by one large row; raise it to let slow clients ride out longer
     /// bursts.
-    #[arg(long, env = "WALCAST_CLIENT_QUEUE_BYTES", default_value = "16MiB")]
+    #[arg(long, env = "WALCAST_CLIENT_QUEUE_BYTES", default_value = "64MiB")]
     pub client_queue_bytes: String,
 
     /// Interval of server heartbeats on /ws (e.g. 30s).

@@ -304,7 +304,7 @@ impl ServerConfig {
             return Err(ConfigError::new(
                 "--client-queue-bytes",
                 "WALCAST_CLIENT_QUEUE_BYTES",
-                "must be between 1MiB and 1TiB (keep it at least 4x the largest change: 16MiB by default)",
+                "must be between 1MiB and 1TiB (keep it at least 4x the largest change: 64MiB by default)",
             ));
         }
         let heartbeat = parse_duration(&args.heartbeat)

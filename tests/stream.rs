@@ -1224,8 +1224,9 @@ async fn slow_client_gets_lagged_and_4008_others_unaffected() {
 
 /// Peak RSS allowed while streaming 200,000 rows. Holding the whole decoded transaction (a
 /// `Change` with its row map, ~0.6 KiB, plus its ~0.3 KiB JSON frame per row) would need about
-/// 180 MiB on top of the ~25 MiB baseline; streaming through the bounded buffers (the 8192-item
-/// hub ring, the 1024-change replay channel, at most 16 MiB of socket write buffer per client)
+/// 180 MiB on top of the ~25 MiB baseline; streaming through the bounded buffers (a hub ring of
+/// 8192 changes and 16 MiB, set here below the defaults so that the limit stays meaningful, the
+/// 1024-change replay channel, at most 16 MiB of socket write buffer per client)
 /// needs a few tens of MiB: 43 MiB was measured in a debug build. 128 MiB leaves 3x headroom
 /// for allocator slack and still catches whole-transaction buffering.
 const BULK_RSS_LIMIT_KIB: u64 = 128 * 1024;
@@ -1234,7 +1235,11 @@ const BULK_RSS_LIMIT_KIB: u64 = 128 * 1024;
 async fn transaction_of_200k_rows_reaches_client_with_bounded_memory() {
     const ROWS: usize = 200_000;
     let db = support::fresh_db().await;
-    let w = Walcast::start(&db, &[]).await;
+    let w = Walcast::start(
+        &db,
+        &["--client-queue", "8192", "--client-queue-bytes", "16MiB"],
+    )
+    .await;
     let url = w.ws_url("/ws");
     let rss_start = w.rss_kib();
     let mut col = ResumingCollector::connect(&url, json!({"event_type": "bulk"})).await;

@@ -198,8 +198,8 @@ pub struct RealtimeArgs {
     #[arg(long, default_value_t = 20)]
     pub txns: usize,
     /// The server's --client-queue (changes a client may fall behind). The bench raises it
-    /// from walcast's default (8192) so that the rate search measures delivery, not the cut of
-    /// a client behind by more; pass 8192 to measure walcast's defaults.
+    /// above walcast's default (65536) so that the rate search measures delivery, not the cut
+    /// of a client behind by more; pass 65536 to measure walcast's defaults.
     #[arg(long, default_value_t = 262_144)]
     pub client_queue: usize,
     /// Worker threads of the clients' own runtime in --burst mode (their CPU is reported
