@@ -235,6 +235,21 @@ impl<S: ClientSink> Outbox<S> {
 
     /// Queues a frame without flushing (a delivery, counted at [`Outbox::flush`]).
     pub async fn feed(&mut self, msg: Message) -> Result<(), End> {
+        // Most frames go straight into the socket's buffer: take them without arming the
+        // write timeout or racing the byte budget, which only matter when the sink must wait.
+        let ready = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::pin::Pin::new(&mut self.sink).poll_ready(cx))
+        })
+        .await;
+        match ready {
+            std::task::Poll::Ready(Ok(())) => {
+                return std::pin::Pin::new(&mut self.sink)
+                    .start_send(msg)
+                    .map_err(|_| End::Gone);
+            }
+            std::task::Poll::Ready(Err(_)) => return Err(End::Gone),
+            std::task::Poll::Pending => {}
+        }
         let step = std::pin::pin!(feed(&mut self.sink, msg));
         within(self.budget.as_ref(), self.soft, &mut self.exceeded, step).await
     }

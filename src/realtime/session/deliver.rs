@@ -272,19 +272,24 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                     .as_deref()
                     .and_then(|t| t.of(rel.oid, &rel.schema, &rel.table))
             };
-            let data: Arc<str> = match &hit.columns {
-                _ if hit.no_key => Arc::from(payload::encode_no_primary_key(&item.change)),
-                // Column privileges differ from the shared payload: encode for this channel.
-                Some(cols) => Arc::from(encode_change_data_for(
-                    &item.change,
-                    table_facts(&item.change),
-                    Some(cols),
-                )),
-                None => item.realtime_data(&self.state.metrics, |c| {
-                    encode_change_data(c, table_facts(c))
-                }),
+            // The change's `data` for this channel: shared unless column privileges or a missing
+            // key make it the channel's own.
+            let data = || -> Arc<str> {
+                match &hit.columns {
+                    _ if hit.no_key => Arc::from(payload::encode_no_primary_key(&item.change)),
+                    // Column privileges differ from the shared payload: encode for this channel.
+                    Some(cols) => Arc::from(encode_change_data_for(
+                        &item.change,
+                        table_facts(&item.change),
+                        Some(cols),
+                    )),
+                    None => item.realtime_data(&self.state.metrics, |c| {
+                        encode_change_data(c, table_facts(c))
+                    }),
+                }
             };
             let encode = || {
+                let data = data();
                 if ch.legacy {
                     payload::encode_legacy_change_frame(self.vsn, &ch.topic, item.change.op, &data)
                 } else {
@@ -315,7 +320,6 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             } else {
                 Utf8Bytes::from(encode())
             };
-            drop(data);
             self.out.feed(Message::Text(frame)).await?;
             n += 1;
         }
