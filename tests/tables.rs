@@ -740,6 +740,85 @@ async fn a_failing_pair_is_answered_alone_and_the_others_stay_right() {
     assert_eq!(settings.get::<_, Option<String>>(1).unwrap_or_default(), "");
 }
 
+/// The events table is answered by id: a row of another table with the same uuid key, hidden
+/// from the user, stays hidden (and the visible events row stays visible), in either order.
+#[tokio::test]
+async fn a_uuid_shared_with_the_events_table_does_not_cross_tables() {
+    let db = support::fresh_db().await;
+    let c = db.client().await;
+    let (xid, id): (i64, uuid::Uuid) = {
+        let r = c
+            .query_one(
+                "with e as (insert into public.monitoring_events (event_type, source)
+                              values ('e', 't') returning id)
+                 select txid_current(), id from e",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    c.execute(
+        "create table public.profiles (id uuid primary key, owner text not null)",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.batch_execute(
+        "alter table public.profiles enable row level security;
+         grant select on public.profiles to authenticated;
+         create policy own on public.profiles for select to authenticated
+           using (owner = nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub');
+         alter publication walcast_events add table public.profiles",
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "insert into public.profiles values ($1, 'someone-else')",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let xid = u32::try_from(xid & 0xFFFF_FFFF).unwrap();
+    let pool = walcast::db::pool(&db.url, 4, "test").unwrap();
+    let gate = walcast::access::RlsGate::new(pool, "walcast_events");
+    let tables = gate.tables().await.unwrap();
+    let oid = |name: &str| tables.named("public", name).unwrap().oid;
+    let key = |table: u32| walcast::access::RowKey {
+        table,
+        key: json!({ "id": id }).to_string().into(),
+    };
+    let group = walcast::realtime::verify_token(
+        &walcast::auth::Verifier::new(support::SECRET),
+        &user("authenticated", "u1"),
+        now(),
+    )
+    .unwrap()
+    .group;
+    for (n, rows) in [
+        vec![key(oid("monitoring_events")), key(oid("profiles"))],
+        vec![key(oid("profiles")), key(oid("monitoring_events"))],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let lsn = walcast::decode::Lsn(0x100 + n as u64);
+        let ask = walcast::access::Ask {
+            group: &group,
+            lsn,
+            xid,
+            ids: &rows,
+        };
+        let seen = gate.visible_all(&[ask]).await.pop().unwrap().unwrap();
+        let events_first = n == 0;
+        assert_eq!(
+            seen,
+            vec![events_first, !events_first],
+            "only the events row is visible (events row first: {events_first})"
+        );
+    }
+}
+
 /// The gate on its own: one call answers rows of two tables for two users, each under its
 /// table's policy; asking again costs nothing.
 #[tokio::test]

@@ -470,8 +470,9 @@ impl RlsGate {
         );
         let mut visible: Vec<FxHashSet<usize>> = vec![FxHashSet::default(); groups.len()];
         let mut problems: Vec<bool> = vec![false; groups.len()];
-        // Rows of the events table are answered by id: their numbers, made when first needed.
-        let mut numbers: Option<FxHashMap<uuid::Uuid, usize>> = None;
+        // Rows of the events table are answered by id: their numbers, by (table, id) (another
+        // table's row may carry the same uuid), made when first needed.
+        let mut numbers: Option<FxHashMap<(u32, uuid::Uuid), usize>> = None;
         for (grp, rows, ids, problem, table) in result_rows {
             let Some(i) = usize::try_from(grp)
                 .ok()
@@ -490,15 +491,19 @@ impl RlsGate {
                     .into_iter()
                     .filter_map(|n| usize::try_from(n).ok()),
             );
-            if let Some(ids) = ids.filter(|ids| !ids.is_empty()) {
+            if let (Some(ids), Some(table)) = (ids.filter(|ids| !ids.is_empty()), table) {
                 let numbers = numbers.get_or_insert_with(|| {
-                    row_keys
+                    row_tables
                         .iter()
+                        .zip(&row_keys)
                         .enumerate()
-                        .filter_map(|(j, k)| Some((events_id(k)?, j + 1)))
+                        .filter_map(|(j, (t, k))| Some(((*t, events_id(k)?), j + 1)))
                         .collect()
                 });
-                visible[i].extend(ids.iter().filter_map(|id| numbers.get(id).copied()));
+                visible[i].extend(
+                    ids.iter()
+                        .filter_map(|id| numbers.get(&(table, *id)).copied()),
+                );
             }
         }
         for (i, (_, answers)) in groups.iter().enumerate() {
