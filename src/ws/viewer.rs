@@ -165,6 +165,11 @@ pub async fn verdicts(
     let mut asks: Vec<(Lsn, u32, Vec<RowKey>)> = Vec::new();
     let mut ask_of: HashMap<Lsn, usize> = HashMap::new();
     for c in changes {
+        // A gap carries no row and names no table: nothing to look up.
+        if c.op == Operation::Gap {
+            reads.push((Readable::No, None));
+            continue;
+        }
         let r = match known.get(&c.relation.oid) {
             Some(r) => r.clone(),
             None => {
