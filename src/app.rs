@@ -100,6 +100,8 @@ pub mod task {
     pub const ADMIN_CONSOLE: &str = "admin console";
     /// The HTTP server.
     pub const HTTP_SERVER: &str = "HTTP server";
+    /// The writer of Realtime resume positions.
+    pub const RESUME_WRITER: &str = "resume positions writer";
 }
 
 /// Cancels `token` on the first SIGINT/SIGTERM; exits the process on the second.
@@ -319,6 +321,21 @@ pub async fn serve(
         status: Arc::new(crate::admin::status::StatusState::default()),
         tasks: sup.states(),
     });
+    // Replays from the WAL, for both endpoints under one cap.
+    let replays =
+        crate::replication::Replays::new(settings, config.slot.clone(), config.max_replays)
+            .with_status(Arc::clone(&status));
+    // Realtime resume positions: written once a second, after the sessions on shutdown.
+    let resumes = Arc::new(crate::realtime::resume::Resumes::new(
+        pool.clone(),
+        Arc::clone(&metrics),
+    ));
+    let resume_token = CancellationToken::new();
+    let resume_task = sup.watch(
+        task::RESUME_WRITER,
+        &resume_token,
+        tokio::spawn(Arc::clone(&resumes).run(config.retention, resume_token.clone())),
+    );
     let state = AppState {
         auth: auth.clone(),
         node: Arc::clone(&node),
@@ -341,11 +358,7 @@ pub async fn serve(
             hub: hub.clone(),
             metrics: Arc::clone(&metrics),
             reader: Arc::clone(&status),
-            replays: crate::replication::Replays::new(
-                settings,
-                config.slot.clone(),
-                config.max_replays,
-            ),
+            replays: replays.clone(),
             flags: flags.clone(),
             clients: Arc::clone(&clients),
             heartbeat: config.heartbeat,
@@ -368,6 +381,9 @@ pub async fn serve(
             limits: config.realtime_limits,
             joins: config.realtime_joins,
             shutdown: sessions_token.clone(),
+            resumes: Arc::clone(&resumes),
+            replays,
+            reader: Arc::clone(&status),
         },
     };
     // Operations: the continuous consistency check and the admin console, on their own tasks.
@@ -443,6 +459,9 @@ pub async fn serve(
         if !server_done {
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut server_task).await;
         }
+        // Sessions have noted where their channels stopped: write it.
+        resume_token.cancel();
+        let _ = resume_task.await;
         ops_token.cancel();
         if let Some(t) = consistency_task {
             let _ = t.await;

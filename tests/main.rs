@@ -29,7 +29,6 @@ mod ingest;
 mod keys;
 /// walcast serving as a role that is neither a superuser nor bypasses row level security.
 mod least_privilege;
-/// Memory bounded in bytes: a stalled client cut at its byte budget, readers unaffected, RSS back.
 /// Memory bounded in bytes: a stalled client (both endpoints) cut at its byte budget, readers
 /// unaffected, resume without loss, RSS back.
 mod memory;
@@ -40,6 +39,9 @@ mod realtime;
 /// The real @supabase/realtime-js client (node) against walcast: changes, filters, RLS, tokens,
 /// broadcast, presence, reconnect.
 mod realtime_js;
+/// Resume on the Realtime endpoint (`resume_id`): replay after a drop, live without a gap,
+/// another subject or an expired position, row security during replays.
+mod resume;
 /// Nothing acknowledged is lost: Postgres crash, kill -9 with Postgres down, SIGTERM.
 mod resilience;
 /// WAL → /ws: filters, operations, resume, lag, faults, cursor expiry.

@@ -141,6 +141,20 @@ impl Rt {
         }
     }
 
+    /// Connects with `token` and more query parameters (`extra`, already encoded).
+    pub(crate) async fn connect_with(w: &Walcast, token: &str, v2: bool, extra: &str) -> Rt {
+        let vsn = if v2 { "2.0.0" } else { "1.0.0" };
+        let url = format!("{}&{extra}", url(w, Some(token), Some(vsn)));
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("realtime connect");
+        Rt {
+            socket,
+            v2,
+            next: 0,
+        }
+    }
+
     /// Sends a message; returns its ref.
     async fn push(
         &mut self,
@@ -243,7 +257,7 @@ impl Rt {
     }
 
     /// A heartbeat round trip.
-    async fn heartbeat(&mut self) {
+    pub(crate) async fn heartbeat(&mut self) {
         let r = self.push(None, "phoenix", "heartbeat", json!({})).await;
         let f = self
             .wait_for("heartbeat reply", |f| {
@@ -267,12 +281,12 @@ pub(crate) fn pg_join(bindings: Value) -> Value {
 }
 
 /// The all-changes binding on the served table.
-fn all_changes() -> Value {
+pub(crate) fn all_changes() -> Value {
     json!([{"event": "*", "schema": "public", "table": "monitoring_events"}])
 }
 
 /// Inserts one row; returns its id.
-async fn insert(db: &TestDb, source: &str) -> String {
+pub(crate) async fn insert(db: &TestDb, source: &str) -> String {
     let c = db.client().await;
     let row = c
         .query_one(
@@ -293,7 +307,7 @@ pub(crate) async fn subscribed(rt: &mut Rt, topic: &str) -> Frame {
 }
 
 /// Waits for a postgres_changes frame whose record or old_record has `id`.
-async fn change_for(rt: &mut Rt, id: &str) -> Frame {
+pub(crate) async fn change_for(rt: &mut Rt, id: &str) -> Frame {
     rt.wait_for("postgres_changes", |f| {
         f.event == "postgres_changes"
             && (f.payload["data"]["record"]["id"] == id

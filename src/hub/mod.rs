@@ -117,6 +117,21 @@ impl HubItem {
         frame
     }
 
+    /// An item outside the ring, for one session's own use (a replay read again from the WAL):
+    /// nothing is charged for it.
+    pub fn detached(change: Change, metrics: Arc<Metrics>) -> HubItem {
+        HubItem {
+            change,
+            texts: ColumnTexts::new(),
+            ws: OnceLock::new(),
+            realtime: OnceLock::new(),
+            realtime_frame: OnceLock::new(),
+            bytes: 0,
+            end: 0,
+            metrics,
+        }
+    }
+
     /// Bytes charged for this item: its rows and the texts of the wire formats in use (one for
     /// `/ws`, two for Realtime: the `data` object and one whole frame).
     pub fn bytes(&self) -> u64 {
@@ -383,6 +398,11 @@ impl Hub {
             self.inner.published.load(Ordering::Acquire),
             Ordering::Release,
         );
+    }
+
+    /// Where a session subscribing now starts (see [`Subscription::live_from`]).
+    pub fn live_from(&self) -> Option<Cursor> {
+        live_from(&self.lock())
     }
 
     /// The newest published cursor.

@@ -404,6 +404,17 @@ declare_metrics! {
     realtime_rate_limited: LabeledCounter<KindLabel>
         => "walcast_realtime_rate_limited_total",
            "Realtime sockets closed for exceeding a per-second limit, by kind (joins, messages, channel_messages)";
+    /// Realtime channels joined with a `resume_id`, by `kind`: `fresh` (no position yet),
+    /// `resumed` (replayed or carried on from a position), `expired` (older than the retention
+    /// window), `other_subject` (the position belongs to another token subject), `failed`
+    /// (the position could not be read or replayed).
+    realtime_resumes: LabeledCounter<KindLabel>
+        => "walcast_realtime_resumes_total",
+           "Realtime channel joins with a resume_id, by kind (fresh, resumed, expired, other_subject, failed)";
+    /// Resume positions not saved because too many were waiting to be written.
+    resume_positions_dropped: Counter
+        => "walcast_resume_positions_dropped_total",
+           "Realtime resume positions not saved because the write queue was full (such a channel resumes from an older position)";
     /// Resumes refused because --max-replays replays were running.
     replays_busy: Counter
         => "walcast_replays_busy_total",

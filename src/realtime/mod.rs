@@ -7,6 +7,8 @@
 //!   delivery of changes through the row gate ([`crate::access`]), and broadcast and presence.
 //! - [`bus`]: broadcast and presence between sockets of this node.
 //! - [`private`]: who may read and write private channels (`realtime.messages` policies).
+//! - [`resume`]: where channels of clients connected with a `resume_id` resume (positions kept
+//!   in Postgres).
 //! - `rest`: broadcast over HTTP (`/api/broadcast`, `/api/broadcast/:topic/events/:event`) and
 //!   `/api/ping`.
 //!
@@ -21,6 +23,7 @@ pub(crate) mod bus;
 pub(crate) mod private;
 pub mod protocol;
 mod rest;
+pub mod resume;
 mod session;
 
 use std::sync::Arc;
@@ -78,6 +81,12 @@ pub struct RealtimeState {
     pub joins: crate::config::RealtimeJoins,
     /// Cancelled when the server shuts down.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Resume positions of channels joined by clients with a `resume_id`.
+    pub resumes: Arc<resume::Resumes>,
+    /// Replays from the WAL (shared with `/ws`: one cap, `--max-replays`).
+    pub replays: crate::replication::Replays,
+    /// The reader's status (is it streaming, where the resume window starts).
+    pub reader: Arc<crate::replication::ReaderStatus>,
 }
 
 /// An accepted token, as a channel holds it.
@@ -89,6 +98,8 @@ pub struct TokenClaims {
     pub exp: i64,
     /// Role and claims, shared by every subscriber holding equal claims.
     pub group: Arc<ClaimsGroup>,
+    /// Whose positions a resume may use: the `sub` claim, or `role:<role>` without one.
+    pub subject: String,
 }
 
 impl TokenClaims {
@@ -102,6 +113,10 @@ impl From<crate::auth::Token> for TokenClaims {
     fn from(token: crate::auth::Token) -> Self {
         TokenClaims {
             group: ClaimsGroup::of(&token),
+            subject: match &token.sub {
+                Some(sub) => sub.clone(),
+                None => format!("role:{}", token.role),
+            },
             role: token.role,
             exp: token.exp,
         }
@@ -163,13 +178,21 @@ pub async fn realtime_handler(
     };
     let mut apikey = None;
     let mut vsn = None;
+    let mut resume_id = None;
     for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         match &*k {
             "apikey" => apikey = Some(v.into_owned()),
             "vsn" => vsn = Some(v.into_owned()),
+            "resume_id" => resume_id = Some(v.into_owned()),
             _ => {}
         }
     }
+    // `params: { resume_id }` of realtime-js: where this client's channels resume.
+    let resume_id = match resume_id.as_deref().map(resume::parse_resume_id) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(e)) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
     let vsn = match Vsn::from_query(vsn.as_deref()) {
         Ok(v) => v,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -215,7 +238,8 @@ pub async fn realtime_handler(
                 verifier,
                 token.trim().into(),
                 client,
-            );
+            )
+            .with_resume_id(resume_id);
             session.run().await;
         })
 }

@@ -20,5 +20,5 @@ pub(crate) mod slot;
 
 pub use error::ReplicationError;
 pub use reader::{Reader, ReaderConfig, ReaderStatus};
-pub use replay::{ReplayRx, Replays, spawn_replay};
+pub use replay::{ReplayPermit, ReplayRx, Replays, spawn_replay};
 pub use settings::ReplicationSettings;

@@ -44,6 +44,9 @@ pub struct ReaderStatus {
     /// The slot's confirmed position when this process first connected: the start of the
     /// resume window before anything was published.
     window_start: AtomicU64,
+    /// The newest commit LSN whose transaction can no longer be replayed (see
+    /// [`ReaderStatus::oldest_resumable`]).
+    expired_through: AtomicU64,
     /// Last error text, for operators.
     last_error: Mutex<Option<String>>,
 }
@@ -60,6 +63,17 @@ impl ReaderStatus {
     /// The slot's confirmed position when this process first streamed (0: not yet streamed).
     pub fn window_start(&self) -> Lsn {
         Lsn(self.window_start.load(Ordering::Relaxed))
+    }
+    /// The oldest cursor a client may resume after: every transaction committed after it is
+    /// still retained by the slot (`None` before the stream first started).
+    pub fn oldest_resumable(&self) -> Option<Cursor> {
+        if self.window_start.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        Some(Cursor {
+            commit_lsn: Lsn(self.expired_through.load(Ordering::Relaxed)),
+            index: u32::MAX,
+        })
     }
     /// The last received LSN.
     pub fn received(&self) -> Lsn {
@@ -213,6 +227,9 @@ impl Reader {
                 index: 0,
             });
             self.status.confirmed.store(confirmed, Ordering::Relaxed);
+            self.status
+                .expired_through
+                .store(confirmed.saturating_sub(1), Ordering::Relaxed);
             self.status.window_start.store(confirmed, Ordering::Relaxed);
             self.window = Some(Window::new(
                 confirmed,
@@ -371,6 +388,9 @@ impl Reader {
         let target = w.confirm_target(server_end, Instant::now());
         repl.update_applied_lsn(PgLsn(target));
         self.status.confirmed.store(target, Ordering::Relaxed);
+        self.status
+            .expired_through
+            .store(w.expired_through(), Ordering::Relaxed);
         self.metrics.replication_confirmed_lsn.set(target as i64);
         self.metrics
             .slot_lag_bytes

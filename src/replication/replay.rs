@@ -15,6 +15,7 @@ use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::error::ReplicationError;
+use super::reader::ReaderStatus;
 use super::settings::ReplicationSettings;
 use crate::decode::{Change, Cursor, Decoded, Decoder, Lsn};
 
@@ -40,6 +41,8 @@ pub struct Replays {
     permits: Arc<Semaphore>,
     /// The cap, for messages.
     max: usize,
+    /// The reader's status: which positions are still resumable.
+    status: Option<Arc<ReaderStatus>>,
 }
 
 /// The right to run one replay; released when the replay ends.
@@ -57,7 +60,15 @@ impl Replays {
             main_slot,
             permits: Arc::new(Semaphore::new(max)),
             max,
+            status: None,
         }
+    }
+
+    /// Replays that judge positions by what the reader retains (a position before the slot's
+    /// confirmed one is still resumable when no transaction left the window in between).
+    pub fn with_status(mut self, status: Arc<ReaderStatus>) -> Self {
+        self.status = Some(status);
+        self
     }
 
     /// The right to start a replay now, if fewer than the cap are running.
@@ -66,6 +77,15 @@ impl Replays {
             .try_acquire_owned()
             .ok()
             .map(|p| ReplayPermit { _held: p })
+    }
+
+    /// The right to start a replay, once fewer than the cap are running (waits for it).
+    pub async fn permit(&self) -> ReplayPermit {
+        let held = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .expect("the replay semaphore is never closed");
+        ReplayPermit { _held: held }
     }
 
     /// The cap.
@@ -78,9 +98,11 @@ impl Replays {
     pub fn replay(&self, permit: ReplayPermit, after: Cursor, until: Cursor) -> ReplayRx {
         let (tx, rx) = ReplayTx::channel();
         let (settings, main_slot) = (self.settings.clone(), self.main_slot.clone());
+        let status = self.status.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = replay(&settings, &main_slot, after, until, &tx).await {
+            let status = status.as_deref();
+            if let Err(e) = replay(&settings, &main_slot, status, after, until, &tx).await {
                 tx.fail(e).await;
             }
         });
@@ -149,7 +171,7 @@ pub fn spawn_replay(
 ) -> ReplayRx {
     let (tx, rx) = ReplayTx::channel();
     tokio::spawn(async move {
-        if let Err(e) = replay(&settings, &main_slot, after, until, &tx).await {
+        if let Err(e) = replay(&settings, &main_slot, None, after, until, &tx).await {
             tx.fail(e).await;
         }
     });
@@ -160,6 +182,7 @@ pub fn spawn_replay(
 async fn replay(
     settings: &ReplicationSettings,
     main_slot: &str,
+    status: Option<&ReaderStatus>,
     after: Cursor,
     until: Cursor,
     tx: &ReplayTx,
@@ -192,10 +215,15 @@ async fn replay(
     // Postgres re-sends every transaction whose commit record is at or after `confirmed`, so the
     // oldest resumable cursor is the position just before it: resuming after `oldest` replays
     // everything retained.
-    let oldest = Cursor {
+    let copied = Cursor {
         commit_lsn: Lsn(confirmed.0.saturating_sub(1)),
         index: u32::MAX,
     };
+    // The reader knows better: transactions between a position and the copy's start may never
+    // have existed (read after the copy, so never more than the copy retains).
+    let oldest = status
+        .and_then(ReaderStatus::oldest_resumable)
+        .map_or(copied, |o| o.min(copied));
     if after < oldest {
         return Err(ReplicationError::CursorExpired { oldest });
     }

@@ -34,6 +34,11 @@ pub struct Window {
     max_bytes: u64,
     /// The confirmed position (never goes backwards).
     confirmed: u64,
+    /// The newest commit LSN that may no longer be replayed: of the newest transaction that left
+    /// the window, or just before the slot's start. A cursor at or after it (its whole
+    /// transaction) is resumable even when older than `confirmed`: every later transaction is
+    /// still retained.
+    expired_through: u64,
 }
 
 impl Window {
@@ -44,6 +49,7 @@ impl Window {
             max_age,
             max_bytes,
             confirmed,
+            expired_through: confirmed.saturating_sub(1),
         }
     }
 
@@ -70,7 +76,9 @@ impl Window {
                 .front()
                 .is_some_and(|t| now.duration_since(t.received) > self.max_age)
         {
-            self.txns.pop_front();
+            if let Some(t) = self.txns.pop_front() {
+                self.expired_through = self.expired_through.max(t.commit_lsn);
+            }
         }
         // Byte bound: drop transactions whose WAL would exceed it.
         while let Some(front) = self.txns.front() {
@@ -78,6 +86,9 @@ impl Window {
                 break;
             }
             let t = self.txns.pop_front();
+            if let Some(t) = t {
+                self.expired_through = self.expired_through.max(t.commit_lsn);
+            }
             if self.txns.is_empty()
                 && let Some(t) = t
             {
@@ -89,6 +100,7 @@ impl Window {
             None => {
                 if server_wal_end.saturating_sub(self.confirmed) > self.max_bytes {
                     self.confirmed = self.confirmed.max(server_wal_end);
+                    self.expired_through = self.expired_through.max(self.confirmed - 1);
                 }
             }
         }
@@ -98,6 +110,11 @@ impl Window {
     /// The confirmed position.
     pub fn confirmed(&self) -> u64 {
         self.confirmed
+    }
+
+    /// The newest commit LSN that can no longer be replayed (see the field).
+    pub fn expired_through(&self) -> u64 {
+        self.expired_through
     }
 }
 
@@ -119,6 +136,21 @@ mod tests {
         // re-streamed transactions are ignored
         w.committed(200, 250, t0);
         assert_eq!(w.confirm_target(400, t0 + Duration::from_secs(1000)), 300);
+    }
+
+    #[test]
+    fn expired_through_names_the_newest_transaction_that_left() {
+        let t0 = Instant::now();
+        let mut w = Window::new(100, Duration::from_secs(60), 1 << 30);
+        assert_eq!(w.expired_through(), 99, "before the slot's start");
+        w.committed(200, 250, t0);
+        w.committed(300, 350, t0 + Duration::from_secs(30));
+        // Confirmed moves to the first commit, but nothing left: a cursor at 150 (between the
+        // slot's start and the first transaction) is still resumable.
+        assert_eq!(w.confirm_target(400, t0 + Duration::from_secs(31)), 200);
+        assert_eq!(w.expired_through(), 99);
+        assert_eq!(w.confirm_target(400, t0 + Duration::from_secs(61)), 300);
+        assert_eq!(w.expired_through(), 200);
     }
 
     #[test]

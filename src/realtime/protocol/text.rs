@@ -167,6 +167,21 @@ pub const PRESENCE_RATE_LIMIT: &str = "Client presence rate limit exceeded";
 pub const CLIENT_LAGGED: &str =
     "Too many messages: this client fell behind and is disconnected; reconnect and refetch";
 
+/// The `system` message (extension `postgres_changes`, status `error`) when a channel's resume
+/// position is older than what walcast still retains; the channel is live from now on. Both
+/// are commit LSNs (`0/16B3748`); `oldest` is the first one walcast can still replay.
+pub fn resume_expired(position: &str, oldest: &str) -> String {
+    format!(
+        "Resume position {position} has expired: changes are kept from {oldest} on \
+         (--retention), earlier ones cannot be replayed: refetch, then carry on live"
+    )
+}
+
+/// The `system` message (extension `postgres_changes`, status `error`) when a channel's resume
+/// position could not be read or replayed; the channel is live from now on.
+pub const RESUME_FAILED: &str = "Resume position could not be read or replayed: refetch, then \
+     carry on live";
+
 /// The join reply reason when a socket joins too often (Supabase's text); the socket is then
 /// closed.
 pub const TOO_MANY_JOINS: &str = "ClientJoinRateLimitReached: Too many joins per second";

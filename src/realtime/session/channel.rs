@@ -70,6 +70,8 @@ pub(super) struct Channel {
     pub(super) token_applied_at: Option<Instant>,
     /// A refresh received inside the throttle window, applied at the window's end.
     pub(super) pending_token: Option<String>,
+    /// Where it resumes, when the client connected with a `resume_id` and it has bindings.
+    pub(super) resume: Option<super::resume::ChannelResume>,
 }
 
 impl Channel {
@@ -341,6 +343,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             may_track: None,
             token_applied_at: None,
             pending_token: None,
+            resume: None,
         });
         let i = self.channels.len() - 1;
         self.out.client.subscribe(self.channels[i].registry_info());
@@ -361,8 +364,14 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             self.system(i, "system", true, text::REPLICATION_READY)
                 .await?;
         }
+        let resumable = matches!(subscription, Some(Ok(_)));
         if let Some(result) = subscription {
             self.announce_subscription(i, result.map(|_| ())).await?;
+        }
+        // With a `resume_id`: what the channel missed first, then live.
+        if resumable && let Some(id) = self.resume_id.clone() {
+            // Boxed: a replay's state is large and rare; every socket's future stays small.
+            Box::pin(self.start_resume(i, id)).await?;
         }
         Ok(())
     }

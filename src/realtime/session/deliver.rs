@@ -103,7 +103,16 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 fresh.push(Arc::clone(item));
             }
         }
-        let items = fresh.as_slice();
+        self.deliver_to(&fresh, None).await
+    }
+
+    /// Matches changes against every channel (or channel `only`, for a replay, which also
+    /// ignores the channels' resume points), asks the gate, sends; returns how many frames.
+    pub(super) async fn deliver_to(
+        &mut self,
+        items: &[Arc<HubItem>],
+        only: Option<usize>,
+    ) -> Result<usize, End> {
         if self.channels.iter().all(|c| c.bindings.is_empty()) {
             return Ok(0);
         }
@@ -150,6 +159,17 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             // The row's key, made once per change when a channel needs it.
             let mut key: Option<Option<RowKey>> = None;
             for (ci, ch) in self.channels.iter().enumerate() {
+                let skipped = match only {
+                    Some(o) => o != ci,
+                    // Live: what a resumed channel received before this session.
+                    None => ch
+                        .resume
+                        .as_ref()
+                        .is_some_and(|r| r.received(change.cursor)),
+                };
+                if skipped {
+                    continue;
+                }
                 let ids = ch.matching_ids(change, &item.texts);
                 if ids.is_empty() {
                     continue;

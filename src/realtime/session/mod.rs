@@ -5,10 +5,12 @@
 //! - [`channel`]: joined channels: `phx_join`, bindings, `access_token`.
 //! - [`relay`]: broadcast and presence: client pushes to the bus, bus deliveries to the client.
 //! - [`deliver`]: live changes from the hub, through the row gate, to channels.
+//! - [`resume`]: channels of a client with a `resume_id`: replay on join, saved positions.
 
 mod channel;
 mod deliver;
 mod relay;
+mod resume;
 #[cfg(test)]
 mod tests;
 
@@ -118,6 +120,8 @@ pub(super) struct Session<S, R> {
     last_seen: Instant,
     /// Joins and messages in the current one-second window (rate limits).
     rate: RateWindow,
+    /// The client's `resume_id`: its channels with bindings resume where they stopped.
+    resume_id: Option<Arc<str>>,
 }
 
 impl<S, R> Drop for Session<S, R> {
@@ -158,7 +162,14 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             channels: Vec::new(),
             last_seen: Instant::now(),
             rate: RateWindow::default(),
+            resume_id: None,
         }
+    }
+
+    /// The client's `resume_id` (`?resume_id=` of the socket URL).
+    pub(super) fn with_resume_id(mut self, id: Option<Arc<str>>) -> Self {
+        self.resume_id = id;
+        self
     }
 
     /// The session loop.
@@ -275,6 +286,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     async fn on_message(&mut self, m: ClientMessage) -> Result<(), End> {
         if m.topic == PHOENIX_TOPIC {
             if m.event == "heartbeat" {
+                self.on_heartbeat_marks();
                 return self
                     .reply_ok(m.join_ref.as_deref(), m.r#ref.as_deref(), PHOENIX_TOPIC)
                     .await;
@@ -396,9 +408,13 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         for i in 0..self.channels.len() {
             let _ = self.system(i, "system", false, text::CLIENT_LAGGED).await;
         }
-        let _ = self
+        if self
             .close(CLOSE_LAGGED, "lagged: reconnect and refetch")
-            .await;
+            .await
+            .is_ok()
+        {
+            self.confirm_close(Vec::new()).await;
+        }
         Err(End::Closed)
     }
 
@@ -410,12 +426,23 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 .system(i, "system", true, text::SERVER_DISCONNECT)
                 .await;
         }
+        let resumable: Vec<_> = self
+            .channels
+            .iter_mut()
+            .filter_map(|c| c.resume.take())
+            .collect();
         while !self.channels.is_empty() {
             if self.close_channel(0).await.is_err() {
                 break;
             }
         }
-        let _ = self.close(CLOSE_GOING_AWAY, "server shutting down").await;
+        if self
+            .close(CLOSE_GOING_AWAY, "server shutting down")
+            .await
+            .is_ok()
+        {
+            self.confirm_close(resumable).await;
+        }
     }
 
     /// A channel-level failure: `system` error, then `phx_close`.

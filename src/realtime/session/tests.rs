@@ -28,7 +28,7 @@ fn state(capacity: usize) -> RealtimeState {
     let pool = crate::db::pool("postgres://nobody@127.0.0.1:1/none", 1, "test").unwrap();
     RealtimeState {
         gate: Arc::new(RlsGate::new(pool.clone(), "walcast_events")),
-        private: Arc::new(PrivateChannels::new(pool)),
+        private: Arc::new(PrivateChannels::new(pool.clone())),
         bus: Arc::default(),
         hub: Hub::new(capacity, u64::MAX, Arc::default()),
         metrics: Arc::default(),
@@ -44,6 +44,18 @@ fn state(capacity: usize) -> RealtimeState {
         },
         joins: crate::config::RealtimeJoins::default(),
         shutdown: CancellationToken::new(),
+        resumes: Arc::new(crate::realtime::resume::Resumes::new(pool, Arc::default())),
+        replays: crate::replication::Replays::new(
+            crate::replication::ReplicationSettings::from_url(
+                "postgres://nobody@127.0.0.1:1/none",
+                "walcast_events",
+                "test",
+            )
+            .unwrap(),
+            "walcast_test".into(),
+            1,
+        ),
+        reader: Arc::default(),
     }
 }
 
