@@ -31,3 +31,24 @@ comment on table walcast.realtime_resume_positions is
 
 revoke all on table walcast.realtime_resume_positions from public, anon, authenticated, service_role;
 grant select on table walcast.realtime_resume_positions to service_role;
+
+-- Where each slot's resume window ends at the old side: the newest commit LSN whose transaction
+-- walcast let go of (it can no longer be replayed). A resume position at or after it is still
+-- resumable after a walcast restart even when it is older than the slot's confirmed position
+-- (no transaction left the window in between). Written by walcast's replication reader; a slot
+-- created afresh forgets its row.
+-- `confirmed_lsn` is the slot position walcast had confirmed when it recorded the edge: the
+-- edge is only used while the slot has not moved past it (else a newer edge may not have been
+-- recorded yet).
+create table if not exists walcast.replication_windows (
+  slot_name       text        primary key,
+  expired_through pg_lsn      not null,
+  confirmed_lsn   pg_lsn      not null,
+  updated_at      timestamptz not null default now()
+);
+
+comment on table walcast.replication_windows is
+  'The newest commit LSN each walcast slot can no longer replay. Written by walcast only.';
+
+revoke all on table walcast.replication_windows from public, anon, authenticated, service_role;
+grant select on table walcast.replication_windows to service_role;

@@ -5,6 +5,7 @@
 //! - [`retention`]: the resume window (which LSN may be confirmed), pure logic.
 //! - [`replay`]: re-reads the window for a resuming client from a temporary copy of the slot.
 //! - [`slot`]: checks before streaming, slot creation, status and drop.
+//! - [`window_store`]: the window's old edge, kept in Postgres across restarts.
 //! - [`settings`]: connection facts derived from the database URL.
 //!
 //! The transport is the `pgwire-replication` crate (pgoutput proto_version 1: only committed
@@ -17,6 +18,7 @@ pub(crate) mod replay;
 pub(crate) mod retention;
 pub(crate) mod settings;
 pub(crate) mod slot;
+pub(crate) mod window_store;
 
 pub use error::ReplicationError;
 pub use reader::{Reader, ReaderConfig, ReaderStatus};

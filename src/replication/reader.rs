@@ -128,6 +128,8 @@ pub struct Reader {
     window: Option<Window>,
     /// The slot existed during this process's life (a later "created" means it was replaced).
     slot_seen: bool,
+    /// The window's old edge, for the task that records it (`window_store`).
+    edge: tokio::sync::watch::Sender<(u64, u64)>,
 }
 
 impl Reader {
@@ -145,11 +147,24 @@ impl Reader {
             status,
             window: None,
             slot_seen: false,
+            edge: tokio::sync::watch::Sender::new((0, 0)),
         }
     }
 
     /// Streams until `shutdown`; returns an error only for fatal problems.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ReplicationError> {
+        let saver = tokio::spawn(super::window_store::run_saver(
+            self.config.database_url.clone(),
+            self.config.slot.clone(),
+            self.edge.subscribe(),
+        ));
+        let result = self.run_sessions(shutdown).await;
+        saver.abort();
+        result
+    }
+
+    /// [`Reader::run`]'s loop: sessions, reconnecting after transient errors.
+    async fn run_sessions(&mut self, shutdown: CancellationToken) -> Result<(), ReplicationError> {
         let mut backoff = BACKOFF_MIN;
         loop {
             let started = Instant::now();
@@ -198,6 +213,17 @@ impl Reader {
             });
         }
         let (st, created) = slot::ensure(&client, &self.config.slot, &database).await?;
+        // A new slot has no window yet; an existing one may have its edge recorded by an
+        // earlier process.
+        let slot_confirmed = st.confirmed().map(|l| l.0).unwrap_or(0);
+        let recorded = if created {
+            super::window_store::forget(&client, &self.config.slot).await?;
+            None
+        } else if self.window.is_none() {
+            super::window_store::load(&client, &self.config.slot, slot_confirmed).await?
+        } else {
+            None
+        };
         drop(client);
         conn_task.abort();
         if created && self.slot_seen {
@@ -226,16 +252,22 @@ impl Reader {
                 commit_lsn: current,
                 index: 0,
             });
-            self.status.confirmed.store(confirmed, Ordering::Relaxed);
-            self.status
-                .expired_through
-                .store(confirmed.saturating_sub(1), Ordering::Relaxed);
-            self.status.window_start.store(confirmed, Ordering::Relaxed);
-            self.window = Some(Window::new(
+            let mut window = Window::new(
                 confirmed,
                 self.config.retention,
                 self.config.retention_bytes,
-            ));
+            );
+            if let Some(edge) = recorded {
+                window.restore_expired_through(edge.0);
+            }
+            self.status.confirmed.store(confirmed, Ordering::Relaxed);
+            self.status
+                .expired_through
+                .store(window.expired_through(), Ordering::Relaxed);
+            self.status.window_start.store(confirmed, Ordering::Relaxed);
+            self.edge
+                .send_replace((window.expired_through(), window.confirmed()));
+            self.window = Some(window);
         }
         let ack = self
             .window
@@ -391,6 +423,12 @@ impl Reader {
         self.status
             .expired_through
             .store(w.expired_through(), Ordering::Relaxed);
+        self.edge.send_if_modified(|e| {
+            let now = (w.expired_through(), target);
+            let changed = *e != now;
+            *e = now;
+            changed
+        });
         self.metrics.replication_confirmed_lsn.set(target as i64);
         self.metrics
             .slot_lag_bytes

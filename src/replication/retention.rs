@@ -112,6 +112,12 @@ impl Window {
         self.confirmed
     }
 
+    /// Takes a recorded edge from an earlier process (see `window_store`), when it is older
+    /// than the default (just before the slot's confirmed position) and so more precise.
+    pub fn restore_expired_through(&mut self, recorded: u64) {
+        self.expired_through = self.expired_through.min(recorded);
+    }
+
     /// The newest commit LSN that can no longer be replayed (see the field).
     pub fn expired_through(&self) -> u64 {
         self.expired_through

@@ -621,3 +621,69 @@ pub fn sign(claims: serde_json::Value) -> String {
 pub fn service_key() -> String {
     walcast::auth::mint(SECRET, "service_role", Duration::from_secs(3600)).expect("mint")
 }
+
+/// A TCP proxy on a free local port that forwards every connection to `target` and can cut
+/// them all at once (both sides reset, as when a network path fails); it keeps accepting new
+/// connections after a cut.
+pub struct CutProxy {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// The forwarding tasks of open connections.
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// The accept loop.
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    /// Starts a proxy to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            std::sync::Arc::default();
+        let tracked = std::sync::Arc::clone(&open);
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        let _ = client.set_zero_linger();
+                        return;
+                    };
+                    // Dropped on a cut with linger 0: each side sees a reset.
+                    let _ = client.set_zero_linger();
+                    let _ = server.set_zero_linger();
+                    let (mut client, mut server) = (client, server);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                let mut open = tracked.lock().unwrap();
+                open.retain(|t| !t.is_finished());
+                open.push(task.abort_handle());
+            }
+        });
+        CutProxy { addr, open, accept }
+    }
+
+    /// The proxy's http:// base URL.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cuts every open connection; returns how many there were.
+    pub fn cut(&self) -> usize {
+        let mut open = self.open.lock().unwrap();
+        let n = open.iter().filter(|t| !t.is_finished()).count();
+        for t in open.drain(..) {
+            t.abort();
+        }
+        n
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}

@@ -413,35 +413,26 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             .await
             .is_ok()
         {
-            self.confirm_close(Vec::new()).await;
+            self.confirm_close().await;
         }
         Err(End::Closed)
     }
 
-    /// Server shutdown: a `system` message and `phx_close` on every joined channel, then a
-    /// going-away close of the socket.
+    /// Server shutdown: a `system` message on every joined channel, then a going-away close of
+    /// the socket. No `phx_close`: realtime-js keeps channels that were not closed one by one
+    /// and joins them again when it reconnects (to this node restarted, or another one).
     async fn shutdown(&mut self) {
         for i in 0..self.channels.len() {
             let _ = self
                 .system(i, "system", true, text::SERVER_DISCONNECT)
                 .await;
         }
-        let resumable: Vec<_> = self
-            .channels
-            .iter_mut()
-            .filter_map(|c| c.resume.take())
-            .collect();
-        while !self.channels.is_empty() {
-            if self.close_channel(0).await.is_err() {
-                break;
-            }
-        }
         if self
             .close(CLOSE_GOING_AWAY, "server shutting down")
             .await
             .is_ok()
         {
-            self.confirm_close(resumable).await;
+            self.confirm_close().await;
         }
     }
 

@@ -359,9 +359,8 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     /// After a close walcast sent: waits (at most [`CLOSE_REPLY_WAIT`]) for the client's answer,
     /// which tells that it read every frame before the close; then saves where each resumable
     /// channel stands.
-    /// `closed` holds the states of channels already closed on the way out.
-    pub(super) async fn confirm_close(&mut self, mut closed: Vec<ChannelResume>) {
-        if closed.is_empty() && self.channels.iter().all(|c| c.resume.is_none()) {
+    pub(super) async fn confirm_close(&mut self) {
+        if self.channels.iter().all(|c| c.resume.is_none()) {
             return;
         }
         let deadline = Instant::now() + CLOSE_REPLY_WAIT;
@@ -376,8 +375,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             return;
         }
         let here = self.here();
-        let open = self.channels.iter_mut().filter_map(|c| c.resume.as_mut());
-        for r in open.chain(closed.iter_mut()) {
+        for r in self.channels.iter_mut().filter_map(|c| c.resume.as_mut()) {
             r.safe = r.current(here);
             self.state.resumes.note(&r.key, &r.subject, r.safe);
         }
