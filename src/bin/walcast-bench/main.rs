@@ -16,6 +16,7 @@ mod ingest;
 mod latency;
 mod memory;
 mod realtime;
+mod resume;
 mod spool;
 mod support;
 
@@ -86,6 +87,12 @@ lowest rate first, and the search stops at the first rate whose commit-to-receip
 --p99-ms or where a client falls behind. --burst writes everything at once instead. Starts its \
 own private Postgres cluster and walcast server.")]
     Realtime(realtime::RealtimeArgs),
+    /// supabase-js with a resume_id: a live burst, then a backlog after a restart vs /ws `since`.
+    #[command(after_help = "Example:\n  walcast-bench resume --txns 200 --rows 1000\n\n\
+Runs tests/realtime_js/bench_resume.mjs with Node 22 (.tools/node22, or --node) and the \
+packages of tests/realtime_js (npm ci --prefix tests/realtime_js). Starts its own private \
+Postgres cluster and walcast server.")]
+    Resume(resume::ResumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -110,6 +117,7 @@ fn main() -> ExitCode {
             Scenario::Spool(a) => spool::run(a).await,
             Scenario::Memory(a) => memory::run(a).await,
             Scenario::Realtime(a) => realtime::run(a).await,
+            Scenario::Resume(a) => resume::run(a).await,
         }
     });
     match result {
