@@ -233,6 +233,8 @@ async fn replay(
         .await
         .map_err(ReplicationError::Stream)?;
     let mut decoder = Decoder::new();
+    // Inside a transaction (between Begin and Commit).
+    let mut in_txn = false;
     loop {
         let ev = tokio::time::timeout(REPLAY_STALL, client.recv())
             .await
@@ -250,6 +252,7 @@ async fn replay(
                 if final_lsn.0 > until.commit_lsn.0 {
                     break;
                 }
+                in_txn = true;
                 decoder.begin(Lsn(final_lsn.0), xid, commit_time_micros);
             }
             ReplicationEvent::XLogData { data, wal_end, .. } => {
@@ -273,9 +276,19 @@ async fn replay(
                 commit_time_micros,
             } => {
                 let _ = decoder.commit(Lsn(lsn.0), Lsn(end_lsn.0), commit_time_micros);
+                in_txn = false;
                 if lsn.0 >= until.commit_lsn.0 {
                     break;
                 }
+            }
+            // `until` need not be a commit (where a socket started, say): once the server has
+            // read the WAL past it (a keepalive carries the end of the last record it read;
+            // records are read whole) outside a transaction, every commit before it was sent.
+            // Strictly past: the first keepalive carries the copy's start, which may be `until`.
+            ReplicationEvent::KeepAlive { wal_end, .. }
+                if !in_txn && wal_end.0 > until.commit_lsn.0 =>
+            {
+                break;
             }
             _ => {}
         }

@@ -88,10 +88,12 @@ lowest rate first, and the search stops at the first rate whose commit-to-receip
 own private Postgres cluster and walcast server.")]
     Realtime(realtime::RealtimeArgs),
     /// supabase-js with a resume_id: a live burst, then a backlog after a restart vs /ws `since`.
-    #[command(after_help = "Example:\n  walcast-bench resume --txns 200 --rows 1000\n\n\
+    #[command(
+        after_help = "Example:\n  walcast-bench resume --txns 200 --rows 1000\n\n\
 Runs tests/realtime_js/bench_resume.mjs with Node 22 (.tools/node22, or --node) and the \
 packages of tests/realtime_js (npm ci --prefix tests/realtime_js). Starts its own private \
-Postgres cluster and walcast server.")]
+Postgres cluster and walcast server."
+    )]
     Resume(resume::ResumeArgs),
 }
 

@@ -135,10 +135,21 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             self.out.guarded(load).await?
         };
         let here = self.here();
+        if self.position.is_none() {
+            // The socket connected before walcast knew where it started: it starts there now,
+            // like a socket connecting now (the reader re-streams what came before).
+            self.position = here;
+        }
+        // Right after a restart the reader re-streams what was committed while walcast was
+        // down, up to where new sockets start (`here`): those changes still come through the
+        // hub, so a resumed channel takes them live instead of from a replay.
+        let published = self.state.hub.last_published();
+        let restreaming = here.is_some_and(|h| published.is_none_or(|p| p < h));
         let mut kind = "fresh";
         let mut problem: Option<String> = None;
         let mut safe = here;
-        let mut skip_until = None;
+        // A fresh channel is owed nothing from before its join.
+        let mut skip_until = here;
         let mut replay = None;
         match saved {
             Err(e) => {
@@ -156,8 +167,24 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 );
                 kind = "other_subject";
             }
+            Ok(Some(s)) if restreaming && s.cursor >= self.oldest_resumable() => {
+                // What the hub already passed is replayed; the rest arrives live: the socket's
+                // position goes back to where the hub stands (its other channels skip what
+                // they were sent or not owed by their own resume points).
+                let from = published.map_or(s.cursor, |p| p.max(s.cursor));
+                if s.cursor < from {
+                    replay = Some((s.cursor, from));
+                }
+                self.position = Some(self.position.map_or(from, |cur| cur.min(from)));
+                kind = "resumed";
+                safe = Some(s.cursor);
+                skip_until = Some(s.cursor);
+            }
             Ok(Some(s)) => match here {
-                Some(h) if s.cursor < h => replay = Some((s.cursor, h)),
+                Some(h) if s.cursor < h => {
+                    replay = Some((s.cursor, h));
+                    skip_until = Some(s.cursor);
+                }
                 _ if here.is_none() && s.cursor < self.oldest_resumable() => {
                     kind = "expired";
                     problem = Some(expired_text(s.cursor, self.oldest_resumable()));
