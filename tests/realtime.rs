@@ -1494,9 +1494,10 @@ async fn policies_decide_private_channels() {
     assert_eq!(left, 0);
 }
 
-/// Without `realtime.messages` private channels stay `service_role` only.
+/// With the migrations' `realtime.messages` and no policies on it, private channels stay
+/// `service_role` only.
 #[tokio::test]
-async fn without_messages_table_private_is_service_role_only() {
+async fn without_policies_private_is_service_role_only() {
     let db = support::fresh_db().await;
     let w = walcast(&db).await;
     let mut user = Rt::connect(&w, &user_token("authenticated", "user-1"), true).await;
@@ -2098,4 +2099,44 @@ async fn select_limits_the_columns_a_change_carries() {
             .contains("invalid column for select nope"),
         "{sys:?}"
     );
+}
+
+/// Rows of `realtime.messages` are broadcasts only: a `/ws` subscription to every table and a
+/// Realtime binding on every schema never see them as table changes, while a channel of the
+/// topic receives the broadcast (public, from `realtime.send(..., false)`).
+#[tokio::test]
+async fn database_broadcasts_are_never_table_changes() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let key = token("service_role", 600);
+    let mut plain = support::ws::WsClient::connect(&w.ws_url(&format!("/ws?apikey={key}"))).await;
+    plain.subscribe("all", json!({"table": "*"})).await;
+    let mut rt = Rt::connect(&w, &key, false).await;
+    rt.join(
+        "realtime:everything",
+        pg_join(json!([{"event": "*", "schema": "*"}])),
+    )
+    .await;
+    subscribed(&mut rt, "realtime:everything").await;
+    rt.join("realtime:db-only", json!({"config": {}})).await;
+    support::psql(
+        &db,
+        "select realtime.send('{\"n\": 1}', 'ping', 'db-only', false)",
+    )
+    .await;
+    let f = rt
+        .wait_for("the database broadcast", |f| {
+            f.topic == "realtime:db-only" && f.event == "broadcast"
+        })
+        .await;
+    assert_eq!(f.payload["event"], "ping", "{f:?}");
+    assert_eq!(f.payload["payload"]["n"], 1, "{f:?}");
+    assert_eq!(f.payload["meta"]["id"], f.payload["payload"]["id"], "{f:?}");
+    let id = insert(&db, "after-broadcast").await;
+    let first = rt
+        .wait_for("postgres_changes", |f| f.event == "postgres_changes")
+        .await;
+    assert_eq!(first.payload["data"]["record"]["id"], id, "{first:?}");
+    let events = plain.events(1, WAIT).await;
+    assert_eq!(events[0]["record"]["id"], id, "{events:?}");
 }

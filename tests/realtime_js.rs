@@ -1490,3 +1490,102 @@ async fn realtime_js_select() {
         );
     }
 }
+
+/// Broadcast from Database to supabase-js: a row trigger calling `realtime.broadcast_changes`
+/// and `realtime.send` / `realtime.send_binary` run from `psql` reach user-1 on the private
+/// channel `user-1` (supabase-js, and realtime-js with serializer 1.0.0, which cannot receive
+/// bytes), public messages reach anon on the public channel, and user-2, whom the policies
+/// refuse the private channel, receives nothing. Each message carries its row id as `meta.id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_broadcast_from_database() {
+    let db = support::fresh_db().await;
+    support::create_realtime_messages(&db).await;
+    db.client()
+        .await
+        .batch_execute(
+            "create table public.rooms (id int primary key, name text);
+             create function public.rooms_broadcast() returns trigger language plpgsql as $$
+             begin
+               perform realtime.broadcast_changes('user-1', tg_op, tg_op, tg_table_name,
+                                                  tg_table_schema, new, old);
+               return null;
+             end $$;
+             create trigger rooms_broadcast after insert or update or delete on public.rooms
+               for each row execute function public.rooms_broadcast();",
+        )
+        .await
+        .expect("trigger");
+    let w = walcast(&db).await;
+    let anon = token("anon", None, 600);
+    let user = token("authenticated", Some("user-1"), 600);
+    let other = token("authenticated", Some("user-2"), 600);
+    let mut s = Script::start(
+        "dbcast",
+        &w,
+        &[
+            ("ANON_KEY", &anon),
+            ("TOKEN_USER", &user),
+            ("TOKEN_OTHER", &other),
+        ],
+    );
+    s.ready("subscribed").await;
+    support::psql(&db, "insert into public.rooms values (1, 'a')").await;
+    support::psql(
+        &db,
+        "select realtime.send('{\"x\": 1}', 'hello', 'user-1', false);
+         select realtime.send('{\"x\": 2}', 'hello', 'user-1');
+         select realtime.send_binary('\\x0102', 'bin', 'user-1', true);
+         select realtime.send('{}', 'end', 'user-1', false);
+         select realtime.send('{}', 'end', 'user-1', true);",
+    )
+    .await;
+    s.go().await;
+    let lines = s.finish().await;
+    let received = |label: &str| -> Vec<Value> {
+        labelled(&lines, label, "received")
+            .iter()
+            .map(|v| v["received"].clone())
+            .collect()
+    };
+    // Every JSON message carries its row id, in `meta.id` and (from realtime.send) `payload.id`.
+    let strip = |mut m: Value| {
+        let id = m["meta"]["id"].as_str().expect("meta.id").to_owned();
+        assert_eq!(m["meta"], json!({"id": id}), "{m}");
+        if let Some(p) = m["payload"].as_object_mut()
+            && !p.contains_key("bytes")
+        {
+            assert_eq!(p.remove("id"), Some(Value::String(id)), "{m}");
+        }
+        m.as_object_mut().unwrap().remove("meta");
+        m
+    };
+    let insert = json!({"event": "INSERT", "payload": {"operation": "INSERT", "table": "rooms",
+        "schema": "public", "record": {"id": 1, "name": "a"}, "old_record": null}});
+    let hello2 = json!({"event": "hello", "payload": {"x": 2}});
+    let end = json!({"event": "end", "payload": {}});
+    let private: Vec<Value> = received("private").into_iter().map(strip).collect();
+    assert_eq!(
+        private,
+        [
+            insert.clone(),
+            hello2.clone(),
+            json!({"event": "bin", "payload": {"bytes": [1, 2]}}),
+            end.clone()
+        ]
+    );
+    let v1: Vec<Value> = received("v1").into_iter().map(strip).collect();
+    assert_eq!(v1, [insert, hello2, end.clone()]);
+    let public: Vec<Value> = received("public").into_iter().map(strip).collect();
+    assert_eq!(
+        public,
+        [json!({"event": "hello", "payload": {"x": 1}}), end]
+    );
+    assert!(received("intruder").is_empty());
+    assert_eq!(
+        labelled(&lines, "intruder", "status")[0]["error"],
+        "Unauthorized: You do not have permissions to read from this Channel topic: user-1"
+    );
+    // Rows of realtime.messages are never table changes: nothing reached the hub.
+    let (_, metrics) = support::get(&w.url("/metrics")).await;
+    assert!(!metrics.contains("realtime.messages"), "{metrics}");
+}

@@ -19,6 +19,6 @@ pub(crate) mod settings;
 pub(crate) mod slot;
 
 pub use error::ReplicationError;
-pub use reader::{Reader, ReaderConfig, ReaderStatus};
+pub use reader::{MessageRoute, Reader, ReaderConfig, ReaderStatus};
 pub use replay::{ReplayRx, Replays, spawn_replay};
 pub use settings::ReplicationSettings;

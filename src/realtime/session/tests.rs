@@ -28,8 +28,9 @@ fn state(capacity: usize) -> RealtimeState {
     let pool = crate::db::pool("postgres://nobody@127.0.0.1:1/none", 1, "test").unwrap();
     RealtimeState {
         gate: Arc::new(RlsGate::new(pool.clone(), "walcast_events")),
-        private: Arc::new(PrivateChannels::new(pool)),
+        private: Arc::new(PrivateChannels::new(pool.clone())),
         bus: Arc::default(),
+        messages: Arc::new(crate::realtime::messages::MessageStore::new(pool)),
         hub: Hub::new(capacity, u64::MAX, Arc::default()),
         metrics: Arc::default(),
         flags: Flags::new("test", EnvTier::default(), FlagSet::default()),
