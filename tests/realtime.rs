@@ -2140,3 +2140,78 @@ async fn database_broadcasts_are_never_table_changes() {
     let events = plain.events(1, WAIT).await;
     assert_eq!(events[0]["record"]["id"], id, "{events:?}");
 }
+
+/// On the Phoenix wire (serializer 1.0.0): a text broadcast with `"persist": true` on a private
+/// channel is acknowledged, relayed without `persist` and stored; one without it is not; a
+/// later join with `broadcast.replay` gets the stored one (and one from `realtime.send`) with
+/// `meta.replayed`, then live broadcasts; replay values that are not integers are refused with
+/// Supabase's reason.
+#[tokio::test]
+async fn text_persist_and_replay_on_the_wire() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let key = user_token("service_role", "svc");
+    let join = |replay: Value| json!({"config": {"private": true, "broadcast": {"ack": true, "self": false, "replay": replay}}});
+    let plain = json!({"config": {"private": true, "broadcast": {"ack": true, "self": false}}});
+    let mut sender = Rt::connect(&w, &key, false).await;
+    let mut receiver = Rt::connect(&w, &key, false).await;
+    let (join_ref, reply) = sender.join("realtime:vault", plain.clone()).await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    receiver.join("realtime:vault", plain).await;
+    for (n, persist) in [(1, true), (2, false)] {
+        let mut payload = json!({"type": "broadcast", "event": "note", "payload": {"n": n}});
+        if persist {
+            payload["persist"] = json!(true);
+        }
+        let r = sender
+            .push(Some(&join_ref), "realtime:vault", "broadcast", payload)
+            .await;
+        let ack = sender
+            .wait_for("ack", |f| {
+                f.event == "phx_reply" && f.r#ref.as_deref() == Some(&r)
+            })
+            .await;
+        assert_eq!(ack.payload["status"], "ok", "{ack:?}");
+        let f = receiver
+            .wait_for("the note", |f| is_note(f, "realtime:vault", n))
+            .await;
+        assert!(f.payload.get("persist").is_none(), "{f:?}");
+    }
+    support::psql(&db, "select realtime.send('{\"n\": 3}', 'note', 'vault')").await;
+    receiver
+        .wait_for("the stored note", |f| is_note(f, "realtime:vault", 3))
+        .await;
+    // A late joiner asks for everything since a minute ago.
+    let since = chrono::Utc::now().timestamp_millis() - 60_000;
+    let mut late = Rt::connect(&w, &key, false).await;
+    let (_, reply) = late
+        .join("realtime:vault", join(json!({"since": since, "limit": 10})))
+        .await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    for n in [1, 3] {
+        let f = late
+            .wait_for("a replayed note", |f| f.event == "broadcast")
+            .await;
+        assert_eq!(f.payload["payload"]["n"], n, "{f:?}");
+        assert_eq!(f.payload["meta"]["replayed"], true, "{f:?}");
+    }
+    note(&mut sender, &join_ref, "realtime:vault", 4).await;
+    let f = late
+        .wait_for("the next broadcast", |f| f.event == "broadcast")
+        .await;
+    assert_eq!(
+        f.payload["payload"]["n"], 4,
+        "only the live note follows: {f:?}"
+    );
+    for bad in [
+        json!({}),
+        json!({"since": "x"}),
+        json!({"since": 1, "limit": "5"}),
+    ] {
+        let (_, reply) = late.join("realtime:vault2", join(bad)).await;
+        assert_eq!(
+            reply.payload["response"]["reason"],
+            "UnableToReplayMessages: Replay params are not valid"
+        );
+    }
+}

@@ -1589,3 +1589,109 @@ async fn realtime_js_broadcast_from_database() {
     let (_, metrics) = support::get(&w.url("/metrics")).await;
     assert!(!metrics.contains("realtime.messages"), "{metrics}");
 }
+
+/// Broadcast replay and persistence with supabase-js: a private channel joined with
+/// `broadcast.replay` receives the newest `limit` (at most 25) stored broadcasts of its topic
+/// since `since`, oldest first, with `meta.replayed`, before live ones; invalid values are
+/// refused with Supabase's reason. Broadcasts sent with `persist` (socket and `httpSend()`,
+/// `true` and `{ttl}`) are stored and replayed later, the others are not; every live receiver
+/// gets each broadcast once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_broadcast_replay_and_persist() {
+    let db = support::fresh_db().await;
+    support::create_realtime_messages(&db).await;
+    support::psql(
+        &db,
+        "insert into realtime.messages (topic, extension, event, payload, private, inserted_at)
+         select 'user-1', 'broadcast', 'm', jsonb_build_object('i', g), true,
+                (now() at time zone 'utc') - interval '60 seconds' + g * interval '1 second'
+         from generate_series(1, 30) g;
+         insert into realtime.messages (topic, extension, event, payload, private, inserted_at)
+         values ('user-1', 'broadcast', 'm', '{\"i\": 100}', false,
+                 (now() at time zone 'utc') - interval '10 seconds'),
+                ('lobby', 'broadcast', 'm', '{\"i\": 200}', true,
+                 (now() at time zone 'utc') - interval '10 seconds');",
+    )
+    .await;
+    let w = walcast(&db).await;
+    let anon = token("anon", None, 600);
+    let user = token("authenticated", Some("user-1"), 600);
+    let mut s = Script::start("replay", &w, &[("ANON_KEY", &anon), ("TOKEN_USER", &user)]);
+    s.ready("sent").await;
+    support::psql(&db, "select realtime.send('{}', 'end', 'user-1')").await;
+    s.go().await;
+    let lines = s.finish().await;
+    let received = |label: &str| -> Vec<Value> {
+        labelled(&lines, label, "received")
+            .iter()
+            .map(|v| v["received"].clone())
+            .collect()
+    };
+    let replayed_is = |label: &str, want: Vec<i64>| {
+        let got = received(label);
+        let replayed: Vec<&Value> = got
+            .iter()
+            .filter(|m| m["meta"]["replayed"] == true)
+            .collect();
+        let is: Vec<i64> = replayed
+            .iter()
+            .map(|m| m["payload"]["i"].as_i64().expect("i"))
+            .collect();
+        assert_eq!(is, want, "{label}: {got:#?}");
+        for m in replayed {
+            assert_eq!(m["event"], "m");
+            assert!(m["meta"]["id"].is_string(), "{m}");
+        }
+        got
+    };
+    for (label, want) in [
+        ("a", (26..=30).collect()),
+        ("b", (6..=30).collect()),
+        ("c", Vec::new()),
+    ] {
+        let got = replayed_is(label, want);
+        // Then the live ones, each once: the sender's five and the closing `end`.
+        let live: Vec<Value> = got
+            .iter()
+            .filter(|m| m["meta"]["replayed"] != true)
+            .map(|m| json!([m["event"], m["payload"]["k"]]))
+            .collect();
+        assert_eq!(
+            live,
+            [
+                json!(["p", 0]),
+                json!(["p", 1]),
+                json!(["p", 2]),
+                json!(["p", 3]),
+                json!(["p", 4]),
+                json!(["end", null])
+            ],
+            "{label}"
+        );
+    }
+    assert_eq!(
+        labelled(&lines, "bad", "status")[0]["error"],
+        "UnableToReplayMessages: Replay params are not valid"
+    );
+    assert_eq!(
+        one(&lines, "sender", "results")["results"],
+        json!(["ok", "ok", {"success": true}, {"success": true}, {"success": true}])
+    );
+    // Only what was sent with persist was stored: k 1..3, then the closing `end`.
+    let d: Vec<Value> = received("d")
+        .iter()
+        .map(|m| {
+            assert_eq!(m["meta"]["replayed"], true, "{m}");
+            json!([m["event"], m["payload"]["k"]])
+        })
+        .collect();
+    assert_eq!(
+        d,
+        [
+            json!(["p", 1]),
+            json!(["p", 2]),
+            json!(["p", 3]),
+            json!(["end", null])
+        ]
+    );
+}

@@ -13,6 +13,7 @@
 //! A second task keeps the daily partitions of a `realtime.messages` walcast created
 //! ([`spawn_retention_task`]).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +23,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::bus::{BroadcastBody, Bus, TopicKey};
-use super::messages::MessageStore;
+use super::bus::{Broadcast, BroadcastBody, Bus, TopicKey};
+use super::messages::{MessageStore, StoredBroadcast};
 use super::protocol::frame::PayloadEncoding;
+use super::protocol::join::JoinConfig;
+use super::protocol::text::JoinError;
 use crate::decode::{Change, Cursor, Operation};
 
 /// The publication of `realtime.messages` (created by the migrations).
@@ -62,6 +65,11 @@ pub fn live_meta(id: &str) -> String {
     serde_json::json!({ "id": id }).to_string()
 }
 
+/// The metadata of a replayed message: `{"replayed": true, "id": ...}`.
+pub fn replayed_meta(id: &str) -> String {
+    serde_json::json!({ "replayed": true, "id": id }).to_string()
+}
+
 /// The body of a stored broadcast: a JSON payload (`null` when there is none), or bytes.
 pub fn stored_body(
     event: String,
@@ -80,6 +88,66 @@ pub fn stored_body(
         encoding,
         payload,
     }
+}
+
+/// The body of a replayed message.
+pub fn replayed_body(m: StoredBroadcast) -> BroadcastBody {
+    let meta = replayed_meta(&m.id);
+    stored_body(m.event, m.payload, m.binary, meta)
+}
+
+/// The stored broadcasts a private channel receives when it joins (`broadcast.replay`), and
+/// their ids, so that the same messages arriving live are not delivered twice.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// The messages, oldest first, with `meta: {"replayed": true, "id": ...}`.
+    pub messages: Vec<Broadcast>,
+    /// Their row ids.
+    pub ids: HashSet<Arc<str>>,
+}
+
+impl Replayed {
+    /// Whether `b` is a live copy of a replayed message.
+    pub fn suppresses(&self, b: &Broadcast) -> bool {
+        b.stored_id().is_some_and(|id| self.ids.contains(id))
+    }
+}
+
+/// The replay a join asks for with `broadcast.replay` on channel `topic` (`realtime:<sub_topic>`):
+/// `None` without one; the join error Supabase gives on a public channel, for values that are
+/// not integers, or when the stored messages cannot be read. The channel must already be
+/// authorized: the messages are read as walcast's own user.
+pub async fn replay_for_join(
+    store: &MessageStore,
+    config: &JoinConfig,
+    topic: &str,
+    sub_topic: &str,
+) -> Result<Option<Replayed>, JoinError> {
+    if !config.replay {
+        return Ok(None);
+    }
+    if !config.private {
+        return Err(JoinError::ReplayOnPublicChannel);
+    }
+    let Some(window) = config.replay_window else {
+        return Err(JoinError::ReplayParamsInvalid);
+    };
+    let stored = store
+        .replay(sub_topic, window.since_ms, window.limit)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %crate::error::error_chain(&e), kind = e.kind(), "realtime: could not read the broadcasts to replay");
+            JoinError::ReplayFailed
+        })?;
+    let mut replayed = Replayed::default();
+    for m in stored {
+        let id: Arc<str> = Arc::from(m.id.as_str());
+        replayed.ids.insert(Arc::clone(&id));
+        replayed
+            .messages
+            .push(Broadcast::stored(topic.to_owned(), replayed_body(m), id));
+    }
+    Ok(Some(replayed))
 }
 
 /// Decodes a `bytea` value in Postgres' hex text form (`\x0a1b`).
@@ -282,5 +350,31 @@ mod tests {
         assert_eq!(bytea("\\x0"), None);
         assert_eq!(bytea("0a"), None);
         assert_eq!(bytea("\\xzz"), None);
+    }
+
+    #[test]
+    fn replayed_messages_say_so() {
+        let body = replayed_body(StoredBroadcast {
+            id: "i".into(),
+            event: "e".into(),
+            payload: Some("{\"a\":1}".into()),
+            binary: None,
+        });
+        let BroadcastBody::Binary { metadata, .. } = body else {
+            panic!("binary body")
+        };
+        let meta: Value = serde_json::from_str(&metadata.unwrap()).unwrap();
+        assert_eq!(meta, json!({"replayed": true, "id": "i"}));
+    }
+
+    #[test]
+    fn a_replayed_message_is_not_delivered_again_live() {
+        let mut r = Replayed::default();
+        r.ids.insert(Arc::from("a"));
+        let body = || BroadcastBody::Json("{}".into());
+        let live = |id: &str| Broadcast::stored("realtime:t".into(), body(), Arc::from(id));
+        assert!(r.suppresses(&live("a")));
+        assert!(!r.suppresses(&live("b")));
+        assert!(!r.suppresses(&Broadcast::new("realtime:t".into(), body())));
     }
 }
