@@ -46,11 +46,14 @@ $$;
 -- Creates the daily partitions of walcast's `realtime.messages` from yesterday to
 -- `ahead_days` days ahead and drops those older than `keep_days` days (dates in UTC); returns
 -- what it did. It does nothing to a `realtime.messages` walcast did not create. walcast
--- runs it at start and every hour (`--broadcast-retention-days`).
+-- runs it at start and every hour (`--broadcast-retention-days`). It runs as its owner (who
+-- owns the table), so that walcast's runtime role needs only EXECUTE on it.
 create or replace function walcast.maintain_realtime_messages(keep_days integer default 3,
                                                                ahead_days integer default 3)
 returns table (action text, partition_name text)
 language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   today date := (now() at time zone 'utc')::date;

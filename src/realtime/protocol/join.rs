@@ -6,8 +6,8 @@
 //! ignored, and a value of the wrong type falls back to its default and is noted in
 //! [`JoinRequest::problems`] rather than refusing the join.
 //!
-//! realtime-js 2.119 also sends `broadcast.replication_ready`, `broadcast.replay` and
-//! `postgres_changes_options` (`wait`, `timeout`).
+//! realtime-js 2.119 also sends `broadcast.replication_ready`, `broadcast.replay` (`since`,
+//! `limit`: [`parse_replay`]) and `postgres_changes_options` (`wait`, `timeout`).
 //!
 //! A payload without a `config` key is the legacy form: the topic itself names the change
 //! subscription, `realtime:<schema>[:<table>[:<filter>]]` (`realtime:*` for everything).
