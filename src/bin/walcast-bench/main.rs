@@ -10,6 +10,7 @@
 //!
 //! Exit codes: 0 success, 1 the run failed, 2 invalid configuration or usage.
 
+mod dbcast;
 mod drain;
 mod fanout;
 mod ingest;
@@ -86,6 +87,16 @@ lowest rate first, and the search stops at the first rate whose commit-to-receip
 --p99-ms or where a client falls behind. --burst writes everything at once instead. Starts its \
 own private Postgres cluster and walcast server.")]
     Realtime(realtime::RealtimeArgs),
+    /// Broadcast from Database (`realtime.send`) to many subscribers of one topic, vs client broadcast.
+    #[command(
+        after_help = "Example:\n  walcast-bench dbcast --subscribers 500 --rates 100,500,1000,2000\n\n\
+Every client joins the public channel realtime:bench (serializer 2.0.0). Per rate, realtime.send \
+runs in one transaction per 10 ms tick for --step-secs, then a client socket broadcasts as many \
+messages the same way; each message carries its send time, so clients measure send-to-receipt \
+latency (for realtime.send, commit included). Starts its own private Postgres cluster and \
+walcast server."
+    )]
+    Dbcast(dbcast::DbcastArgs),
 }
 
 fn main() -> ExitCode {
@@ -110,6 +121,7 @@ fn main() -> ExitCode {
             Scenario::Spool(a) => spool::run(a).await,
             Scenario::Memory(a) => memory::run(a).await,
             Scenario::Realtime(a) => realtime::run(a).await,
+            Scenario::Dbcast(a) => dbcast::run(a).await,
         }
     });
     match result {
