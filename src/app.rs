@@ -182,6 +182,7 @@ pub async fn serve(
             db_broadcast_rx,
             Arc::clone(&bus),
             Arc::clone(&messages),
+            Arc::clone(&metrics),
         ),
     );
     let reader = Reader::new(

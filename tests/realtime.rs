@@ -2139,6 +2139,15 @@ async fn database_broadcasts_are_never_table_changes() {
     assert_eq!(first.payload["data"]["record"]["id"], id, "{first:?}");
     let events = plain.events(1, WAIT).await;
     assert_eq!(events[0]["record"]["id"], id, "{events:?}");
+    let (_, metrics) = support::get(&w.url("/metrics")).await;
+    assert_eq!(
+        support::metric(&metrics, "walcast_db_broadcasts_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        support::metric(&metrics, "walcast_db_broadcasts_dropped_total"),
+        Some(0.0)
+    );
 }
 
 /// On the Phoenix wire (serializer 1.0.0): a text broadcast with `"persist": true` on a private

@@ -206,6 +206,7 @@ pub fn spawn_db_broadcast_task(
     mut rx: mpsc::Receiver<Change>,
     bus: Arc<Bus>,
     store: Arc<MessageStore>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut last: Option<Cursor> = None;
@@ -222,6 +223,7 @@ pub fn spawn_db_broadcast_task(
             {
                 continue;
             }
+            metrics.db_broadcasts.inc();
             let n = bus.publish_stored(&m.key, m.body, m.id);
             tracing::trace!(topic = %m.key.topic, private = m.key.private, members = n, "broadcast from database");
         }

@@ -400,6 +400,7 @@ impl Reader {
         {
             if let Err(tokio::sync::mpsc::error::TrySendError::Full(c)) = route.tx.try_send(change)
             {
+                self.metrics.db_broadcasts_dropped.inc();
                 tracing::warn!(lsn = %c.cursor.commit_lsn, "the queue of broadcasts from the database is full; a message is not delivered");
             }
             return;
