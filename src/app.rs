@@ -102,6 +102,10 @@ pub mod task {
     pub const HTTP_SERVER: &str = "HTTP server";
     /// The writer of Realtime resume positions.
     pub const RESUME_WRITER: &str = "resume positions writer";
+    /// The delivery of `realtime.messages` rows to Realtime channels.
+    pub const DB_BROADCASTS: &str = "broadcasts from the database";
+    /// The daily partitions of walcast's `realtime.messages`.
+    pub const MESSAGE_RETENTION: &str = "realtime.messages retention";
 }
 
 /// Cancels `token` on the first SIGINT/SIGTERM; exits the process on the second.
@@ -167,6 +171,22 @@ pub async fn serve(
     let (dead_letters, sink_task) = crate::dlq::sink::spawn_deliver_sink(pool.clone());
     // The sink ends when the reader, its only sender, has ended.
     let sink_task = sup.watch(task::DEAD_LETTER_SINK, &reader_token, sink_task);
+    // Broadcast from Database: `realtime.messages` rows go from the reader to the bus.
+    let bus = Arc::new(crate::realtime::bus::Bus::default());
+    let messages = Arc::new(crate::realtime::messages::MessageStore::new(pool.clone()));
+    let (db_broadcasts, db_broadcast_rx) =
+        tokio::sync::mpsc::channel(crate::realtime::dbcast::DB_BROADCAST_QUEUE);
+    // Like the sink, it ends when the reader has ended.
+    let db_broadcast_task = sup.watch(
+        task::DB_BROADCASTS,
+        &reader_token,
+        crate::realtime::dbcast::spawn_db_broadcast_task(
+            db_broadcast_rx,
+            Arc::clone(&bus),
+            Arc::clone(&messages),
+            Arc::clone(&metrics),
+        ),
+    );
     let reader = Reader::new(
         ReaderConfig {
             database_url: config.database_url.clone(),
@@ -176,6 +196,12 @@ pub async fn serve(
             retention_bytes: config.retention_bytes,
             node: config.node.clone(),
             dead_letters: Some(dead_letters),
+            messages: Some(crate::replication::MessageRoute {
+                publication: crate::realtime::dbcast::MESSAGES_PUBLICATION.to_owned(),
+                schema: crate::realtime::dbcast::MESSAGES_SCHEMA.to_owned(),
+                table: crate::realtime::dbcast::MESSAGES_TABLE.to_owned(),
+                tx: db_broadcasts,
+            }),
         },
         hub.clone(),
         Arc::clone(&metrics),
@@ -370,7 +396,8 @@ pub async fn serve(
         realtime: crate::realtime::RealtimeState {
             gate: Arc::clone(&gate),
             private: Arc::new(crate::realtime::private::PrivateChannels::new(pool.clone())),
-            bus: Arc::new(crate::realtime::bus::Bus::default()),
+            bus,
+            messages: Arc::clone(&messages),
             hub: hub.clone(),
             metrics: Arc::clone(&metrics),
             flags,
@@ -388,6 +415,15 @@ pub async fn serve(
     };
     // Operations: the continuous consistency check and the admin console, on their own tasks.
     let ops_token = CancellationToken::new();
+    let retention_task = sup.watch(
+        task::MESSAGE_RETENTION,
+        &ops_token,
+        crate::realtime::dbcast::spawn_retention_task(
+            messages,
+            config.broadcast_retention_days,
+            ops_token.clone(),
+        ),
+    );
     let consistency_task = config.validate_interval.map(|interval| {
         let run = crate::validate::spawn_consistency_task(
             crate::validate::ConsistencyTask {
@@ -463,6 +499,7 @@ pub async fn serve(
         resume_token.cancel();
         let _ = resume_task.await;
         ops_token.cancel();
+        let _ = retention_task.await;
         if let Some(t) = consistency_task {
             let _ = t.await;
         }
@@ -490,6 +527,7 @@ pub async fn serve(
             let _ = (&mut reader_task).await;
         }
         let _ = sink_task.await;
+        let _ = db_broadcast_task.await;
     };
     if tokio::time::timeout(budget, ordered).await.is_err() {
         tracing::warn!(

@@ -311,6 +311,12 @@ pub struct ServerArgs {
     #[arg(long, env = "WALCAST_MAX_PAYLOAD", default_value = "256KiB")]
     pub max_payload: String,
 
+    /// Days of stored broadcasts (`realtime.messages`) kept for replay: older daily partitions
+    /// are dropped, hourly. Only for a `realtime.messages` walcast created; a Supabase
+    /// project's table is left to Supabase.
+    #[arg(long, env = "WALCAST_BROADCAST_RETENTION_DAYS", default_value_t = 3)]
+    pub broadcast_retention_days: u32,
+
     /// Realtime joins one socket may send per second; one more is answered
     /// `ClientJoinRateLimitReached` and the socket is closed.
     #[arg(long, env = "WALCAST_MAX_JOINS_PER_SECOND", default_value_t = 50,

@@ -103,6 +103,8 @@ pub struct ServerConfig {
     pub http: HttpLimits,
     /// Largest Realtime broadcast payload, in bytes.
     pub max_payload: usize,
+    /// Days of stored broadcasts kept in walcast's own `realtime.messages`.
+    pub broadcast_retention_days: u32,
     /// The bearer token `/metrics` needs, when set.
     pub metrics_token: Option<crate::auth::SecretText>,
     /// Per-socket Realtime rate limits.
@@ -440,6 +442,7 @@ impl ServerConfig {
             role_recheck,
             max_replays: usize::from(args.max_replays),
             max_payload,
+            broadcast_retention_days: args.broadcast_retention_days,
             metrics_token: args
                 .metrics_token
                 .clone()

@@ -253,7 +253,7 @@ fn benchmarks_are_a_separate_binary() {
     );
     let scenarios = listed(&out, "Scenarios:");
     let every = [
-        "ingest", "drain", "latency", "fanout", "spool", "memory", "realtime",
+        "ingest", "drain", "latency", "fanout", "spool", "memory", "realtime", "dbcast",
     ];
     for scenario in every {
         assert!(

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::realtime::Rt;
 use crate::support::{self, TestDb, Walcast, sign};
 
 /// A role with LOGIN and REPLICATION, granted what `sql/deploy/runtime_role.sql` grants, and the
@@ -111,5 +112,39 @@ async fn serves_as_a_role_that_is_not_a_superuser() {
         assert_eq!(status, 200, "{path}: {text}");
         let _: Value = serde_json::from_str(&text).expect("JSON");
     }
+
+    // Broadcast from Database streams through the role's slot, a private broadcast sent with
+    // persist is stored and replayed, and the partitions of realtime.messages are kept.
+    let service_key = support::service_key();
+    let mut rt = Rt::connect(&w, &service_key, false).await;
+    let private = json!({"config": {"private": true, "broadcast": {"replay": {"since": 0}}}});
+    let (_, reply) = rt.join("realtime:room", json!({"config": {}})).await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    let send = "select realtime.send('{\"n\": 1}', 'e', 'room', false)";
+    c.batch_execute(send).await.unwrap();
+    rt.wait_for("the database broadcast", |f| {
+        f.event == "broadcast" && f.payload["payload"]["n"] == 1
+    })
+    .await;
+    let (status, reply) = support::post(
+        &w.url("/realtime/v1/api/broadcast/vault/events/e?private=true&persist=true"),
+        "application/json",
+        Some(&service_key),
+        json!({"n": 2}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    let (_, reply) = rt.join("realtime:vault", private).await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    let f = rt
+        .wait_for("the replayed broadcast", |f| f.event == "broadcast")
+        .await;
+    assert_eq!(f.payload["payload"]["n"], 2, "{f:?}");
+    assert_eq!(f.payload["meta"]["replayed"], true, "{f:?}");
+    assert!(
+        !w.log_text().contains("could not maintain"),
+        "{}",
+        w.log_text()
+    );
     w.stop(&db).await;
 }

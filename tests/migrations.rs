@@ -386,3 +386,233 @@ fn supabase_migrations_match() {
         );
     }
 }
+
+/// The partitions of `realtime.messages`.
+const PARTITIONS_SQL: &str = "select c.relname::text from pg_inherits i join pg_class c on c.oid = i.inhrelid \
+     where i.inhparent = 'realtime.messages'::regclass";
+
+/// The columns of `realtime.messages` as (name, type, not null, default), in order.
+async fn message_columns(
+    c: &tokio_postgres::Client,
+) -> Vec<(String, String, bool, Option<String>)> {
+    c.query(
+        "select a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                pg_get_expr(d.adbin, d.adrelid)
+         from pg_attribute a
+         left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+         where a.attrelid = 'realtime.messages'::regclass and a.attnum > 0 and not a.attisdropped
+         order by a.attnum",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
+}
+
+/// Broadcast from Database on a plain Postgres: `realtime.messages` has the shape of a
+/// Supabase project's (columns, defaults, daily range partitions on `inserted_at`, primary key
+/// (id, inserted_at), row level security), `realtime.send`/`send_binary`/`broadcast_changes`/
+/// `topic` have Supabase's signatures (`private` defaults to true), the table is streamed from
+/// `walcast_messages` (inserts only, as the partitioned table), and walcast keeps its daily
+/// partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_messages_have_supabase_shapes() {
+    let db = support::fresh_db().await;
+    let c = db.client().await;
+    let some = |s: &str| Some(s.to_owned());
+    let col = |n: &str, t: &str, nn: bool, d: Option<String>| (n.to_owned(), t.to_owned(), nn, d);
+    assert_eq!(
+        message_columns(&c).await,
+        [
+            col("topic", "text", true, None),
+            col("extension", "text", true, None),
+            col("payload", "jsonb", false, None),
+            col("event", "text", false, None),
+            col("private", "boolean", false, some("false")),
+            col(
+                "updated_at",
+                "timestamp without time zone",
+                true,
+                some("now()")
+            ),
+            col(
+                "inserted_at",
+                "timestamp without time zone",
+                true,
+                some("now()")
+            ),
+            col("id", "uuid", true, some("gen_random_uuid()")),
+            col("binary_payload", "bytea", false, None),
+        ]
+    );
+    let row = c
+        .query_one(
+            "select pg_get_partkeydef('realtime.messages'::regclass),
+                    pg_get_constraintdef(k.oid), cl.relrowsecurity
+             from pg_class cl join pg_constraint k on k.conrelid = cl.oid and k.contype = 'p'
+             where cl.oid = 'realtime.messages'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (part, pk, rls): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(part, "RANGE (inserted_at)");
+    assert_eq!(pk, "PRIMARY KEY (id, inserted_at)");
+    assert!(rls, "row level security on realtime.messages");
+    let functions = names(
+        &c,
+        "select p.oid::regprocedure::text || ' -> ' || format_type(p.prorettype, null)
+         from pg_proc p where p.pronamespace = 'realtime'::regnamespace",
+    )
+    .await;
+    assert_eq!(
+        functions,
+        [
+            "realtime.broadcast_changes(text,text,text,text,text,record,record,text) -> void",
+            "realtime.send(jsonb,text,text,boolean) -> void",
+            "realtime.send_binary(bytea,text,text,boolean) -> void",
+            "realtime.topic() -> text",
+        ]
+    );
+    let defaults: String = c
+        .query_one(
+            "select pg_get_function_arguments('realtime.send(jsonb,text,text,boolean)'::regprocedure)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        defaults,
+        "payload jsonb, event text, topic text, private boolean DEFAULT true"
+    );
+    let publication = c
+        .query_one(
+            "select pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot from pg_publication
+             where pubname = 'walcast_messages'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let flags: Vec<bool> = (0..5).map(|i| publication.get(i)).collect();
+    assert_eq!(flags, [true, false, false, false, true]);
+    assert_eq!(
+        names(
+            &c,
+            "select schemaname::text || '.' || tablename::text from pg_publication_tables
+             where pubname = 'walcast_messages'"
+        )
+        .await,
+        ["realtime.messages"]
+    );
+    // Today's partition exists; one older than the retention is dropped, newer ones stay.
+    let today: String = c
+        .query_one(
+            "select 'messages_' || to_char((now() at time zone 'utc')::date, 'YYYY_MM_DD')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(names(&c, PARTITIONS_SQL).await.contains(&today));
+    c.batch_execute(
+        "create table realtime.messages_2020_01_01 partition of realtime.messages
+           for values from ('2020-01-01') to ('2020-01-02')",
+    )
+    .await
+    .unwrap();
+    let done: Vec<(String, String)> = c
+        .query(
+            "select action, partition_name from walcast.maintain_realtime_messages(3, 3)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        done,
+        [("dropped".to_owned(), "messages_2020_01_01".to_owned())]
+    );
+    assert!(names(&c, PARTITIONS_SQL).await.contains(&today));
+    // realtime.send stores a private broadcast with its id in the payload; a failure is a
+    // warning, not an error.
+    c.batch_execute("select realtime.send('{\"a\": 1}', 'e', 'room')")
+        .await
+        .unwrap();
+    let row = c
+        .query_one(
+            "select private, extension, payload ->> 'id' = id::text from realtime.messages",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, bool>(0),
+            row.get::<_, String>(1),
+            row.get::<_, bool>(2)
+        ),
+        (true, "broadcast".to_owned(), true)
+    );
+    c.batch_execute("select realtime.send('[1]', 'e', 'room')")
+        .await
+        .expect("a failed send is only a warning");
+}
+
+/// On a database that already has Supabase's `realtime.messages` (a Supabase project), the
+/// migrations keep the table and its partitions as they are: walcast neither creates nor drops
+/// partitions of a table it did not create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_realtime_messages_is_left_alone() {
+    let url = empty_db().await;
+    let c = connect(&url).await;
+    c.batch_execute(
+        "create schema realtime;
+         create table realtime.messages (
+           topic text not null, extension text not null, payload jsonb, event text,
+           private boolean default false,
+           updated_at timestamp not null default now(),
+           inserted_at timestamp not null default now(),
+           id uuid not null default gen_random_uuid(),
+           primary key (id, inserted_at)) partition by range (inserted_at);
+         create table realtime.messages_2020_01_01 partition of realtime.messages
+           for values from ('2020-01-01') to ('2020-01-02');",
+    )
+    .await
+    .unwrap();
+    let before = message_columns(&c).await;
+    let (code, out, err) = support::run_cli(&["migrate", "--database-url", &url], &[]);
+    assert_eq!(code, 0, "migrate failed\nstdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(message_columns(&c).await, before, "the table is unchanged");
+    let done = c
+        .query(
+            "select * from walcast.maintain_realtime_messages(3, 3)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(done.is_empty());
+    assert_eq!(
+        names(
+            &c,
+            "select c.relname::text from pg_inherits i join pg_class c on c.oid = i.inhrelid
+             where i.inhparent = 'realtime.messages'::regclass"
+        )
+        .await,
+        ["messages_2020_01_01"]
+    );
+    // The functions it lacked are there, and the publication streams it.
+    let send: Option<String> = c
+        .query_one(
+            "select to_regprocedure('realtime.send(jsonb,text,text,boolean)')::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(send.is_some());
+}

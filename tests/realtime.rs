@@ -1508,9 +1508,10 @@ async fn policies_decide_private_channels() {
     assert_eq!(left, 0);
 }
 
-/// Without `realtime.messages` private channels stay `service_role` only.
+/// With the migrations' `realtime.messages` and no policies on it, private channels stay
+/// `service_role` only.
 #[tokio::test]
-async fn without_messages_table_private_is_service_role_only() {
+async fn without_policies_private_is_service_role_only() {
     let db = support::fresh_db().await;
     let w = walcast(&db).await;
     let mut user = Rt::connect(&w, &user_token("authenticated", "user-1"), true).await;
@@ -2112,4 +2113,128 @@ async fn select_limits_the_columns_a_change_carries() {
             .contains("invalid column for select nope"),
         "{sys:?}"
     );
+}
+
+/// Rows of `realtime.messages` are broadcasts only: a `/ws` subscription to every table and a
+/// Realtime binding on every schema never see them as table changes, while a channel of the
+/// topic receives the broadcast (public, from `realtime.send(..., false)`).
+#[tokio::test]
+async fn database_broadcasts_are_never_table_changes() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let key = token("service_role", 600);
+    let mut plain = support::ws::WsClient::connect(&w.ws_url(&format!("/ws?apikey={key}"))).await;
+    plain.subscribe("all", json!({"table": "*"})).await;
+    let mut rt = Rt::connect(&w, &key, false).await;
+    rt.join(
+        "realtime:everything",
+        pg_join(json!([{"event": "*", "schema": "*"}])),
+    )
+    .await;
+    subscribed(&mut rt, "realtime:everything").await;
+    rt.join("realtime:db-only", json!({"config": {}})).await;
+    support::psql(
+        &db,
+        "select realtime.send('{\"n\": 1}', 'ping', 'db-only', false)",
+    )
+    .await;
+    let f = rt
+        .wait_for("the database broadcast", |f| {
+            f.topic == "realtime:db-only" && f.event == "broadcast"
+        })
+        .await;
+    assert_eq!(f.payload["event"], "ping", "{f:?}");
+    assert_eq!(f.payload["payload"]["n"], 1, "{f:?}");
+    assert_eq!(f.payload["meta"]["id"], f.payload["payload"]["id"], "{f:?}");
+    let id = insert(&db, "after-broadcast").await;
+    let first = rt
+        .wait_for("postgres_changes", |f| f.event == "postgres_changes")
+        .await;
+    assert_eq!(first.payload["data"]["record"]["id"], id, "{first:?}");
+    let events = plain.events(1, WAIT).await;
+    assert_eq!(events[0]["record"]["id"], id, "{events:?}");
+    let (_, metrics) = support::get(&w.url("/metrics")).await;
+    assert_eq!(
+        support::metric(&metrics, "walcast_db_broadcasts_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        support::metric(&metrics, "walcast_db_broadcasts_dropped_total"),
+        Some(0.0)
+    );
+}
+
+/// On the Phoenix wire (serializer 1.0.0): a text broadcast with `"persist": true` on a private
+/// channel is acknowledged, relayed without `persist` and stored; one without it is not; a
+/// later join with `broadcast.replay` gets the stored one (and one from `realtime.send`) with
+/// `meta.replayed`, then live broadcasts; replay values that are not integers are refused with
+/// Supabase's reason.
+#[tokio::test]
+async fn text_persist_and_replay_on_the_wire() {
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let key = user_token("service_role", "svc");
+    let join = |replay: Value| json!({"config": {"private": true, "broadcast": {"ack": true, "self": false, "replay": replay}}});
+    let plain = json!({"config": {"private": true, "broadcast": {"ack": true, "self": false}}});
+    let mut sender = Rt::connect(&w, &key, false).await;
+    let mut receiver = Rt::connect(&w, &key, false).await;
+    let (join_ref, reply) = sender.join("realtime:vault", plain.clone()).await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    receiver.join("realtime:vault", plain).await;
+    for (n, persist) in [(1, true), (2, false)] {
+        let mut payload = json!({"type": "broadcast", "event": "note", "payload": {"n": n}});
+        if persist {
+            payload["persist"] = json!(true);
+        }
+        let r = sender
+            .push(Some(&join_ref), "realtime:vault", "broadcast", payload)
+            .await;
+        let ack = sender
+            .wait_for("ack", |f| {
+                f.event == "phx_reply" && f.r#ref.as_deref() == Some(&r)
+            })
+            .await;
+        assert_eq!(ack.payload["status"], "ok", "{ack:?}");
+        let f = receiver
+            .wait_for("the note", |f| is_note(f, "realtime:vault", n))
+            .await;
+        assert!(f.payload.get("persist").is_none(), "{f:?}");
+    }
+    support::psql(&db, "select realtime.send('{\"n\": 3}', 'note', 'vault')").await;
+    receiver
+        .wait_for("the stored note", |f| is_note(f, "realtime:vault", 3))
+        .await;
+    // A late joiner asks for everything since a minute ago.
+    let since = chrono::Utc::now().timestamp_millis() - 60_000;
+    let mut late = Rt::connect(&w, &key, false).await;
+    let (_, reply) = late
+        .join("realtime:vault", join(json!({"since": since, "limit": 10})))
+        .await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    for n in [1, 3] {
+        let f = late
+            .wait_for("a replayed note", |f| f.event == "broadcast")
+            .await;
+        assert_eq!(f.payload["payload"]["n"], n, "{f:?}");
+        assert_eq!(f.payload["meta"]["replayed"], true, "{f:?}");
+    }
+    note(&mut sender, &join_ref, "realtime:vault", 4).await;
+    let f = late
+        .wait_for("the next broadcast", |f| f.event == "broadcast")
+        .await;
+    assert_eq!(
+        f.payload["payload"]["n"], 4,
+        "only the live note follows: {f:?}"
+    );
+    for bad in [
+        json!({}),
+        json!({"since": "x"}),
+        json!({"since": 1, "limit": "5"}),
+    ] {
+        let (_, reply) = late.join("realtime:vault2", join(bad)).await;
+        assert_eq!(
+            reply.payload["response"]["reason"],
+            "UnableToReplayMessages: Replay params are not valid"
+        );
+    }
 }

@@ -1700,3 +1700,211 @@ async fn a_second_process_with_the_same_resume_id_continues_where_the_first_stop
     );
     check_no_gap(&[got_first, got_second].concat(), last);
 }
+
+/// Broadcast from Database to supabase-js: a row trigger calling `realtime.broadcast_changes`
+/// and `realtime.send` / `realtime.send_binary` run from `psql` reach user-1 on the private
+/// channel `user-1` (supabase-js, and realtime-js with serializer 1.0.0, which cannot receive
+/// bytes), public messages reach anon on the public channel, and user-2, whom the policies
+/// refuse the private channel, receives nothing. Each message carries its row id as `meta.id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_broadcast_from_database() {
+    let db = support::fresh_db().await;
+    support::create_realtime_messages(&db).await;
+    db.client()
+        .await
+        .batch_execute(
+            "create table public.rooms (id int primary key, name text);
+             create function public.rooms_broadcast() returns trigger language plpgsql as $$
+             begin
+               perform realtime.broadcast_changes('user-1', tg_op, tg_op, tg_table_name,
+                                                  tg_table_schema, new, old);
+               return null;
+             end $$;
+             create trigger rooms_broadcast after insert or update or delete on public.rooms
+               for each row execute function public.rooms_broadcast();",
+        )
+        .await
+        .expect("trigger");
+    let w = walcast(&db).await;
+    let anon = token("anon", None, 600);
+    let user = token("authenticated", Some("user-1"), 600);
+    let other = token("authenticated", Some("user-2"), 600);
+    let mut s = Script::start(
+        "dbcast",
+        &w,
+        &[
+            ("ANON_KEY", &anon),
+            ("TOKEN_USER", &user),
+            ("TOKEN_OTHER", &other),
+        ],
+    );
+    s.ready("subscribed").await;
+    support::psql(&db, "insert into public.rooms values (1, 'a')").await;
+    support::psql(
+        &db,
+        "select realtime.send('{\"x\": 1}', 'hello', 'user-1', false);
+         select realtime.send('{\"x\": 2}', 'hello', 'user-1');
+         select realtime.send_binary('\\x0102', 'bin', 'user-1', true);
+         select realtime.send('{}', 'end', 'user-1', false);
+         select realtime.send('{}', 'end', 'user-1', true);",
+    )
+    .await;
+    s.go().await;
+    let lines = s.finish().await;
+    let received = |label: &str| -> Vec<Value> {
+        labelled(&lines, label, "received")
+            .iter()
+            .map(|v| v["received"].clone())
+            .collect()
+    };
+    // Every JSON message carries its row id, in `meta.id` and (from realtime.send) `payload.id`.
+    let strip = |mut m: Value| {
+        let id = m["meta"]["id"].as_str().expect("meta.id").to_owned();
+        assert_eq!(m["meta"], json!({"id": id}), "{m}");
+        if let Some(p) = m["payload"].as_object_mut()
+            && !p.contains_key("bytes")
+        {
+            assert_eq!(p.remove("id"), Some(Value::String(id)), "{m}");
+        }
+        m.as_object_mut().unwrap().remove("meta");
+        m
+    };
+    let insert = json!({"event": "INSERT", "payload": {"operation": "INSERT", "table": "rooms",
+        "schema": "public", "record": {"id": 1, "name": "a"}, "old_record": null}});
+    let hello2 = json!({"event": "hello", "payload": {"x": 2}});
+    let end = json!({"event": "end", "payload": {}});
+    let private: Vec<Value> = received("private").into_iter().map(strip).collect();
+    assert_eq!(
+        private,
+        [
+            insert.clone(),
+            hello2.clone(),
+            json!({"event": "bin", "payload": {"bytes": [1, 2]}}),
+            end.clone()
+        ]
+    );
+    let v1: Vec<Value> = received("v1").into_iter().map(strip).collect();
+    assert_eq!(v1, [insert, hello2, end.clone()]);
+    let public: Vec<Value> = received("public").into_iter().map(strip).collect();
+    assert_eq!(
+        public,
+        [json!({"event": "hello", "payload": {"x": 1}}), end]
+    );
+    assert!(received("intruder").is_empty());
+    assert_eq!(
+        labelled(&lines, "intruder", "status")[0]["error"],
+        "Unauthorized: You do not have permissions to read from this Channel topic: user-1"
+    );
+    let (_, metrics) = support::get(&w.url("/metrics")).await;
+    assert_eq!(
+        support::metric(&metrics, "walcast_db_broadcasts_total"),
+        Some(6.0),
+        "the trigger's row and five sends"
+    );
+}
+
+/// Broadcast replay and persistence with supabase-js: a private channel joined with
+/// `broadcast.replay` receives the newest `limit` (at most 25) stored broadcasts of its topic
+/// since `since`, oldest first, with `meta.replayed`, before live ones; invalid values are
+/// refused with Supabase's reason. Broadcasts sent with `persist` (socket and `httpSend()`,
+/// `true` and `{ttl}`) are stored and replayed later, the others are not; every live receiver
+/// gets each broadcast once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_broadcast_replay_and_persist() {
+    let db = support::fresh_db().await;
+    support::create_realtime_messages(&db).await;
+    support::psql(
+        &db,
+        "insert into realtime.messages (topic, extension, event, payload, private, inserted_at)
+         select 'user-1', 'broadcast', 'm', jsonb_build_object('i', g), true,
+                (now() at time zone 'utc') - interval '60 seconds' + g * interval '1 second'
+         from generate_series(1, 30) g;
+         insert into realtime.messages (topic, extension, event, payload, private, inserted_at)
+         values ('user-1', 'broadcast', 'm', '{\"i\": 100}', false,
+                 (now() at time zone 'utc') - interval '10 seconds'),
+                ('lobby', 'broadcast', 'm', '{\"i\": 200}', true,
+                 (now() at time zone 'utc') - interval '10 seconds');",
+    )
+    .await;
+    let w = walcast(&db).await;
+    let anon = token("anon", None, 600);
+    let user = token("authenticated", Some("user-1"), 600);
+    let mut s = Script::start("replay", &w, &[("ANON_KEY", &anon), ("TOKEN_USER", &user)]);
+    s.ready("sent").await;
+    support::psql(&db, "select realtime.send('{}', 'end', 'user-1')").await;
+    s.go().await;
+    let lines = s.finish().await;
+    let received = |label: &str| -> Vec<Value> {
+        labelled(&lines, label, "received")
+            .iter()
+            .map(|v| v["received"].clone())
+            .collect()
+    };
+    let replayed_is = |label: &str, want: Vec<i64>| {
+        let got = received(label);
+        let replayed: Vec<&Value> = got
+            .iter()
+            .filter(|m| m["meta"]["replayed"] == true)
+            .collect();
+        let is: Vec<i64> = replayed
+            .iter()
+            .map(|m| m["payload"]["i"].as_i64().expect("i"))
+            .collect();
+        assert_eq!(is, want, "{label}: {got:#?}");
+        for m in replayed {
+            assert_eq!(m["event"], "m");
+            assert!(m["meta"]["id"].is_string(), "{m}");
+        }
+        got
+    };
+    for (label, want) in [
+        ("a", (26..=30).collect()),
+        ("b", (6..=30).collect()),
+        ("c", Vec::new()),
+    ] {
+        let got = replayed_is(label, want);
+        // Then the live ones, each once: the sender's five and the closing `end`.
+        let live: Vec<Value> = got
+            .iter()
+            .filter(|m| m["meta"]["replayed"] != true)
+            .map(|m| json!([m["event"], m["payload"]["k"]]))
+            .collect();
+        assert_eq!(
+            live,
+            [
+                json!(["p", 0]),
+                json!(["p", 1]),
+                json!(["p", 2]),
+                json!(["p", 3]),
+                json!(["p", 4]),
+                json!(["end", null])
+            ],
+            "{label}"
+        );
+    }
+    assert_eq!(
+        labelled(&lines, "bad", "status")[0]["error"],
+        "UnableToReplayMessages: Replay params are not valid"
+    );
+    assert_eq!(
+        one(&lines, "sender", "results")["results"],
+        json!(["ok", "ok", {"success": true}, {"success": true}, {"success": true}])
+    );
+    // Only what was sent with persist was stored: k 1..3, then the closing `end`.
+    let d: Vec<Value> = received("d")
+        .iter()
+        .map(|m| {
+            assert_eq!(m["meta"]["replayed"], true, "{m}");
+            json!([m["event"], m["payload"]["k"]])
+        })
+        .collect();
+    assert_eq!(
+        d,
+        [
+            json!(["p", 1]),
+            json!(["p", 2]),
+            json!(["p", 3]),
+            json!(["end", null])
+        ]
+    );
+}

@@ -24,3 +24,12 @@ drop policy if exists walcast_runtime on public.monitoring_events;
 create policy walcast_runtime on public.monitoring_events
   for all to :"role" using (true) with check (true);
 grant select on public.refinery_schema_history to :"role";
+
+-- Realtime private channels and stored broadcasts: the probes of private-channel checks, the
+-- broadcasts stored with `persist` and read back by replay (as this role, after the channel's
+-- own checks), in Supabase's `realtime.messages` or the one the migrations created.
+grant usage on schema realtime to :"role";
+grant select, insert on realtime.messages to :"role";
+drop policy if exists walcast_runtime on realtime.messages;
+create policy walcast_runtime on realtime.messages
+  for all to :"role" using (true) with check (true);

@@ -463,6 +463,14 @@ declare_metrics! {
     channel_messages_dropped: Counter
         => "walcast_channel_messages_dropped_total",
            "Realtime broadcast and presence messages not relayed because their channel was over --max-channel-messages-per-second";
+    /// Broadcasts from the database (`realtime.messages` rows) handed to their topic's channels.
+    db_broadcasts: Counter
+        => "walcast_db_broadcasts_total",
+           "Broadcasts from the database (realtime.messages rows) handed to the Realtime channels of their topic";
+    /// `realtime.messages` rows the reader could not queue for delivery.
+    db_broadcasts_dropped: Counter
+        => "walcast_db_broadcasts_dropped_total",
+           "realtime.messages rows not delivered because the queue from the replication reader was full";
     /// Failed admin console logins (wrong password or a broken SCRAM exchange).
     admin_login_failures: Counter
         => "walcast_admin_login_failures_total",

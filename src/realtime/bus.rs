@@ -126,6 +126,9 @@ pub struct Broadcast {
     topic: String,
     /// The content.
     body: BroadcastBody,
+    /// The id of the `realtime.messages` row it was read from (Broadcast from Database), so
+    /// that a channel that replayed the message at its join does not receive it twice.
+    stored_id: Option<Arc<str>>,
     /// The frame for `1.0.0` clients (`None`: not expressible, e.g. raw binary payloads).
     v1: OnceLock<Option<Message>>,
     /// The frame for `2.0.0` clients.
@@ -138,9 +141,23 @@ impl Broadcast {
         Broadcast {
             topic,
             body,
+            stored_id: None,
             v1: OnceLock::new(),
             v2: OnceLock::new(),
         }
+    }
+
+    /// A broadcast read from the `realtime.messages` row `id`.
+    pub fn stored(topic: String, body: BroadcastBody, id: Arc<str>) -> Self {
+        Broadcast {
+            stored_id: Some(id),
+            ..Broadcast::new(topic, body)
+        }
+    }
+
+    /// The id of the `realtime.messages` row it was read from, if any.
+    pub fn stored_id(&self) -> Option<&str> {
+        self.stored_id.as_deref()
     }
 
     /// The frame for a client of serializer `vsn`, or `None` when it cannot receive this one.
@@ -419,11 +436,17 @@ impl Bus {
     /// Sends a broadcast to every member except the sender (unless it asked for `self`).
     /// Returns how many members it was queued for.
     pub fn broadcast(&self, key: &TopicKey, from: MemberId, body: BroadcastBody) -> usize {
+        self.fan_out(key, from, || Broadcast::new(key.topic.clone(), body))
+    }
+
+    /// Queues the broadcast `make` builds (only when the topic has members) for every member
+    /// except `from` (unless it asked for `self`); how many.
+    fn fan_out(&self, key: &TopicKey, from: MemberId, make: impl FnOnce() -> Broadcast) -> usize {
         let topics = self.lock();
         let Some(topic) = topics.get(key) else {
             return 0;
         };
-        let msg = Arc::new(Broadcast::new(key.topic.clone(), body));
+        let msg = Arc::new(make());
         let mut n = 0;
         for m in &topic.members {
             if m.id == from && !m.self_broadcast {
@@ -442,6 +465,14 @@ impl Bus {
     /// Returns how many members it was queued for.
     pub fn publish(&self, key: &TopicKey, body: BroadcastBody) -> usize {
         self.broadcast(key, MemberId(u64::MAX), body)
+    }
+
+    /// Sends a broadcast read from the `realtime.messages` row `id` to every member of the
+    /// topic. Returns how many members it was queued for.
+    pub fn publish_stored(&self, key: &TopicKey, body: BroadcastBody, id: Arc<str>) -> usize {
+        self.fan_out(key, MemberId(u64::MAX), || {
+            Broadcast::stored(key.topic.clone(), body, id)
+        })
     }
 
     /// Turns presence diffs on for a member that joined without them (a `track` on a channel

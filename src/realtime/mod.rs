@@ -9,6 +9,9 @@
 //! - [`private`]: who may read and write private channels (`realtime.messages` policies).
 //! - [`resume`]: where channels of clients connected with a `resume_id` resume (positions kept
 //!   in Postgres).
+//! - [`dbcast`]: Broadcast from Database (`realtime.send` and friends, from the WAL to the bus)
+//!   and the partitions of walcast's `realtime.messages`.
+//! - [`messages`]: stored broadcasts (`persist`, replay at join).
 //! - `rest`: broadcast over HTTP (`/api/broadcast`, `/api/broadcast/:topic/events/:event`) and
 //!   `/api/ping`.
 //!
@@ -20,6 +23,8 @@
 //! overflows its bus inbox is told so on every channel and disconnected.
 
 pub(crate) mod bus;
+pub(crate) mod dbcast;
+pub(crate) mod messages;
 pub(crate) mod private;
 pub mod protocol;
 mod rest;
@@ -61,6 +66,8 @@ pub struct RealtimeState {
     pub private: Arc<PrivateChannels>,
     /// Broadcast and presence between sockets of this node.
     pub bus: Arc<Bus>,
+    /// Stored broadcasts (`persist`, replay).
+    pub messages: Arc<messages::MessageStore>,
     /// Live changes.
     pub hub: crate::hub::Hub,
     /// Counters.

@@ -1,8 +1,8 @@
 //! Private Broadcast and Presence channels: who may read and write them, asked of the policies
 //! of Supabase's `realtime.messages` table with probe rows in transactions that are always
-//! rolled back (see `docs/realtime.md`). A database without that table has no such policies:
-//! private channels are then open to `service_role` only. The statements live in
-//! `sql/realtime/`.
+//! rolled back (see `docs/realtime.md`). walcast's migrations create the table where it is
+//! missing; without policies on it (or without the table) private channels are open to
+//! `service_role` only. The statements live in `sql/realtime/`.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -4,7 +4,8 @@
 //!   (what `channel.send()` falls back to before the channel is joined);
 //! - `POST /realtime/v1/api/broadcast/:topic/events/:event` with a JSON body (the payload) or an
 //!   `application/octet-stream` body (a binary payload), `?private=true` for a private topic
-//!   (what `channel.httpSend()` uses);
+//!   (what `channel.httpSend()` uses); with `persist=true` or `persist[ttl]=N` on a private
+//!   topic the message is also stored in `realtime.messages`, where replay finds it;
 //! - `GET /realtime/v1/api/ping`: `{"message":"Success"}`.
 //!
 //! The same routes answer without the `/realtime/v1` prefix (a client pointed at the socket's
@@ -25,6 +26,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::bus::{BroadcastBody, TopicKey};
+use super::messages::StoredPayload;
 use super::private::ChannelExtension;
 use super::protocol::frame::PayloadEncoding;
 use super::{RealtimeState, TokenClaims};
@@ -349,11 +351,13 @@ async fn one(
         return refuse(StatusCode::UNPROCESSABLE_ENTITY, "invalid_message", e);
     }
     let mut private = false;
+    let mut persist = false;
     for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         match &*k {
             "private" => private = v == "true",
-            // Stored broadcasts are not offered yet: accepted, delivered live only.
-            k if k == "persist" || k.starts_with("persist[") => {}
+            // `persist=true` or `persist[ttl]=N`: store it for replay (private topics only).
+            "persist" => persist = v == "true",
+            k if k.starts_with("persist[") => persist = true,
             _ => {}
         }
     }
@@ -365,13 +369,16 @@ async fn one(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/octet-stream"));
-    let body = if binary {
-        BroadcastBody::Binary {
-            event,
+    let (body, stored) = if binary {
+        let bytes = body.to_vec();
+        let stored = StoredPayload::Binary(bytes.clone());
+        let body = BroadcastBody::Binary {
+            event: event.clone(),
             metadata: None,
             encoding: PayloadEncoding::Binary,
-            payload: body.to_vec(),
-        }
+            payload: bytes,
+        };
+        (body, stored)
     } else {
         let payload: Value = match serde_json::from_slice(&body) {
             Ok(v) => v,
@@ -383,9 +390,10 @@ async fn one(
                 );
             }
         };
-        BroadcastBody::Json(
+        let body = BroadcastBody::Json(
             json!({"type": "broadcast", "event": event, "payload": payload}).to_string(),
-        )
+        );
+        (body, StoredPayload::Json(payload))
     };
     let key = TopicKey {
         private,
@@ -402,6 +410,19 @@ async fn one(
                 return too_many_messages(format!(
                     "the channel's budget is {budget} messages per second"
                 ));
+            }
+            // Stored first, so a replay that starts once this is accepted finds it. Replay
+            // serves private topics only: a public one is relayed without being stored.
+            if persist
+                && private
+                && let Err(e) = state.messages.store(&topic, &event, stored).await
+            {
+                tracing::warn!(error = %crate::error::error_chain(&e), kind = e.kind(), "realtime REST broadcast: could not store a message sent with persist");
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unable_to_store",
+                    super::protocol::text::PERSIST_FAILED.to_owned(),
+                );
             }
             state.bus.publish(&key, body);
             StatusCode::ACCEPTED.into_response()

@@ -7,6 +7,10 @@
 //! ([`super::retention`]) no longer needs it. After any loss (Postgres restart, network cut) it
 //! reconnects with exponential backoff and jitter and re-streams from the confirmed position;
 //! the hub drops what it already has, so sessions see no duplicate.
+//!
+//! With a [`MessageRoute`] it also streams the broadcast message table from its own
+//! publication and hands those rows to the route's bounded queue instead of the hub (never
+//! waiting: a full queue drops the row and says so in the log).
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -112,6 +116,29 @@ pub struct ReaderConfig {
     /// bad message never stalls the slot. (An import from a side system on purpose: the
     /// reader hands the letter over and never waits on the dead-letter table.)
     pub dead_letters: Option<tokio::sync::mpsc::Sender<crate::dlq::DeadLetter>>,
+    /// Where rows of the broadcast message table go (Broadcast from Database), if anywhere.
+    pub messages: Option<MessageRoute>,
+}
+
+/// Rows of one table streamed from their own publication and handed to a queue, never to the
+/// hub (`realtime.messages`, delivered as broadcasts).
+#[derive(Debug, Clone)]
+pub struct MessageRoute {
+    /// The table's publication; streamed only when it exists.
+    pub publication: String,
+    /// The table's schema.
+    pub schema: String,
+    /// The table.
+    pub table: String,
+    /// The queue.
+    pub tx: tokio::sync::mpsc::Sender<crate::decode::Change>,
+}
+
+impl MessageRoute {
+    /// Whether `change` belongs to the routed table.
+    fn owns(&self, change: &crate::decode::Change) -> bool {
+        *change.relation.schema == *self.schema && *change.relation.table == *self.table
+    }
 }
 
 /// The reader task's state.
@@ -224,6 +251,14 @@ impl Reader {
         } else {
             None
         };
+        let mut publications = vec![self.config.settings.publication.clone()];
+        if let Some(route) = &self.config.messages {
+            if slot::publication_exists(&client, &route.publication).await? {
+                publications.push(route.publication.clone());
+            } else {
+                tracing::warn!(publication = %route.publication, "the publication of realtime.messages is missing (run `walcast migrate`); broadcasts from the database are not delivered");
+            }
+        }
         drop(client);
         conn_task.abort();
         if created && self.slot_seen {
@@ -274,10 +309,11 @@ impl Reader {
             .as_ref()
             .map(Window::confirmed)
             .unwrap_or(confirmed);
-        let cfg = self
+        let mut cfg = self
             .config
             .settings
             .session(&self.config.slot, 0, Some(ack));
+        cfg.publication = publications.into();
         let mut repl = ReplicationClient::connect(cfg)
             .await
             .map_err(ReplicationError::Stream)?;
@@ -406,8 +442,18 @@ impl Reader {
         }
     }
 
-    /// Hands one change to the hub.
+    /// Hands one change to the hub, or a row of the routed message table to its queue.
     fn publish(&self, change: crate::decode::Change) {
+        if let Some(route) = &self.config.messages
+            && route.owns(&change)
+        {
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(c)) = route.tx.try_send(change)
+            {
+                self.metrics.db_broadcasts_dropped.inc();
+                tracing::warn!(lsn = %c.cursor.commit_lsn, "the queue of broadcasts from the database is full; a message is not delivered");
+            }
+            return;
+        }
         self.metrics.replication_changes.inc();
         self.hub.publish(change);
     }

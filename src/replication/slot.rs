@@ -14,6 +14,8 @@ const CREATE_SLOT_SQL: &str = include_str!("../../sql/replication/create_slot.sq
 const DROP_SLOT_SQL: &str = include_str!("../../sql/replication/drop_slot.sql");
 /// Checks the server before streaming.
 const PREFLIGHT_SQL: &str = include_str!("../../sql/replication/preflight.sql");
+/// Whether a publication exists.
+const PUBLICATION_EXISTS_SQL: &str = include_str!("../../sql/replication/publication_exists.sql");
 
 /// A slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -104,6 +106,15 @@ pub async fn preflight(client: &Client, publication: &str) -> Result<String, Rep
         return Err(ReplicationError::Publication(publication.to_owned()));
     }
     Ok(row.get(4))
+}
+
+/// Whether publication `name` exists.
+pub async fn publication_exists(client: &Client, name: &str) -> Result<bool, ReplicationError> {
+    let row = client
+        .query_one(PUBLICATION_EXISTS_SQL, &[&name])
+        .await
+        .map_err(ReplicationError::Sql)?;
+    Ok(row.get(0))
 }
 
 /// Makes sure the slot exists and is usable; creates it when missing.

@@ -453,28 +453,14 @@ pub async fn use_anon_public_policy(db: &TestDb) {
         .expect("anon policy");
 }
 
-/// Creates a Supabase-shaped `realtime.messages` with a `realtime.topic()` helper, for private
-/// channels. `authenticated` may read the topic named by its `sub` claim and `lobby`, and write
-/// broadcasts only to its own topic; `anon` has no privileges at all.
+/// Adds policies to the `realtime.messages` the migrations create (shaped as Supabase's), for
+/// private channels. `authenticated` may read the topic named by its `sub` claim and `lobby`,
+/// and write broadcasts only to its own topic; `anon` has no privileges at all.
 pub async fn create_realtime_messages(db: &TestDb) {
     db.client()
         .await
         .batch_execute(
-            "create schema realtime;
-             create table realtime.messages (
-                 id uuid not null default gen_random_uuid(),
-                 topic text not null,
-                 extension text not null,
-                 payload jsonb,
-                 event text,
-                 private boolean default true,
-                 updated_at timestamp not null default now(),
-                 inserted_at timestamp not null default now(),
-                 primary key (id, inserted_at)
-             );
-             alter table realtime.messages enable row level security;
-             create function realtime.topic() returns text language sql stable
-                 as $$ select current_setting('realtime.topic', true) $$;
+            "revoke all on realtime.messages from anon;
              grant usage on schema realtime to authenticated;
              grant select, insert on realtime.messages to authenticated;
              grant execute on function realtime.topic() to authenticated;
@@ -487,7 +473,35 @@ pub async fn create_realtime_messages(db: &TestDb) {
                              and extension = 'broadcast');",
         )
         .await
-        .expect("realtime.messages");
+        .expect("realtime.messages policies");
+}
+
+/// Runs `sql` with the real `psql` against `db` (stops at the first error); returns stdout.
+pub async fn psql(db: &TestDb, sql: &str) -> String {
+    let (url, sql) = (db.url.clone(), sql.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("psql")
+            .args([
+                url.as_str(),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                &sql,
+            ])
+            .output()
+            .expect("run psql")
+    })
+    .await
+    .expect("psql thread");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Polls `check` every 20 ms until it returns true or `timeout` passes.

@@ -10,6 +10,7 @@
 //!
 //! Exit codes: 0 success, 1 the run failed, 2 invalid configuration or usage.
 
+mod dbcast;
 mod drain;
 mod fanout;
 mod ingest;
@@ -95,6 +96,16 @@ packages of tests/realtime_js (npm ci --prefix tests/realtime_js). Starts its ow
 Postgres cluster and walcast server."
     )]
     Resume(resume::ResumeArgs),
+    /// Broadcast from Database (`realtime.send`) to many subscribers of one topic, vs client broadcast.
+    #[command(
+        after_help = "Example:\n  walcast-bench dbcast --subscribers 500 --rates 100,500,1000,2000\n\n\
+Every client joins the public channel realtime:bench (serializer 2.0.0). Per rate, realtime.send \
+runs in one transaction per 10 ms tick for --step-secs, then a client socket broadcasts as many \
+messages the same way; each message carries its send time, so clients measure send-to-receipt \
+latency (for realtime.send, commit included). Starts its own private Postgres cluster and \
+walcast server."
+    )]
+    Dbcast(dbcast::DbcastArgs),
 }
 
 fn main() -> ExitCode {
@@ -120,6 +131,7 @@ fn main() -> ExitCode {
             Scenario::Memory(a) => memory::run(a).await,
             Scenario::Realtime(a) => realtime::run(a).await,
             Scenario::Resume(a) => resume::run(a).await,
+            Scenario::Dbcast(a) => dbcast::run(a).await,
         }
     });
     match result {

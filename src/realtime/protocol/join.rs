@@ -6,8 +6,8 @@
 //! ignored, and a value of the wrong type falls back to its default and is noted in
 //! [`JoinRequest::problems`] rather than refusing the join.
 //!
-//! realtime-js 2.119 also sends `broadcast.replication_ready`, `broadcast.replay` and
-//! `postgres_changes_options` (`wait`, `timeout`).
+//! realtime-js 2.119 also sends `broadcast.replication_ready`, `broadcast.replay` (`since`,
+//! `limit`: [`parse_replay`]) and `postgres_changes_options` (`wait`, `timeout`).
 //!
 //! A payload without a `config` key is the legacy form: the topic itself names the change
 //! subscription, `realtime:<schema>[:<table>[:<filter>]]` (`realtime:*` for everything).
@@ -59,9 +59,42 @@ pub struct JoinConfig {
     pub replication_ready: bool,
     /// `broadcast.replay` was given (stored broadcasts to replay on a private channel).
     pub replay: bool,
+    /// What `broadcast.replay` asks for; `None` when it is missing or its values are not valid.
+    pub replay_window: Option<ReplayWindow>,
     /// `postgres_changes_options.wait`: hold the join reply until the bindings are live, for
     /// at most this many milliseconds ([`WAIT_DEFAULT_MS`], capped at [`WAIT_MAX_MS`]).
     pub wait_ms: Option<u64>,
+}
+
+/// Most stored broadcasts one replay sends (Supabase's limit); a larger `limit` sends this many.
+pub const REPLAY_MAX: i64 = 25;
+
+/// `broadcast.replay`: the stored broadcasts a private channel receives before live ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayWindow {
+    /// Messages stored at or after this time, in milliseconds since the Unix epoch.
+    pub since_ms: i64,
+    /// At most this many (the newest), 1 to [`REPLAY_MAX`].
+    pub limit: i64,
+}
+
+/// Reads `broadcast.replay`: `since` (an integer, required) and `limit` (an integer, default
+/// and most [`REPLAY_MAX`], at least 1). `None` when a value is missing or not an integer.
+pub fn parse_replay(v: &Value) -> Option<ReplayWindow> {
+    let o = v.as_object()?;
+    let integer = |v: &Value| {
+        v.as_i64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        })
+    };
+    let since_ms = integer(o.get("since")?)?;
+    let limit = match o.get("limit") {
+        None | Some(Value::Null) => REPLAY_MAX,
+        Some(v) => integer(v)?.clamp(1, REPLAY_MAX),
+    };
+    Some(ReplayWindow { since_ms, limit })
 }
 
 /// How long a join with `postgres_changes_options.wait` waits when it names no `timeout`.
@@ -131,6 +164,7 @@ fn parse_config(config: &Map<String, Value>, req: &mut JoinRequest) {
             problems,
         );
         out.replay = !matches!(b.get("replay"), None | Some(Value::Null));
+        out.replay_window = b.get("replay").and_then(parse_replay);
     }
     if let Some(o) = object(config, "postgres_changes_options", problems)
         && boolean(o, "wait", "postgres_changes_options.wait", problems)
@@ -371,5 +405,42 @@ mod tests {
         // `{"config": {}}` is the new form with no bindings.
         let r = parse_join("room1", &json!({"config": {}}));
         assert!(!r.config.legacy && r.config.postgres_changes.is_empty());
+    }
+
+    #[test]
+    fn replay_params_are_integers_with_the_limit_clamped() {
+        let w = |v: Value| parse_replay(&v);
+        assert_eq!(
+            w(json!({"since": 1000, "limit": 10})),
+            Some(ReplayWindow {
+                since_ms: 1000,
+                limit: 10
+            })
+        );
+        assert_eq!(w(json!({"since": 5})).map(|r| r.limit), Some(REPLAY_MAX));
+        assert_eq!(
+            w(json!({"since": 5, "limit": 100})).map(|r| r.limit),
+            Some(REPLAY_MAX)
+        );
+        assert_eq!(w(json!({"since": 5, "limit": 0})).map(|r| r.limit), Some(1));
+        assert_eq!(
+            w(json!({"since": 5.0, "limit": 2.0})).map(|r| r.limit),
+            Some(2)
+        );
+        assert_eq!(w(json!({})), None);
+        assert_eq!(w(json!({"since": "1"})), None);
+        assert_eq!(w(json!({"since": 1, "limit": "2"})), None);
+        assert_eq!(w(json!({"since": 1.5})), None);
+        assert_eq!(w(json!(3)), None);
+        let c = parse_join(
+            "r",
+            &json!({"config": {"private": true,
+            "broadcast": {"replay": {"since": 7, "limit": 3}}}}),
+        )
+        .config;
+        assert!(c.replay);
+        assert_eq!(c.replay_window.map(|r| (r.since_ms, r.limit)), Some((7, 3)));
+        let c = parse_join("r", &json!({"config": {"broadcast": {"replay": {}}}})).config;
+        assert!(c.replay && c.replay_window.is_none());
     }
 }

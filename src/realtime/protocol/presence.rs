@@ -166,25 +166,34 @@ pub fn parse_broadcast(payload: &Value) -> Result<BroadcastPush, BroadcastError>
 /// `true` or `{"ttl": seconds}`): a request to the server, never relayed to receivers.
 pub const PERSIST_KEY: &str = "persist";
 
-/// Removes `persist` from a text broadcast push's payload object; whether it was there.
-pub fn strip_persist(payload: &mut Value) -> bool {
-    payload
-        .as_object_mut()
-        .is_some_and(|o| o.remove(PERSIST_KEY).is_some())
+/// Whether a `persist` value asks to store the broadcast: `true` or `{"ttl": seconds}`.
+fn asks_to_store(persist: Option<&Value>) -> bool {
+    matches!(persist, Some(Value::Bool(true) | Value::Object(_)))
 }
 
-/// Removes `persist` from a binary broadcast's metadata JSON: `None` when nothing else is left.
-/// Metadata that is not a JSON object is kept as it is.
-pub fn strip_persist_metadata(meta: Option<String>) -> Option<String> {
-    let text = meta?;
+/// Removes `persist` from a text broadcast push's payload object; whether it asked to store
+/// the broadcast.
+pub fn strip_persist(payload: &mut Value) -> bool {
+    let removed = payload.as_object_mut().and_then(|o| o.remove(PERSIST_KEY));
+    asks_to_store(removed.as_ref())
+}
+
+/// Removes `persist` from a binary broadcast's metadata JSON: the metadata left (`None` when
+/// nothing else is), and whether it asked to store the broadcast. Metadata that is not a JSON
+/// object is kept as it is.
+pub fn strip_persist_metadata(meta: Option<String>) -> (Option<String>, bool) {
+    let Some(text) = meta else {
+        return (None, false);
+    };
     match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(mut o)) => {
-            if o.remove(PERSIST_KEY).is_none() {
-                return Some(text);
-            }
-            (!o.is_empty()).then(|| Value::Object(o).to_string())
-        }
-        _ => Some(text),
+        Ok(Value::Object(mut o)) => match o.remove(PERSIST_KEY) {
+            None => (Some(text), false),
+            Some(persist) => (
+                (!o.is_empty()).then(|| Value::Object(o).to_string()),
+                asks_to_store(Some(&persist)),
+            ),
+        },
+        _ => (Some(text), false),
     }
 }
 
@@ -219,17 +228,24 @@ mod tests {
         assert!(!strip_persist(&mut p));
         assert_eq!(
             strip_persist_metadata(Some(r#"{"persist":true}"#.into())),
-            None
+            (None, true)
         );
         assert_eq!(
-            strip_persist_metadata(Some(r#"{"persist":{"ttl":5},"k":1}"#.into())).as_deref(),
-            Some(r#"{"k":1}"#)
+            strip_persist_metadata(Some(r#"{"persist":{"ttl":5},"k":1}"#.into())),
+            (Some(r#"{"k":1}"#.to_owned()), true)
         );
         assert_eq!(
-            strip_persist_metadata(Some("x".into())).as_deref(),
-            Some("x")
+            strip_persist_metadata(Some(r#"{"persist":false}"#.into())),
+            (None, false)
         );
-        assert_eq!(strip_persist_metadata(None), None);
+        assert_eq!(
+            strip_persist_metadata(Some("x".into())),
+            (Some("x".to_owned()), false)
+        );
+        assert_eq!(strip_persist_metadata(None), (None, false));
+        let mut p = serde_json::json!({"event":"e","persist":false});
+        assert!(!strip_persist(&mut p), "persist: false stores nothing");
+        assert_eq!(p, serde_json::json!({"event":"e"}));
     }
     use serde_json::json;
 

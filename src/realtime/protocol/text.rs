@@ -72,6 +72,10 @@ pub enum JoinError {
     PrivateOnly,
     /// `broadcast.replay` on a public channel.
     ReplayOnPublicChannel,
+    /// `broadcast.replay` without an integer `since`, or with a `limit` that is not one.
+    ReplayParamsInvalid,
+    /// The stored broadcasts could not be read.
+    ReplayFailed,
     /// With `postgres_changes_options.wait`: a binding that can never be served.
     SubscribeFailed(String),
     /// With `postgres_changes_options.wait`: the subscription was not live within the wait.
@@ -130,6 +134,12 @@ impl JoinError {
             JoinError::ReplayOnPublicChannel => {
                 "UnableToReplayMessages: Replay is not allowed for public channels".to_owned()
             }
+            JoinError::ReplayParamsInvalid => {
+                "UnableToReplayMessages: Replay params are not valid".to_owned()
+            }
+            JoinError::ReplayFailed => {
+                "UnableToReplayMessages: Realtime was unable to replay messages".to_owned()
+            }
             JoinError::SubscribeFailed(cause) => {
                 format!("RealtimeDisabledForConfiguration: {cause}")
             }
@@ -141,6 +151,10 @@ impl JoinError {
         }
     }
 }
+
+/// The error a sender with `ack` gets when its broadcast, sent with `persist`, could not be
+/// stored for replay (it was still relayed).
+pub const PERSIST_FAILED: &str = "Realtime was unable to store the message for replay";
 
 /// The `system` message of a channel joined with `broadcast.replication_ready`.
 pub const REPLICATION_READY: &str = "Replication connection established";

@@ -58,6 +58,8 @@ pub(super) struct Channel {
     pub(super) events_only: bool,
     /// The columns its bindings `select` (primary key included); `None`: all.
     pub(super) selected: Option<Arc<[String]>>,
+    /// The stored broadcasts replayed at its join (`broadcast.replay`), not delivered again.
+    pub(super) replayed: Option<crate::realtime::dbcast::Replayed>,
     /// Times of recent presence calls, for the rate limit.
     pub(super) presence_calls: VecDeque<Instant>,
     /// `presence.enabled`.
@@ -253,6 +255,18 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 return self.send_join_error(refuse(error.reason())).await;
             }
         }
+        // `broadcast.replay`: the channel's stored broadcasts, read now, sent after the reply.
+        let replayed = match crate::realtime::dbcast::replay_for_join(
+            &self.state.messages,
+            &config,
+            &m.topic,
+            &sub,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => return self.send_join_error(refuse(e.reason())).await,
+        };
         let subscription = if config.postgres_changes.is_empty() {
             None
         } else {
@@ -344,6 +358,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             token_applied_at: None,
             pending_token: None,
             resume: None,
+            replayed,
         });
         let i = self.channels.len() - 1;
         self.out.client.subscribe(self.channels[i].registry_info());
@@ -358,6 +373,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             );
             self.send(push).await?;
         }
+        self.send_replayed(i).await?;
         if config.replication_ready {
             // The channel is on the hub already: every change committed from now on reaches
             // it, whether the reader is streaming this instant or catching up from the slot.

@@ -7,9 +7,12 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use tokio::time::Instant;
 
 use super::Session;
+use serde_json::Value;
+
 use crate::realtime::bus::{Admission, BroadcastBody, BusEvent, Delivery};
+use crate::realtime::messages::StoredPayload;
 use crate::realtime::private::ChannelExtension;
-use crate::realtime::protocol::frame::{self, ClientMessage, UserBroadcast};
+use crate::realtime::protocol::frame::{self, ClientMessage, PayloadEncoding, UserBroadcast};
 use crate::realtime::protocol::presence::{
     PresenceRequest, parse_broadcast, parse_presence, strip_persist, strip_persist_metadata,
 };
@@ -114,11 +117,11 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             return Ok(());
         }
         // Stored broadcasts are asked with `persist`; it is not part of what receivers get.
-        strip_persist(&mut m.payload);
-        if parse_broadcast(&m.payload).is_err() {
+        let persist = strip_persist(&mut m.payload);
+        let Ok(push) = parse_broadcast(&m.payload) else {
             tracing::debug!("realtime: dropped a broadcast without an event");
             return Ok(());
-        }
+        };
         let payload = m.payload.to_string();
         if payload.len() > self.state.max_payload {
             return self
@@ -128,15 +131,16 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         if !self.may_write(i, ChannelExtension::Broadcast).await {
             return Ok(());
         }
+        let stored = !persist || {
+            let user_payload = m.payload.get("payload").cloned().unwrap_or(Value::Null);
+            self.persist(i, &push.event, StoredPayload::Json(user_payload))
+                .await
+        };
         let ch = &self.channels[i];
         let body = BroadcastBody::Json(payload);
         self.state.bus.broadcast(&ch.key, ch.member, body);
-        if ch.ack {
-            return self
-                .reply_ok(m.join_ref.as_deref(), m.r#ref.as_deref(), &m.topic)
-                .await;
-        }
-        Ok(())
+        self.acknowledge(i, m.join_ref.as_deref(), m.r#ref.as_deref(), stored)
+            .await
     }
 
     /// A binary (kind 3) broadcast push.
@@ -166,20 +170,77 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         if !self.may_write(i, ChannelExtension::Broadcast).await {
             return Ok(());
         }
+        let (metadata, persist) = strip_persist_metadata(b.metadata);
+        let stored = !persist || {
+            let payload = match b.encoding {
+                PayloadEncoding::Json => serde_json::from_slice(&b.payload)
+                    .map(StoredPayload::Json)
+                    .unwrap_or_else(|_| StoredPayload::Binary(b.payload.clone())),
+                PayloadEncoding::Binary => StoredPayload::Binary(b.payload.clone()),
+            };
+            self.persist(i, &b.event, payload).await
+        };
         let ch = &self.channels[i];
         let body = BroadcastBody::Binary {
             event: b.event,
-            metadata: strip_persist_metadata(b.metadata),
+            metadata,
             encoding: b.encoding,
             payload: b.payload,
         };
         self.state.bus.broadcast(&ch.key, ch.member, body);
-        if ch.ack {
-            return self
-                .reply_ok(b.join_ref.as_deref(), b.r#ref.as_deref(), &b.topic)
-                .await;
+        self.acknowledge(i, b.join_ref.as_deref(), b.r#ref.as_deref(), stored)
+            .await
+    }
+
+    /// Stores a broadcast sent with `persist` on channel `i` in `realtime.messages`, where a
+    /// later join's replay finds it. Replay serves private channels only, so a public
+    /// channel's broadcast is relayed without being stored. Whether it is stored (or needed
+    /// no storing).
+    async fn persist(&self, i: usize, event: &str, payload: StoredPayload) -> bool {
+        let ch = &self.channels[i];
+        if !ch.key.private {
+            return true;
         }
-        Ok(())
+        match self
+            .state
+            .messages
+            .store(&ch.sub_topic, event, payload)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::error_chain(&e), kind = e.kind(), "realtime: a broadcast sent with persist could not be stored");
+                false
+            }
+        }
+    }
+
+    /// With `ack`: `ok`, or, when a broadcast sent with `persist` could not be stored, an
+    /// error reply saying so (realtime-js hands its text to the sender).
+    async fn acknowledge(
+        &mut self,
+        i: usize,
+        join_ref: Option<&str>,
+        r#ref: Option<&str>,
+        stored: bool,
+    ) -> Result<(), End> {
+        let ch = &self.channels[i];
+        if !ch.ack {
+            return Ok(());
+        }
+        let topic = ch.topic.clone();
+        if stored {
+            return self.reply_ok(join_ref, r#ref, &topic).await;
+        }
+        let reply = frame::encode_reply(
+            self.vsn,
+            join_ref,
+            r#ref,
+            &topic,
+            false,
+            &serde_json::json!({ "error": text::PERSIST_FAILED }).to_string(),
+        );
+        self.send(reply).await
     }
 
     /// A broadcast over the payload limit: not relayed; with `ack`, an error reply
@@ -310,6 +371,24 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         }
     }
 
+    /// Sends channel `i` the stored broadcasts its join asked to replay (none for a client
+    /// that cannot receive them, such as raw bytes on `1.0.0`).
+    pub(super) async fn send_replayed(&mut self, i: usize) -> Result<(), End> {
+        let frames: Vec<Message> = match &self.channels[i].replayed {
+            Some(r) => r
+                .messages
+                .iter()
+                .filter_map(|b| b.frame(self.vsn))
+                .collect(),
+            None => return Ok(()),
+        };
+        let n = frames.len();
+        for msg in frames {
+            self.feed(msg).await?;
+        }
+        self.flush(n).await
+    }
+
     /// Delivers bus messages: the first and whatever else is queued, then flushes once.
     pub(super) async fn on_deliveries(&mut self, first: Delivery) -> Result<(), End> {
         let mut next = Some(first);
@@ -317,6 +396,12 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         while let Some(d) = next.take() {
             if let Some(ch) = self.channels.iter().find(|c| c.member == d.member) {
                 let msg = match d.event {
+                    // Already sent by the channel's replay.
+                    BusEvent::Broadcast(b)
+                        if ch.replayed.as_ref().is_some_and(|r| r.suppresses(&b)) =>
+                    {
+                        None
+                    }
                     BusEvent::Broadcast(b) => b.frame(self.vsn),
                     BusEvent::PresenceDiff(payload) => Some(Message::Text(Utf8Bytes::from(
                         frame::encode_fastlane(self.vsn, &ch.topic, "presence_diff", &payload),
