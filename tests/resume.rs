@@ -264,3 +264,41 @@ async fn a_bad_resume_id_is_refused_before_the_upgrade() {
         );
     }
 }
+
+/// Positions not saved for longer than `--retention` are deleted (they could not be resumed),
+/// fresh ones are kept.
+#[tokio::test]
+async fn positions_older_than_the_retention_window_are_deleted() {
+    let db = support::fresh_db().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "insert into walcast.realtime_resume_positions \
+           (resume_id, topic, private, bindings_key, subject, commit_lsn, change_index, updated_at) \
+         values ('gone-for-days', 'realtime:a', false, md5('[]'), 'role:anon', '0/1', 0, now() - interval '3 days'), \
+                ('back-in-a-minute', 'realtime:a', false, md5('[]'), 'role:anon', '0/1', 0, now())",
+    )
+    .await
+    .expect("positions");
+    let _w = Walcast::start_with_env(
+        &db,
+        &["--retention", "1h"],
+        &[("WALCAST_JWT_SECRET", support::SECRET)],
+    )
+    .await;
+    let left = || async {
+        c.query(
+            "select resume_id from walcast.realtime_resume_positions order by resume_id",
+            &[],
+        )
+        .await
+        .expect("positions")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+    };
+    let swept = support::wait_until(Duration::from_secs(10), || async {
+        left().await == ["back-in-a-minute"]
+    })
+    .await;
+    assert!(swept, "left: {:?}", left().await);
+}
