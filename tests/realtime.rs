@@ -156,7 +156,7 @@ impl Rt {
     }
 
     /// Sends a message; returns its ref.
-    async fn push(
+    pub(crate) async fn push(
         &mut self,
         join_ref: Option<&str>,
         topic: &str,

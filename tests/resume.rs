@@ -302,3 +302,49 @@ async fn positions_older_than_the_retention_window_are_deleted() {
     .await;
     assert!(swept, "left: {:?}", left().await);
 }
+
+/// A long replay still answers heartbeats (realtime-js closes a socket whose heartbeat goes
+/// unanswered for 25 s, which would make a large replay start over forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_answered_during_a_long_replay() {
+    const ROWS: usize = 30_000;
+    let db = support::fresh_db().await;
+    let w = walcast(&db).await;
+    let service = token("service_role", None);
+    let rid = "resume_id=long-replay-01";
+    let topic = "realtime:long";
+    let mut a = Rt::connect_with(&w, &service, true, rid).await;
+    a.join(topic, pg_join(all_changes())).await;
+    subscribed(&mut a, topic).await;
+    saved_changes(&db, "long-replay-01", &[]).await;
+    drop(a);
+    db.client()
+        .await
+        .execute(
+            "insert into public.monitoring_events (event_type, source) \
+             select 'cpu', 'bulk-' || g from generate_series(1, $1::int) g",
+            &[&(ROWS as i32)],
+        )
+        .await
+        .expect("bulk insert");
+    let mut b = Rt::connect_with(&w, &service, true, rid).await;
+    b.join(topic, pg_join(all_changes())).await;
+    b.push(None, "phoenix", "heartbeat", json!({})).await;
+    let mut changes = 0usize;
+    let mut answered_after = None;
+    while changes < ROWS {
+        let Some(crate::realtime::In::Text(f)) = b.next(Duration::from_secs(30)).await else {
+            panic!("the replay stopped after {changes} of {ROWS} rows");
+        };
+        if f.event == "postgres_changes" {
+            changes += 1;
+        } else if f.topic == "phoenix" && f.payload["status"] == "ok" && answered_after.is_none() {
+            answered_after = Some(changes);
+        }
+    }
+    let answered_after = answered_after.expect("the heartbeat was never answered");
+    assert!(
+        answered_after < ROWS,
+        "the heartbeat was answered only after the whole replay ({answered_after} rows)"
+    );
+}

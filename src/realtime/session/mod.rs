@@ -122,6 +122,8 @@ pub(super) struct Session<S, R> {
     rate: RateWindow,
     /// The client's `resume_id`: its channels with bindings resume where they stopped.
     resume_id: Option<Arc<str>>,
+    /// Client frames that arrived during a replay, handled after it.
+    held: Vec<Message>,
 }
 
 impl<S, R> Drop for Session<S, R> {
@@ -163,6 +165,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             last_seen: Instant::now(),
             rate: RateWindow::default(),
             resume_id: None,
+            held: Vec::new(),
         }
     }
 

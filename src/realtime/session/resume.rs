@@ -23,6 +23,8 @@ use tokio::time::Instant;
 use super::Session;
 use crate::decode::{Cursor, Lsn};
 use crate::hub::HubItem;
+use crate::realtime::protocol::PHOENIX_TOPIC;
+use crate::realtime::protocol::frame;
 use crate::realtime::protocol::text;
 use crate::realtime::resume::{ResumeKey, bindings_text};
 use crate::replication::ReplicationError;
@@ -84,6 +86,33 @@ fn expired_text(after: Cursor, oldest: Cursor) -> String {
     text::resume_expired(&after.commit_lsn.to_string(), &kept_from.to_string())
 }
 
+/// Client frames held while a replay runs, at most: beyond this many the client is not read
+/// until the replay ends (heartbeats then wait too; realtime-js sends one per 25 s and little
+/// else while it waits for its changes).
+const MAX_HELD: usize = 64;
+
+/// A replaying channel's saved position, moved on by heartbeats during the replay.
+pub(super) struct Progress<'a> {
+    /// The channel.
+    key: &'a ResumeKey,
+    /// Whose position it is.
+    subject: &'a str,
+    /// Saved: received up to here.
+    safe: Cursor,
+    /// Where the replay stood at the last heartbeat.
+    mark: Option<Cursor>,
+    /// The last change of the replay written to the socket.
+    sent_to: Cursor,
+}
+
+/// What a replay waits for next.
+enum Step {
+    /// A replayed change, the replay's error, or its end.
+    Change(Option<Result<crate::decode::Change, ReplicationError>>),
+    /// A frame from the client.
+    Client(Option<Result<Message, axum::Error>>),
+}
+
 /// How a replay ended.
 enum Replayed {
     /// Every change up to the live stream was sent (this many frames).
@@ -116,6 +145,18 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     /// Sets up resume for channel `i`, just joined with bindings: replays what it missed since
     /// its saved position, then it carries on live.
     pub(super) async fn start_resume(&mut self, i: usize, id: Arc<str>) -> Result<(), End> {
+        let result = self.resume_channel(i, id).await;
+        // What the client sent during a replay, in order.
+        let held = std::mem::take(&mut self.held);
+        result?;
+        for msg in held {
+            self.on_client(Some(Ok(msg))).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Session::start_resume`]'s work.
+    async fn resume_channel(&mut self, i: usize, id: Arc<str>) -> Result<(), End> {
         let ch = &self.channels[i];
         let key = ResumeKey {
             resume_id: id,
@@ -198,7 +239,19 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         }
         let mut live_lost = false;
         if let Some((after, until)) = replay {
-            match self.replay_channel(i, &topic, after, until).await? {
+            let mut progress = Progress {
+                key: &key,
+                subject: &subject,
+                safe: after,
+                mark: None,
+                sent_to: after,
+            };
+            let replayed = self
+                .replay_channel(i, &topic, after, until, &mut progress)
+                .await?;
+            // Heartbeats during the replay may have moved the saved position on.
+            let after = progress.safe;
+            match replayed {
                 Replayed::Done(n) | Replayed::LiveLost(n)
                     if self.channel_index(&topic) != Some(i) =>
                 {
@@ -280,6 +333,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         topic: &str,
         after: Cursor,
         until: Cursor,
+        progress: &mut Progress<'_>,
     ) -> Result<Replayed, End> {
         let permit = {
             let wait = std::pin::pin!(async {
@@ -294,19 +348,24 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         self.out.client.replayed();
         // Writes and waits of the replay run to their end whatever the budget.
         self.out.set_soft(true);
-        let result = self.replay_into(i, topic, permit, after, until).await;
+        let result = self
+            .replay_into(i, topic, permit, (after, until), progress)
+            .await;
         self.out.set_soft(false);
         result
     }
 
-    /// [`Session::replay_channel`]'s work, in soft mode.
+    /// [`Session::replay_channel`]'s work, in soft mode. The client is still read meanwhile:
+    /// heartbeats are answered (a long replay must not look like a dead server) and move the
+    /// channel's saved position on; anything else waits in [`Session`]'s `held` (at most
+    /// [`MAX_HELD`]) until the replay ends.
     async fn replay_into(
         &mut self,
         i: usize,
         topic: &str,
         permit: crate::replication::ReplayPermit,
-        after: Cursor,
-        until: Cursor,
+        (after, until): (Cursor, Cursor),
+        progress: &mut Progress<'_>,
     ) -> Result<Replayed, End> {
         let mut rx = self.state.replays.replay(permit, after, until);
         let mut live_lost = false;
@@ -319,8 +378,26 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
                 self.out.unguard();
                 live_lost = true;
             }
-            let step = std::pin::pin!(async { Ok(rx.recv().await) });
-            let next = self.out.guarded(step).await?;
+            let read_client = self.held.len() < MAX_HELD;
+            let waited = {
+                let stream = &mut self.stream;
+                let changes = &mut rx;
+                let step = std::pin::pin!(async move {
+                    Ok(tokio::select! {
+                        biased;
+                        m = stream.next(), if read_client => Step::Client(m),
+                        c = changes.recv() => Step::Change(c),
+                    })
+                });
+                self.out.guarded(step).await?
+            };
+            let next = match waited {
+                Step::Change(c) => c,
+                Step::Client(m) => {
+                    self.during_replay(m, progress).await?;
+                    continue;
+                }
+            };
             let (change, failure) = match next {
                 None => (None, None),
                 Some(Ok(c)) => (Some(c), None),
@@ -333,6 +410,9 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             }
             if !batch.is_empty() && (done || batch.len() >= REPLAY_BATCH) {
                 sent += self.deliver_to(&batch, Some(i)).await? as u64;
+                if let Some(last) = batch.last() {
+                    progress.sent_to = last.change.cursor;
+                }
                 batch.clear();
                 if self.channel_index(topic) != Some(i) {
                     // Closed meanwhile (its rows could not be checked).
@@ -356,6 +436,43 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             return Ok(Replayed::LiveLost(sent));
         }
         Ok(Replayed::Done(sent))
+    }
+
+    /// A client frame that arrived during a replay: a heartbeat is answered and moves the
+    /// replaying channel's saved position on (as [`Session::on_heartbeat_marks`] does for
+    /// joined channels); anything else is held for after the replay.
+    async fn during_replay(
+        &mut self,
+        m: Option<Result<Message, axum::Error>>,
+        progress: &mut Progress<'_>,
+    ) -> Result<(), End> {
+        let msg = match m {
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Err(End::Gone),
+            Some(Ok(msg)) => msg,
+        };
+        self.last_seen = Instant::now();
+        let heartbeat = match &msg {
+            Message::Text(t) => frame::parse_text(self.vsn, t)
+                .ok()
+                .filter(|f| f.topic == PHOENIX_TOPIC && f.event == "heartbeat"),
+            _ => None,
+        };
+        let Some(hb) = heartbeat else {
+            self.held.push(msg);
+            return Ok(());
+        };
+        if let Some(mark) = progress.mark.take()
+            && mark > progress.safe
+        {
+            progress.safe = mark;
+            self.state
+                .resumes
+                .note(progress.key, progress.subject, progress.safe);
+        }
+        progress.mark = Some(progress.sent_to);
+        self.on_heartbeat_marks();
+        self.reply_ok(hb.join_ref.as_deref(), hb.r#ref.as_deref(), PHOENIX_TOPIC)
+            .await
     }
 
     /// A heartbeat arrived: each resumable channel's previous mark is now known received and
