@@ -256,7 +256,8 @@ async fn broadcasts_reach_the_other_node_once_and_in_order() {
 }
 
 /// A broadcast on a private channel reaches the private channel of the same name on the other
-/// node, not its public one.
+/// node, not its public one. One sent with `persist` reaches it once, as its stored row
+/// (Broadcast from Database), not a second time as a relayed copy.
 #[tokio::test]
 async fn private_broadcasts_stay_on_private_channels_across_nodes() {
     let db = support::fresh_db().await;
@@ -290,6 +291,14 @@ async fn private_broadcasts_stay_on_private_channels_across_nodes() {
     text(&mut a_public, &public_ref, topic, "open", json!({})).await;
     let got = until(&mut b_public, &[(topic, "open")]).await;
     assert_eq!(count(&got, topic, "secret"), 0, "{got:?}");
+
+    let kept = json!({"type": "broadcast", "event": "kept", "payload": {"n": 2}, "persist": true});
+    a_private
+        .push(Some(&private_ref), topic, "broadcast", kept)
+        .await;
+    text(&mut a_private, &private_ref, topic, "after", json!({})).await;
+    let got = until(&mut b_private, &[(topic, "kept"), (topic, "after")]).await;
+    assert_eq!(count(&got, topic, "kept"), 1, "{got:?}");
     stop(&db, vec![(a, na), (b, nb)]).await;
 }
 

@@ -430,6 +430,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unreachable_database_drops_copies_and_rests() {
+        let metrics = Metrics::default();
+        let mut writer = Writer {
+            url: "postgres://nobody@127.0.0.1:1/none".into(),
+            conn: None,
+            resting_until: None,
+        };
+        writer.handle(b"batch", 3, &metrics).await;
+        assert_eq!(metrics.cluster_broadcasts_dropped.get("write"), 3);
+        assert!(writer.resting_until.is_some());
+        // While it rests, batches are dropped at once, without connecting.
+        writer.handle(b"batch", 2, &metrics).await;
+        assert_eq!(metrics.cluster_broadcasts_dropped.get("write"), 5);
+        assert_eq!(metrics.cluster_broadcasts_sent.get(), 0);
+        assert!(writer.conn.is_none());
+    }
+
+    #[tokio::test]
     async fn other_nodes_batches_reach_every_member_and_own_ones_are_skipped() {
         let metrics = Arc::new(Metrics::default());
         let bus = Arc::new(Bus::default());
