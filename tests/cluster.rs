@@ -333,3 +333,53 @@ async fn without_the_option_broadcasts_stay_on_their_node() {
     );
     stop(&db, vec![(a, na), (b, nb)]).await;
 }
+
+/// When a node's replication stream is cut, its reader reconnects and Postgres streams the
+/// slot again from its confirmed position: broadcasts the node already delivered are not
+/// delivered again.
+#[tokio::test]
+async fn a_reconnected_reader_does_not_deliver_broadcasts_again() {
+    let db = support::fresh_db().await;
+    let (na, nb) = names(&db);
+    let a = node(&db, &na, true).await;
+    let b = node(&db, &nb, true).await;
+    let anon = token("anon");
+    let topic = "realtime:room";
+    let mut sender = Rt::connect(&a, &anon, true).await;
+    let mut receiver = Rt::connect(&b, &anon, true).await;
+    let (join_ref, _) = sender.join(topic, cfg(false, false)).await;
+    receiver.join(topic, cfg(false, false)).await;
+    text(&mut sender, &join_ref, topic, "one", json!({})).await;
+    until(&mut receiver, &[(topic, "one")]).await;
+
+    let c = db.client().await;
+    let slot = format!("walcast_{nb}");
+    let pid: i32 = c
+        .query_one(
+            "select active_pid from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    c.execute("select pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let (c, slot) = (&c, &slot);
+    let back = support::wait_until(WAIT, || async move {
+        c.query_opt(
+            "select 1 from pg_replication_slots where slot_name = $1 and active \
+             and active_pid <> $2",
+            &[slot, &pid],
+        )
+        .await
+        .is_ok_and(|r| r.is_some())
+    })
+    .await;
+    assert!(back, "node B's reader did not reconnect");
+
+    text(&mut sender, &join_ref, topic, "two", json!({})).await;
+    let got = until(&mut receiver, &[(topic, "two")]).await;
+    assert_eq!(count(&got, topic, "one"), 0, "{got:?}");
+    stop(&db, vec![(a, na), (b, nb)]).await;
+}

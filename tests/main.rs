@@ -12,7 +12,8 @@ mod admin;
 /// The command line: help texts, config errors, emit, keys, slot.
 mod cli;
 /// Broadcast across nodes (`--cluster-broadcast`): two walcast processes on one database, raw
-/// Realtime clients on both: once, no echo, `self`, REST, order, private topics, the default off.
+/// Realtime clients on both: once, no echo, `self`, REST, order, private topics, `persist`, a
+/// reconnected reader, the default off.
 mod cluster;
 /// The dashboard page in headless Chromium: live rows, source switch, filters, settings, resume, screenshot.
 mod dashboard;
