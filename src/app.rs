@@ -104,6 +104,10 @@ pub mod task {
     pub const RESUME_WRITER: &str = "resume positions writer";
     /// The delivery of `realtime.messages` rows to Realtime channels.
     pub const DB_BROADCASTS: &str = "broadcasts from the database";
+    /// The delivery of broadcasts from other nodes (`--cluster-broadcast`).
+    pub const RELAY_RECEIVER: &str = "broadcasts from other nodes";
+    /// The writing of broadcasts for other nodes (`--cluster-broadcast`).
+    pub const RELAY_WRITER: &str = "broadcasts for other nodes";
     /// The daily partitions of walcast's `realtime.messages`.
     pub const MESSAGE_RETENTION: &str = "realtime.messages retention";
 }
@@ -187,6 +191,26 @@ pub async fn serve(
             Arc::clone(&metrics),
         ),
     );
+    // Broadcast across nodes: the other nodes' broadcasts go from the reader to the bus.
+    let relay_origin: u64 = rand::random();
+    let (relay_route, relay_receive_task) = if config.cluster_broadcast {
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::realtime::cluster::RECEIVE_QUEUE);
+        let run = crate::realtime::cluster::spawn_relay_receive_task(
+            rx,
+            Arc::clone(&bus),
+            relay_origin,
+            Arc::clone(&metrics),
+        );
+        // Like the sink, it ends when the reader has ended.
+        let run = sup.watch(task::RELAY_RECEIVER, &reader_token, run);
+        let route = crate::replication::RelayRoute {
+            prefix: crate::realtime::cluster::RELAY_PREFIX.to_owned(),
+            tx,
+        };
+        (Some(route), Some(run))
+    } else {
+        (None, None)
+    };
     let reader = Reader::new(
         ReaderConfig {
             database_url: config.database_url.clone(),
@@ -202,6 +226,7 @@ pub async fn serve(
                 table: crate::realtime::dbcast::MESSAGES_TABLE.to_owned(),
                 tx: db_broadcasts,
             }),
+            relay: relay_route,
         },
         hub.clone(),
         Arc::clone(&metrics),
@@ -362,6 +387,28 @@ pub async fn serve(
         &resume_token,
         tokio::spawn(Arc::clone(&resumes).run(config.retention, resume_token.clone())),
     );
+    // Broadcast across nodes: copies of this node's broadcasts are written to the WAL.
+    let relay_token = CancellationToken::new();
+    let (relay, relay_writer_task) = if config.cluster_broadcast {
+        let (relay, rx) = crate::realtime::cluster::Relay::on(Arc::clone(&metrics));
+        let run = crate::realtime::cluster::spawn_relay_writer_task(
+            rx,
+            config.database_url.clone(),
+            relay_origin,
+            Arc::clone(&metrics),
+            relay_token.clone(),
+        );
+        tracing::info!(
+            origin = format!("{relay_origin:016x}"),
+            "broadcasts reach the other walcast nodes through the WAL"
+        );
+        (
+            relay,
+            Some(sup.watch(task::RELAY_WRITER, &relay_token, run)),
+        )
+    } else {
+        (crate::realtime::cluster::Relay::off(), None)
+    };
     let state = AppState {
         auth: auth.clone(),
         node: Arc::clone(&node),
@@ -397,6 +444,7 @@ pub async fn serve(
             gate: Arc::clone(&gate),
             private: Arc::new(crate::realtime::private::PrivateChannels::new(pool.clone())),
             bus,
+            relay,
             messages: Arc::clone(&messages),
             hub: hub.clone(),
             metrics: Arc::clone(&metrics),
@@ -495,6 +543,11 @@ pub async fn serve(
         if !server_done {
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut server_task).await;
         }
+        // Broadcasts the sessions accepted reach the other nodes.
+        relay_token.cancel();
+        if let Some(t) = relay_writer_task {
+            let _ = t.await;
+        }
         // Sessions have noted where their channels stopped: write it.
         resume_token.cancel();
         let _ = resume_task.await;
@@ -528,6 +581,9 @@ pub async fn serve(
         }
         let _ = sink_task.await;
         let _ = db_broadcast_task.await;
+        if let Some(t) = relay_receive_task {
+            let _ = t.await;
+        }
     };
     if tokio::time::timeout(budget, ordered).await.is_err() {
         tracing::warn!(

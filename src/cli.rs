@@ -544,6 +544,14 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_channel_messages_per_second: u32,
 
+    /// Realtime broadcasts reach the channel's members on every walcast node of this database:
+    /// each broadcast accepted here (socket or REST) is also written to the WAL with
+    /// pg_logical_emit_message, and broadcasts other nodes wrote are read from this node's slot.
+    /// Costs one WAL message per batch of broadcasts, decoded by every node's slot; presence
+    /// stays per node. Off by default (one node needs nothing). See docs/scaling.md.
+    #[arg(long, env = "WALCAST_CLUSTER_BROADCAST")]
+    pub cluster_broadcast: bool,
+
     /// Failed admin console logins one client address may make before it is locked out for
     /// --admin-lockout: every attempt is then refused, the right password too.
     #[arg(long, env = "WALCAST_ADMIN_MAX_FAILURES", default_value_t = 5,

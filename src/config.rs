@@ -105,6 +105,8 @@ pub struct ServerConfig {
     pub max_payload: usize,
     /// Days of stored broadcasts kept in walcast's own `realtime.messages`.
     pub broadcast_retention_days: u32,
+    /// Broadcasts reach the other walcast nodes of the database through the WAL.
+    pub cluster_broadcast: bool,
     /// The bearer token `/metrics` needs, when set.
     pub metrics_token: Option<crate::auth::SecretText>,
     /// Per-socket Realtime rate limits.
@@ -443,6 +445,7 @@ impl ServerConfig {
             max_replays: usize::from(args.max_replays),
             max_payload,
             broadcast_retention_days: args.broadcast_retention_days,
+            cluster_broadcast: args.cluster_broadcast,
             metrics_token: args
                 .metrics_token
                 .clone()

@@ -25,7 +25,8 @@
 //! - [`ws`]: what both WebSocket endpoints share ([`ws::socket`]: limits, close codes, timed
 //!   writes) and the `/ws` endpoint ([`ws::protocol`], pure; its session).
 //! - [`realtime`]: the Supabase Realtime endpoint ([`realtime::protocol`], pure; sessions,
-//!   channels, deliveries, broadcast and presence, private channels).
+//!   channels, deliveries, broadcast and presence, broadcast across nodes through the WAL,
+//!   private channels).
 //! - [`access`]: row visibility under the role's own RLS policies and column privileges, one
 //!   batched call for every waiting check.
 //! - [`auth`]: the one token verifier (the JWT secret, a JWKS of signing keys kept fresh, the

@@ -11,6 +11,10 @@ mod support;
 mod admin;
 /// The command line: help texts, config errors, emit, keys, slot.
 mod cli;
+/// Broadcast across nodes (`--cluster-broadcast`): two walcast processes on one database, raw
+/// Realtime clients on both: once, no echo, `self`, REST, order, private topics, `persist`, a
+/// reconnected reader, the default off.
+mod cluster;
 /// The dashboard page in headless Chromium: live rows, source switch, filters, settings, resume, screenshot.
 mod dashboard;
 /// The dead-letter queue: SQL functions, concurrent claims, retry worker and lock, CLI, /v1/dlq.

@@ -178,7 +178,7 @@ impl Rt {
     }
 
     /// Sends a binary frame.
-    async fn push_binary(&mut self, bytes: Vec<u8>) {
+    pub(crate) async fn push_binary(&mut self, bytes: Vec<u8>) {
         self.socket
             .send(Message::binary(bytes))
             .await

@@ -471,6 +471,20 @@ declare_metrics! {
     db_broadcasts_dropped: Counter
         => "walcast_db_broadcasts_dropped_total",
            "realtime.messages rows not delivered because the queue from the replication reader was full";
+    /// Broadcasts this node wrote to the WAL for the other nodes (`--cluster-broadcast`).
+    cluster_broadcasts_sent: Counter
+        => "walcast_cluster_broadcasts_sent_total",
+           "Broadcasts accepted on this node and written to the WAL for the other nodes (--cluster-broadcast)";
+    /// Broadcasts from other nodes handed to this node's channels.
+    cluster_broadcasts_received: Counter
+        => "walcast_cluster_broadcasts_received_total",
+           "Broadcasts from other walcast nodes, read from the WAL and handed to this node's Realtime channels";
+    /// Broadcasts between nodes lost, by `kind`: `send_queue` (the writer's queue was full),
+    /// `write` (the database refused or was unreachable), `receive_queue` (the reader's queue
+    /// was full; counts batches), `decode` (an unreadable batch; counts batches).
+    cluster_broadcasts_dropped: LabeledCounter<KindLabel>
+        => "walcast_cluster_broadcasts_dropped_total",
+           "Broadcasts between walcast nodes lost, by kind (send_queue, write: broadcasts; receive_queue, decode: batches)";
     /// Failed admin console logins (wrong password or a broken SCRAM exchange).
     admin_login_failures: Counter
         => "walcast_admin_login_failures_total",

@@ -8,8 +8,9 @@
 //! tells its client and closes. Broadcast frames are encoded at most once per wire form and
 //! shared by every recipient.
 //!
-//! The bus never touches sockets and never crosses nodes: clients of different walcast
-//! processes do not see each other's broadcasts or presence.
+//! The bus never touches sockets and never crosses nodes by itself: with `--cluster-broadcast`
+//! broadcasts from other nodes arrive through [`super::cluster`] and are published here like
+//! broadcasts no local member sent; presence stays per node.
 //!
 //! Each topic also keeps its per-second message budget ([`Bus::admit`]): client messages are
 //! counted in fixed one-second windows, per topic and per member. Over the budget a message is

@@ -6,6 +6,8 @@
 //! - `session`: one task per socket: its loop, its channels (join, token refresh), the
 //!   delivery of changes through the row gate ([`crate::access`]), and broadcast and presence.
 //! - [`bus`]: broadcast and presence between sockets of this node.
+//! - [`cluster`]: broadcast across nodes (`--cluster-broadcast`): a copy of each broadcast
+//!   written to the WAL, and the other nodes' copies read from it to the bus.
 //! - [`private`]: who may read and write private channels (`realtime.messages` policies).
 //! - [`resume`]: where channels of clients connected with a `resume_id` resume (positions kept
 //!   in Postgres).
@@ -23,6 +25,7 @@
 //! overflows its bus inbox is told so on every channel and disconnected.
 
 pub(crate) mod bus;
+pub(crate) mod cluster;
 pub(crate) mod dbcast;
 pub(crate) mod messages;
 pub(crate) mod private;
@@ -66,6 +69,8 @@ pub struct RealtimeState {
     pub private: Arc<PrivateChannels>,
     /// Broadcast and presence between sockets of this node.
     pub bus: Arc<Bus>,
+    /// Copies of broadcasts for the other nodes (a no-op without `--cluster-broadcast`).
+    pub relay: cluster::Relay,
     /// Stored broadcasts (`persist`, replay).
     pub messages: Arc<messages::MessageStore>,
     /// Live changes.

@@ -12,8 +12,9 @@
 //! own path). Every request needs a token (the `Authorization: Bearer` user token, else the
 //! `apikey` header), checked like the socket's. A message goes to the members of the topic on
 //! this node through the [`Bus`](super::bus::Bus), exactly like a broadcast pushed on a socket:
-//! the same payload limit, the same `realtime.messages` write policies on private topics. The
-//! answer is `202 Accepted` with an empty body.
+//! the same payload limit, the same `realtime.messages` write policies on private topics. With
+//! `--cluster-broadcast` a copy also goes to the other walcast nodes
+//! ([`cluster`](super::cluster)). The answer is `202 Accepted` with an empty body.
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -301,7 +302,9 @@ async fn batch(
                 dropped += 1;
             }
             Ok(true) => {
-                state.bus.publish(&key, BroadcastBody::Json(text));
+                let body = BroadcastBody::Json(text);
+                state.relay.send(&key, &body);
+                state.bus.publish(&key, body);
             }
             Ok(false) => {
                 tracing::debug!(topic = %key.topic, role = %claims.role, "realtime REST broadcast: write refused by policy; skipped");
@@ -423,6 +426,10 @@ async fn one(
                     "unable_to_store",
                     super::protocol::text::PERSIST_FAILED.to_owned(),
                 );
+            }
+            // A stored message reaches the other nodes as its `realtime.messages` row.
+            if !(persist && private) {
+                state.relay.send(&key, &body);
             }
             state.bus.publish(&key, body);
             StatusCode::ACCEPTED.into_response()

@@ -21,6 +21,6 @@ pub(crate) mod slot;
 pub(crate) mod window_store;
 
 pub use error::ReplicationError;
-pub use reader::{MessageRoute, Reader, ReaderConfig, ReaderStatus};
+pub use reader::{MessageRoute, Reader, ReaderConfig, ReaderStatus, RelayRoute, WalMessage};
 pub use replay::{ReplayPermit, ReplayRx, Replays, spawn_replay};
 pub use settings::ReplicationSettings;

@@ -11,6 +11,11 @@
 //! With a [`MessageRoute`] it also streams the broadcast message table from its own
 //! publication and hands those rows to the route's bounded queue instead of the hub (never
 //! waiting: a full queue drops the row and says so in the log).
+//!
+//! With a [`RelayRoute`] it hands transactional logical decoding messages of the route's prefix
+//! (`pg_logical_emit_message`, broadcasts between walcast nodes) to the route's bounded queue,
+//! never waiting either. Each is handed over once per process: messages the stream repeats
+//! after a reconnect, and those committed before this process first streamed, are skipped.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -118,6 +123,30 @@ pub struct ReaderConfig {
     pub dead_letters: Option<tokio::sync::mpsc::Sender<crate::dlq::DeadLetter>>,
     /// Where rows of the broadcast message table go (Broadcast from Database), if anywhere.
     pub messages: Option<MessageRoute>,
+    /// Where logical decoding messages of one prefix go (broadcasts between nodes), if
+    /// anywhere.
+    pub relay: Option<RelayRoute>,
+}
+
+/// Transactional logical decoding messages with one prefix, handed to a queue (never to the
+/// hub).
+#[derive(Debug, Clone)]
+pub struct RelayRoute {
+    /// The prefix the writer passed to `pg_logical_emit_message`.
+    pub prefix: String,
+    /// The queue.
+    pub tx: tokio::sync::mpsc::Sender<WalMessage>,
+}
+
+/// A transactional logical decoding message, as the reader routes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalMessage {
+    /// The commit LSN of its transaction.
+    pub commit_lsn: Lsn,
+    /// Its own LSN.
+    pub lsn: Lsn,
+    /// Its content.
+    pub content: Vec<u8>,
 }
 
 /// Rows of one table streamed from their own publication and handed to a queue, never to the
@@ -157,6 +186,11 @@ pub struct Reader {
     slot_seen: bool,
     /// The window's old edge, for the task that records it (`window_store`).
     edge: tokio::sync::watch::Sender<(u64, u64)>,
+    /// The commit LSN of the transaction being streamed (between Begin and Commit).
+    open_commit: Option<u64>,
+    /// The (commit LSN, LSN) of the last message handed to the relay route, or of the stream's
+    /// start when this process first streamed: messages at or before it are not handed again.
+    relayed_through: (u64, u64),
 }
 
 impl Reader {
@@ -175,6 +209,8 @@ impl Reader {
             window: None,
             slot_seen: false,
             edge: tokio::sync::watch::Sender::new((0, 0)),
+            open_commit: None,
+            relayed_through: (0, 0),
         }
     }
 
@@ -287,6 +323,8 @@ impl Reader {
                 commit_lsn: current,
                 index: 0,
             });
+            // Messages between nodes committed before this process streamed are history.
+            self.relayed_through = (current.0, 0);
             let mut window = Window::new(
                 confirmed,
                 self.config.retention,
@@ -374,7 +412,10 @@ impl Reader {
                 final_lsn,
                 xid,
                 commit_time_micros,
-            } => decoder.begin(Lsn(final_lsn.0), xid, commit_time_micros),
+            } => {
+                self.open_commit = Some(final_lsn.0);
+                decoder.begin(Lsn(final_lsn.0), xid, commit_time_micros)
+            }
             ReplicationEvent::XLogData { wal_end, data, .. } => {
                 *server_end = (*server_end).max(wal_end.0);
                 match decoder.decode(&data) {
@@ -396,6 +437,7 @@ impl Reader {
                 commit_time_micros,
             } => {
                 *server_end = (*server_end).max(end_lsn.0);
+                self.open_commit = None;
                 if let Err(e) = decoder.commit(Lsn(lsn.0), Lsn(end_lsn.0), commit_time_micros) {
                     self.metrics.decode_errors.add(e.code(), 1);
                     tracing::error!(error = %e, "commit without a transaction");
@@ -408,7 +450,13 @@ impl Reader {
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 *server_end = (*server_end).max(wal_end.0);
             }
-            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => self.relay(transactional, lsn.0, &prefix, content.to_vec()),
+            ReplicationEvent::StoppedAt { .. } => {}
         }
         self.status.received.store(*server_end, Ordering::Relaxed);
         self.metrics
@@ -456,6 +504,38 @@ impl Reader {
         }
         self.metrics.replication_changes.inc();
         self.hub.publish(change);
+    }
+
+    /// Hands a logical decoding message of the relay route's prefix to its queue (never
+    /// waits). Non-transactional messages have no commit position to keep them in order with
+    /// the others, so walcast never writes them and skips them here.
+    fn relay(&mut self, transactional: bool, lsn: u64, prefix: &str, content: Vec<u8>) {
+        let Some(route) = &self.config.relay else {
+            return;
+        };
+        if prefix != route.prefix {
+            return;
+        }
+        let Some(commit) = self.open_commit.filter(|_| transactional) else {
+            tracing::debug!(lsn = %Lsn(lsn), "a non-transactional message with walcast's relay prefix was skipped");
+            return;
+        };
+        let at = (commit, lsn);
+        if at <= self.relayed_through {
+            return;
+        }
+        self.relayed_through = at;
+        let msg = WalMessage {
+            commit_lsn: Lsn(commit),
+            lsn: Lsn(lsn),
+            content,
+        };
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(m)) = route.tx.try_send(msg) {
+            self.metrics
+                .cluster_broadcasts_dropped
+                .add("receive_queue", 1);
+            tracing::warn!(lsn = %m.lsn, "the queue of broadcasts from other nodes is full; a batch is not delivered");
+        }
     }
 
     /// Recomputes and sends the confirmed position.

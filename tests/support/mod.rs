@@ -195,7 +195,8 @@ impl Walcast {
         Self::start_with_env(db, extra, &[]).await
     }
 
-    /// Like [`Walcast::start`] with extra environment variables.
+    /// Like [`Walcast::start`] with extra environment variables. The node is
+    /// [`TestDb::node`] unless `extra` names one with `--node` (several nodes on one database).
     pub async fn start_with_env(db: &TestDb, extra: &[&str], env: &[(&str, &str)]) -> Walcast {
         let mut args: Vec<String> = vec![
             "serve".into(),
@@ -203,11 +204,12 @@ impl Walcast {
             db.url.clone(),
             "--listen".into(),
             "127.0.0.1:0".into(),
-            "--node".into(),
-            db.node(),
             "--spool-dir".into(),
             temp_dir("spool").display().to_string(),
         ];
+        if !extra.contains(&"--node") {
+            args.extend(["--node".into(), db.node()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let env: Vec<(String, String)> = env
             .iter()

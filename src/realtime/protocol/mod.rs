@@ -15,6 +15,8 @@
 //! - [`binding`]: `postgres_changes` bindings, filters, binding ids and their error texts.
 //! - [`payload`]: the change `data` object and the per-channel change frames.
 //! - [`presence`]: presence `track`/`untrack` requests, `presence_state` and `presence_diff`.
+//! - [`cluster`]: batches of broadcasts carried between walcast nodes in WAL messages
+//!   (`--cluster-broadcast`).
 //! - [`text`]: error reasons, token problems and `system` message payloads.
 
 pub(crate) mod binding;
@@ -24,6 +26,7 @@ pub mod frame;
 pub(crate) mod join;
 pub mod payload;
 pub(crate) mod presence;
+pub mod cluster;
 pub(crate) mod text;
 
 pub use binding::{Binding, BindingError, BindingRequest, EventFilter};

@@ -138,6 +138,7 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
         };
         let ch = &self.channels[i];
         let body = BroadcastBody::Json(payload);
+        self.relay(i, persist && stored, &body);
         self.state.bus.broadcast(&ch.key, ch.member, body);
         self.acknowledge(i, m.join_ref.as_deref(), m.r#ref.as_deref(), stored)
             .await
@@ -187,9 +188,21 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
             encoding: b.encoding,
             payload: b.payload,
         };
+        self.relay(i, persist && stored, &body);
         self.state.bus.broadcast(&ch.key, ch.member, body);
         self.acknowledge(i, b.join_ref.as_deref(), b.r#ref.as_deref(), stored)
             .await
+    }
+
+    /// Hands a copy of a broadcast on channel `i` to the other nodes (`--cluster-broadcast`),
+    /// unless it was sent with `persist` and stored in `realtime.messages` on a private
+    /// channel: that row reaches every node as Broadcast from Database already.
+    fn relay(&self, i: usize, persisted: bool, body: &BroadcastBody) {
+        let ch = &self.channels[i];
+        if persisted && ch.key.private {
+            return;
+        }
+        self.state.relay.send(&ch.key, body);
     }
 
     /// Stores a broadcast sent with `persist` on channel `i` in `realtime.messages`, where a

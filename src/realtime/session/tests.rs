@@ -30,6 +30,7 @@ fn state(capacity: usize) -> RealtimeState {
         gate: Arc::new(RlsGate::new(pool.clone(), "walcast_events")),
         private: Arc::new(PrivateChannels::new(pool.clone())),
         bus: Arc::default(),
+        relay: crate::realtime::cluster::Relay::off(),
         messages: Arc::new(crate::realtime::messages::MessageStore::new(pool.clone())),
         hub: Hub::new(capacity, u64::MAX, Arc::default()),
         metrics: Arc::default(),
