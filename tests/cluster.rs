@@ -12,7 +12,7 @@ use walcast::realtime::protocol::frame::{
     PayloadEncoding, UserBroadcast, encode_user_broadcast_push, parse_server_binary,
 };
 
-use crate::realtime::{In, Rt};
+use crate::realtime::{Frame, In, Rt};
 use crate::support::{self, TestDb, Walcast};
 
 /// How long to wait for the broadcasts that should come.
@@ -382,4 +382,136 @@ async fn a_reconnected_reader_does_not_deliver_broadcasts_again() {
     let got = until(&mut receiver, &[(topic, "two")]).await;
     assert_eq!(count(&got, topic, "one"), 0, "{got:?}");
     stop(&db, vec![(a, na), (b, nb)]).await;
+}
+
+/// A service_role token valid for ten minutes.
+fn service_token() -> String {
+    let now = chrono::Utc::now().timestamp();
+    support::sign(json!({"role": "service_role", "exp": now + 600, "iat": now}))
+}
+
+/// Inserts one row of `monitoring_events`; returns its id.
+async fn insert_row(db: &TestDb, source: &str) -> String {
+    db.client()
+        .await
+        .query_one(
+            "insert into public.monitoring_events (event_type, source) values ('cpu', $1) \
+             returning id::text",
+            &[&source],
+        )
+        .await
+        .expect("insert")
+        .get(0)
+}
+
+/// Node death loses nothing for a `/ws` client that reconnects elsewhere: its cursor is a WAL
+/// position, so node B replays from its own slot what came after the last event node A sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ws_cursor_from_a_killed_node_resumes_on_another() {
+    let db = support::fresh_db().await;
+    let (a_name, b_name) = names(&db);
+    let mut a = node(&db, &a_name, false).await;
+    let b = node(&db, &b_name, false).await;
+    let path = format!("/ws?apikey={}", service_token());
+    let mut on_a = support::ws::WsClient::connect(&a.ws_url(&path)).await;
+    on_a.subscribe("all", json!({})).await;
+    let first = insert_row(&db, "before").await;
+    let got = on_a.events(1, WAIT).await;
+    assert_eq!(got[0]["record"]["id"], first);
+    let cursor = got[0]["cursor"].as_str().expect("cursor").to_owned();
+    a.kill9();
+    let mut missed = Vec::new();
+    for n in 0..3 {
+        missed.push(insert_row(&db, &format!("missed-{n}")).await);
+    }
+    let mut on_b = support::ws::WsClient::connect(&b.ws_url(&path)).await;
+    on_b.subscribe("all", json!({})).await;
+    let (replayed, resumed) = on_b.resume(&cursor, WAIT).await;
+    let ids: Vec<&str> = replayed
+        .iter()
+        .filter_map(|f| f["record"]["id"].as_str())
+        .collect();
+    assert_eq!(ids, missed, "{resumed}");
+    let live = insert_row(&db, "live").await;
+    assert_eq!(on_b.events(1, WAIT).await[0]["record"]["id"], live);
+    stop(&db, vec![(a, a_name), (b, b_name)]).await;
+}
+
+/// Node death loses nothing for a Realtime client with a `resume_id` that reconnects elsewhere:
+/// its position is kept in Postgres, and node B replays from its own slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_realtime_resume_id_moves_from_a_killed_node_to_another() {
+    let db = support::fresh_db().await;
+    let (a_name, b_name) = names(&db);
+    let mut a = node(&db, &a_name, false).await;
+    let b = node(&db, &b_name, false).await;
+    let token = service_token();
+    let rid = "resume_id=moving-client-1";
+    let topic = "realtime:moving";
+    let bindings = json!([{"event": "*", "schema": "public", "table": "monitoring_events"}]);
+    let join = json!({"config": {"broadcast": {"ack": false, "self": false},
+        "presence": {"key": "", "enabled": false}, "postgres_changes": bindings,
+        "private": false}});
+    let is_change = |f: &Frame| f.event == "postgres_changes";
+    let id_of = |f: &Frame| {
+        f.payload["data"]["record"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let c = db.client().await;
+    let saved = || async {
+        c.query_opt(
+            "select commit_lsn::text from walcast.realtime_resume_positions \
+             where resume_id = 'moving-client-1'",
+            &[],
+        )
+        .await
+        .expect("resume positions")
+        .map(|r| r.get::<_, String>(0))
+    };
+    let mut on_a = Rt::connect_with(&a, &token, true, rid).await;
+    on_a.join(topic, join.clone()).await;
+    on_a.wait_for("subscribed", |f| f.event == "system").await;
+    assert!(
+        support::wait_until(Duration::from_secs(10), || async {
+            saved().await.is_some()
+        })
+        .await,
+        "the join's position was never saved"
+    );
+    let at_join = saved().await;
+    for n in 0..3 {
+        let id = insert_row(&db, &format!("seen-{n}")).await;
+        assert_eq!(id_of(&on_a.wait_for("a change", is_change).await), id);
+    }
+    // Two heartbeats: what came before the first is known received at the second.
+    on_a.heartbeat().await;
+    on_a.heartbeat().await;
+    let moved = support::wait_until(Duration::from_secs(10), || async {
+        saved().await != at_join
+    })
+    .await;
+    assert!(moved, "the heartbeats' position was never written");
+    a.kill9();
+    let mut missed = Vec::new();
+    for n in 0..3 {
+        missed.push(insert_row(&db, &format!("missed-{n}")).await);
+    }
+    let mut on_b = Rt::connect_with(&b, &token, false, rid).await;
+    on_b.join(topic, join).await;
+    let mut got = Vec::new();
+    while got.len() < missed.len() {
+        got.push(id_of(&on_b.wait_for("a replayed change", is_change).await));
+    }
+    assert_eq!(
+        got, missed,
+        "node B replays what node A's client missed, in order"
+    );
+    let live = insert_row(&db, "live").await;
+    assert_eq!(
+        id_of(&on_b.wait_for("a live change", is_change).await),
+        live
+    );
+    stop(&db, vec![(a, a_name), (b, b_name)]).await;
 }

@@ -11,9 +11,9 @@ mod support;
 mod admin;
 /// The command line: help texts, config errors, emit, keys, slot.
 mod cli;
-/// Broadcast across nodes (`--cluster-broadcast`): two walcast processes on one database, raw
-/// Realtime clients on both: once, no echo, `self`, REST, order, private topics, `persist`, a
-/// reconnected reader, the default off.
+/// Several nodes on one database: broadcast across nodes (`--cluster-broadcast`: once, no echo,
+/// `self`, REST, order, private topics, `persist`, a reconnected reader, the default off), and
+/// a `/ws` cursor and a Realtime `resume_id` moving from a killed node to another.
 mod cluster;
 /// The dashboard page in headless Chromium: live rows, source switch, filters, settings, resume, screenshot.
 mod dashboard;
