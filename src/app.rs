@@ -146,6 +146,29 @@ pub async fn serve(
     on_listen: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), AppError> {
     let config = Arc::new(config);
+    // Every connection is a file descriptor: take what the hard limit allows, and say so when
+    // --max-connections cannot fit.
+    let files = crate::http::server::raise_open_files_limit();
+    if files.now > files.before {
+        tracing::info!(
+            from = files.before,
+            to = files.now,
+            "open files limit raised to the hard limit"
+        );
+    }
+    let wanted = config.http.max_connections as u64;
+    if wanted > files.connections() {
+        tracing::warn!(
+            max_connections = wanted,
+            open_files_limit = files.now,
+            "--max-connections is above what the open-files limit allows (about {} connections \
+             beside walcast's own {} files): raise the hard limit (ulimit -Hn, systemd \
+             LimitNOFILE=, docker --ulimit nofile=) or lower --max-connections; see \
+             docs/scaling.md",
+            files.connections(),
+            crate::http::server::FILES_BESIDE_CONNECTIONS
+        );
+    }
     let pool = db::pool(&config.database_url, config.pool_size, "walcast")?;
     {
         let client = pool.get().await.map_err(db::DbError::Connect)?;

@@ -333,3 +333,27 @@ async fn the_channel_budget_disconnects_its_heaviest_sender_only() {
     );
     assert!(metric(&w, "walcast_channel_messages_dropped_total").await >= 1.0);
 }
+
+/// walcast takes the hard open-files limit at start and warns when --max-connections cannot
+/// fit under it (every connection is a file descriptor).
+#[tokio::test]
+async fn max_connections_above_the_open_files_limit_is_warned_about() {
+    let db = support::fresh_db().await;
+    let hard: u64 = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    if hard >= u64::from(u32::MAX) {
+        // Unlimited: nothing a --max-connections could exceed.
+        return;
+    }
+    let asked = (hard + 1).to_string();
+    let w = walcast(&db, &["--max-connections", &asked]).await;
+    let log = w.log_text();
+    assert!(
+        log.contains("--max-connections is above what the open-files limit allows"),
+        "{log}"
+    );
+}

@@ -71,6 +71,14 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         println!("  psql:             psql -h {psql_host} -p {pg_port} -U postgres {DEV_DATABASE}");
         println!("  anon key:         {anon}");
         println!("  service_role key: {service}");
+        // serve raised the soft limit to the hard one already: this reads what it got.
+        let files = crate::http::server::raise_open_files_limit();
+        println!(
+            "  open files:       {} (about {} connections; raise the hard limit with `ulimit -Hn` \
+             as root, systemd LimitNOFILE= or docker --ulimit nofile= for more)",
+            files.now,
+            files.connections()
+        );
         println!(
             "  try:              walcast emit --type cpu --source host-1 --data '{{\"load\":0.5}}'"
         );

@@ -208,3 +208,74 @@ mod tests {
         assert_eq!(v["error"]["message"], crate::http::per_ip::OVER_CAP_MESSAGE);
     }
 }
+
+/// File descriptors walcast needs besides its client connections: the database pool, the
+/// replication connections (reader, replays, writers), log and spool files, and headroom.
+pub const FILES_BESIDE_CONNECTIONS: u64 = 256;
+
+/// The open-files limit (`RLIMIT_NOFILE`) before and after [`raise_open_files_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The soft limit walcast started with.
+    pub before: u64,
+    /// The soft limit now.
+    pub now: u64,
+    /// The hard limit (the most an unprivileged process may raise its soft limit to).
+    pub hard: u64,
+}
+
+impl OpenFiles {
+    /// Connections that fit under the limit now, beside what walcast needs for itself.
+    pub fn connections(&self) -> u64 {
+        self.now.saturating_sub(FILES_BESIDE_CONNECTIONS)
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit, as servers that hold a socket per
+/// client do: every connection is a file descriptor, and the soft limit (often 1024) is far
+/// below what the hard limit allows. Raising the hard limit itself needs the operator (`ulimit
+/// -Hn`, systemd `LimitNOFILE=`, docker `--ulimit nofile=`); see docs/scaling.md.
+pub fn raise_open_files_limit() -> OpenFiles {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let before = limit.current.unwrap_or(u64::MAX);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    let mut now = before;
+    if before < hard {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            now = hard;
+        }
+    }
+    OpenFiles { before, now, hard }
+}
+
+#[cfg(test)]
+mod open_files_tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_limit_is_raised_to_the_hard_one() {
+        let files = raise_open_files_limit();
+        assert!(
+            files.before <= files.now && files.now <= files.hard,
+            "{files:?}"
+        );
+        // Raised (or already there): a second call finds it at the hard limit.
+        let again = raise_open_files_limit();
+        assert_eq!(again.before, again.now);
+        assert_eq!(again.now, files.now);
+        assert_eq!(
+            OpenFiles {
+                before: 1024,
+                now: 20_000,
+                hard: 20_000
+            }
+            .connections(),
+            20_000 - FILES_BESIDE_CONNECTIONS
+        );
+    }
+}
