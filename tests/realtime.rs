@@ -130,15 +130,7 @@ fn parse(v2: bool, text: &str) -> Frame {
 impl Rt {
     /// Connects with `token`, serializer 2.0.0 when `v2`.
     pub(crate) async fn connect(w: &Walcast, token: &str, v2: bool) -> Rt {
-        let vsn = if v2 { "2.0.0" } else { "1.0.0" };
-        let (socket, _) = tokio_tungstenite::connect_async(url(w, Some(token), Some(vsn)))
-            .await
-            .expect("realtime connect");
-        Rt {
-            socket,
-            v2,
-            next: 0,
-        }
+        Rt::connect_with(w, token, v2, "").await
     }
 
     /// Connects with `token` and more query parameters (`extra`, already encoded).
