@@ -97,13 +97,18 @@ impl<S: ClientSink, R: ClientStream> Session<S, R> {
     pub(super) async fn deliver_changes(&mut self, items: &[Arc<HubItem>]) -> Result<usize, End> {
         // 0. Skip what was already examined.
         let mut fresh = Vec::with_capacity(items.len());
+        let mut last = self.position;
         for item in items {
-            if self.position.is_none_or(|p| item.change.cursor > p) {
-                self.position = Some(item.change.cursor);
+            if last.is_none_or(|p| item.change.cursor > p) {
+                last = Some(item.change.cursor);
                 fresh.push(Arc::clone(item));
             }
         }
-        self.deliver_to(&fresh, None).await
+        let sent = self.deliver_to(&fresh, None).await?;
+        // Only once the batch is written: a close the client answers saves this position as
+        // received (see `resume`), so a batch cut short must not count.
+        self.position = last;
+        Ok(sent)
     }
 
     /// Matches changes against every channel (or channel `only`, for a replay, which also
