@@ -423,12 +423,13 @@ pub async fn serve(
         tokio::spawn(Arc::clone(&resumes).run(config.retention, resume_token.clone())),
     );
     // Broadcast across nodes: copies of this node's broadcasts are written to the WAL.
-    let relay_writer_task = if let Some(rx) = relay_rx {
+    let relay_writer_task = if let (Some(rx), Some(heard_self)) = (relay_rx, relay.heard_self()) {
         let run = crate::realtime::cluster::spawn_relay_writer_task(
             rx,
             config.database_url.clone(),
             relay_origin,
             config.cluster_presence_ttl / 3,
+            heard_self,
             Arc::clone(&metrics),
             relay_token.clone(),
         );

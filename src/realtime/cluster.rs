@@ -32,8 +32,9 @@
 //! local members and merges them into `presence_state`. Liveness: the writer writes a batch,
 //! empty if it has nothing else, every `--cluster-presence-ttl` / 3 (the `alive`); the receive
 //! task notes when it last read a batch from each node and, once a second, drops all presences
-//! of nodes silent for longer than the TTL (their members get the leaves). A node's first
-//! batch carries a hello. When a node reads a batch from a node it does not know (it started,
+//! of nodes silent for longer than the TTL (their members get the leaves). A node's alives
+//! carry a hello until it has read one of its own batches back (then its slot is in place and
+//! the answers reach it). When a node reads a batch from a node it does not know (it started,
 //! or came back after it was given up), or a hello, it announces its own presences again, at
 //! most [`MAX_SYNC`] of them; a node that comes back without a hello is also sent a hello so
 //! that it announces its presences again. Announcing again is idempotent (same references).
@@ -135,6 +136,9 @@ struct RelayTx {
     metrics: Arc<Metrics>,
     /// Set while copies are being dropped at the full queue (one warning per episode).
     dropping: AtomicBool,
+    /// Set once this node read one of its own batches back: its slot is in place, so what
+    /// other nodes write in answer to its hello reaches it (until then every alive says hello).
+    heard_self: Arc<AtomicBool>,
 }
 
 /// The handle sessions and the REST API use to relay a broadcast to the other nodes; does
@@ -155,6 +159,7 @@ impl Relay {
             tx,
             metrics,
             dropping: AtomicBool::new(false),
+            heard_self: Arc::new(AtomicBool::new(false)),
         };
         (Relay(Some(Arc::new(inner))), rx)
     }
@@ -162,6 +167,12 @@ impl Relay {
     /// Whether broadcasts are relayed.
     pub fn is_on(&self) -> bool {
         self.0.is_some()
+    }
+
+    /// The flag the receive task sets once this node read its own batch back (the writer
+    /// stops saying hello then); `None` when off.
+    pub fn heard_self(&self) -> Option<Arc<AtomicBool>> {
+        self.0.as_ref().map(|r| Arc::clone(&r.heard_self))
     }
 
     /// Queues a copy of a broadcast just delivered on this node for the other nodes; never
@@ -310,20 +321,18 @@ impl Writer {
         result
     }
 
-    /// Writes an `alive` batch (no entries, or a hello), unless resting after a failure;
-    /// whether it was written.
-    async fn alive(&mut self, batch: &[u8]) -> bool {
+    /// Writes an `alive` batch (no entries, or a hello), unless resting after a failure.
+    async fn alive(&mut self, batch: &[u8]) {
         if self.resting_until.is_some_and(|t| Instant::now() < t) {
-            return false;
+            return;
         }
         match self.write(batch).await {
-            Ok(()) => true,
+            Ok(()) => {}
             Err(e) => {
                 if self.resting_until.is_none() {
                     tracing::warn!(error = %crate::error::error_chain(&e), kind = e.kind(), "this node could not tell the other nodes it is alive; they drop its presences after --cluster-presence-ttl");
                 }
                 self.resting_until = Some(Instant::now() + RETRY_AFTER);
-                false
             }
         }
     }
@@ -359,13 +368,15 @@ impl Writer {
 
 /// Starts the task that writes relayed entries from `rx` to the WAL on its own connection
 /// to `database_url`, tagged with this process's `origin`, and an `alive` batch every
-/// `alive_every` (the first one with a hello). On `token` it writes what is already queued
+/// `alive_every`, with a hello until `heard_self` is set (this node's slot has read one of its
+/// batches, so answers to the hello reach it). On `token` it writes what is already queued
 /// (once) and ends.
 pub fn spawn_relay_writer_task(
     mut rx: mpsc::Receiver<Entry>,
     database_url: String,
     origin: u64,
     alive_every: Duration,
+    heard_self: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     token: CancellationToken,
 ) -> JoinHandle<()> {
@@ -377,7 +388,6 @@ pub fn spawn_relay_writer_task(
         };
         let mut alive = tokio::time::interval(alive_every);
         alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut hello_pending = true;
         loop {
             let first = tokio::select! {
                 biased;
@@ -390,13 +400,12 @@ pub fn spawn_relay_writer_task(
                 },
                 // PRIORITY 3: tell the other nodes this one is alive.
                 _ = alive.tick() => {
-                    let mut batch = wire::encode_header(origin, u16::from(hello_pending));
-                    if hello_pending {
+                    let hello = !heard_self.load(Ordering::Relaxed);
+                    let mut batch = wire::encode_header(origin, u16::from(hello));
+                    if hello {
                         let _ = wire::encode_entry(&Entry::Hello, &mut batch);
                     }
-                    if writer.alive(&batch).await {
-                        hello_pending = false;
-                    }
+                    writer.alive(&batch).await;
                     continue;
                 }
             };
@@ -528,6 +537,9 @@ fn receive_batch(
     metrics: &Metrics,
 ) {
     if wire::origin(&m.content).is_ok_and(|o| o == origin) {
+        if let Some(flag) = relay.heard_self() {
+            flag.store(true, Ordering::Relaxed);
+        }
         return;
     }
     let batch = match wire::decode(&m.content) {
