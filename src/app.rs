@@ -575,7 +575,8 @@ pub async fn serve(
         if !server_done {
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut server_task).await;
         }
-        // Broadcasts the sessions accepted reach the other nodes.
+        // Broadcasts the sessions accepted, and the leaves of their presences, reach the other
+        // nodes.
         relay_token.cancel();
         if let Some(t) = relay_writer_task {
             let _ = t.await;
