@@ -215,13 +215,25 @@ pub async fn serve(
         ),
     );
     // Broadcast across nodes: the other nodes' broadcasts go from the reader to the bus.
+    // Presence too: the bus hands local presence changes to the relay; the receive task
+    // announces this node's presences through it and gives up silent nodes.
     let relay_origin: u64 = rand::random();
+    let relay_token = CancellationToken::new();
+    let (relay, relay_rx) = if config.cluster_broadcast {
+        let (relay, rx) = crate::realtime::cluster::Relay::on(Arc::clone(&metrics));
+        (relay, Some(rx))
+    } else {
+        (crate::realtime::cluster::Relay::off(), None)
+    };
+    bus.set_relay(relay.clone());
     let (relay_route, relay_receive_task) = if config.cluster_broadcast {
         let (tx, rx) = tokio::sync::mpsc::channel(crate::realtime::cluster::RECEIVE_QUEUE);
         let run = crate::realtime::cluster::spawn_relay_receive_task(
             rx,
             Arc::clone(&bus),
+            relay.clone(),
             relay_origin,
+            config.cluster_presence_ttl,
             Arc::clone(&metrics),
         );
         // Like the sink, it ends when the reader has ended.
@@ -411,26 +423,23 @@ pub async fn serve(
         tokio::spawn(Arc::clone(&resumes).run(config.retention, resume_token.clone())),
     );
     // Broadcast across nodes: copies of this node's broadcasts are written to the WAL.
-    let relay_token = CancellationToken::new();
-    let (relay, relay_writer_task) = if config.cluster_broadcast {
-        let (relay, rx) = crate::realtime::cluster::Relay::on(Arc::clone(&metrics));
+    let relay_writer_task = if let (Some(rx), Some(heard_self)) = (relay_rx, relay.heard_self()) {
         let run = crate::realtime::cluster::spawn_relay_writer_task(
             rx,
             config.database_url.clone(),
             relay_origin,
+            config.cluster_presence_ttl / 3,
+            heard_self,
             Arc::clone(&metrics),
             relay_token.clone(),
         );
         tracing::info!(
             origin = format!("{relay_origin:016x}"),
-            "broadcasts reach the other walcast nodes through the WAL"
+            "broadcasts and presence reach the other walcast nodes through the WAL"
         );
-        (
-            relay,
-            Some(sup.watch(task::RELAY_WRITER, &relay_token, run)),
-        )
+        Some(sup.watch(task::RELAY_WRITER, &relay_token, run))
     } else {
-        (crate::realtime::cluster::Relay::off(), None)
+        None
     };
     let state = AppState {
         auth: auth.clone(),
@@ -566,7 +575,8 @@ pub async fn serve(
         if !server_done {
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut server_task).await;
         }
-        // Broadcasts the sessions accepted reach the other nodes.
+        // Broadcasts the sessions accepted, and the leaves of their presences, reach the other
+        // nodes.
         relay_token.cancel();
         if let Some(t) = relay_writer_task {
             let _ = t.await;

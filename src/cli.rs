@@ -547,10 +547,17 @@ pub struct ServerArgs {
     /// Realtime broadcasts reach the channel's members on every walcast node of this database:
     /// each broadcast accepted here (socket or REST) is also written to the WAL with
     /// pg_logical_emit_message, and broadcasts other nodes wrote are read from this node's slot.
-    /// Costs one WAL message per batch of broadcasts, decoded by every node's slot; presence
-    /// stays per node. Off by default (one node needs nothing). See docs/scaling.md.
+    /// Costs one WAL message per batch of broadcasts, decoded by every node's slot. Presence
+    /// crosses nodes the same way (see --cluster-presence-ttl). Off by default (one node needs
+    /// nothing). See docs/scaling.md.
     #[arg(long, env = "WALCAST_CLUSTER_BROADCAST")]
     pub cluster_broadcast: bool,
+
+    /// With --cluster-broadcast: each node writes an `alive` message every third of this, and a
+    /// node not heard from for this long is given up: its presences leave every other node's
+    /// presence_state (members get the leaves in presence_diff). From 3s to 1h.
+    #[arg(long, env = "WALCAST_CLUSTER_PRESENCE_TTL", default_value = "15s", value_parser = duration_text)]
+    pub cluster_presence_ttl: String,
 
     /// Failed admin console logins one client address may make before it is locked out for
     /// --admin-lockout: every attempt is then refused, the right password too.

@@ -107,6 +107,8 @@ pub struct ServerConfig {
     pub broadcast_retention_days: u32,
     /// Broadcasts reach the other walcast nodes of the database through the WAL.
     pub cluster_broadcast: bool,
+    /// With `cluster_broadcast`: a node silent for this long loses its presences on the others.
+    pub cluster_presence_ttl: Duration,
     /// The bearer token `/metrics` needs, when set.
     pub metrics_token: Option<crate::auth::SecretText>,
     /// Per-socket Realtime rate limits.
@@ -263,6 +265,16 @@ impl ServerConfig {
                     "use a duration from 0s to 10s, e.g. 1s",
                 )
             })?;
+        let cluster_presence_ttl = parse_duration(&args.cluster_presence_ttl).map_err(|r| {
+            ConfigError::new("--cluster-presence-ttl", "WALCAST_CLUSTER_PRESENCE_TTL", r)
+        })?;
+        if !(Duration::from_secs(3)..=Duration::from_secs(3600)).contains(&cluster_presence_ttl) {
+            return Err(ConfigError::new(
+                "--cluster-presence-ttl",
+                "WALCAST_CLUSTER_PRESENCE_TTL",
+                "use a duration from 3s to 1h, e.g. 15s",
+            ));
+        }
         let header_timeout = parse_duration(&args.header_timeout)
             .map_err(|r| ConfigError::new("--header-timeout", "WALCAST_HEADER_TIMEOUT", r))?;
         let per_ip = validate_per_ip(args)?;
@@ -446,6 +458,7 @@ impl ServerConfig {
             max_payload,
             broadcast_retention_days: args.broadcast_retention_days,
             cluster_broadcast: args.cluster_broadcast,
+            cluster_presence_ttl,
             metrics_token: args
                 .metrics_token
                 .clone()

@@ -520,3 +520,158 @@ async fn a_realtime_resume_id_moves_from_a_killed_node_to_another() {
     );
     stop(&db, vec![(a, a_name), (b, b_name)]).await;
 }
+
+/// Starts node `name` of `db` with `--cluster-broadcast` and `--cluster-presence-ttl ttl`.
+async fn presence_node(db: &TestDb, name: &str, ttl: &str) -> Walcast {
+    let extra = [
+        "--node",
+        name,
+        "--cluster-broadcast",
+        "--cluster-presence-ttl",
+        ttl,
+    ];
+    Walcast::start_with_env(db, &extra, &[("WALCAST_JWT_SECRET", support::SECRET)]).await
+}
+
+/// A join payload with presence under `key`.
+fn presence_cfg(key: &str) -> Value {
+    json!({"config": {"broadcast": {"self": false}, "presence": {"key": key, "enabled": true},
+        "postgres_changes": [], "private": false}})
+}
+
+/// Tracks `payload` on the channel.
+async fn track(rt: &mut Rt, join_ref: &str, topic: &str, payload: Value) {
+    let r = rt
+        .push(
+            Some(join_ref),
+            topic,
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": payload}),
+        )
+        .await;
+    let reply = rt
+        .wait_for("track reply", |f| f.r#ref.as_deref() == Some(&r))
+        .await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+}
+
+/// A presence tracked on node A reaches B's members as a join, is in the `presence_state` of
+/// a later joiner on B, and leaves B's members on untrack and on A's channel leave.
+#[tokio::test]
+async fn presence_crosses_nodes() {
+    let db = support::fresh_db().await;
+    let (na, nb) = names(&db);
+    let a = presence_node(&db, &na, "15s").await;
+    let b = presence_node(&db, &nb, "15s").await;
+    let anon = token("anon");
+    let room = "realtime:lobby";
+
+    let mut on_a = Rt::connect(&a, &anon, true).await;
+    let mut on_b = Rt::connect(&b, &anon, false).await;
+    let (a_ref, _) = on_a.join(room, presence_cfg("alice")).await;
+    on_b.join(room, presence_cfg("bob")).await;
+    on_b.wait_for("presence_state", |f| f.event == "presence_state")
+        .await;
+
+    track(&mut on_a, &a_ref, room, json!({"n": "A"})).await;
+    let diff = on_b
+        .wait_for("join of alice", |f| {
+            f.event == "presence_diff" && f.payload["joins"].get("alice").is_some()
+        })
+        .await;
+    let metas = diff.payload["joins"]["alice"]["metas"].as_array().unwrap();
+    assert_eq!(metas.len(), 1, "{diff:?}");
+    assert_eq!(metas[0]["n"], "A");
+    assert!(metas[0]["phx_ref"].is_string());
+    assert_eq!(diff.payload["leaves"], json!({}));
+
+    // A later joiner on B sees A's member in presence_state.
+    let mut late = Rt::connect(&b, &anon, true).await;
+    late.join(room, presence_cfg("carol")).await;
+    let st = late
+        .wait_for("presence_state", |f| f.event == "presence_state")
+        .await;
+    assert_eq!(st.payload["alice"]["metas"][0]["n"], "A", "{st:?}");
+
+    // Untrack: the leave reaches both of B's members.
+    let r = on_a
+        .push(
+            Some(&a_ref),
+            room,
+            "presence",
+            json!({"type": "presence", "event": "untrack"}),
+        )
+        .await;
+    on_a.wait_for("untrack reply", |f| f.r#ref.as_deref() == Some(&r))
+        .await;
+    for rt in [&mut on_b, &mut late] {
+        let diff = rt
+            .wait_for("leave of alice", |f| {
+                f.event == "presence_diff" && f.payload["leaves"].get("alice").is_some()
+            })
+            .await;
+        assert_eq!(diff.payload["leaves"]["alice"]["metas"][0]["n"], "A");
+    }
+
+    // Track again, then leave the channel: the leave reaches B.
+    track(&mut on_a, &a_ref, room, json!({"n": "A2"})).await;
+    on_b.wait_for("join of alice again", |f| {
+        f.event == "presence_diff" && f.payload["joins"]["alice"]["metas"][0]["n"] == "A2"
+    })
+    .await;
+    on_a.push(Some(&a_ref), room, "phx_leave", json!({})).await;
+    on_b.wait_for("leave of alice on phx_leave", |f| {
+        f.event == "presence_diff" && f.payload["leaves"]["alice"]["metas"][0]["n"] == "A2"
+    })
+    .await;
+    stop(&db, vec![(a, na), (b, nb)]).await;
+}
+
+/// A node started after a presence was tracked learns it (the other node announces its
+/// presences to a new node); when the tracking node is killed, the member leaves B's
+/// `presence_state` within the TTL.
+#[tokio::test]
+async fn a_killed_nodes_presences_leave_within_the_ttl() {
+    let db = support::fresh_db().await;
+    let (na, nb) = names(&db);
+    let ttl = Duration::from_secs(3);
+    let mut a = presence_node(&db, &na, "3s").await;
+    let anon = token("anon");
+    let room = "realtime:lobby";
+    let mut on_a = Rt::connect(&a, &anon, true).await;
+    let (a_ref, _) = on_a.join(room, presence_cfg("alice")).await;
+    track(&mut on_a, &a_ref, room, json!({"n": "A"})).await;
+
+    // B starts afterwards: A's presence arrives by announce, in the state or as a join.
+    let b = presence_node(&db, &nb, "3s").await;
+    let mut on_b = Rt::connect(&b, &anon, true).await;
+    on_b.join(room, presence_cfg("bob")).await;
+    let st = on_b
+        .wait_for("presence_state", |f| f.event == "presence_state")
+        .await;
+    if st.payload.get("alice").is_none() {
+        on_b.wait_for("announced join of alice", |f| {
+            f.event == "presence_diff" && f.payload["joins"]["alice"]["metas"][0]["n"] == "A"
+        })
+        .await;
+    }
+
+    a.kill9();
+    let killed = tokio::time::Instant::now();
+    let diff = on_b
+        .wait_for("leave of alice after kill -9", |f| {
+            f.event == "presence_diff" && f.payload["leaves"].get("alice").is_some()
+        })
+        .await;
+    let took = killed.elapsed();
+    assert_eq!(diff.payload["leaves"]["alice"]["metas"][0]["n"], "A");
+    // The last alive was at most ttl/3 before the kill; the sweep runs every second.
+    assert!(took <= ttl + Duration::from_secs(2), "leave after {took:?}");
+    let mut late = Rt::connect(&b, &anon, true).await;
+    late.join(room, presence_cfg("carol")).await;
+    let st = late
+        .wait_for("presence_state", |f| f.event == "presence_state")
+        .await;
+    assert!(st.payload.get("alice").is_none(), "{st:?}");
+    stop(&db, vec![(a, na), (b, nb)]).await;
+}

@@ -28,7 +28,7 @@ pub(crate) struct Frame {
     /// Join ref (never present in 1.0.0).
     join_ref: Option<String>,
     /// Ref.
-    r#ref: Option<String>,
+    pub(crate) r#ref: Option<String>,
     /// Topic.
     pub(crate) topic: String,
     /// Event.

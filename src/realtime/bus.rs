@@ -10,7 +10,11 @@
 //!
 //! The bus never touches sockets and never crosses nodes by itself: with `--cluster-broadcast`
 //! broadcasts from other nodes arrive through [`super::cluster`] and are published here like
-//! broadcasts no local member sent; presence stays per node.
+//! broadcasts no local member sent. Presence crosses nodes the same way: the bus hands every
+//! local track and untrack to the cluster [`Relay`] (in order, under its lock), and keeps the
+//! presences other nodes announced ([`Bus::remote_track`], at most [`MAX_REMOTE_PRESENCES`])
+//! beside the local ones, so `presence_state` and `presence_diff` cover every node. A topic
+//! stays while it has members or presences.
 //!
 //! Each topic also keeps its per-second message budget ([`Bus::admit`]): client messages are
 //! counted in fixed one-second windows, per topic and per member. Over the budget a message is
@@ -26,6 +30,8 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
+use super::cluster::Relay;
+use crate::realtime::protocol::cluster::{Entry, RelayedMeta, RelayedPresence};
 use crate::realtime::protocol::frame::{self, PayloadEncoding, Vsn};
 use crate::realtime::protocol::presence::{
     PresenceMeta, encode_broadcast_json, encode_presence_diff, encode_presence_state,
@@ -36,9 +42,23 @@ use crate::realtime::protocol::presence::{
 /// covers bursts of a busy room while keeping a session's worst case at a few MiB.
 pub const SESSION_QUEUE: usize = 1024;
 
+/// Presences from other nodes this node keeps, over all topics. Each is a few hundred bytes
+/// (key, reference, payload up to `--max-payload`), so 100 000 bounds the table at tens of MiB;
+/// beyond it further remote tracks are ignored (a warning in the log).
+pub const MAX_REMOTE_PRESENCES: usize = 100_000;
+
 /// A channel membership, unique in the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberId(u64);
+
+/// Who tracked a presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// A member on this node.
+    Local(MemberId),
+    /// A membership on another node (that node's random id, its member id).
+    Remote(u64, u64),
+}
 
 /// A topic: the channel name plus whether the channel is private.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -277,8 +297,8 @@ pub enum Admission {
 struct Topic {
     /// Members in join order.
     members: Vec<Member>,
-    /// Presence metas by key, each with the member that tracked it.
-    presences: BTreeMap<String, Vec<(MemberId, PresenceMeta)>>,
+    /// Presence metas by key, each with who tracked it (local and remote).
+    presences: BTreeMap<String, Vec<(Owner, PresenceMeta)>>,
     /// Client messages in the current second.
     rate: RateWindow,
 }
@@ -295,10 +315,15 @@ impl Topic {
         }
     }
 
-    /// Removes the member's presence, if any; returns the meta removed.
-    fn drop_presence(&mut self, member: MemberId, key: &str) -> Option<PresenceMeta> {
+    /// Whether the topic can go (no members, no presences).
+    fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.presences.is_empty()
+    }
+
+    /// Removes the owner's presence, if any; returns the meta removed.
+    fn drop_presence(&mut self, owner: Owner, key: &str) -> Option<PresenceMeta> {
         let metas = self.presences.get_mut(key)?;
-        let i = metas.iter().position(|(m, _)| *m == member)?;
+        let i = metas.iter().position(|(m, _)| *m == owner)?;
         let (_, meta) = metas.remove(i);
         if metas.is_empty() {
             self.presences.remove(key);
@@ -320,10 +345,28 @@ impl Topic {
 /// The registry (see the module docs).
 #[derive(Debug, Default)]
 pub struct Bus {
-    /// Topics with at least one member.
+    /// Topics with at least one member or presence.
     topics: Mutex<HashMap<TopicKey, Topic>>,
     /// The next member id.
     next_id: AtomicU64,
+    /// Where local presence changes go to reach the other nodes (`--cluster-broadcast`).
+    relay: OnceLock<Relay>,
+    /// Presences from other nodes, over all topics (at most [`MAX_REMOTE_PRESENCES`]).
+    remote_count: AtomicU64,
+}
+
+/// A presence this node tracks, as the other nodes learn it.
+fn relayed(key: &TopicKey, member: MemberId, pkey: &str, meta: Option<&PresenceMeta>) -> Entry {
+    Entry::Presence(RelayedPresence {
+        private: key.private,
+        topic: key.topic.clone(),
+        member: member.0,
+        key: pkey.to_owned(),
+        meta: meta.map(|m| RelayedMeta {
+            phx_ref: m.phx_ref.clone(),
+            payload: Value::Object(m.payload.clone()).to_string(),
+        }),
+    })
 }
 
 /// What joining returns.
@@ -341,6 +384,18 @@ fn new_phx_ref() -> String {
 }
 
 impl Bus {
+    /// Hands local presence changes to `relay` from now on (set once, at start).
+    pub fn set_relay(&self, relay: Relay) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// Queues a local presence change for the other nodes, if presence crosses nodes.
+    fn share(&self, entry: impl FnOnce() -> Entry) {
+        if let Some(r) = self.relay.get().filter(|r| r.is_on()) {
+            r.send_entry(entry());
+        }
+    }
+
     /// Locks the topics (a poisoned lock still holds consistent maps).
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TopicKey, Topic>> {
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
@@ -382,10 +437,11 @@ impl Bus {
             return;
         };
         let gone = topic.members.remove(i);
-        if let Some(meta) = topic.drop_presence(member, &gone.presence_key) {
+        if let Some(meta) = topic.drop_presence(Owner::Local(member), &gone.presence_key) {
             topic.announce(&gone.presence_key, &[], &[meta]);
+            self.share(|| relayed(key, member, &gone.presence_key, None));
         }
-        if topic.members.is_empty() {
+        if topic.is_empty() {
             topics.remove(key);
         }
     }
@@ -503,7 +559,7 @@ impl Bus {
         };
         let pkey = m.presence_key.clone();
         let metas = topic.presences.entry(pkey.clone()).or_default();
-        let previous = match metas.iter().position(|(id, _)| *id == member) {
+        let previous = match metas.iter().position(|(id, _)| *id == Owner::Local(member)) {
             Some(i) if metas[i].1.payload == payload => return,
             Some(i) => Some(metas.remove(i).1),
             None => None,
@@ -513,9 +569,10 @@ impl Bus {
             phx_ref_prev: previous.as_ref().map(|p| p.phx_ref.clone()),
             payload,
         };
-        metas.push((member, meta.clone()));
+        metas.push((Owner::Local(member), meta.clone()));
         let leaves: Vec<PresenceMeta> = previous.into_iter().collect();
         topic.announce(&pkey, std::slice::from_ref(&meta), &leaves);
+        self.share(|| relayed(key, member, &pkey, Some(&meta)));
     }
 
     /// Stops tracking the member's presence.
@@ -532,12 +589,123 @@ impl Bus {
         else {
             return;
         };
-        if let Some(meta) = topic.drop_presence(member, &pkey) {
+        if let Some(meta) = topic.drop_presence(Owner::Local(member), &pkey) {
             topic.announce(&pkey, &[], &[meta]);
+            self.share(|| relayed(key, member, &pkey, None));
         }
     }
 
-    /// Topics with members (for tests and metrics).
+    /// Up to `limit` presences tracked on this node, as track entries for the other nodes
+    /// (a node announces them again when another node appears or asks).
+    pub fn local_presences(&self, limit: usize) -> Vec<Entry> {
+        let topics = self.lock();
+        let mut out = Vec::new();
+        for (key, topic) in topics.iter() {
+            for (pkey, metas) in &topic.presences {
+                for (owner, meta) in metas {
+                    if out.len() >= limit {
+                        return out;
+                    }
+                    if let Owner::Local(member) = owner {
+                        out.push(relayed(key, *member, pkey, Some(meta)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Records a presence another node (`origin`) tracked, or its update, and sends the diff
+    /// to the topic's members here. The same reference again (a node announcing its presences
+    /// anew) changes nothing. Returns `false` when the table is full and it was ignored.
+    pub fn remote_track(
+        &self,
+        key: &TopicKey,
+        origin: u64,
+        member: u64,
+        pkey: &str,
+        phx_ref: String,
+        payload: Map<String, Value>,
+    ) -> bool {
+        let owner = Owner::Remote(origin, member);
+        let mut topics = self.lock();
+        let known = topics
+            .get(key)
+            .and_then(|t| t.presences.get(pkey))
+            .and_then(|metas| metas.iter().find(|(o, _)| *o == owner));
+        if known.is_some_and(|(_, m)| m.phx_ref == phx_ref) {
+            return true;
+        }
+        if known.is_none() {
+            if self.remote_count.load(Ordering::Relaxed) >= MAX_REMOTE_PRESENCES as u64 {
+                return false;
+            }
+            self.remote_count.fetch_add(1, Ordering::Relaxed);
+        }
+        let topic = topics.entry(key.clone()).or_default();
+        let previous = topic.drop_presence(owner, pkey);
+        let meta = PresenceMeta {
+            phx_ref,
+            phx_ref_prev: previous.as_ref().map(|p| p.phx_ref.clone()),
+            payload,
+        };
+        topic
+            .presences
+            .entry(pkey.to_owned())
+            .or_default()
+            .push((owner, meta.clone()));
+        let leaves: Vec<PresenceMeta> = previous.into_iter().collect();
+        topic.announce(pkey, std::slice::from_ref(&meta), &leaves);
+        true
+    }
+
+    /// Removes a presence another node untracked, and sends the leave to the topic's members.
+    pub fn remote_untrack(&self, key: &TopicKey, origin: u64, member: u64, pkey: &str) {
+        let mut topics = self.lock();
+        let Some(topic) = topics.get_mut(key) else {
+            return;
+        };
+        if let Some(meta) = topic.drop_presence(Owner::Remote(origin, member), pkey) {
+            self.remote_count.fetch_sub(1, Ordering::Relaxed);
+            topic.announce(pkey, &[], &[meta]);
+        }
+        if topic.is_empty() {
+            topics.remove(key);
+        }
+    }
+
+    /// Removes every presence of node `origin` (it stopped answering) and sends the leaves;
+    /// how many left.
+    pub fn drop_origin(&self, origin: u64) -> usize {
+        let mut topics = self.lock();
+        let mut gone = 0;
+        for topic in topics.values_mut() {
+            let mut leaves: Vec<(String, Vec<PresenceMeta>)> = Vec::new();
+            topic.presences.retain(|pkey, metas| {
+                let mut left = Vec::new();
+                metas.retain(|(o, m)| {
+                    let theirs = matches!(o, Owner::Remote(from, _) if *from == origin);
+                    if theirs {
+                        left.push(m.clone());
+                    }
+                    !theirs
+                });
+                if !left.is_empty() {
+                    leaves.push((pkey.clone(), left));
+                }
+                !metas.is_empty()
+            });
+            for (pkey, left) in leaves {
+                gone += left.len();
+                topic.announce(&pkey, &[], &left);
+            }
+        }
+        topics.retain(|_, t| !t.is_empty());
+        self.remote_count.fetch_sub(gone as u64, Ordering::Relaxed);
+        gone
+    }
+
+    /// Topics with members or presences (for tests and metrics).
     pub fn topic_count(&self) -> usize {
         self.lock().len()
     }
@@ -726,6 +894,107 @@ mod tests {
         let other = key("realtime:quiet");
         let c = bus.join(&other, c_in, false, false, "c".into()).member;
         assert_eq!(bus.admit(&other, c, 5, t1), Admission::Relay);
+    }
+
+    fn diff(rx: &mut mpsc::Receiver<Delivery>) -> Value {
+        let BusEvent::PresenceDiff(p) = rx.try_recv().expect("a diff").event else {
+            panic!("diff expected")
+        };
+        serde_json::from_str(&p).unwrap()
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn remote_presences_merge_with_local_ones_and_leave_with_their_node() {
+        let bus = Bus::default();
+        let k = key("realtime:room");
+        // A remote presence on a topic without members here is kept for later joiners.
+        assert!(bus.remote_track(&k, 7, 1, "r1", "R1".into(), obj(json!({"n":1}))));
+        assert_eq!(bus.topic_count(), 1);
+        let (a_in, mut a_rx) = Inbox::new();
+        let a = bus.join(&k, a_in, false, true, "local".into());
+        let state: Value = serde_json::from_str(a.presence_state.as_deref().unwrap()).unwrap();
+        assert_eq!(state["r1"]["metas"][0]["phx_ref"], "R1");
+        assert_eq!(state["r1"]["metas"][0]["n"], 1);
+        bus.track(&k, a.member, obj(json!({"n":"A"})));
+        let _ = diff(&mut a_rx);
+        // The same reference again (a node announcing anew) changes nothing.
+        assert!(bus.remote_track(&k, 7, 1, "r1", "R1".into(), obj(json!({"n":1}))));
+        assert!(a_rx.try_recv().is_err());
+        // An update: join with phx_ref_prev, leave of the old meta.
+        assert!(bus.remote_track(&k, 7, 1, "r1", "R2".into(), obj(json!({"n":2}))));
+        let v = diff(&mut a_rx);
+        assert_eq!(v["joins"]["r1"]["metas"][0]["phx_ref_prev"], "R1");
+        assert_eq!(v["leaves"]["r1"]["metas"][0]["phx_ref"], "R1");
+        // Another node's presence under the same key, then an untrack.
+        assert!(bus.remote_track(&k, 8, 1, "r1", "S1".into(), obj(json!({}))));
+        let _ = diff(&mut a_rx);
+        bus.remote_untrack(&k, 8, 1, "r1");
+        assert_eq!(diff(&mut a_rx)["leaves"]["r1"]["metas"][0]["phx_ref"], "S1");
+        // Local presences are what this node announces; remote ones are not.
+        let local = bus.local_presences(10);
+        assert_eq!(local.len(), 1);
+        assert!(matches!(&local[0], Entry::Presence(p) if p.key == "local" && p.meta.is_some()));
+        assert!(bus.local_presences(0).is_empty());
+        // Node 7 goes silent: its presences leave; local ones stay.
+        assert_eq!(bus.drop_origin(7), 1);
+        let v = diff(&mut a_rx);
+        assert_eq!(v["leaves"]["r1"]["metas"][0]["phx_ref"], "R2");
+        assert_eq!(v["joins"], json!({}));
+        let (b_in, _b_rx) = Inbox::new();
+        let b = bus.join(&k, b_in, false, true, "b".into());
+        let state: Value = serde_json::from_str(b.presence_state.as_deref().unwrap()).unwrap();
+        assert!(state.get("r1").is_none());
+        assert_eq!(state["local"]["metas"][0]["n"], "A");
+        assert_eq!(bus.drop_origin(7), 0);
+        // The topic goes with its last member and presence.
+        bus.leave(&k, a.member);
+        bus.leave(&k, b.member);
+        assert_eq!(bus.topic_count(), 0);
+        assert_eq!(bus.remote_count.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn local_presence_changes_go_to_the_relay_in_order() {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let (relay, mut rx) = Relay::on(metrics);
+        let bus = Bus::default();
+        bus.set_relay(relay);
+        let k = key("realtime:room");
+        let (a_in, _a_rx) = Inbox::new();
+        let a = bus.join(&k, a_in, false, true, "u".into()).member;
+        bus.track(&k, a, obj(json!({"n":1})));
+        bus.track(&k, a, obj(json!({"n":1})));
+        bus.untrack(&k, a);
+        bus.track(&k, a, obj(json!({"n":2})));
+        bus.leave(&k, a);
+        let mut got = Vec::new();
+        while let Ok(Entry::Presence(p)) = rx.try_recv() {
+            assert_eq!((p.member, p.key.as_str()), (a.0, "u"));
+            got.push(p.meta.map(|m| m.payload));
+        }
+        assert_eq!(
+            got,
+            [
+                Some(r#"{"n":1}"#.to_owned()),
+                None,
+                Some(r#"{"n":2}"#.to_owned()),
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn the_remote_table_is_bounded() {
+        let bus = Bus::default();
+        let k = key("realtime:room");
+        bus.remote_count
+            .store(MAX_REMOTE_PRESENCES as u64, Ordering::Relaxed);
+        assert!(!bus.remote_track(&k, 1, 1, "k", "r".into(), Map::new()));
+        assert_eq!(bus.topic_count(), 0);
     }
 
     #[test]

@@ -25,6 +25,22 @@
 //! failed write the writer waits [`RETRY_AFTER`] before connecting again and drops what arrives
 //! meanwhile. Broadcasts sent with `persist` that were stored in `realtime.messages` are not
 //! relayed: the row already reaches every node as Broadcast from Database.
+//!
+//! Presence crosses nodes through the same writer: the [`Bus`] hands every local track and
+//! untrack (a leave untracks) to [`Relay::send_entry`], in order, and the receive task applies
+//! other nodes' entries to the bus's table of remote presences, which sends `presence_diff` to
+//! local members and merges them into `presence_state`. Liveness: the writer writes a batch,
+//! empty if it has nothing else, every `--cluster-presence-ttl` / 3 (the `alive`); the receive
+//! task notes when it last read a batch from each node and, once a second, drops all presences
+//! of nodes silent for longer than the TTL (their members get the leaves). A node's alives
+//! carry a hello until it has read one of its own batches back (then its slot is in place and
+//! the answers reach it). When a node reads a batch from a node it does not know (it started,
+//! or came back after it was given up), or a hello, it announces its own presences again, at
+//! most [`MAX_SYNC`] of them; a node that comes back without a hello is also sent a hello so
+//! that it announces its presences again. Announcing again is idempotent (same references).
+//! Limits: a presence change dropped at a full queue or a failed write is lost until the next
+//! announce (a remote member may linger until its node dies or it tracks again); a node stalled
+//! for longer than the TTL loses its presences on the other nodes until it writes again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +53,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::bus::{BroadcastBody, Bus, TopicKey};
-use super::protocol::cluster::{self as wire, RelayedBody, RelayedBroadcast};
+use super::protocol::cluster::{self as wire, Entry, RelayedBody, RelayedBroadcast};
 use crate::metrics::Metrics;
 use crate::replication::WalMessage;
 
@@ -63,6 +79,18 @@ pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// After a failed write, how long the writer drops broadcasts before it connects again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Most of its presences a node announces again at once (when another node appears or asks);
+/// half the send queue, so the announce leaves room for broadcasts. Presences beyond it reach
+/// a newly started node only when they are tracked again.
+pub const MAX_SYNC: usize = SEND_QUEUE / 2;
+
+/// Most other nodes whose liveness a node follows; a batch from one more is ignored for
+/// presence. Every process draws a new id, so restarts count until their old id expires.
+pub const MAX_NODES: usize = 1024;
+
+/// How often the receive task looks for silent nodes.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest wait for a connection or for one write.
 pub const DB_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,11 +131,14 @@ impl ClusterError {
 #[derive(Debug)]
 struct RelayTx {
     /// The writer's queue.
-    tx: mpsc::Sender<RelayedBroadcast>,
+    tx: mpsc::Sender<Entry>,
     /// Counters.
     metrics: Arc<Metrics>,
     /// Set while copies are being dropped at the full queue (one warning per episode).
     dropping: AtomicBool,
+    /// Set once this node read one of its own batches back: its slot is in place, so what
+    /// other nodes write in answer to its hello reaches it (until then every alive says hello).
+    heard_self: Arc<AtomicBool>,
 }
 
 /// The handle sessions and the REST API use to relay a broadcast to the other nodes; does
@@ -122,12 +153,13 @@ impl Relay {
     }
 
     /// A handle that queues copies for the writer, and the writer's end of the queue.
-    pub fn on(metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<RelayedBroadcast>) {
+    pub fn on(metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<Entry>) {
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let inner = RelayTx {
             tx,
             metrics,
             dropping: AtomicBool::new(false),
+            heard_self: Arc::new(AtomicBool::new(false)),
         };
         (Relay(Some(Arc::new(inner))), rx)
     }
@@ -137,12 +169,18 @@ impl Relay {
         self.0.is_some()
     }
 
+    /// The flag the receive task sets once this node read its own batch back (the writer
+    /// stops saying hello then); `None` when off.
+    pub fn heard_self(&self) -> Option<Arc<AtomicBool>> {
+        self.0.as_ref().map(|r| Arc::clone(&r.heard_self))
+    }
+
     /// Queues a copy of a broadcast just delivered on this node for the other nodes; never
     /// waits (a full queue drops the copy, counts it and warns once per episode).
     pub fn send(&self, key: &TopicKey, body: &BroadcastBody) {
-        let Some(r) = &self.0 else {
+        if self.0.is_none() {
             return;
-        };
+        }
         let body = match body {
             BroadcastBody::Json(json) => RelayedBody::Json(json.clone()),
             BroadcastBody::Binary {
@@ -157,19 +195,27 @@ impl Relay {
                 payload: payload.clone(),
             },
         };
-        let copy = RelayedBroadcast {
+        self.send_entry(Entry::Broadcast(RelayedBroadcast {
             private: key.private,
             topic: key.topic.clone(),
             body,
+        }));
+    }
+
+    /// Queues an entry (a broadcast, a presence change, a hello) for the other nodes; never
+    /// waits (a full queue drops it, counts it and warns once per episode).
+    pub fn send_entry(&self, entry: Entry) {
+        let Some(r) = &self.0 else {
+            return;
         };
-        match r.tx.try_send(copy) {
+        match r.tx.try_send(entry) {
             Ok(()) => r.dropping.store(false, Ordering::Relaxed),
             Err(_) => {
                 r.metrics.cluster_broadcasts_dropped.add("send_queue", 1);
                 if !r.dropping.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         queue = SEND_QUEUE,
-                        "the queue of broadcasts for the other nodes is full; they are delivered on this node only until it drains"
+                        "the queue of broadcasts and presence changes for the other nodes is full; they stay on this node only until it drains"
                     );
                 }
             }
@@ -195,14 +241,10 @@ fn bus_body(body: RelayedBody) -> BroadcastBody {
     }
 }
 
-/// Takes broadcasts from `rx` after `first` into one encoded batch (at most [`MAX_BATCH`]
-/// entries and about [`MAX_BATCH_BYTES`]); returns it and how many broadcasts it holds, and
+/// Takes entries from `rx` after `first` into one encoded batch (at most [`MAX_BATCH`]
+/// entries and about [`MAX_BATCH_BYTES`]); returns it and how many entries it holds, and
 /// how many could not be encoded.
-fn collect_batch(
-    origin: u64,
-    first: RelayedBroadcast,
-    rx: &mut mpsc::Receiver<RelayedBroadcast>,
-) -> (Vec<u8>, u16, u64) {
+fn collect_batch(origin: u64, first: Entry, rx: &mut mpsc::Receiver<Entry>) -> (Vec<u8>, u16, u64) {
     let mut entries = Vec::new();
     let mut count: u16 = 0;
     let mut refused = 0u64;
@@ -214,7 +256,7 @@ fn collect_batch(
             Err(e) => {
                 entries.truncate(mark);
                 refused += 1;
-                tracing::warn!(error = %e, "a broadcast could not be relayed to the other nodes");
+                tracing::warn!(error = %e, "a broadcast or presence could not be relayed to the other nodes");
             }
         }
         if usize::from(count) < MAX_BATCH && entries.len() < MAX_BATCH_BYTES {
@@ -279,6 +321,22 @@ impl Writer {
         result
     }
 
+    /// Writes an `alive` batch (no entries, or a hello), unless resting after a failure.
+    async fn alive(&mut self, batch: &[u8]) {
+        if self.resting_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        match self.write(batch).await {
+            Ok(()) => {}
+            Err(e) => {
+                if self.resting_until.is_none() {
+                    tracing::warn!(error = %crate::error::error_chain(&e), kind = e.kind(), "this node could not tell the other nodes it is alive; they drop its presences after --cluster-presence-ttl");
+                }
+                self.resting_until = Some(Instant::now() + RETRY_AFTER);
+            }
+        }
+    }
+
     /// Writes a batch of `count` broadcasts, or drops it while resting after a failure;
     /// counts either way.
     async fn handle(&mut self, batch: &[u8], count: u16, metrics: &Metrics) {
@@ -308,13 +366,17 @@ impl Writer {
     }
 }
 
-/// Starts the task that writes relayed broadcasts from `rx` to the WAL on its own connection
-/// to `database_url`, tagged with this process's `origin`. On `token` it writes what is
-/// already queued (once) and ends.
+/// Starts the task that writes relayed entries from `rx` to the WAL on its own connection
+/// to `database_url`, tagged with this process's `origin`, and an `alive` batch every
+/// `alive_every`, with a hello until `heard_self` is set (this node's slot has read one of its
+/// batches, so answers to the hello reach it). On `token` it writes what is already queued
+/// (once) and ends.
 pub fn spawn_relay_writer_task(
-    mut rx: mpsc::Receiver<RelayedBroadcast>,
+    mut rx: mpsc::Receiver<Entry>,
     database_url: String,
     origin: u64,
+    alive_every: Duration,
+    heard_self: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     token: CancellationToken,
 ) -> JoinHandle<()> {
@@ -324,16 +386,28 @@ pub fn spawn_relay_writer_task(
             conn: None,
             resting_until: None,
         };
+        let mut alive = tokio::time::interval(alive_every);
+        alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 biased;
                 // PRIORITY 1: shutdown.
                 _ = token.cancelled() => break,
-                // PRIORITY 2: the next broadcast.
+                // PRIORITY 2: the next entry.
                 b = rx.recv() => match b {
                     Some(b) => b,
                     None => return,
                 },
+                // PRIORITY 3: tell the other nodes this one is alive.
+                _ = alive.tick() => {
+                    let hello = !heard_self.load(Ordering::Relaxed);
+                    let mut batch = wire::encode_header(origin, u16::from(hello));
+                    if hello {
+                        let _ = wire::encode_entry(&Entry::Hello, &mut batch);
+                    }
+                    writer.alive(&batch).await;
+                    continue;
+                }
             };
             let (batch, count, refused) = collect_batch(origin, first, &mut rx);
             metrics.cluster_broadcasts_dropped.add("write", refused);
@@ -351,35 +425,190 @@ pub fn spawn_relay_writer_task(
     })
 }
 
-/// Starts the task that delivers broadcasts from other nodes (`rx`, from the reader) to the
-/// members of their topics on this node; batches from `origin` (this process) are skipped.
-/// It ends when the reader, the only sender, is gone.
-pub fn spawn_relay_receive_task(
-    mut rx: mpsc::Receiver<WalMessage>,
-    bus: Arc<Bus>,
-    origin: u64,
-    metrics: Arc<Metrics>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if wire::origin(&m.content).is_ok_and(|o| o == origin) {
-                continue;
+/// When this node last read a batch from each other node (presence liveness).
+#[derive(Debug)]
+pub struct Liveness {
+    /// Nodes are given up after this long without a batch.
+    ttl: Duration,
+    /// When this process started following (it announced itself with a hello then).
+    started: Instant,
+    /// Each known node's last batch.
+    seen: std::collections::HashMap<u64, Instant>,
+}
+
+/// What reading a batch from a node means for presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A node already followed.
+    Known,
+    /// A node not followed until now: announce this node's presences to it.
+    New,
+    /// More nodes than [`MAX_NODES`]: ignored.
+    Full,
+}
+
+impl Liveness {
+    /// Follows nodes, giving them up after `ttl` of silence.
+    pub fn new(ttl: Duration, now: Instant) -> Self {
+        Liveness {
+            ttl,
+            started: now,
+            seen: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Notes a batch from `origin` at `now`.
+    pub fn saw(&mut self, origin: u64, now: Instant) -> Seen {
+        if let Some(t) = self.seen.get_mut(&origin) {
+            *t = now;
+            return Seen::Known;
+        }
+        if self.seen.len() >= MAX_NODES {
+            return Seen::Full;
+        }
+        self.seen.insert(origin, now);
+        Seen::New
+    }
+
+    /// Whether a node new to this one may have lost this node's presences before (this node
+    /// is older than the TTL, so the node is not new to it because it just started).
+    pub fn settled(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) > self.ttl
+    }
+
+    /// Removes and returns the nodes silent for longer than the TTL at `now`.
+    pub fn expire(&mut self, now: Instant) -> Vec<u64> {
+        let ttl = self.ttl;
+        let mut gone = Vec::new();
+        self.seen.retain(|o, t| {
+            let alive = now.saturating_duration_since(*t) <= ttl;
+            if !alive {
+                gone.push(*o);
             }
-            let batch = match wire::decode(&m.content) {
-                Ok(b) => b,
-                Err(e) => {
-                    metrics.cluster_broadcasts_dropped.add("decode", 1);
-                    tracing::warn!(error = %e, kind = e.kind(), lsn = %m.lsn, "a batch of broadcasts from another node could not be read; skipped");
-                    continue;
+            alive
+        });
+        gone
+    }
+}
+
+/// Applies one remote presence entry to the bus.
+fn apply_presence(bus: &Bus, origin: u64, p: wire::RelayedPresence) {
+    let key = TopicKey {
+        private: p.private,
+        topic: p.topic,
+    };
+    match p.meta {
+        None => bus.remote_untrack(&key, origin, p.member, &p.key),
+        Some(meta) => {
+            let payload = match serde_json::from_str::<serde_json::Value>(&meta.payload) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => {
+                    tracing::warn!(
+                        origin = format!("{origin:016x}"),
+                        "a presence from another node has a payload that is not a JSON object; skipped"
+                    );
+                    return;
                 }
             };
-            for b in batch.broadcasts {
+            if !bus.remote_track(&key, origin, p.member, &p.key, meta.phx_ref, payload) {
+                tracing::warn!(
+                    max = crate::realtime::bus::MAX_REMOTE_PRESENCES,
+                    "the table of presences from other nodes is full; a presence was ignored"
+                );
+            }
+        }
+    }
+}
+
+/// Announces this node's presences again (at most [`MAX_SYNC`]).
+fn announce(bus: &Bus, relay: &Relay) {
+    for e in bus.local_presences(MAX_SYNC) {
+        relay.send_entry(e);
+    }
+}
+
+/// Handles one batch from the reader: liveness, presence, broadcasts.
+fn receive_batch(
+    m: &WalMessage,
+    bus: &Bus,
+    relay: &Relay,
+    origin: u64,
+    live: &mut Liveness,
+    metrics: &Metrics,
+) {
+    if wire::origin(&m.content).is_ok_and(|o| o == origin) {
+        if let Some(flag) = relay.heard_self() {
+            flag.store(true, Ordering::Relaxed);
+        }
+        return;
+    }
+    let batch = match wire::decode(&m.content) {
+        Ok(b) => b,
+        Err(e) => {
+            metrics.cluster_broadcasts_dropped.add("decode", 1);
+            tracing::warn!(error = %e, kind = e.kind(), lsn = %m.lsn, "a batch of broadcasts from another node could not be read; skipped");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let seen = live.saw(batch.origin, now);
+    let hello = batch.entries.iter().any(|e| matches!(e, Entry::Hello));
+    if seen == Seen::New || hello {
+        announce(bus, relay);
+    }
+    if seen == Seen::New && !hello && live.settled(now) {
+        // It came back after this node gave it up: ask for its presences again.
+        relay.send_entry(Entry::Hello);
+    }
+    for e in batch.entries {
+        match e {
+            Entry::Broadcast(b) => {
                 let key = TopicKey {
                     private: b.private,
                     topic: b.topic,
                 };
                 metrics.cluster_broadcasts_received.inc();
                 bus.publish(&key, bus_body(b.body));
+            }
+            Entry::Presence(p) if seen != Seen::Full => apply_presence(bus, batch.origin, p),
+            Entry::Presence(_) | Entry::Hello => {}
+        }
+    }
+}
+
+/// Starts the task that delivers broadcasts and presence changes from other nodes (`rx`, from
+/// the reader) to the members of their topics on this node; batches from `origin` (this
+/// process) are skipped. Once a second it drops the presences of nodes silent for longer than
+/// `ttl`. Announces go out through `relay`. It ends when the reader, the only sender, is gone.
+pub fn spawn_relay_receive_task(
+    mut rx: mpsc::Receiver<WalMessage>,
+    bus: Arc<Bus>,
+    relay: Relay,
+    origin: u64,
+    ttl: Duration,
+    metrics: Arc<Metrics>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut live = Liveness::new(ttl, Instant::now());
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                // PRIORITY 1: the next batch (ends with the reader).
+                m = rx.recv() => match m {
+                    Some(m) => receive_batch(&m, &bus, &relay, origin, &mut live, &metrics),
+                    None => return,
+                },
+                // PRIORITY 2: give up silent nodes.
+                _ = sweep.tick() => {
+                    for gone in live.expire(Instant::now()) {
+                        let n = bus.drop_origin(gone);
+                        if n > 0 {
+                            tracing::info!(origin = format!("{gone:016x}"), presences = n, "a walcast node went silent; its presences left");
+                        }
+                    }
+                }
             }
         }
     })
@@ -412,9 +641,12 @@ mod tests {
         let batch = wire::decode(&bytes).unwrap();
         assert_eq!(batch.origin, 42);
         let got: Vec<_> = batch
-            .broadcasts
+            .entries
             .iter()
-            .map(|b| (b.private, b.body.clone()))
+            .map(|e| match e {
+                Entry::Broadcast(b) => (b.private, b.body.clone()),
+                other => panic!("a broadcast: {other:?}"),
+            })
             .collect();
         assert_eq!(
             got,
@@ -427,6 +659,88 @@ mod tests {
         }
         assert_eq!(metrics.cluster_broadcasts_dropped.get("send_queue"), 2);
         Relay::off().send(&key(false), &BroadcastBody::Json("{}".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_nodes_expire_after_the_ttl() {
+        let ttl = Duration::from_secs(3);
+        let t0 = Instant::now();
+        let mut live = Liveness::new(ttl, t0);
+        assert_eq!(live.saw(1, t0), Seen::New);
+        assert_eq!(live.saw(1, t0), Seen::Known);
+        assert_eq!(live.saw(2, t0 + Duration::from_secs(2)), Seen::New);
+        assert!(!live.settled(t0 + ttl));
+        assert!(live.expire(t0 + ttl).is_empty());
+        assert_eq!(live.expire(t0 + Duration::from_millis(3001)), [1]);
+        assert_eq!(live.saw(2, t0 + Duration::from_secs(4)), Seen::Known);
+        assert!(live.expire(t0 + Duration::from_secs(7)).is_empty());
+        assert_eq!(live.expire(t0 + Duration::from_millis(7001)), [2]);
+        // A node given up and heard again is new: announce to it.
+        assert_eq!(live.saw(1, t0 + Duration::from_secs(8)), Seen::New);
+        assert!(live.settled(t0 + Duration::from_secs(8)));
+        for o in 0..MAX_NODES as u64 {
+            live.saw(o + 100, t0);
+        }
+        assert_eq!(live.saw(99, t0), Seen::Full);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remote_presence_joins_announces_and_leaves_when_its_node_goes_silent() {
+        let metrics = Arc::new(Metrics::default());
+        let bus = Arc::new(Bus::default());
+        let (relay, mut out) = Relay::on(Arc::clone(&metrics));
+        bus.set_relay(relay.clone());
+        let (inbox, mut inbox_rx) = Inbox::new();
+        let me = bus
+            .join(&key(false), inbox, false, true, "mine".into())
+            .member;
+        bus.track(&key(false), me, serde_json::Map::new());
+        let _ = out.try_recv().unwrap();
+        let _ = inbox_rx.try_recv().unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let ttl = Duration::from_secs(3);
+        let task =
+            spawn_relay_receive_task(rx, Arc::clone(&bus), relay, 1, ttl, Arc::clone(&metrics));
+        let track = wire::RelayBatch {
+            origin: 2,
+            entries: vec![Entry::Presence(wire::RelayedPresence {
+                private: false,
+                topic: "realtime:room".into(),
+                member: 5,
+                key: "theirs".into(),
+                meta: Some(wire::RelayedMeta {
+                    phx_ref: "X".into(),
+                    payload: r#"{"n":1}"#.into(),
+                }),
+            })],
+        };
+        tx.send(WalMessage {
+            commit_lsn: Lsn(1),
+            lsn: Lsn(1),
+            content: wire::encode(&track).unwrap(),
+        })
+        .await
+        .unwrap();
+        let d = inbox_rx.recv().await.unwrap();
+        let BusEvent::PresenceDiff(p) = d.event else {
+            panic!("a diff")
+        };
+        assert!(p.contains(r#""joins":{"theirs""#), "{p}");
+        // A new node: this node announced its own presence for it.
+        let Entry::Presence(mine) = out.try_recv().unwrap() else {
+            panic!("an announce")
+        };
+        assert_eq!(mine.key, "mine");
+        // Node 2 says nothing more: after the TTL its member leaves.
+        let t = Instant::now();
+        let d = inbox_rx.recv().await.unwrap();
+        assert!(Instant::now() - t <= ttl + SWEEP_EVERY * 2);
+        let BusEvent::PresenceDiff(p) = d.event else {
+            panic!("a diff")
+        };
+        assert!(p.contains(r#""leaves":{"theirs""#), "{p}");
+        drop(tx);
+        task.await.unwrap();
     }
 
     #[tokio::test]
@@ -455,10 +769,17 @@ mod tests {
         // A member that would not receive its own broadcasts still receives remote ones.
         bus.join(&key(true), inbox, false, false, "k".into());
         let (tx, rx) = mpsc::channel(8);
-        let task = spawn_relay_receive_task(rx, Arc::clone(&bus), 1, Arc::clone(&metrics));
+        let task = spawn_relay_receive_task(
+            rx,
+            Arc::clone(&bus),
+            Relay::off(),
+            1,
+            Duration::from_secs(15),
+            Arc::clone(&metrics),
+        );
         let batch = |origin, event: &str| wire::RelayBatch {
             origin,
-            broadcasts: vec![RelayedBroadcast {
+            entries: vec![Entry::Broadcast(RelayedBroadcast {
                 private: true,
                 topic: "realtime:room".into(),
                 body: RelayedBody::User {
@@ -467,7 +788,7 @@ mod tests {
                     encoding: PayloadEncoding::Binary,
                     payload: vec![1],
                 },
-            }],
+            })],
         };
         let msg = |content| WalMessage {
             commit_lsn: Lsn(1),

@@ -7,16 +7,23 @@
 //! ```text
 //! batch  = version:u8 (= 1) origin:u64 count:u16 entry{count}
 //! entry  = flags:u8 topic:str16 body
-//!          flags bit 0: private channel; bit 1: user body (else a JSON body); other bits 0
+//!          flags bit 0: private channel; bit 1: user body (else a JSON body);
+//!          bit 2: presence entry (bit 1 then 0); bit 3: hello (no body, empty topic,
+//!          no other bit); other bits 0
 //! body   = json:str32                                     (a text push's payload object)
 //!        | encoding:u8 event:str16 meta:u8 [metadata:str32] payload:bytes32
 //!          encoding: the binary frame's payload encoding byte (0 raw bytes, 1 JSON);
 //!          meta: 0 no metadata, 1 metadata follows
+//!        | op:u8 member:u64 key:str16 [phx_ref:str16 payload:str32]   (presence entry)
+//!          op: 1 track (phx_ref and the payload object as JSON follow), 2 untrack
 //! str16  = len:u16 UTF-8 bytes;  str32 = len:u32 UTF-8 bytes;  bytes32 = len:u32 bytes
 //! ```
 //!
 //! `origin` is a random number each walcast process draws at start, so a node recognises (and
-//! skips) its own messages. A decoder rejects unknown versions and flags, truncated input,
+//! skips) its own messages. Any batch, even one without entries (the periodic `alive`), tells
+//! the other nodes that its origin is alive. A presence entry tracks or untracks the presence of
+//! one membership (`member`, unique in the origin process) under its presence `key`; a hello
+//! asks every other node to announce its presences again. A decoder rejects unknown versions and flags, truncated input,
 //! trailing bytes and invalid UTF-8 with a typed error; it never panics.
 
 use super::frame::PayloadEncoding;
@@ -28,6 +35,50 @@ pub const VERSION: u8 = 1;
 const FLAG_PRIVATE: u8 = 1;
 /// Flag bit: the body is a user broadcast (binary frame fields), not a JSON payload object.
 const FLAG_USER: u8 = 2;
+/// Flag bit: a presence entry.
+const FLAG_PRESENCE: u8 = 4;
+/// Flag bit: a hello (asks the other nodes to announce their presences again).
+const FLAG_HELLO: u8 = 8;
+
+/// Presence op: track (or update).
+const OP_TRACK: u8 = 1;
+/// Presence op: untrack.
+const OP_UNTRACK: u8 = 2;
+
+/// A presence tracked on another node: what its members see in `metas`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayedMeta {
+    /// The presence reference the origin node gave it.
+    pub phx_ref: String,
+    /// The tracked payload object, as JSON.
+    pub payload: String,
+}
+
+/// A presence change on the origin node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayedPresence {
+    /// For private channels of the topic (else public ones).
+    pub private: bool,
+    /// The full topic, `realtime:<name>`.
+    pub topic: String,
+    /// The membership on the origin node.
+    pub member: u64,
+    /// The presence key.
+    pub key: String,
+    /// `Some`: tracked (or updated) with this meta; `None`: untracked.
+    pub meta: Option<RelayedMeta>,
+}
+
+/// One entry of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A broadcast.
+    Broadcast(RelayedBroadcast),
+    /// A presence track or untrack.
+    Presence(RelayedPresence),
+    /// A request to the other nodes to announce their presences again.
+    Hello,
+}
 
 /// What a relayed broadcast carries, as members will receive it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,13 +109,13 @@ pub struct RelayedBroadcast {
     pub body: RelayedBody,
 }
 
-/// A batch of broadcasts from one node, in the order they were accepted.
+/// A batch of entries from one node, in the order they were accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayBatch {
     /// The sending process's random id.
     pub origin: u64,
-    /// The broadcasts, oldest first.
-    pub broadcasts: Vec<RelayedBroadcast>,
+    /// The entries, oldest first.
+    pub entries: Vec<Entry>,
 }
 
 /// Why a batch cannot be encoded or decoded.
@@ -90,6 +141,9 @@ pub enum RelayError {
     /// An unknown metadata marker.
     #[error("relayed broadcast with unknown metadata marker {0}")]
     Meta(u8),
+    /// An unknown presence op.
+    #[error("relayed presence with unknown op {0}")]
+    Op(u8),
     /// A text field is not UTF-8.
     #[error("relayed broadcast field `{0}` is not UTF-8")]
     Utf8(&'static str),
@@ -107,7 +161,10 @@ impl RelayError {
         match self {
             RelayError::Truncated { .. } => "truncated",
             RelayError::Version(_) => "version",
-            RelayError::Flags(_) | RelayError::Encoding(_) | RelayError::Meta(_) => "malformed",
+            RelayError::Flags(_)
+            | RelayError::Encoding(_)
+            | RelayError::Meta(_)
+            | RelayError::Op(_) => "malformed",
             RelayError::Utf8(_) => "utf8",
             RelayError::Trailing(_) => "trailing",
             RelayError::TooLong(_) => "too_long",
@@ -132,7 +189,37 @@ fn put32(out: &mut Vec<u8>, field: &'static str, bytes: &[u8]) -> Result<(), Rel
 }
 
 /// Encodes one entry (appended to `out`).
-pub fn encode_entry(b: &RelayedBroadcast, out: &mut Vec<u8>) -> Result<(), RelayError> {
+pub fn encode_entry(e: &Entry, out: &mut Vec<u8>) -> Result<(), RelayError> {
+    match e {
+        Entry::Broadcast(b) => encode_broadcast(b, out),
+        Entry::Presence(p) => encode_presence(p, out),
+        Entry::Hello => {
+            out.extend_from_slice(&[FLAG_HELLO, 0, 0]);
+            Ok(())
+        }
+    }
+}
+
+/// Encodes a presence entry (appended to `out`).
+fn encode_presence(p: &RelayedPresence, out: &mut Vec<u8>) -> Result<(), RelayError> {
+    out.push(if p.private { FLAG_PRIVATE } else { 0 } | FLAG_PRESENCE);
+    put16(out, "topic", p.topic.as_bytes())?;
+    out.push(if p.meta.is_some() {
+        OP_TRACK
+    } else {
+        OP_UNTRACK
+    });
+    out.extend_from_slice(&p.member.to_be_bytes());
+    put16(out, "key", p.key.as_bytes())?;
+    if let Some(m) = &p.meta {
+        put16(out, "phx_ref", m.phx_ref.as_bytes())?;
+        put32(out, "payload", m.payload.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Encodes a broadcast entry (appended to `out`).
+fn encode_broadcast(b: &RelayedBroadcast, out: &mut Vec<u8>) -> Result<(), RelayError> {
     let mut flags = 0;
     if b.private {
         flags |= FLAG_PRIVATE;
@@ -175,10 +262,9 @@ pub fn encode_header(origin: u64, count: u16) -> Vec<u8> {
 
 /// Encodes a whole batch.
 pub fn encode(batch: &RelayBatch) -> Result<Vec<u8>, RelayError> {
-    let count =
-        u16::try_from(batch.broadcasts.len()).map_err(|_| RelayError::TooLong("entries"))?;
+    let count = u16::try_from(batch.entries.len()).map_err(|_| RelayError::TooLong("entries"))?;
     let mut out = encode_header(batch.origin, count);
-    for b in &batch.broadcasts {
+    for b in &batch.entries {
         encode_entry(b, &mut out)?;
     }
     Ok(out)
@@ -257,15 +343,50 @@ pub fn decode(bytes: &[u8]) -> Result<RelayBatch, RelayError> {
     }
     let origin = input.u64()?;
     let count = input.u16()?;
-    // Each entry takes at least 7 bytes: never reserve more than the input can hold.
-    let mut broadcasts = Vec::with_capacity(usize::from(count).min(bytes.len() / 7));
+    // Each entry takes at least 3 bytes: never reserve more than the input can hold.
+    let mut entries = Vec::with_capacity(usize::from(count).min(bytes.len() / 3));
     for _ in 0..count {
         let flags = input.u8()?;
-        if flags & !(FLAG_PRIVATE | FLAG_USER) != 0 {
+        let known = match flags & !FLAG_PRIVATE {
+            0 | FLAG_USER | FLAG_PRESENCE => true,
+            FLAG_HELLO => flags == FLAG_HELLO,
+            _ => false,
+        };
+        if !known {
             return Err(RelayError::Flags(flags));
         }
         let topic_len = usize::from(input.u16()?);
         let topic = input.text(topic_len, "topic")?;
+        if flags == FLAG_HELLO {
+            entries.push(Entry::Hello);
+            continue;
+        }
+        if flags & FLAG_PRESENCE != 0 {
+            let op = input.u8()?;
+            if op != OP_TRACK && op != OP_UNTRACK {
+                return Err(RelayError::Op(op));
+            }
+            let member = input.u64()?;
+            let key_len = usize::from(input.u16()?);
+            let key = input.text(key_len, "key")?;
+            let meta = if op == OP_TRACK {
+                let ref_len = usize::from(input.u16()?);
+                let phx_ref = input.text(ref_len, "phx_ref")?;
+                let len = input.len32()?;
+                let payload = input.text(len, "payload")?;
+                Some(RelayedMeta { phx_ref, payload })
+            } else {
+                None
+            };
+            entries.push(Entry::Presence(RelayedPresence {
+                private: flags & FLAG_PRIVATE != 0,
+                topic,
+                member,
+                key,
+                meta,
+            }));
+            continue;
+        }
         let body = if flags & FLAG_USER == 0 {
             let len = input.len32()?;
             RelayedBody::Json(input.text(len, "payload")?)
@@ -292,17 +413,17 @@ pub fn decode(bytes: &[u8]) -> Result<RelayBatch, RelayError> {
                 payload,
             }
         };
-        broadcasts.push(RelayedBroadcast {
+        entries.push(Entry::Broadcast(RelayedBroadcast {
             private: flags & FLAG_PRIVATE != 0,
             topic,
             body,
-        });
+        }));
     }
     let trailing = bytes.len() - input.at;
     if trailing != 0 {
         return Err(RelayError::Trailing(trailing));
     }
-    Ok(RelayBatch { origin, broadcasts })
+    Ok(RelayBatch { origin, entries })
 }
 
 #[cfg(test)]
@@ -312,15 +433,15 @@ mod tests {
     fn sample() -> RelayBatch {
         RelayBatch {
             origin: 0x0102_0304_0506_0708,
-            broadcasts: vec![
-                RelayedBroadcast {
+            entries: vec![
+                Entry::Broadcast(RelayedBroadcast {
                     private: false,
                     topic: "realtime:room".into(),
                     body: RelayedBody::Json(
                         r#"{"type":"broadcast","event":"e","payload":{"a":"é"}}"#.into(),
                     ),
-                },
-                RelayedBroadcast {
+                }),
+                Entry::Broadcast(RelayedBroadcast {
                     private: true,
                     topic: "realtime:room".into(),
                     body: RelayedBody::User {
@@ -329,8 +450,19 @@ mod tests {
                         encoding: PayloadEncoding::Binary,
                         payload: vec![0, 1, 254, 255],
                     },
-                },
-                RelayedBroadcast {
+                }),
+                Entry::Presence(RelayedPresence {
+                    private: true,
+                    topic: "realtime:room".into(),
+                    member: 7,
+                    key: "user-é".into(),
+                    meta: Some(RelayedMeta {
+                        phx_ref: "F0000000000000001".into(),
+                        payload: r#"{"name":"a"}"#.into(),
+                    }),
+                }),
+                Entry::Hello,
+                Entry::Broadcast(RelayedBroadcast {
                     private: false,
                     topic: "realtime:".into(),
                     body: RelayedBody::User {
@@ -339,7 +471,14 @@ mod tests {
                         encoding: PayloadEncoding::Json,
                         payload: br#"{"n":1}"#.to_vec(),
                     },
-                },
+                }),
+                Entry::Presence(RelayedPresence {
+                    private: false,
+                    topic: "realtime:room".into(),
+                    member: u64::MAX,
+                    key: String::new(),
+                    meta: None,
+                }),
             ],
         }
     }
@@ -352,7 +491,7 @@ mod tests {
         assert_eq!(origin(&bytes).unwrap(), batch.origin);
         let empty = RelayBatch {
             origin: 9,
-            broadcasts: vec![],
+            entries: vec![],
         };
         assert_eq!(decode(&encode(&empty).unwrap()).unwrap(), empty);
     }
@@ -361,16 +500,41 @@ mod tests {
     fn the_layout_is_the_documented_one() {
         let batch = RelayBatch {
             origin: 7,
-            broadcasts: vec![RelayedBroadcast {
-                private: true,
-                topic: "t".into(),
-                body: RelayedBody::Json("{}".into()),
-            }],
+            entries: vec![
+                Entry::Broadcast(RelayedBroadcast {
+                    private: true,
+                    topic: "t".into(),
+                    body: RelayedBody::Json("{}".into()),
+                }),
+                Entry::Presence(RelayedPresence {
+                    private: false,
+                    topic: "t".into(),
+                    member: 3,
+                    key: "k".into(),
+                    meta: Some(RelayedMeta {
+                        phx_ref: "r".into(),
+                        payload: "{}".into(),
+                    }),
+                }),
+                Entry::Presence(RelayedPresence {
+                    private: true,
+                    topic: "t".into(),
+                    member: 3,
+                    key: "k".into(),
+                    meta: None,
+                }),
+                Entry::Hello,
+            ],
         };
         let want = [
-            1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 1, // version, origin, count
+            1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 4, // version, origin, count
             1, 0, 1, b't', // flags (private), topic
             0, 0, 0, 2, b'{', b'}', // JSON body
+            4, 0, 1, b't', 1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 1,
+            b'k', // presence: track member 3 key k
+            0, 1, b'r', 0, 0, 0, 2, b'{', b'}', // phx_ref, payload
+            5, 0, 1, b't', 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 1, b'k', // private untrack
+            8, 0, 0, // hello
         ];
         assert_eq!(encode(&batch).unwrap(), want);
     }
@@ -400,6 +564,14 @@ mod tests {
         let mut flags = good.clone();
         flags[11] = 0x80;
         assert_eq!(decode(&flags), Err(RelayError::Flags(0x80)));
+        for bad in [FLAG_USER | FLAG_PRESENCE, FLAG_HELLO | FLAG_PRIVATE, 16] {
+            let mut b = encode_header(1, 1);
+            b.extend_from_slice(&[bad, 0, 0]);
+            assert_eq!(decode(&b), Err(RelayError::Flags(bad)));
+        }
+        let mut op = encode_header(1, 1);
+        op.extend_from_slice(&[FLAG_PRESENCE, 0, 0, 3]);
+        assert_eq!(decode(&op), Err(RelayError::Op(3)));
         // A count far larger than the input holds.
         let huge = encode_header(1, u16::MAX);
         assert!(matches!(decode(&huge), Err(RelayError::Truncated { .. })));
@@ -432,15 +604,23 @@ mod tests {
 
     #[test]
     fn fields_too_long_for_their_prefix_are_refused() {
-        let b = RelayedBroadcast {
+        let b = Entry::Broadcast(RelayedBroadcast {
             private: false,
             topic: "x".repeat(usize::from(u16::MAX) + 1),
             body: RelayedBody::Json("{}".into()),
-        };
+        });
         let mut out = Vec::new();
         assert_eq!(
             encode_entry(&b, &mut out),
             Err(RelayError::TooLong("topic"))
         );
+        let p = Entry::Presence(RelayedPresence {
+            private: false,
+            topic: "t".into(),
+            member: 1,
+            key: "k".repeat(usize::from(u16::MAX) + 1),
+            meta: None,
+        });
+        assert_eq!(encode_entry(&p, &mut out), Err(RelayError::TooLong("key")));
     }
 }
