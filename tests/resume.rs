@@ -172,7 +172,7 @@ async fn an_expired_position_gets_its_error_and_the_channel_goes_live() {
     subscribed(&mut a, topic).await;
     saved_changes(&db, "expired-0001", &[]).await;
     drop(a);
-    insert(&db, "meanwhile").await;
+    let meanwhile = insert(&db, "meanwhile").await;
     db.client()
         .await
         .execute(
@@ -200,7 +200,12 @@ async fn an_expired_position_gets_its_error_and_the_channel_goes_live() {
     );
     assert_eq!(expired.payload["extension"], "postgres_changes");
     let live = insert(&db, "live").await;
-    assert_eq!(ids(&mut b, 1).await, [live]);
+    // Live from the join on: "meanwhile" too when walcast had not read it yet at the join.
+    let mut got = ids(&mut b, 1).await;
+    if got == [meanwhile.clone()] {
+        got = ids(&mut b, 1).await;
+    }
+    assert_eq!(got, [live]);
     assert_eq!(resumes_metric(&w, "expired").await, 1.0);
 }
 
