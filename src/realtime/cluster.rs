@@ -46,7 +46,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls, Statement};
@@ -64,6 +64,10 @@ pub const RELAY_PREFIX: &str = "walcast.broadcast";
 /// topic) this is several seconds of a busy node's traffic: enough to ride out a slow commit,
 /// small enough (a few MiB of typical payloads) that a database outage does not pile up memory.
 pub const SEND_QUEUE: usize = 4096;
+/// Bytes the queue for the other nodes may hold, in KiB: at the default `--max-payload`
+/// (256 KiB) a few hundred large broadcasts, or the whole count of small ones; the count alone
+/// would let 4096 large ones pin a gigabyte while the database is slow.
+pub const SEND_QUEUE_KIB: u32 = 64 << 10;
 
 /// Batches the reader may queue for the receive task. The task only decodes and queues frames
 /// on the bus without waiting, so it keeps up with anything the reader decodes; 1024 batches
@@ -131,7 +135,9 @@ impl ClusterError {
 #[derive(Debug)]
 struct RelayTx {
     /// The writer's queue.
-    tx: mpsc::Sender<Entry>,
+    tx: mpsc::Sender<(Entry, OwnedSemaphorePermit)>,
+    /// The queue's byte budget, in KiB ([`SEND_QUEUE_KIB`]).
+    bytes: Arc<Semaphore>,
     /// Counters.
     metrics: Arc<Metrics>,
     /// Set while copies are being dropped at the full queue (one warning per episode).
@@ -153,15 +159,16 @@ impl Relay {
     }
 
     /// A handle that queues copies for the writer, and the writer's end of the queue.
-    pub fn on(metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<Entry>) {
+    pub fn on(metrics: Arc<Metrics>) -> (Self, RelayRx) {
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let inner = RelayTx {
             tx,
+            bytes: Arc::new(Semaphore::new(SEND_QUEUE_KIB as usize)),
             metrics,
             dropping: AtomicBool::new(false),
             heard_self: Arc::new(AtomicBool::new(false)),
         };
-        (Relay(Some(Arc::new(inner))), rx)
+        (Relay(Some(Arc::new(inner))), RelayRx(rx))
     }
 
     /// Whether broadcasts are relayed.
@@ -208,9 +215,16 @@ impl Relay {
         let Some(r) = &self.0 else {
             return;
         };
-        match r.tx.try_send(entry) {
-            Ok(()) => r.dropping.store(false, Ordering::Relaxed),
-            Err(_) => {
+        let kib = u32::try_from(entry.size().div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, SEND_QUEUE_KIB);
+        let queued = Arc::clone(&r.bytes)
+            .try_acquire_many_owned(kib)
+            .ok()
+            .and_then(|share| r.tx.try_send((entry, share)).ok());
+        match queued {
+            Some(()) => r.dropping.store(false, Ordering::Relaxed),
+            None => {
                 r.metrics.cluster_broadcasts_dropped.add("send_queue", 1);
                 if !r.dropping.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -220,6 +234,23 @@ impl Relay {
                 }
             }
         }
+    }
+}
+
+/// The writer's end of the queue: entries come out with their share of the byte budget given
+/// back.
+#[derive(Debug)]
+pub struct RelayRx(mpsc::Receiver<(Entry, OwnedSemaphorePermit)>);
+
+impl RelayRx {
+    /// The next entry; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<Entry> {
+        self.0.recv().await.map(|(entry, _share)| entry)
+    }
+
+    /// The next entry if one is queued.
+    pub fn try_recv(&mut self) -> Result<Entry, mpsc::error::TryRecvError> {
+        self.0.try_recv().map(|(entry, _share)| entry)
     }
 }
 
@@ -244,7 +275,7 @@ fn bus_body(body: RelayedBody) -> BroadcastBody {
 /// Takes entries from `rx` after `first` into one encoded batch (at most [`MAX_BATCH`]
 /// entries and about [`MAX_BATCH_BYTES`]); returns it and how many entries it holds, and
 /// how many could not be encoded.
-fn collect_batch(origin: u64, first: Entry, rx: &mut mpsc::Receiver<Entry>) -> (Vec<u8>, u16, u64) {
+fn collect_batch(origin: u64, first: Entry, rx: &mut RelayRx) -> (Vec<u8>, u16, u64) {
     let mut entries = Vec::new();
     let mut count: u16 = 0;
     let mut refused = 0u64;
@@ -372,7 +403,7 @@ impl Writer {
 /// batches, so answers to the hello reach it). On `token` it writes what is already queued
 /// (once) and ends.
 pub fn spawn_relay_writer_task(
-    mut rx: mpsc::Receiver<Entry>,
+    mut rx: RelayRx,
     database_url: String,
     origin: u64,
     alive_every: Duration,
@@ -626,6 +657,24 @@ mod tests {
             private,
             topic: "realtime:room".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_too() {
+        let metrics = Arc::new(Metrics::default());
+        let (relay, mut rx) = Relay::on(Arc::clone(&metrics));
+        let big = format!("\"{}\"", "x".repeat(256 << 10));
+        let fits = (SEND_QUEUE_KIB as usize) / (256 + 1);
+        for _ in 0..fits + 10 {
+            relay.send(&key(false), &BroadcastBody::Json(big.clone()));
+        }
+        // Far below the count bound, the bytes bound refused the rest.
+        assert!(fits + 10 < SEND_QUEUE);
+        assert_eq!(metrics.cluster_broadcasts_dropped.get("send_queue"), 10);
+        // Taking one gives its bytes back.
+        rx.recv().await.expect("queued");
+        relay.send(&key(false), &BroadcastBody::Json(big));
+        assert_eq!(metrics.cluster_broadcasts_dropped.get("send_queue"), 10);
     }
 
     #[tokio::test]

@@ -80,6 +80,40 @@ pub enum Entry {
     Hello,
 }
 
+impl Entry {
+    /// About how many bytes the entry holds (what it costs while queued).
+    pub fn size(&self) -> usize {
+        const OVERHEAD: usize = 64;
+        OVERHEAD
+            + match self {
+                Entry::Broadcast(b) => {
+                    b.topic.len()
+                        + match &b.body {
+                            RelayedBody::Json(json) => json.len(),
+                            RelayedBody::User {
+                                event,
+                                metadata,
+                                payload,
+                                ..
+                            } => {
+                                event.len()
+                                    + metadata.as_ref().map_or(0, String::len)
+                                    + payload.len()
+                            }
+                        }
+                }
+                Entry::Presence(p) => {
+                    p.topic.len()
+                        + p.key.len()
+                        + p.meta
+                            .as_ref()
+                            .map_or(0, |m| m.phx_ref.len() + m.payload.len())
+                }
+                Entry::Hello => 0,
+            }
+    }
+}
+
 /// What a relayed broadcast carries, as members will receive it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayedBody {
